@@ -1,0 +1,86 @@
+"""``edgetune``: the PC side command line.
+
+``main(argv=None)`` is testable in-process: it returns the exit status instead of exiting.
+Each command group lives in its own module exposing ``register(subparsers)``; a module's
+top level imports nothing heavy (onnx, onnxruntime, grpc), so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from typing import Optional, Sequence
+
+from host import __version__
+from host.errors import EdgetuneError, ExitStatus
+
+# Order is the order of ``edgetune --help``.
+COMMAND_MODULES = (
+    "host.cli.demo_cmd",
+    "host.cli.certs_cmd",
+    "host.cli.agent_cmds",
+    "host.cli.quantize_cmd",
+    "host.cli.analyze_cmd",
+)
+
+EXIT_CODES_HELP = "exit codes:\n" + "\n".join(
+    f"  {status.value:<4} {status.name.lower().replace('_', ' ')}" for status in ExitStatus)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgetune",
+        description="Quantize ONNX models on this PC, measure them on edge boards over "
+                    "mutual TLS, and report.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edgetune {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # not written yet in this checkout
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return ExitStatus.USAGE
+    try:
+        return int(args.func(args) or 0)
+    except EdgetuneError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": {"type": type(exc).__name__, "message": exc.message,
+                                        "hint": exc.hint,
+                                        "exit_status": int(exc.exit_status)}}))
+        else:
+            print(f"edgetune: error: {exc}", file=sys.stderr)
+        return int(exc.exit_status)
+    except KeyboardInterrupt:
+        print("edgetune: interrupted", file=sys.stderr)
+        return int(ExitStatus.INTERRUPTED)
+
+
+def entry() -> None:  # pragma: no cover - console script
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

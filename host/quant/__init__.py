@@ -1,0 +1,1 @@
+"""Quantization on the host: calibration data, calibrators, the QDQ pipeline, analysis, fallback."""

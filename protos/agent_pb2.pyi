@@ -1,0 +1,453 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class BlobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BLOB_KIND_UNSPECIFIED: _ClassVar[BlobKind]
+    BLOB_KIND_MODEL: _ClassVar[BlobKind]
+    BLOB_KIND_DATASET: _ClassVar[BlobKind]
+
+class UploadState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UPLOAD_STATE_UNSPECIFIED: _ClassVar[UploadState]
+    UPLOAD_STATE_ABSENT: _ClassVar[UploadState]
+    UPLOAD_STATE_PARTIAL: _ClassVar[UploadState]
+    UPLOAD_STATE_COMPLETE: _ClassVar[UploadState]
+
+class GraphOptimizationLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GRAPH_OPT_UNSPECIFIED: _ClassVar[GraphOptimizationLevel]
+    GRAPH_OPT_DISABLE: _ClassVar[GraphOptimizationLevel]
+    GRAPH_OPT_BASIC: _ClassVar[GraphOptimizationLevel]
+    GRAPH_OPT_EXTENDED: _ClassVar[GraphOptimizationLevel]
+    GRAPH_OPT_ALL: _ClassVar[GraphOptimizationLevel]
+
+class ExecutionMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXECUTION_MODE_UNSPECIFIED: _ClassVar[ExecutionMode]
+    EXECUTION_MODE_SEQUENTIAL: _ClassVar[ExecutionMode]
+    EXECUTION_MODE_PARALLEL: _ClassVar[ExecutionMode]
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    JOB_STATE_QUEUED: _ClassVar[JobState]
+    JOB_STATE_RUNNING: _ClassVar[JobState]
+    JOB_STATE_SUCCEEDED: _ClassVar[JobState]
+    JOB_STATE_FAILED: _ClassVar[JobState]
+    JOB_STATE_CANCELLED: _ClassVar[JobState]
+    JOB_STATE_INTERRUPTED: _ClassVar[JobState]
+BLOB_KIND_UNSPECIFIED: BlobKind
+BLOB_KIND_MODEL: BlobKind
+BLOB_KIND_DATASET: BlobKind
+UPLOAD_STATE_UNSPECIFIED: UploadState
+UPLOAD_STATE_ABSENT: UploadState
+UPLOAD_STATE_PARTIAL: UploadState
+UPLOAD_STATE_COMPLETE: UploadState
+GRAPH_OPT_UNSPECIFIED: GraphOptimizationLevel
+GRAPH_OPT_DISABLE: GraphOptimizationLevel
+GRAPH_OPT_BASIC: GraphOptimizationLevel
+GRAPH_OPT_EXTENDED: GraphOptimizationLevel
+GRAPH_OPT_ALL: GraphOptimizationLevel
+EXECUTION_MODE_UNSPECIFIED: ExecutionMode
+EXECUTION_MODE_SEQUENTIAL: ExecutionMode
+EXECUTION_MODE_PARALLEL: ExecutionMode
+JOB_STATE_UNSPECIFIED: JobState
+JOB_STATE_QUEUED: JobState
+JOB_STATE_RUNNING: JobState
+JOB_STATE_SUCCEEDED: JobState
+JOB_STATE_FAILED: JobState
+JOB_STATE_CANCELLED: JobState
+JOB_STATE_INTERRUPTED: JobState
+
+class GetInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetInfoResponse(_message.Message):
+    __slots__ = ("hostname", "os", "arch", "cpu_model", "cpu_cores", "memory_total_bytes", "memory_available_bytes", "python_version", "onnxruntime_version", "available_providers", "agent_version", "store_used_bytes", "store_models", "store_datasets", "queue_length", "queue_capacity", "running_job_id", "uptime_s", "agent_name", "caller_name")
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    OS_FIELD_NUMBER: _ClassVar[int]
+    ARCH_FIELD_NUMBER: _ClassVar[int]
+    CPU_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CPU_CORES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ONNXRUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STORE_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STORE_MODELS_FIELD_NUMBER: _ClassVar[int]
+    STORE_DATASETS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    CALLER_NAME_FIELD_NUMBER: _ClassVar[int]
+    hostname: str
+    os: str
+    arch: str
+    cpu_model: str
+    cpu_cores: int
+    memory_total_bytes: int
+    memory_available_bytes: int
+    python_version: str
+    onnxruntime_version: str
+    available_providers: _containers.RepeatedScalarFieldContainer[str]
+    agent_version: str
+    store_used_bytes: int
+    store_models: int
+    store_datasets: int
+    queue_length: int
+    queue_capacity: int
+    running_job_id: str
+    uptime_s: float
+    agent_name: str
+    caller_name: str
+    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., python_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., store_used_bytes: _Optional[int] = ..., store_models: _Optional[int] = ..., store_datasets: _Optional[int] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., running_job_id: _Optional[str] = ..., uptime_s: _Optional[float] = ..., agent_name: _Optional[str] = ..., caller_name: _Optional[str] = ...) -> None: ...
+
+class BlobInfo(_message.Message):
+    __slots__ = ("kind", "sha256", "size_bytes", "name", "created_unix")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    kind: BlobKind
+    sha256: str
+    size_bytes: int
+    name: str
+    created_unix: float
+    def __init__(self, kind: _Optional[_Union[BlobKind, str]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., name: _Optional[str] = ..., created_unix: _Optional[float] = ...) -> None: ...
+
+class GetUploadStatusRequest(_message.Message):
+    __slots__ = ("kind", "sha256", "size_bytes")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    kind: BlobKind
+    sha256: str
+    size_bytes: int
+    def __init__(self, kind: _Optional[_Union[BlobKind, str]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class GetUploadStatusResponse(_message.Message):
+    __slots__ = ("state", "committed_bytes", "max_size_bytes")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    state: UploadState
+    committed_bytes: int
+    max_size_bytes: int
+    def __init__(self, state: _Optional[_Union[UploadState, str]] = ..., committed_bytes: _Optional[int] = ..., max_size_bytes: _Optional[int] = ...) -> None: ...
+
+class UploadHeader(_message.Message):
+    __slots__ = ("kind", "sha256", "size_bytes", "name", "offset")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    kind: BlobKind
+    sha256: str
+    size_bytes: int
+    name: str
+    offset: int
+    def __init__(self, kind: _Optional[_Union[BlobKind, str]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., name: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class UploadBlobRequest(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: UploadHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadBlobResponse(_message.Message):
+    __slots__ = ("blob", "received_bytes", "already_present")
+    BLOB_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_PRESENT_FIELD_NUMBER: _ClassVar[int]
+    blob: BlobInfo
+    received_bytes: int
+    already_present: bool
+    def __init__(self, blob: _Optional[_Union[BlobInfo, _Mapping]] = ..., received_bytes: _Optional[int] = ..., already_present: _Optional[bool] = ...) -> None: ...
+
+class ListBlobsRequest(_message.Message):
+    __slots__ = ("kind",)
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    kind: BlobKind
+    def __init__(self, kind: _Optional[_Union[BlobKind, str]] = ...) -> None: ...
+
+class ListBlobsResponse(_message.Message):
+    __slots__ = ("blobs",)
+    BLOBS_FIELD_NUMBER: _ClassVar[int]
+    blobs: _containers.RepeatedCompositeFieldContainer[BlobInfo]
+    def __init__(self, blobs: _Optional[_Iterable[_Union[BlobInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteBlobRequest(_message.Message):
+    __slots__ = ("kind", "sha256")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    kind: BlobKind
+    sha256: str
+    def __init__(self, kind: _Optional[_Union[BlobKind, str]] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class DeleteBlobResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+
+class Shape(_message.Message):
+    __slots__ = ("dims",)
+    DIMS_FIELD_NUMBER: _ClassVar[int]
+    dims: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, dims: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SessionOptions(_message.Message):
+    __slots__ = ("providers", "intra_op_threads", "inter_op_threads", "graph_optimization", "execution_mode", "input_shapes")
+    class InputShapesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Shape
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Shape, _Mapping]] = ...) -> None: ...
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    INTRA_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
+    INTER_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_OPTIMIZATION_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_MODE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPES_FIELD_NUMBER: _ClassVar[int]
+    providers: _containers.RepeatedScalarFieldContainer[str]
+    intra_op_threads: int
+    inter_op_threads: int
+    graph_optimization: GraphOptimizationLevel
+    execution_mode: ExecutionMode
+    input_shapes: _containers.MessageMap[str, Shape]
+    def __init__(self, providers: _Optional[_Iterable[str]] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., graph_optimization: _Optional[_Union[GraphOptimizationLevel, str]] = ..., execution_mode: _Optional[_Union[ExecutionMode, str]] = ..., input_shapes: _Optional[_Mapping[str, Shape]] = ...) -> None: ...
+
+class BenchmarkSpec(_message.Message):
+    __slots__ = ("model_sha256", "session", "warmup", "iterations", "min_duration_s", "seed", "dataset_sha256", "return_samples")
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    MIN_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    DATASET_SHA256_FIELD_NUMBER: _ClassVar[int]
+    RETURN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    model_sha256: str
+    session: SessionOptions
+    warmup: int
+    iterations: int
+    min_duration_s: float
+    seed: int
+    dataset_sha256: str
+    return_samples: bool
+    def __init__(self, model_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., warmup: _Optional[int] = ..., iterations: _Optional[int] = ..., min_duration_s: _Optional[float] = ..., seed: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., return_samples: _Optional[bool] = ...) -> None: ...
+
+class EvaluateSpec(_message.Message):
+    __slots__ = ("model_sha256", "dataset_sha256", "session", "metrics", "batch_size")
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    DATASET_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    model_sha256: str
+    dataset_sha256: str
+    session: SessionOptions
+    metrics: _containers.RepeatedScalarFieldContainer[str]
+    batch_size: int
+    def __init__(self, model_sha256: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., metrics: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class JobSpec(_message.Message):
+    __slots__ = ("benchmark", "evaluate", "label")
+    BENCHMARK_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    benchmark: BenchmarkSpec
+    evaluate: EvaluateSpec
+    label: str
+    def __init__(self, benchmark: _Optional[_Union[BenchmarkSpec, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateSpec, _Mapping]] = ..., label: _Optional[str] = ...) -> None: ...
+
+class LatencyStats(_message.Message):
+    __slots__ = ("min_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms")
+    MIN_MS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_MS_FIELD_NUMBER: _ClassVar[int]
+    STD_MS_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P90_MS_FIELD_NUMBER: _ClassVar[int]
+    P95_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MS_FIELD_NUMBER: _ClassVar[int]
+    min_ms: float
+    mean_ms: float
+    std_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    def __init__(self, min_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., std_ms: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., max_ms: _Optional[float] = ...) -> None: ...
+
+class BenchmarkResult(_message.Message):
+    __slots__ = ("latency", "throughput_ips", "load_ms", "first_run_ms", "peak_rss_mb", "iterations", "warmup", "samples_ms", "cpu_freq_mhz", "temperature_c", "providers", "measured_s")
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_IPS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_MS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_RUN_MS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_RSS_MB_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_MS_FIELD_NUMBER: _ClassVar[int]
+    CPU_FREQ_MHZ_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_C_FIELD_NUMBER: _ClassVar[int]
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_S_FIELD_NUMBER: _ClassVar[int]
+    latency: LatencyStats
+    throughput_ips: float
+    load_ms: float
+    first_run_ms: float
+    peak_rss_mb: float
+    iterations: int
+    warmup: int
+    samples_ms: _containers.RepeatedScalarFieldContainer[float]
+    cpu_freq_mhz: float
+    temperature_c: float
+    providers: _containers.RepeatedScalarFieldContainer[str]
+    measured_s: float
+    def __init__(self, latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., throughput_ips: _Optional[float] = ..., load_ms: _Optional[float] = ..., first_run_ms: _Optional[float] = ..., peak_rss_mb: _Optional[float] = ..., iterations: _Optional[int] = ..., warmup: _Optional[int] = ..., samples_ms: _Optional[_Iterable[float]] = ..., cpu_freq_mhz: _Optional[float] = ..., temperature_c: _Optional[float] = ..., providers: _Optional[_Iterable[str]] = ..., measured_s: _Optional[float] = ...) -> None: ...
+
+class EvaluateResult(_message.Message):
+    __slots__ = ("samples", "metrics", "load_ms", "elapsed_s")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_MS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
+    samples: int
+    metrics: _containers.ScalarMap[str, float]
+    load_ms: float
+    elapsed_s: float
+    def __init__(self, samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., load_ms: _Optional[float] = ..., elapsed_s: _Optional[float] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("id", "state", "spec", "created_unix", "started_unix", "finished_unix", "error", "client", "benchmark", "evaluate")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    BENCHMARK_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    state: JobState
+    spec: JobSpec
+    created_unix: float
+    started_unix: float
+    finished_unix: float
+    error: str
+    client: str
+    benchmark: BenchmarkResult
+    evaluate: EvaluateResult
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ..., error: _Optional[str] = ..., client: _Optional[str] = ..., benchmark: _Optional[_Union[BenchmarkResult, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateResult, _Mapping]] = ...) -> None: ...
+
+class SubmitJobRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: JobSpec
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ...) -> None: ...
+
+class SubmitJobResponse(_message.Message):
+    __slots__ = ("job", "queue_position")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    queue_position: int
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., queue_position: _Optional[int] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("done", "total", "phase", "message")
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    done: int
+    total: int
+    phase: str
+    message: str
+    def __init__(self, done: _Optional[int] = ..., total: _Optional[int] = ..., phase: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("job_id", "state", "queue_position", "progress", "job")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: JobState
+    queue_position: int
+    progress: Progress
+    job: Job
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., queue_position: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class WatchJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class GetJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
+
+class CancelJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class CancelJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,464 @@
+"""Plain dataclasses for what crosses the wire, with their protobuf conversions.
+
+The servicer (device) and the client (host) convert at the edge with ``from_pb2``/``as_pb2``;
+the store, the job queue, the runner and the CLI only ever see these dataclasses. Every
+dataclass also converts to and from JSON-friendly dicts (``as_dict``/``from_dict``), which is
+how the agent persists jobs in SQLite and how ``--json`` output is built.
+
+Kept importable on Python 3.9 (boards): no ``X | Y`` at runtime, no 3.10+ modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+from protos import agent_pb2 as pb
+
+
+class BlobKind(str, enum.Enum):
+    MODEL = "model"
+    DATASET = "dataset"
+
+    def as_pb2(self) -> int:
+        return {BlobKind.MODEL: pb.BLOB_KIND_MODEL, BlobKind.DATASET: pb.BLOB_KIND_DATASET}[self]
+
+    @classmethod
+    def from_pb2(cls, value: int) -> Optional["BlobKind"]:
+        return {pb.BLOB_KIND_MODEL: cls.MODEL, pb.BLOB_KIND_DATASET: cls.DATASET}.get(value)
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+    def as_pb2(self) -> int:
+        return pb.JobState.Value("JOB_STATE_" + self.name)
+
+    @classmethod
+    def from_pb2(cls, value: int) -> "JobState":
+        name = pb.JobState.Name(value)
+        if name == "JOB_STATE_UNSPECIFIED":
+            raise ValueError("job state is unspecified")
+        return cls[name[len("JOB_STATE_"):]]
+
+
+GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
+EXECUTION_MODES = ("sequential", "parallel")
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    providers: Tuple[str, ...] = ()                 # empty: CPUExecutionProvider
+    intra_op_threads: int = 0                       # 0: onnxruntime's default
+    inter_op_threads: int = 0
+    graph_optimization: str = "all"                 # one of GRAPH_OPT_LEVELS
+    execution_mode: str = "sequential"              # one of EXECUTION_MODES
+    input_shapes: Tuple[Tuple[str, Tuple[int, ...]], ...] = ()  # sorted (name, dims) pairs
+
+    def shapes(self) -> Dict[str, Tuple[int, ...]]:
+        return dict(self.input_shapes)
+
+    def as_pb2(self) -> pb.SessionOptions:
+        msg = pb.SessionOptions(
+            providers=list(self.providers),
+            intra_op_threads=self.intra_op_threads,
+            inter_op_threads=self.inter_op_threads,
+            graph_optimization=pb.GraphOptimizationLevel.Value(
+                "GRAPH_OPT_" + self.graph_optimization.upper()),
+            execution_mode=pb.ExecutionMode.Value(
+                "EXECUTION_MODE_" + self.execution_mode.upper()),
+        )
+        for name, dims in self.input_shapes:
+            msg.input_shapes[name].dims.extend(dims)
+        return msg
+
+    @classmethod
+    def from_pb2(cls, msg: pb.SessionOptions) -> "SessionOptions":
+        opt = pb.GraphOptimizationLevel.Name(msg.graph_optimization)[len("GRAPH_OPT_"):].lower()
+        mode = pb.ExecutionMode.Name(msg.execution_mode)[len("EXECUTION_MODE_"):].lower()
+        return cls(
+            providers=tuple(msg.providers),
+            intra_op_threads=msg.intra_op_threads,
+            inter_op_threads=msg.inter_op_threads,
+            graph_optimization="all" if opt == "unspecified" else opt,
+            execution_mode="sequential" if mode == "unspecified" else mode,
+            input_shapes=tuple(sorted((k, tuple(v.dims)) for k, v in msg.input_shapes.items())),
+        )
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["providers"] = list(self.providers)
+        d["input_shapes"] = {k: list(v) for k, v in self.input_shapes}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "SessionOptions":
+        d = dict(d)
+        d["providers"] = tuple(d.get("providers", ()))
+        d["input_shapes"] = tuple(sorted((k, tuple(v)) for k, v in d.get("input_shapes", {}).items()))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    model_sha256: str
+    session: SessionOptions = field(default_factory=SessionOptions)
+    warmup: int = 10
+    iterations: int = 100                           # 0 when min_duration_s bounds the run
+    min_duration_s: float = 0.0
+    seed: int = 0
+    dataset_sha256: str = ""
+    return_samples: bool = False
+
+    def as_pb2(self) -> pb.BenchmarkSpec:
+        return pb.BenchmarkSpec(
+            model_sha256=self.model_sha256, session=self.session.as_pb2(), warmup=self.warmup,
+            iterations=self.iterations, min_duration_s=self.min_duration_s, seed=self.seed,
+            dataset_sha256=self.dataset_sha256, return_samples=self.return_samples)
+
+    @classmethod
+    def from_pb2(cls, msg: pb.BenchmarkSpec) -> "BenchmarkSpec":
+        """Raw wire values; the agent validates ranges (device.limits) before queueing."""
+        return cls(
+            model_sha256=msg.model_sha256, session=SessionOptions.from_pb2(msg.session),
+            warmup=msg.warmup, iterations=msg.iterations, min_duration_s=msg.min_duration_s,
+            seed=msg.seed, dataset_sha256=msg.dataset_sha256, return_samples=msg.return_samples)
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["session"] = self.session.as_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "BenchmarkSpec":
+        d = dict(d)
+        d["session"] = SessionOptions.from_dict(d.get("session", {}))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class EvaluateSpec:
+    model_sha256: str
+    dataset_sha256: str
+    session: SessionOptions = field(default_factory=SessionOptions)
+    metrics: Tuple[str, ...] = ()                   # top1, top5, fidelity; empty: all that apply
+    batch_size: int = 1
+
+    def as_pb2(self) -> pb.EvaluateSpec:
+        return pb.EvaluateSpec(
+            model_sha256=self.model_sha256, dataset_sha256=self.dataset_sha256,
+            session=self.session.as_pb2(), metrics=list(self.metrics), batch_size=self.batch_size)
+
+    @classmethod
+    def from_pb2(cls, msg: pb.EvaluateSpec) -> "EvaluateSpec":
+        return cls(
+            model_sha256=msg.model_sha256, dataset_sha256=msg.dataset_sha256,
+            session=SessionOptions.from_pb2(msg.session), metrics=tuple(msg.metrics),
+            batch_size=msg.batch_size)
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["session"] = self.session.as_dict()
+        d["metrics"] = list(self.metrics)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "EvaluateSpec":
+        d = dict(d)
+        d["session"] = SessionOptions.from_dict(d.get("session", {}))
+        d["metrics"] = tuple(d.get("metrics", ()))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    min_ms: float
+    mean_ms: float
+    std_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+    def as_pb2(self) -> pb.LatencyStats:
+        return pb.LatencyStats(**dataclasses.asdict(self))
+
+    @classmethod
+    def from_pb2(cls, msg: pb.LatencyStats) -> "LatencyStats":
+        return cls(**{f.name: getattr(msg, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    latency: LatencyStats
+    throughput_ips: float
+    load_ms: float
+    first_run_ms: float
+    peak_rss_mb: float
+    iterations: int
+    warmup: int
+    measured_s: float
+    samples_ms: Tuple[float, ...] = ()
+    cpu_freq_mhz: float = 0.0                       # 0: not exposed by the board
+    temperature_c: float = 0.0                      # 0: not exposed by the board
+    providers: Tuple[str, ...] = ()
+
+    def as_pb2(self) -> pb.BenchmarkResult:
+        return pb.BenchmarkResult(
+            latency=self.latency.as_pb2(), throughput_ips=self.throughput_ips,
+            load_ms=self.load_ms, first_run_ms=self.first_run_ms, peak_rss_mb=self.peak_rss_mb,
+            iterations=self.iterations, warmup=self.warmup, samples_ms=list(self.samples_ms),
+            cpu_freq_mhz=self.cpu_freq_mhz, temperature_c=self.temperature_c,
+            providers=list(self.providers), measured_s=self.measured_s)
+
+    @classmethod
+    def from_pb2(cls, msg: pb.BenchmarkResult) -> "BenchmarkResult":
+        return cls(
+            latency=LatencyStats.from_pb2(msg.latency), throughput_ips=msg.throughput_ips,
+            load_ms=msg.load_ms, first_run_ms=msg.first_run_ms, peak_rss_mb=msg.peak_rss_mb,
+            iterations=msg.iterations, warmup=msg.warmup, measured_s=msg.measured_s,
+            samples_ms=tuple(msg.samples_ms), cpu_freq_mhz=msg.cpu_freq_mhz,
+            temperature_c=msg.temperature_c, providers=tuple(msg.providers))
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["samples_ms"] = list(self.samples_ms)
+        d["providers"] = list(self.providers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "BenchmarkResult":
+        d = dict(d)
+        d["latency"] = LatencyStats(**d["latency"])
+        d["samples_ms"] = tuple(d.get("samples_ms", ()))
+        d["providers"] = tuple(d.get("providers", ()))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    samples: int
+    metrics: Tuple[Tuple[str, float], ...]          # sorted (name, value) pairs
+    load_ms: float = 0.0
+    elapsed_s: float = 0.0
+
+    def metric_dict(self) -> Dict[str, float]:
+        return dict(self.metrics)
+
+    def as_pb2(self) -> pb.EvaluateResult:
+        return pb.EvaluateResult(samples=self.samples, metrics=dict(self.metrics),
+                                 load_ms=self.load_ms, elapsed_s=self.elapsed_s)
+
+    @classmethod
+    def from_pb2(cls, msg: pb.EvaluateResult) -> "EvaluateResult":
+        return cls(samples=msg.samples, metrics=tuple(sorted(msg.metrics.items())),
+                   load_ms=msg.load_ms, elapsed_s=msg.elapsed_s)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"samples": self.samples, "metrics": dict(self.metrics),
+                "load_ms": self.load_ms, "elapsed_s": self.elapsed_s}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "EvaluateResult":
+        return cls(samples=d["samples"], metrics=tuple(sorted(d["metrics"].items())),
+                   load_ms=d.get("load_ms", 0.0), elapsed_s=d.get("elapsed_s", 0.0))
+
+
+JobSpecKind = Any  # BenchmarkSpec or EvaluateSpec
+JobResult = Any    # BenchmarkResult, EvaluateResult or None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    state: JobState
+    spec: Any                                       # BenchmarkSpec | EvaluateSpec
+    label: str = ""
+    created_unix: float = 0.0
+    started_unix: float = 0.0
+    finished_unix: float = 0.0
+    error: str = ""
+    client: str = ""
+    result: Any = None                              # BenchmarkResult | EvaluateResult | None
+
+    @property
+    def kind(self) -> str:
+        return "benchmark" if isinstance(self.spec, BenchmarkSpec) else "evaluate"
+
+    def as_pb2(self) -> pb.Job:
+        spec = pb.JobSpec(label=self.label)
+        if isinstance(self.spec, BenchmarkSpec):
+            spec.benchmark.CopyFrom(self.spec.as_pb2())
+        else:
+            spec.evaluate.CopyFrom(self.spec.as_pb2())
+        msg = pb.Job(id=self.id, state=self.state.as_pb2(), spec=spec,
+                     created_unix=self.created_unix, started_unix=self.started_unix,
+                     finished_unix=self.finished_unix, error=self.error, client=self.client)
+        if isinstance(self.result, BenchmarkResult):
+            msg.benchmark.CopyFrom(self.result.as_pb2())
+        elif isinstance(self.result, EvaluateResult):
+            msg.evaluate.CopyFrom(self.result.as_pb2())
+        return msg
+
+    @classmethod
+    def from_pb2(cls, msg: pb.Job) -> "Job":
+        spec = job_spec_from_pb2(msg.spec)
+        which = msg.WhichOneof("result")
+        result: Any = None
+        if which == "benchmark":
+            result = BenchmarkResult.from_pb2(msg.benchmark)
+        elif which == "evaluate":
+            result = EvaluateResult.from_pb2(msg.evaluate)
+        return cls(id=msg.id, state=JobState.from_pb2(msg.state), spec=spec, label=msg.spec.label,
+                   created_unix=msg.created_unix, started_unix=msg.started_unix,
+                   finished_unix=msg.finished_unix, error=msg.error, client=msg.client,
+                   result=result)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "id": self.id, "kind": self.kind, "state": self.state.value, "label": self.label,
+            "spec": self.spec.as_dict(), "created_unix": self.created_unix,
+            "started_unix": self.started_unix, "finished_unix": self.finished_unix,
+            "error": self.error, "client": self.client,
+            "result": None if self.result is None else self.result.as_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Job":
+        bench = d["kind"] == "benchmark"
+        spec = (BenchmarkSpec if bench else EvaluateSpec).from_dict(d["spec"])
+        result = None
+        if d.get("result") is not None:
+            result = (BenchmarkResult if bench else EvaluateResult).from_dict(d["result"])
+        return cls(id=d["id"], state=JobState(d["state"]), spec=spec, label=d.get("label", ""),
+                   created_unix=d.get("created_unix", 0.0), started_unix=d.get("started_unix", 0.0),
+                   finished_unix=d.get("finished_unix", 0.0), error=d.get("error", ""),
+                   client=d.get("client", ""), result=result)
+
+
+def job_spec_from_pb2(msg: pb.JobSpec) -> Any:
+    """BenchmarkSpec or EvaluateSpec; ValueError when the oneof is empty."""
+    which = msg.WhichOneof("kind")
+    if which == "benchmark":
+        return BenchmarkSpec.from_pb2(msg.benchmark)
+    if which == "evaluate":
+        return EvaluateSpec.from_pb2(msg.evaluate)
+    raise ValueError("job spec names neither a benchmark nor an evaluation")
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int = 0
+    total: int = 0
+    phase: str = ""
+    message: str = ""
+
+    def as_pb2(self) -> pb.Progress:
+        return pb.Progress(done=self.done, total=self.total, phase=self.phase, message=self.message)
+
+    @classmethod
+    def from_pb2(cls, msg: pb.Progress) -> "Progress":
+        return cls(done=msg.done, total=msg.total, phase=msg.phase, message=msg.message)
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    job_id: str
+    state: JobState
+    queue_position: int = 0
+    progress: Optional[Progress] = None
+    job: Optional[Job] = None                       # set on the first and the final event
+
+    def as_pb2(self) -> pb.JobEvent:
+        msg = pb.JobEvent(job_id=self.job_id, state=self.state.as_pb2(),
+                          queue_position=self.queue_position)
+        if self.progress is not None:
+            msg.progress.CopyFrom(self.progress.as_pb2())
+        if self.job is not None:
+            msg.job.CopyFrom(self.job.as_pb2())
+        return msg
+
+    @classmethod
+    def from_pb2(cls, msg: pb.JobEvent) -> "JobEvent":
+        return cls(job_id=msg.job_id, state=JobState.from_pb2(msg.state),
+                   queue_position=msg.queue_position,
+                   progress=Progress.from_pb2(msg.progress) if msg.HasField("progress") else None,
+                   job=Job.from_pb2(msg.job) if msg.HasField("job") else None)
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    kind: BlobKind
+    sha256: str
+    size_bytes: int
+    name: str = ""
+    created_unix: float = 0.0
+
+    def as_pb2(self) -> pb.BlobInfo:
+        return pb.BlobInfo(kind=self.kind.as_pb2(), sha256=self.sha256, size_bytes=self.size_bytes,
+                           name=self.name, created_unix=self.created_unix)
+
+    @classmethod
+    def from_pb2(cls, msg: pb.BlobInfo) -> "BlobInfo":
+        kind = BlobKind.from_pb2(msg.kind)
+        if kind is None:
+            raise ValueError("blob kind is unspecified")
+        return cls(kind=kind, sha256=msg.sha256, size_bytes=msg.size_bytes, name=msg.name,
+                   created_unix=msg.created_unix)
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["kind"] = self.kind.value
+        return d
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    hostname: str
+    os: str
+    arch: str
+    cpu_model: str
+    cpu_cores: int
+    memory_total_bytes: int
+    memory_available_bytes: int
+    python_version: str
+    onnxruntime_version: str
+    available_providers: Tuple[str, ...]
+    agent_version: str
+    store_used_bytes: int
+    store_models: int
+    store_datasets: int
+    queue_length: int
+    queue_capacity: int
+    running_job_id: str
+    uptime_s: float
+    agent_name: str = ""
+    caller_name: str = ""
+
+    def as_pb2(self) -> pb.GetInfoResponse:
+        d = dataclasses.asdict(self)
+        d["available_providers"] = list(self.available_providers)
+        return pb.GetInfoResponse(**d)
+
+    @classmethod
+    def from_pb2(cls, msg: pb.GetInfoResponse) -> "AgentInfo":
+        d = {f.name: getattr(msg, f.name) for f in dataclasses.fields(cls)}
+        d["available_providers"] = tuple(d["available_providers"])
+        return cls(**d)
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["available_providers"] = list(self.available_providers)
+        return d
