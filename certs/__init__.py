@@ -1,0 +1,26 @@
+"""edgetune's PKI, shared by the board agent and the host: create a CA, issue device (server)
+and host (client) certificates, load identities for mutual TLS.
+
+Light and portable (boards run Python 3.9+): it needs only ``cryptography``, and ``grpc`` for
+``certs.grpc_creds``, which is therefore not imported here.
+"""
+
+from __future__ import annotations
+
+from certs.describe import CertInfo, describe_certificate, has_client_auth, has_server_auth
+from certs.errors import (CertError, CertFileError, CertFileExistsError, CertFileNotFoundError,
+                          CertFormatError, CertOptionError, CertVerifyError, KeyMismatchError,
+                          PassphraseError, PassphrasePolicyError)
+from certs.identity import Identity, load_identity
+from certs.keys import CIPHERS, DEFAULT_CIPHER, DEFAULT_KEY_TYPE, KEY_TYPES, is_encrypted_pem
+from certs.passphrase import ENV_VAR, MIN_LENGTH, resolve_passphrase
+from certs.pki import DEFAULT_DAYS, CertificateAuthority, IssuedCert
+
+__all__ = [
+    "CIPHERS", "DEFAULT_CIPHER", "DEFAULT_DAYS", "DEFAULT_KEY_TYPE", "ENV_VAR", "KEY_TYPES",
+    "MIN_LENGTH", "CertError", "CertFileError", "CertFileExistsError", "CertFileNotFoundError",
+    "CertFormatError", "CertInfo", "CertOptionError", "CertVerifyError", "CertificateAuthority",
+    "Identity", "IssuedCert", "KeyMismatchError", "PassphraseError", "PassphrasePolicyError",
+    "describe_certificate", "has_client_auth", "has_server_auth", "is_encrypted_pem",
+    "load_identity", "resolve_passphrase",
+]

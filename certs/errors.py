@@ -1,0 +1,49 @@
+"""The PKI's exception hierarchy.
+
+Every message names the file or value at fault and what to do about it. The host CLI maps
+these to its exit codes (``host.cli.certs_cmd.host_error``); the agent logs them and exits.
+"""
+
+from __future__ import annotations
+
+PASSPHRASE_HINT = "set EDGETUNE_PASSPHRASE or --passphrase-file"
+
+
+class CertError(Exception):
+    """Base of every error raised by ``certs``."""
+
+
+class PassphraseError(CertError):
+    """A passphrase did not decrypt a key (wrong passphrase, or none given for an encrypted key)."""
+
+
+class PassphrasePolicyError(CertError):
+    """A passphrase cannot be used: too short, the two entries differ, or no source is available."""
+
+
+class CertOptionError(CertError):
+    """A bad argument: a name that is not a plain name, an unknown key type, a bad IP or subject."""
+
+
+class CertFileError(CertError):
+    """A certificate or key file cannot be used."""
+
+
+class CertFileNotFoundError(CertFileError):
+    """A certificate, key or passphrase file does not exist."""
+
+
+class CertFileExistsError(CertFileError):
+    """Refusing to overwrite an existing file without ``force``."""
+
+
+class CertFormatError(CertFileError):
+    """A file is not the PEM certificate or key it should be."""
+
+
+class KeyMismatchError(CertError):
+    """A private key does not belong to the certificate it was paired with."""
+
+
+class CertVerifyError(CertError):
+    """A certificate is not signed by the CA, is out of date, or has the wrong usage."""
