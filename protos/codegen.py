@@ -14,8 +14,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTOS = ("protos/agent.proto",)
-GENERATED = ("agent_pb2.py", "agent_pb2.pyi", "agent_pb2_grpc.py")
+PROTOS = ("protos/agent.proto", "protos/onnx_subset.proto")
+GENERATED = ("agent_pb2.py", "agent_pb2.pyi", "agent_pb2_grpc.py",
+             "onnx_subset_pb2.py", "onnx_subset_pb2.pyi")
 
 
 def generate(out_dir: Path) -> None:

@@ -1,0 +1,159 @@
+"""What the agent accepts: sizes, counts and durations, and the checks that enforce them.
+
+``Limits`` is built once from the agent's config (the ``[limits]`` table of agent.toml, one
+key per field) and handed to the store, the runner and the job queue. ``validate_benchmark``
+and ``validate_evaluate`` check a spec's final values (after the servicer has turned wire
+zeros into defaults) and raise ``InvalidArgument`` with a message that names the bad value
+and the accepted range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from device.errors import InvalidArgument
+from protos.messages import (EXECUTION_MODES, GRAPH_OPT_LEVELS, BenchmarkSpec, BlobKind,
+                             EvaluateSpec, SessionOptions)
+
+GiB = 1 << 30
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+EVALUATE_METRICS = ("top1", "top5", "fidelity", "miou")
+MAX_INPUT_SHAPES = 64
+MAX_DIM = 1 << 24
+MAX_PROVIDERS = 16
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every bound the agent enforces on what a caller sends. Field name = config key."""
+
+    max_model_bytes: int = 2 * GiB          # protobuf cannot parse a single-file model beyond 2 GiB
+    max_dataset_bytes: int = 2 * GiB        # on disk and unpacked (compressed npz members count unpacked)
+    max_iterations: int = 1_000_000
+    max_warmup: int = 10_000
+    max_duration_s: float = 3600.0
+    queue_capacity: int = 16
+    max_samples_returned: int = 100_000
+    max_dataset_samples: int = 1_000_000
+    max_batch_size: int = 4096
+    max_threads: int = 256
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"limits.{f.name} must be a positive number (got {value!r})")
+
+    def max_bytes(self, kind: BlobKind) -> int:
+        return self.max_model_bytes if BlobKind(kind) is BlobKind.MODEL else self.max_dataset_bytes
+
+    @staticmethod
+    def config_key(kind: BlobKind) -> str:
+        """The agent.toml key that raises the size limit of ``kind``."""
+        return "[limits] max_model_bytes" if BlobKind(kind) is BlobKind.MODEL \
+            else "[limits] max_dataset_bytes"
+
+
+def check_sha256(value: Any, what: str = "sha256") -> str:
+    """Return ``value`` if it is 64 lowercase hex characters, else raise InvalidArgument."""
+    if not isinstance(value, str) or not SHA256_RE.fullmatch(value):
+        shown = value if isinstance(value, str) and len(value) <= 80 else f"{str(value)[:80]}..."
+        raise InvalidArgument(
+            f"{what} must be 64 lowercase hexadecimal characters (got {shown!r}); "
+            "use the sha256 that `edgetune models upload` printed")
+    return value
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _check_range(name: str, value: Any, low: float, high: float, hint: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        extra = f"; {hint}" if hint else ""
+        raise InvalidArgument(f"{name} must be between {_num(low)} and {_num(high)} "
+                              f"(got {value!r}){extra}")
+
+
+def validate_session(options: SessionOptions, limits: Limits) -> None:
+    """Check session options: thread counts, levels, providers, input shapes."""
+    _check_range("intra_op_threads", options.intra_op_threads, 0, limits.max_threads,
+                 "0 lets onnxruntime choose")
+    _check_range("inter_op_threads", options.inter_op_threads, 0, limits.max_threads,
+                 "0 lets onnxruntime choose")
+    if options.graph_optimization not in GRAPH_OPT_LEVELS:
+        raise InvalidArgument(f"graph_optimization must be one of {', '.join(GRAPH_OPT_LEVELS)} "
+                              f"(got {options.graph_optimization!r})")
+    if options.execution_mode not in EXECUTION_MODES:
+        raise InvalidArgument(f"execution_mode must be one of {', '.join(EXECUTION_MODES)} "
+                              f"(got {options.execution_mode!r})")
+    if len(options.providers) > MAX_PROVIDERS:
+        raise InvalidArgument(f"at most {MAX_PROVIDERS} execution providers may be requested "
+                              f"(got {len(options.providers)})")
+    for provider in options.providers:
+        if not isinstance(provider, str) or not provider or len(provider) > 128:
+            raise InvalidArgument(f"provider names must be non-empty strings such as "
+                                  f"'CPUExecutionProvider' (got {provider!r})")
+    if len(options.input_shapes) > MAX_INPUT_SHAPES:
+        raise InvalidArgument(f"at most {MAX_INPUT_SHAPES} input shapes may be given "
+                              f"(got {len(options.input_shapes)})")
+    for name, dims in options.input_shapes:
+        if not dims:
+            raise InvalidArgument(f"shape of input '{name}' is empty; pass --shape {name}=1x3x224x224")
+        for dim in dims:
+            if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
+                shown = "x".join(str(d) for d in dims)
+                raise InvalidArgument(
+                    f"shape of input '{name}' ({shown}) has a dimension outside 1..{MAX_DIM}; "
+                    f"every dimension must be a positive size such as --shape {name}=1x3x224x224")
+
+
+def validate_benchmark(spec: BenchmarkSpec, limits: Limits) -> None:
+    """Raise InvalidArgument unless ``spec`` (with wire zeros already resolved) is runnable."""
+    check_sha256(spec.model_sha256, "model_sha256")
+    if spec.dataset_sha256:
+        check_sha256(spec.dataset_sha256, "dataset_sha256")
+    _check_range("warmup", spec.warmup, 0, limits.max_warmup)
+    iterations, duration = spec.iterations, spec.min_duration_s
+    if isinstance(duration, (int, float)) and not isinstance(duration, bool) \
+            and not math.isfinite(duration):
+        raise InvalidArgument(f"min_duration_s must be a finite number of seconds (got {duration!r})")
+    if (iterations and duration) or (not iterations and not duration):
+        raise InvalidArgument(
+            "set exactly one of iterations (a fixed count) or min_duration_s (run until that "
+            f"much time has passed); got iterations={iterations!r}, min_duration_s={duration!r}")
+    if iterations:
+        _check_range("iterations", iterations, 1, limits.max_iterations)
+        if not isinstance(iterations, int):
+            raise InvalidArgument(f"iterations must be a whole number (got {iterations!r})")
+        if spec.return_samples and iterations > limits.max_samples_returned:
+            raise InvalidArgument(
+                f"return_samples is limited to {limits.max_samples_returned} samples but "
+                f"iterations is {iterations}; lower the count or drop --samples")
+    else:
+        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration <= 0 \
+                or duration > limits.max_duration_s:
+            raise InvalidArgument(f"min_duration_s must be more than 0 and at most "
+                                  f"{_num(limits.max_duration_s)} seconds (got {duration!r})")
+    if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or not 0 <= spec.seed < 2 ** 64:
+        raise InvalidArgument(f"seed must be an integer between 0 and 2**64-1 (got {spec.seed!r})")
+    validate_session(spec.session, limits)
+
+
+def validate_evaluate(spec: EvaluateSpec, limits: Limits) -> None:
+    """Raise InvalidArgument unless ``spec`` (with wire zeros already resolved) is runnable."""
+    check_sha256(spec.model_sha256, "model_sha256")
+    if not spec.dataset_sha256:
+        raise InvalidArgument("an evaluation needs a dataset: upload one with "
+                              "`edgetune datasets upload` and pass its sha256")
+    check_sha256(spec.dataset_sha256, "dataset_sha256")
+    _check_range("batch_size", spec.batch_size, 1, limits.max_batch_size)
+    for metric in spec.metrics:
+        if metric not in EVALUATE_METRICS:
+            raise InvalidArgument(f"unknown metric {metric!r}; choose from "
+                                  f"{', '.join(EVALUATE_METRICS)} (or none for all that apply)")
+    validate_session(spec.session, limits)
