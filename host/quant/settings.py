@@ -19,7 +19,7 @@ ACT_TYPES = ("uint8", "int8", "int16")
 WEIGHT_TYPES = ("int8", "uint8")
 LAYOUTS = ("nchw", "nhwc")
 COLORS = ("rgb", "bgr")
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "area")
 FILE_TYPES = ("auto", "img", "npy", "npz", "raw")
 
 
@@ -44,7 +44,8 @@ class CalibSource:
     input_name: Optional[str] = None                   # None: the model's only input
     file_type: str = "auto"                            # one of FILE_TYPES
     preprocess: Preprocess = field(default_factory=Preprocess)
-    shape: Optional[Tuple[int, ...]] = None            # fixes symbolic dims (raw files need it)
+    shape: Optional[Tuple[int, ...]] = None            # full input shape incl. batch; fixes
+                                                       # symbolic dims (raw files need it)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class QuantizeSettings:
     skip_preprocess: bool = False                      # skip shape inference / fusion
     force: bool = False                                # overwrite an existing output
     source: str = "flags"                              # where the settings came from (record)
+    notes: Tuple[str, ...] = ()                        # decisions taken while reading flags/config
+                                                       # (for the record: what was mapped, how)
 
 
 @dataclass(frozen=True)

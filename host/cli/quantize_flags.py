@@ -1,0 +1,193 @@
+"""``edgetune quantize`` flags (and ``--config`` files) -> QuantizeSettings, FallbackSettings.
+
+Precedence: defaults < config file < explicit flags. Every flag defaults to None, so a flag
+that was given can be told from one that was not. Nothing heavy is imported at module top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from host.errors import UsageError
+from host.quant.settings import (CalibSource, FallbackSettings, Preprocess, QuantizeSettings,
+                                 SubgraphOverride)
+
+__all__ = ["build_settings", "model_inputs"]
+
+# Preprocess fields settable from flags: dest -> Preprocess field.
+PREPROCESS_FLAGS = {"input_size": "input_size", "interpolation": "interpolation",
+                    "color": "color", "mean": "mean", "std": "std", "layout": "layout",
+                    "preprocess": "function"}
+# Plain flags: dest -> QuantizeSettings field.
+SETTINGS_FLAGS = {"calib_count": "calib_count", "seed": "seed", "method": "method",
+                  "percentile": "percentile", "bins": "histogram_bins",
+                  "quantized_bins": "quantized_bins", "per_channel": "per_channel",
+                  "act": "act_type", "weight": "weight_type", "symmetric_act": "symmetric_act",
+                  "reduce_range": "reduce_range", "op_types": "op_types", "ranges": "ranges",
+                  "calib_batch": "calib_batch", "skip_model_prep": "skip_preprocess",
+                  "force": "force"}
+
+
+def _named(value: str) -> Tuple[Optional[str], str]:
+    """``NAME=VALUE`` -> (NAME, VALUE); a value with no name -> (None, value)."""
+    if "=" in value and not Path(value).exists():
+        name, rest = value.split("=", 1)
+        if name and "/" not in name and "\\" not in name:
+            if not rest:
+                raise UsageError(f"{value!r}: nothing after '='", hint="NAME=SOURCE")
+            return name, rest
+    return None, value
+
+
+def _shapes(values: Optional[List[str]]) -> Dict[Optional[str], Tuple[int, ...]]:
+    shapes: Dict[Optional[str], Tuple[int, ...]] = {}
+    for value in values or []:
+        name, text = _named(value)
+        try:
+            dims = tuple(int(d) for d in text.lower().replace(",", "x").split("x"))
+        except ValueError:
+            raise UsageError(f"--input-shape {value!r} is not [NAME=]D1xD2x...",
+                             hint="e.g. --input-shape data=1x3x224x224") from None
+        if not dims or any(d <= 0 for d in dims):
+            raise UsageError(f"--input-shape {value!r} has a dimension <= 0")
+        shapes[name] = dims
+    return shapes
+
+
+def _subgraphs(values: Optional[List[List[str]]]) -> Tuple[SubgraphOverride, ...]:
+    out = []
+    for items in values or []:
+        if len(items) not in (2, 3):
+            raise UsageError(f"--subgraph {' '.join(items)}: give IN[,IN..] OUT[,OUT..] "
+                             f"[int8|int16|float]", hint="e.g. --subgraph data relu1_out int16")
+        inputs = tuple(t for t in items[0].split(",") if t)
+        outputs = tuple(t for t in items[1].split(",") if t)
+        precision = items[2] if len(items) == 3 else "int16"
+        out.append(SubgraphOverride(inputs=inputs, outputs=outputs, precision=precision))
+    return tuple(out)
+
+
+def build_settings(args: argparse.Namespace) -> Tuple[QuantizeSettings, Optional[FallbackSettings],
+                                                      Any]:
+    """Defaults < config file < explicit flags. Returns (settings, fallback, config layer)."""
+    from host.quant import config as cfg
+
+    layer = cfg.load_config(args.config) if args.config else None
+    values: Dict[str, Any] = dict(layer) if layer is not None else {}
+    notes: List[str] = list(values.pop("notes", ()))
+    for dest, field in SETTINGS_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            values[field] = tuple(value) if isinstance(value, list) else value
+    for dest, field in (("exclude", "exclude"), ("int16", "int16"), ("truncate", "truncate")):
+        if getattr(args, dest):
+            values[field] = tuple(getattr(args, dest))
+    if args.subgraph:
+        values["subgraphs"] = _subgraphs(args.subgraph)
+    if args.model is not None:
+        values["model"] = args.model
+    if "model" not in values:
+        raise UsageError("no model given", hint="edgetune quantize MODEL -o OUT.onnx --calib SRC, "
+                                                "or --config FILE naming the model")
+    model = Path(values["model"])
+    if args.output is not None:
+        values["output"] = args.output
+    values.setdefault("output", model.with_name(model.name.rsplit(".onnx", 1)[0] + ".q.onnx"))
+    if args.config and "source" in values:
+        values["source"] = f"{values['source']}+flags" if _any_flag(args) else values["source"]
+
+    values["calib"] = _calib_sources(args, layer, values.get("calib", ()))
+    pegasus = list(layer.pegasus_layers) if layer is not None else []
+    if args.int16_list:
+        names, more = cfg.load_pegasus_layers_with_notes(args.int16_list)
+        pegasus.extend(names)
+        notes.extend(more)
+    if pegasus or (layer is not None and layer.format == "xquant"):
+        inputs = model_inputs(model)
+        if layer is not None and layer.format == "xquant":
+            cfg.check_input_count(layer, [i.name for i in inputs])
+        if pegasus:
+            resolved = cfg.resolve_pegasus_layers(pegasus, model)
+            values["int16"] = tuple(values.get("int16", ())) + tuple(
+                n for n in resolved if n not in values.get("int16", ()))
+            notes.append(f"Pegasus hybrid list: {len(pegasus)} layer(s) -> int16 nodes "
+                         f"{', '.join(resolved)}")
+    values["notes"] = tuple(notes)
+    settings = QuantizeSettings(**values)
+    cfg.check_settings(settings)
+    if not settings.calib and settings.ranges is None:
+        raise UsageError("no calibration data", hint="give --calib SOURCE (or --ranges FILE "
+                                                     "to reuse the ranges of an earlier run)")
+    return settings, _fallback(args, layer), layer
+
+
+def _any_flag(args: argparse.Namespace) -> bool:
+    skip = {"config", "json", "func", "command", "verbose", "timeout"}
+    return any(v not in (None, False, []) for k, v in vars(args).items() if k not in skip)
+
+
+def model_inputs(model: Path) -> Any:
+    from host.quant.calibdata import read_model_inputs
+    return read_model_inputs(model)
+
+
+def _calib_sources(args: argparse.Namespace, layer: Any,
+                   from_config: Sequence[CalibSource]) -> Tuple[CalibSource, ...]:
+    flag_pre = {field: getattr(args, dest) for dest, field in PREPROCESS_FLAGS.items()
+                if getattr(args, dest) is not None}
+    shapes = _shapes(args.input_shape)
+    if args.calib:
+        defaults = dict(layer.preprocess) if layer is not None else {}
+        defaults.update(flag_pre)
+        sources = []
+        for value in args.calib:
+            name, path = _named(value)
+            sources.append(CalibSource(path=Path(path), input_name=name,
+                                       file_type=args.file_type or "auto",
+                                       preprocess=Preprocess(**defaults)))
+    else:
+        sources = [dataclasses.replace(
+            s, preprocess=dataclasses.replace(s.preprocess, **flag_pre),
+            file_type=args.file_type or s.file_type) for s in from_config]
+    if shapes:
+        unnamed = shapes.pop(None, None)
+        if unnamed is not None and len(sources) > 1:
+            raise UsageError("--input-shape without a NAME= and several inputs",
+                             hint="use --input-shape NAME=1x3x224x224")
+        sources = [dataclasses.replace(s, shape=shapes.get(s.input_name, unnamed or s.shape))
+                   for s in sources]
+        known = {s.input_name for s in sources}
+        stray = [n for n in shapes if n not in known]
+        if stray:
+            raise UsageError(f"--input-shape for {', '.join(stray)}, which has no --calib",
+                             hint="name the inputs as in --calib NAME=SOURCE")
+    return tuple(sources)
+
+
+def _fallback(args: argparse.Namespace, layer: Any) -> Optional[FallbackSettings]:
+    given = dict(layer.fallback) if layer is not None else {}
+    for dest in ("max_drop", "eval", "metric", "strategy", "max_steps", "device"):
+        value = getattr(args, dest, None)
+        if value is not None:
+            given[dest] = value
+    if given.get("max_drop") is None:
+        if given.get("eval") is not None:
+            raise UsageError("--eval without --max-drop", hint="add --max-drop X (e.g. 0.01)")
+        return None
+    if given.get("eval") is None:
+        raise UsageError("--max-drop needs an evaluation set",
+                         hint="give --eval D.npz (inputs named like the model's, optional labels)")
+    if given["max_drop"] < 0:
+        raise UsageError(f"--max-drop {given['max_drop']} is negative")
+    for key, options in (("metric", ("auto", "top1", "top5", "fidelity")),
+                         ("strategy", ("bisect", "greedy"))):
+        if key in given and given[key] not in options:
+            raise UsageError(f"unknown {key} {given[key]!r}", hint=f"one of {', '.join(options)}")
+    return FallbackSettings(max_drop=float(given["max_drop"]), eval_dataset=Path(given["eval"]),
+                            metric=given.get("metric", "auto"),
+                            strategy=given.get("strategy", "bisect"),
+                            max_steps=int(given.get("max_steps", 32)),
+                            device=given.get("device"))
