@@ -15,9 +15,8 @@ size (first dimension of the first input), per second of the measured loop's wal
 (``measured_s``). A duration-bound run also stops at ``limits.max_iterations``. ``peak_rss_mb`` is the agent's VmHWM after a
 reset at the start of the job (process peak when the kernel cannot reset it).
 
-Evaluate: the dataset is loaded, matched to the model's inputs and outputs, and run batch
-by batch (the model's fixed batch size wins over ``batch_size``; a short last batch is
-padded for a fixed-batch model and the padding's outputs are dropped).
+Evaluate: the model and the dataset are loaded and the session created here; the batch loop
+and the metrics are in ``device.evaluate`` (``evaluate_session``).
 """
 
 from __future__ import annotations
@@ -34,8 +33,8 @@ import numpy as np
 from device import sysinfo
 from device.datasets import ORT_DTYPES, MatchedDataset, load_dataset, match_to_model
 from device.errors import AgentError, Cancelled, InvalidArgument, ResourceExhausted
+from device.evaluate import evaluate_session
 from device.limits import Limits
-from device.metrics import Fidelity, MeanIoU, TopK, as_class_scores
 from device.store import BlobStore
 from protos.messages import (BenchmarkResult, BenchmarkSpec, BlobKind, EvaluateResult,
                              EvaluateSpec, LatencyStats, Progress, SessionOptions)
@@ -304,34 +303,7 @@ class Runner:
         dataset = load_dataset(self.store.path(BlobKind.DATASET, spec.dataset_sha256))
         rep.report("load", 0, 0, "creating the onnxruntime session", force=True)
         session, load_ms = create_session(model_path, spec.session)
-        outputs = session.get_outputs()
-        matched = match_to_model(dataset, session.get_inputs(), outputs)
-        wanted = _plan_metrics(spec.metrics, matched)
-        batch = matched.fixed_batch or spec.batch_size
-        if matched.fixed_batch and spec.batch_size not in (1, matched.fixed_batch):
-            log.info("the model's batch size is fixed at %d; batch_size %d is ignored",
-                     matched.fixed_batch, spec.batch_size)
-        names = [o.name for o in outputs]
-        n = matched.samples
-        acc = _Accumulators(wanted, spec.metrics, matched, names)
-        start = time.perf_counter()
-        rep.report("evaluate", 0, n, force=True)
-        for begin in range(0, n, batch):
-            rep.check()
-            real = min(batch, n - begin)
-            feed = {}
-            for name, arr in matched.inputs.items():
-                part = arr[begin:begin + batch]
-                if matched.fixed_batch and real < batch:  # pad with the last sample
-                    part = np.concatenate([part, np.repeat(part[-1:], batch - real, axis=0)])
-                feed[name] = np.ascontiguousarray(part)
-            results = _run(session, names, feed)
-            acc.update(begin, real, [r[:real] for r in results])
-            rep.report("evaluate", begin + real, n)
-        elapsed = time.perf_counter() - start
-        rep.report("evaluate", n, n, "done", force=True)
-        return EvaluateResult(samples=n, metrics=tuple(sorted(acc.result().items())),
-                              load_ms=load_ms, elapsed_s=elapsed)
+        return evaluate_session(session, load_ms, dataset, spec, rep, _run)
 
 
 def _given_batch(options: SessionOptions, inputs: Sequence[Any]) -> Optional[int]:
@@ -340,115 +312,3 @@ def _given_batch(options: SessionOptions, inputs: Sequence[Any]) -> Optional[int
         if node.name in shapes and shapes[node.name]:
             return int(shapes[node.name][0])
     return None
-
-
-def _plan_metrics(requested: Sequence[str], matched: MatchedDataset) -> List[str]:
-    """The metric families to compute; InvalidArgument when a requested one cannot be."""
-    labels = matched.labels
-    can = {
-        "top1": labels is not None and labels.ndim == 1,
-        "top5": labels is not None and labels.ndim == 1,
-        "miou": labels is not None and labels.ndim >= 2,
-        "fidelity": bool(matched.references),
-    }
-    why = {
-        "top1": "it needs a 'labels' array of shape [N] (class indices) in the dataset",
-        "top5": "it needs a 'labels' array of shape [N] (class indices) in the dataset",
-        "miou": "it needs a 'labels' array of shape [N, H, W] (class per pixel) in the dataset",
-        "fidelity": "it needs reference outputs in the dataset, stored under the model's "
-                    "output names",
-    }
-    if requested:
-        for metric in requested:
-            if not can.get(metric, False):
-                raise InvalidArgument(f"metric {metric!r} cannot be computed: {why.get(metric, '')}")
-        return list(dict.fromkeys(requested))
-    chosen = [m for m in ("top1", "top5", "miou", "fidelity") if can[m]]
-    if not chosen:
-        raise InvalidArgument("no metric applies: the dataset has neither 'labels' nor reference "
-                              "outputs named after the model's outputs; add one of them")
-    return chosen
-
-
-class _Accumulators:
-    """Streams the chosen metrics over batches of outputs."""
-
-    def __init__(self, wanted: List[str], requested: Sequence[str], matched: MatchedDataset,
-                 names: List[str]) -> None:
-        self.wanted = set(wanted)
-        self.requested = set(requested)
-        self.matched = matched
-        self.names = names
-        self.topk: Dict[int, TopK] = {}
-        self.class_output = 0
-        self.miou: Optional[MeanIoU] = None
-        self.miou_output = 0
-        self.fidelity = {name: Fidelity() for name in matched.references}
-        self.started = False
-
-    def _first_batch(self, outputs: List[np.ndarray]) -> None:
-        self.started = True
-        labels = self.matched.labels
-        if "top1" in self.wanted or "top5" in self.wanted:
-            found = [i for i, out in enumerate(outputs)
-                     if (as_class_scores(out) is not None and out.shape[0] > 0
-                         and as_class_scores(out).shape[1] > 1)]  # type: ignore[union-attr]
-            if not found:
-                shapes = ", ".join(f"{n} {list(o.shape)}" for n, o in zip(self.names, outputs))
-                raise InvalidArgument(f"top-k accuracy needs an output shaped [N, classes]; the "
-                                      f"model's outputs are {shapes}")
-            self.class_output = found[0]
-            classes = as_class_scores(outputs[found[0]]).shape[1]  # type: ignore[union-attr]
-            for k in (1, 5):
-                if f"top{k}" not in self.wanted:
-                    continue
-                if classes <= k:
-                    if f"top{k}" in self.requested:
-                        raise InvalidArgument(f"metric 'top{k}' cannot be computed: the output has "
-                                              f"only {classes} classes")
-                    continue
-                self.topk[k] = TopK(k)
-        if "miou" in self.wanted:
-            assert labels is not None
-            for i, out in enumerate(outputs):
-                if out.ndim == labels.ndim + 1 and out.shape[2:] == labels.shape[1:]:
-                    self.miou = MeanIoU(int(out.shape[1]))
-                    self.miou_output = i
-                    break
-            if self.miou is None:
-                raise InvalidArgument(f"metric 'miou' cannot be computed: no output is shaped "
-                                      f"[N, classes, {', '.join(map(str, labels.shape[1:]))}] "
-                                      "to match the labels")
-
-    def update(self, begin: int, real: int, outputs: List[np.ndarray]) -> None:
-        if not self.started:
-            self._first_batch(outputs)
-        labels = self.matched.labels
-        if self.topk:
-            scores = as_class_scores(outputs[self.class_output])
-            for acc in self.topk.values():
-                acc.update(scores, labels[begin:begin + real])  # type: ignore[index]
-        if self.miou is not None:
-            self.miou.update(outputs[self.miou_output],
-                             labels[begin:begin + real])  # type: ignore[index]
-        if "fidelity" in self.wanted:
-            for name, acc in self.fidelity.items():
-                out = outputs[self.names.index(name)]
-                ref = self.matched.references[name][begin:begin + real]
-                if ref.shape != out.shape:
-                    raise InvalidArgument(
-                        f"reference output '{name}' has per-sample shape {list(ref.shape[1:])} but "
-                        f"the model produced {list(out.shape[1:])}")
-                acc.update(ref, out)
-
-    def result(self) -> Dict[str, float]:
-        metrics: Dict[str, float] = {}
-        for k, acc in self.topk.items():
-            metrics[f"top{k}"] = acc.result()
-        if self.miou is not None:
-            metrics["miou"] = self.miou.result()
-        prefix = len(self.fidelity) > 1
-        for name, acc in self.fidelity.items():
-            for key, value in acc.result().items():
-                metrics[f"{name}/{key}" if prefix else key] = value
-        return metrics

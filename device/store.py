@@ -21,17 +21,15 @@ Uploads (``begin_upload``):
 - one upload per (kind, sha256) at a time: a second one while the first is open gets
   FailedPrecondition (retry later; by then it is usually already present).
 
-Per chunk the writer only writes and updates the running sha256; every few MB an fsync runs
-in a helper thread, and ``close_incomplete``/``commit`` fsync the rest. A disconnect
-mid-upload ends in ``close_incomplete``: the bytes received are fsynced and kept for a later
-resume (after a power cut, the final hash check catches anything the disk lost). Partial files untouched for ``stale_partial_days`` are removed at open.
+The writer (``device.upload.UploadWriter``, re-exported here) receives the chunks, fsyncs as
+it goes and checks hash and content at ``commit``; a disconnect mid-upload ends in
+``close_incomplete``, which keeps the bytes received for a later resume. Partial files
+untouched for ``stale_partial_days`` are removed at open.
 """
 
 from __future__ import annotations
 
 import enum
-import errno
-import hashlib
 import json
 import logging
 import os
@@ -40,17 +38,17 @@ import threading
 import time
 import unicodedata
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Set, Tuple, Union
+from typing import List, Optional, Set, Tuple, Union
 
-from device.errors import (AgentError, DataLoss, FailedPrecondition, InvalidArgument, NotFound,
-                           ResourceExhausted)
+from device.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from device.limits import SHA256_RE, Limits, check_sha256
+# UploadWriter and its constants live in device.upload; importable from here as before.
+from device.upload import (HASH_READ_BYTES, SYNC_EVERY_BYTES, VALIDATORS,  # noqa: F401
+                           UploadWriter)
 from protos.messages import BlobInfo, BlobKind
 
 log = logging.getLogger(__name__)
 
-SYNC_EVERY_BYTES = 8 << 20           # start a background fsync after this many new bytes
-HASH_READ_BYTES = 4 << 20            # chunk size when re-hashing a partial file on resume
 MAX_NAME_CHARS = 200
 SUFFIX = {BlobKind.MODEL: ".onnx", BlobKind.DATASET: ".npz"}
 FOLDER = {BlobKind.MODEL: "models", BlobKind.DATASET: "datasets"}
@@ -97,13 +95,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_quietly(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # the final fsync at close reports real trouble
-        log.debug("background fsync failed: %s", exc)
-
-
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -128,203 +119,6 @@ def _unlink(path: Path) -> bool:
         return True
     except FileNotFoundError:
         return False
-
-
-def _validate_model(path: Path, limits: Limits) -> None:
-    from device.onnx_safety import check_model_file
-    check_model_file(path, limits.max_model_bytes)
-
-
-def _validate_dataset(path: Path, limits: Limits) -> None:
-    from device.datasets import check_dataset_file
-    check_dataset_file(path, max_bytes=limits.max_dataset_bytes,
-                       max_samples=limits.max_dataset_samples)
-
-
-VALIDATORS: Dict[BlobKind, Callable[[Path, Limits], None]] = {
-    BlobKind.MODEL: _validate_model,
-    BlobKind.DATASET: _validate_dataset,
-}
-
-
-class UploadWriter:
-    """Receives the bytes of one upload; made by ``BlobStore.begin_upload``.
-
-    Use ``write`` for each chunk, then ``commit`` once all ``size`` bytes arrived, or
-    ``close_incomplete`` when the sender went away (the bytes stay for a resume).
-    As a context manager, leaving with an exception closes it incomplete.
-    """
-
-    def __init__(self, store: "BlobStore", kind: BlobKind, sha256: str, size: int, name: str,
-                 *, already_present: Optional[BlobInfo] = None) -> None:
-        self._store = store
-        self.kind = kind
-        self.sha256 = sha256
-        self.size = size
-        self.name = name
-        self.info: Optional[BlobInfo] = already_present
-        self.already_present = already_present is not None
-        self.start_offset = 0
-        self.committed = 0               # bytes in the partial file, resumed ones included
-        self._hasher = hashlib.sha256()
-        self._file = None                # type: Optional[object]
-        self._unsynced = 0
-        self._syncer: Optional[threading.Thread] = None
-        self._closed = self.already_present
-
-    # --- set-up, called by the store with the key reserved
-    def _open(self, offset: int) -> None:
-        part = self._store._part_path(self.kind, self.sha256)
-        if offset == 0:
-            f = open(part, "wb", buffering=0)
-        else:
-            f = open(part, "r+b", buffering=0)
-            try:
-                remaining = offset
-                while remaining:
-                    chunk = f.read(min(HASH_READ_BYTES, remaining))
-                    if not chunk:
-                        raise FailedPrecondition(
-                            "the partial upload shrank while resuming; resume from offset 0")
-                    self._hasher.update(chunk)
-                    remaining -= len(chunk)
-                f.truncate(offset)
-                f.seek(offset)
-            except BaseException:
-                f.close()
-                raise
-        self._file = f
-        self.start_offset = self.committed = offset
-
-    @property
-    def received(self) -> int:
-        """Bytes carried by this writer (not counting the resumed part)."""
-        return self.committed - self.start_offset
-
-    @property
-    def complete(self) -> bool:
-        return self.committed == self.size
-
-    def write(self, data: bytes) -> None:
-        if self._closed:
-            if self.already_present:
-                raise FailedPrecondition(
-                    f"{self.kind.value} {self.sha256} is stored already; nothing needs sending")
-            raise FailedPrecondition("this upload is closed; start a new one to send more bytes")
-        n = len(data)
-        if self.committed + n > self.size:
-            raise InvalidArgument(
-                f"upload overruns its announced size: {self.size} bytes announced, "
-                f"{self.committed + n} sent; announce the file's real size")
-        view = memoryview(data)
-        f = self._file
-        written = 0
-        try:
-            while written < n:
-                written += f.write(view[written:])  # type: ignore[attr-defined]
-        except OSError as exc:
-            self.committed += written  # what reached the file is a correct prefix
-            self._hasher.update(view[:written])
-            if exc.errno == errno.ENOSPC:
-                raise ResourceExhausted(
-                    f"the board's disk is full after {self.committed} of {self.size} bytes; "
-                    "free space (or delete blobs) and resume the upload") from None
-            raise AgentError(f"writing the upload to the store failed: {exc}") from None
-        self._hasher.update(data)
-        self.committed += n
-        self._unsynced += n
-        if self._unsynced >= SYNC_EVERY_BYTES:
-            self._sync_in_background()
-
-    def _sync_in_background(self) -> None:
-        """Start an fsync of what is written so far in a helper thread (one at a time), so the
-        stream keeps flowing while the disk catches up."""
-        if self._syncer is not None and self._syncer.is_alive():
-            return
-        self._unsynced = 0
-        fd = self._file.fileno()  # type: ignore[attr-defined]
-        self._syncer = threading.Thread(target=_fsync_quietly, args=(fd,), daemon=True,
-                                        name="edgetune-fsync")
-        self._syncer.start()
-
-    def _close_file(self) -> None:
-        f = self._file
-        self._file = None
-        if self._syncer is not None:
-            self._syncer.join()
-            self._syncer = None
-        if f is not None:
-            try:
-                os.fsync(f.fileno())  # type: ignore[attr-defined]
-            finally:
-                f.close()  # type: ignore[attr-defined]
-
-    def close_incomplete(self) -> int:
-        """Keep the bytes received so far (fsynced) for a later resume; return that offset."""
-        if not self._closed:
-            self._closed = True
-            try:
-                self._close_file()
-            finally:
-                self._store._release(self.kind, self.sha256)
-            log.info("upload of %s %s paused at %d of %d bytes", self.kind.value, self.sha256,
-                     self.committed, self.size)
-        return self.committed
-
-    def discard(self) -> None:
-        """Throw the partial upload away."""
-        if not self._closed:
-            self._closed = True
-            try:
-                self._close_file()
-            finally:
-                self._store._drop_partial(self.kind, self.sha256)
-                self._store._release(self.kind, self.sha256)
-
-    def commit(self) -> BlobInfo:
-        """Verify the hash and the content, then make the blob visible. Returns its info.
-
-        DataLoss on a hash mismatch and InvalidArgument on refused content (both discard the
-        bytes); FailedPrecondition if fewer than ``size`` bytes arrived (they are kept).
-        """
-        if self.already_present:
-            assert self.info is not None
-            return self.info
-        if self._closed:
-            raise FailedPrecondition("this upload is closed already; start a new one")
-        if self.committed != self.size:
-            self.close_incomplete()
-            raise FailedPrecondition(
-                f"upload incomplete: received {self.committed} of {self.size} bytes; "
-                f"the bytes are kept, resume from offset {self.committed}")
-        try:
-            self._close_file()
-            got = self._hasher.hexdigest()
-            if got != self.sha256:
-                self._store._drop_partial(self.kind, self.sha256)
-                raise DataLoss(f"hash mismatch: expected {self.sha256}, got {got}; the upload "
-                               "was discarded, send it again")
-            part = self._store._part_path(self.kind, self.sha256)
-            try:
-                VALIDATORS[self.kind](part, self._store.limits)
-            except AgentError:
-                self._store._drop_partial(self.kind, self.sha256)
-                raise
-            except Exception as exc:
-                self._store._drop_partial(self.kind, self.sha256)
-                raise InvalidArgument(f"{self.kind.value} refused: {exc}") from exc
-            self.info = self._store._install(self.kind, self.sha256, self.size, self.name)
-            return self.info
-        finally:
-            self._closed = True
-            self._store._release(self.kind, self.sha256)
-
-    def __enter__(self) -> "UploadWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.close_incomplete()
 
 
 class BlobStore:

@@ -222,7 +222,7 @@ print('ok')
 
 
 def test_device_core_imports_without_host_packages_and_parses_as_python39() -> None:
-    modules = ["errors", "limits", "store", "onnx_safety", "datasets", "runner", "metrics",
+    modules = ["errors", "limits", "store", "upload", "onnx_safety", "datasets", "runner", "evaluate", "metrics",
                "sysinfo"]
     for name in modules:
         source = (ROOT / "device" / f"{name}.py").read_text()
