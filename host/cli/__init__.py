@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -73,6 +74,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             print(f"edgetune: error: {exc}", file=sys.stderr)
         return int(exc.exit_status)
+    except BrokenPipeError:  # `edgetune ... --json | head`: the reader went away
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not raise again
+        return int(ExitStatus.OK)
     except KeyboardInterrupt:
         print("edgetune: interrupted", file=sys.stderr)
         return int(ExitStatus.INTERRUPTED)

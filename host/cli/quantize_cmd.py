@@ -147,23 +147,9 @@ def register(subparsers: Any) -> None:
 
 
 def _add_device_flags(parser: argparse.ArgumentParser) -> None:
-    """``--device`` plus the shared connection flags (host.cli.common), whose inventory flag
-    ``--config`` is renamed ``--inventory`` here: ``--config`` is the quantize config."""
-    common = _optional_module("host.cli.common")
-    if common is None or not hasattr(common, "add_connection_flags"):
-        parser.add_argument("--device", metavar="NAME",
-                            help="evaluate the fallback on this board through its agent")
-        return
-    scratch = argparse.ArgumentParser(add_help=False)
-    common.add_connection_flags(scratch)
-    group = parser.add_argument_group(
-        "board for the fallback's evaluation",
-        "--device NAME (from the inventory) or --address with --ca/--cert/--key or --pki")
-    for action in scratch._actions:
-        if "--config" in action.option_strings:
-            group.add_argument("--inventory", type=Path, metavar="FILE", help=action.help)
-        else:
-            group._add_action(action)
+    """``--device`` plus the shared connection flags (host.cli.common)."""
+    from host.cli.common import add_connection_flags
+    add_connection_flags(parser)
 
 
 def _optional_module(name: str) -> Any:
@@ -262,7 +248,6 @@ def _run_fallback(args: argparse.Namespace, settings: QuantizeSettings,
         raise UsageError("evaluating on a board needs host.cli.common, which this "
                          "installation lacks", hint="evaluate locally (drop --device)")
     conn = argparse.Namespace(**vars(args))
-    conn.config = getattr(args, "inventory", None)          # the inventory, not our --config
     conn.device = fallback.device
     with common.open_client(conn) as client:
         evaluator = AgentEvaluator(client, fallback.eval_dataset, fallback.metric)

@@ -1,0 +1,375 @@
+"""``AgentClient``: one mutual-TLS connection to one board's agent.
+
+Every method takes and returns the plain dataclasses of ``protos.messages``; grpc errors come
+out as ``host.errors`` exceptions whose message says what went wrong, which side refused, and
+what to do (``host.rpcerrors``). Every call has a deadline (``ClientSettings``).
+
+    with AgentClient("192.168.1.20:50051", identity) as client:
+        outcome = client.upload(Path("model.onnx"), BlobKind.MODEL)
+        job = client.run(BenchmarkSpec(model_sha256=outcome.blob.sha256), on_event=print)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+
+import grpc
+
+from host.errors import AgentError, AuthError, BadInputError, TimeoutError_, UnreachableError
+from host.rpcerrors import RpcContext, translate_rpc_error
+from protos import agent_pb2 as pb
+from protos import agent_pb2_grpc
+from protos.messages import AgentInfo, BenchmarkSpec, BlobInfo, BlobKind, Job, JobEvent
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+ProgressCallback = Callable[[int, int], None]     # (bytes done, bytes total)
+EventCallback = Callable[[JobEvent], None]
+KindLike = Union[BlobKind, str]
+
+_UPLOAD_STATES = {pb.UPLOAD_STATE_ABSENT: "absent", pb.UPLOAD_STATE_PARTIAL: "partial",
+                  pb.UPLOAD_STATE_COMPLETE: "complete"}
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    timeout_s: float = 30.0                 # deadline of every unary call
+    connect_timeout_s: float = 10.0         # TCP + TLS handshake + HTTP/2 settings
+    upload_chunk_bytes: int = 2 * MiB       # 128 MiB over loopback: 1/2/4 MiB took 0.43/0.38/0.43 s
+    upload_min_rate_bytes_s: float = 256 * 1024  # upload deadline: timeout_s + size / this rate
+    watch_timeout_s: float = 6 * 3600.0     # deadline of one WatchJob stream
+    reattach_window_s: float = 60.0         # how long run()/wait() retry a dropped watch
+    max_message_bytes: int = 64 * MiB       # results with raw samples can be large
+    cert_warning_days: int = 30             # warn when our own certificate expires this soon
+
+    def __post_init__(self) -> None:
+        if not 64 * 1024 <= self.upload_chunk_bytes <= 4 * MiB:
+            raise ValueError("upload_chunk_bytes must be between 64 KiB and 4 MiB "
+                             "(the agent accepts messages of up to 8 MiB)")
+        for name in ("timeout_s", "connect_timeout_s", "upload_min_rate_bytes_s",
+                     "watch_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+
+
+@dataclass(frozen=True)
+class UploadStatus:
+    state: str                              # "absent", "partial" or "complete"
+    committed_bytes: int                    # for "partial": where a resume starts
+    max_size_bytes: int                     # the agent's limit for this kind (0: not said)
+
+
+@dataclass(frozen=True)
+class UploadOutcome:
+    blob: BlobInfo
+    sent_bytes: int                         # bytes this call sent (0 when already present)
+    already_present: bool
+    resumed_from: int                       # committed bytes the upload continued from
+
+
+def file_sha256(path: Path, chunk_bytes: int = MiB) -> Tuple[str, int]:
+    """(lowercase hex sha256, size) of ``path``, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(chunk_bytes), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _blob_kind(kind: KindLike) -> BlobKind:
+    return kind if isinstance(kind, BlobKind) else BlobKind(kind)
+
+
+class AgentClient:
+    """One connection to one agent. Thread-safe for concurrent calls (grpc channels are)."""
+
+    def __init__(self, address: str, identity: Any, *, server_name: Optional[str] = None,
+                 settings: Optional[ClientSettings] = None) -> None:
+        """``identity``: a ``certs.Identity`` (ca_pem, cert_pem, decrypted key_pem, common_name).
+        ``server_name``: the name to check against the agent certificate's SAN instead of the
+        host part of ``address`` (grpc.ssl_target_name_override)."""
+        from certs.grpc_creds import channel_credentials
+
+        self.address = address
+        self.identity = identity
+        self.server_name = server_name
+        self.settings = settings or ClientSettings()
+        check_own_certificate(identity.cert_pem, identity.common_name,
+                              self.settings.cert_warning_days)
+        options = [("grpc.max_send_message_length", self.settings.max_message_bytes),
+                   ("grpc.max_receive_message_length", self.settings.max_message_bytes)]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        creds = channel_credentials(identity.ca_pem, identity.cert_pem, identity.key_pem)
+        self._channel = grpc.secure_channel(address, creds, options=options)
+        self._stub = agent_pb2_grpc.AgentStub(self._channel)
+        self._ctx = RpcContext(address=address, our_name=identity.common_name,
+                               ca_pem=identity.ca_pem, server_name=server_name,
+                               probe_timeout_s=min(5.0, self.settings.connect_timeout_s))
+        self._connected = False
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "AgentClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def connect(self) -> None:
+        """Open the connection now (the first call does it otherwise): TCP, TLS, HTTP/2.
+
+        Raises UnreachableError or AuthError saying which side refused what."""
+        with self._lock:
+            if self._connected:
+                return
+            settled = threading.Event()
+            states: List[grpc.ChannelConnectivity] = []
+
+            def on_state(state: grpc.ChannelConnectivity) -> None:
+                states.append(state)
+                if state in (grpc.ChannelConnectivity.READY,
+                             grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                             grpc.ChannelConnectivity.SHUTDOWN):
+                    settled.set()
+
+            self._channel.subscribe(on_state, try_to_connect=True)
+            try:
+                settled.wait(self.settings.connect_timeout_s)
+            finally:
+                self._channel.unsubscribe(on_state)
+            if states and states[-1] is grpc.ChannelConnectivity.READY:
+                self._connected = True
+                return
+            if not settled.is_set():
+                raise UnreachableError(
+                    f"no answer from {self.address} within {self.settings.connect_timeout_s:g} s",
+                    hint="is the address right, edgetune-agent running there, and the port "
+                         "open? (a firewall that drops packets looks like this)")
+            # A fail-fast call brings back the reason of the failed connection attempt.
+            try:
+                self._stub.GetInfo(pb.GetInfoRequest(), timeout=self.settings.connect_timeout_s)
+            except grpc.RpcError as err:
+                raise translate_rpc_error(err, self._ctx) from None
+            self._connected = True
+
+    def _call(self, method: str, request: Any, timeout: Optional[float] = None) -> Any:
+        self.connect()
+        try:
+            return getattr(self._stub, method)(request, timeout=timeout or self.settings.timeout_s)
+        except grpc.RpcError as err:
+            raise translate_rpc_error(err, self._ctx) from None
+
+    # ------------------------------------------------------------------ info and store
+    def info(self) -> AgentInfo:
+        return AgentInfo.from_pb2(self._call("GetInfo", pb.GetInfoRequest()))
+
+    def list_blobs(self, kind: Optional[KindLike] = None) -> List[BlobInfo]:
+        request = pb.ListBlobsRequest(kind=_blob_kind(kind).as_pb2() if kind else 0)
+        return [BlobInfo.from_pb2(b) for b in self._call("ListBlobs", request).blobs]
+
+    def delete_blob(self, kind: KindLike, sha256: str) -> bool:
+        request = pb.DeleteBlobRequest(kind=_blob_kind(kind).as_pb2(), sha256=sha256)
+        return bool(self._call("DeleteBlob", request).deleted)
+
+    def upload_status(self, kind: KindLike, sha256: str, size: int) -> UploadStatus:
+        reply = self._call("GetUploadStatus", pb.GetUploadStatusRequest(
+            kind=_blob_kind(kind).as_pb2(), sha256=sha256, size_bytes=size))
+        return UploadStatus(state=_UPLOAD_STATES.get(reply.state, "absent"),
+                            committed_bytes=reply.committed_bytes,
+                            max_size_bytes=reply.max_size_bytes)
+
+    def upload(self, path: Path, kind: KindLike, name: Optional[str] = None,
+               progress: Optional[ProgressCallback] = None) -> UploadOutcome:
+        """Store ``path`` on the agent unless it is there already; resume a partial upload.
+
+        The file is hashed locally first, then streamed in chunks (never held in memory
+        whole). ``progress(done, total)`` is called from grpc's sending thread. An exception
+        raised by ``progress`` (or Ctrl-C) cancels the upload; the agent keeps the bytes it
+        committed, and the next ``upload`` of the same file resumes from there."""
+        path = Path(path)
+        kind = _blob_kind(kind)
+        if not path.is_file():
+            raise BadInputError(f"{path} is not a file")
+        sha256, size = file_sha256(path)
+        if size == 0:
+            raise BadInputError(f"{path} is empty")
+        label = path.name if name is None else name
+        status = self.upload_status(kind, sha256, size)
+        if status.max_size_bytes and size > status.max_size_bytes:
+            raise BadInputError(
+                f"{path} has {size / MiB:.1f} MiB; the agent at {self.address} accepts "
+                f"{kind.value}s of at most {status.max_size_bytes / MiB:.1f} MiB",
+                hint=f"raise max_{kind.value}_bytes in the [limits] of the agent's config")
+        offset = status.committed_bytes if status.state == "partial" else 0
+        if progress is not None:
+            progress(size if status.state == "complete" else offset, size)
+        failure: List[BaseException] = []
+        sent = [0]
+        header = pb.UploadHeader(kind=kind.as_pb2(), sha256=sha256, size_bytes=size,
+                                 name=label, offset=offset)
+        call_box: List[Any] = []
+        started = threading.Event()
+
+        def requests() -> Iterator[pb.UploadBlobRequest]:
+            yield pb.UploadBlobRequest(header=header)
+            if status.state == "complete":
+                return
+            try:
+                with path.open("rb") as fh:
+                    fh.seek(offset)
+                    chunk_bytes = self.settings.upload_chunk_bytes
+                    for chunk in iter(lambda: fh.read(chunk_bytes), b""):
+                        yield pb.UploadBlobRequest(data=chunk)
+                        sent[0] += len(chunk)
+                        if progress is not None:
+                            progress(offset + sent[0], size)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                failure.append(exc)
+                started.wait(10.0)
+                call_box[0].cancel()            # not a short stream: the agent keeps the bytes
+
+        self.connect()
+        deadline = self.settings.timeout_s + (size - offset) / self.settings.upload_min_rate_bytes_s
+        call = self._stub.UploadBlob.future(requests(), timeout=deadline)
+        call_box.append(call)
+        started.set()
+        try:
+            reply = call.result()
+        except KeyboardInterrupt:
+            call.cancel()
+            raise
+        except (grpc.RpcError, grpc.FutureCancelledError) as err:
+            if failure:                         # raised by ``progress`` or reading the file
+                raise failure[0] from None
+            if isinstance(err, grpc.RpcError):
+                raise translate_rpc_error(err, self._ctx) from None
+            raise AgentError(f"the upload of {path} was cancelled") from None
+        if failure:
+            raise failure[0]
+        outcome = UploadOutcome(blob=BlobInfo.from_pb2(reply.blob), sent_bytes=sent[0],
+                                already_present=bool(reply.already_present), resumed_from=offset)
+        log.info("%s %s (%s): sent %d bytes%s", kind.value, sha256[:12], label, sent[0],
+                 ", already present" if outcome.already_present else "")
+        return outcome
+
+    # ------------------------------------------------------------------ jobs
+    def submit(self, spec: Any, label: str = "") -> Tuple[Job, int]:
+        """Queue a BenchmarkSpec or EvaluateSpec; (the job, its queue position: 0 = running)."""
+        message = pb.JobSpec(label=label)
+        if isinstance(spec, BenchmarkSpec):
+            message.benchmark.CopyFrom(spec.as_pb2())
+        else:
+            message.evaluate.CopyFrom(spec.as_pb2())
+        reply = self._call("SubmitJob", pb.SubmitJobRequest(spec=message))
+        return Job.from_pb2(reply.job), reply.queue_position
+
+    def get_job(self, job_id: str) -> Job:
+        return Job.from_pb2(self._call("GetJob", pb.GetJobRequest(job_id=job_id)).job)
+
+    def list_jobs(self, limit: int = 0) -> List[Job]:
+        return [Job.from_pb2(j) for j in self._call("ListJobs", pb.ListJobsRequest(limit=limit)).jobs]
+
+    def cancel_job(self, job_id: str) -> Job:
+        return Job.from_pb2(self._call("CancelJob", pb.CancelJobRequest(job_id=job_id)).job)
+
+    def _watch_raw(self, job_id: str) -> Iterator[JobEvent]:
+        """JobEvents of one WatchJob stream; raises grpc.RpcError untranslated."""
+        self.connect()
+        call = self._stub.WatchJob(pb.WatchJobRequest(job_id=job_id),
+                                   timeout=self.settings.watch_timeout_s)
+        try:
+            for message in call:
+                yield JobEvent.from_pb2(message)
+        finally:
+            call.cancel()
+
+    def watch(self, job_id: str) -> Iterator[JobEvent]:
+        """The job's events until its final one (one event at once for a finished job)."""
+        try:
+            yield from self._watch_raw(job_id)
+        except grpc.RpcError as err:
+            raise translate_rpc_error(err, self._ctx) from None
+
+    def wait(self, job_id: str, on_event: Optional[EventCallback] = None) -> Job:
+        """Watch ``job_id`` until it ends and return it with its result. A dropped stream
+        (UNAVAILABLE: network, agent restart) is re-attached for ``reattach_window_s``."""
+        lost_since: Optional[float] = None
+        while True:
+            try:
+                for event in self._watch_raw(job_id):
+                    lost_since = None
+                    if on_event is not None:
+                        on_event(event)
+                    if event.state.finished:
+                        return event.job if event.job is not None else self.get_job(job_id)
+                job = self.get_job(job_id)      # the stream ended without a final event
+                if job.state.finished:
+                    return job
+                time.sleep(0.2)
+            except grpc.RpcError as err:
+                if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise TimeoutError_(
+                        f"job {job_id} did not end within the watch deadline of "
+                        f"{self.settings.watch_timeout_s:g} s",
+                        hint=f"it keeps running on the board; re-attach with "
+                             f"`edgetune jobs watch {job_id}`") from None
+                if err.code() is not grpc.StatusCode.UNAVAILABLE:
+                    raise translate_rpc_error(err, self._ctx) from None
+                now = time.monotonic()
+                lost_since = lost_since or now
+                if now - lost_since > self.settings.reattach_window_s:
+                    raise UnreachableError(
+                        f"lost the connection to {self.address} while watching job {job_id} "
+                        f"and could not re-attach within {self.settings.reattach_window_s:g} s",
+                        hint=f"the job keeps running on the board; re-attach later with "
+                             f"`edgetune jobs watch {job_id}`") from None
+                log.warning("the watch of job %s dropped (%s); re-attaching", job_id,
+                            err.details())
+                time.sleep(min(2.0, 0.25 + (now - lost_since) / 4))
+
+    def run(self, spec: Any, on_event: Optional[EventCallback] = None, label: str = "") -> Job:
+        """Submit ``spec`` and wait for its end (see ``wait``)."""
+        job, position = self.submit(spec, label)
+        if on_event is not None:
+            on_event(JobEvent(job_id=job.id, state=job.state, queue_position=position, job=job))
+        return self.wait(job.id, on_event)
+
+
+def check_own_certificate(cert_pem: bytes, name: str, warning_days: int) -> None:
+    """Refuse a host certificate the agent would refuse less clearly (expired, not for
+    clients); warn near expiry."""
+    from certs import describe_certificate, has_client_auth
+
+    info = describe_certificate(cert_pem)
+    reissue = f"issue a new one with `edgetune certs issue host {name or 'NAME'}`"
+    if not has_client_auth(cert_pem):
+        raise AuthError(f"our certificate {name!r} lacks the clientAuth usage (a device "
+                        "certificate used as a client?); agents refuse it",
+                        hint="use a host certificate: `edgetune certs issue host NAME`")
+    status = info.status()
+    if status == "expired":
+        raise AuthError(f"our certificate {name!r} expired on {info.not_after:%Y-%m-%d %H:%M} "
+                        "UTC; the agent would refuse it", hint=reissue)
+    if status == "not yet valid":
+        raise AuthError(f"our certificate {name!r} is valid only from "
+                        f"{info.not_before:%Y-%m-%d %H:%M} UTC", hint="is this PC's clock right?")
+    if info.days_left() <= warning_days:
+        log.warning("our certificate %r expires in %d days (%s UTC); %s", name,
+                    int(info.days_left()), f"{info.not_after:%Y-%m-%d}", reissue)
+
+
+__all__ = ["AgentClient", "ClientSettings", "UploadOutcome", "UploadStatus",
+           "check_own_certificate", "file_sha256"]

@@ -1,0 +1,84 @@
+"""Fixtures and helpers shared by the tests/test_host_*.py modules (this module holds no tests).
+
+``local_agent`` is module-scoped: each test module that imports it gets one real agent
+subprocess (``python -m device serve``, mutual TLS, port 0) for all its tests.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, List, Optional, Sequence
+
+import pytest
+
+from host.cli import main
+from host.localagent import AgentFiles, LocalAgent
+
+SAMPLES = Path(__file__).resolve().parent.parent / "host" / "samples"
+DIGITS_MODEL = SAMPLES / "digits_cnn.onnx"
+DIGITS_TEST = SAMPLES / "digits_test.npz"
+ONE_DIGIT = "input=1x1x8x8"           # the digits model has a dynamic batch dimension
+
+
+def write_passphrase_file(path: Path, passphrase: bytes) -> Path:
+    path.write_bytes(passphrase + b"\n")
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class RunningAgent:
+    address: str
+    agent: LocalAgent
+    store: Path
+    passphrase_file: Path
+    pki: Any                                # tests.pki_fixtures.PkiFixture
+
+    def conn(self, host: Optional[Any] = None, ca: Optional[Path] = None) -> List[str]:
+        """CLI flags reaching this agent as ``host`` (default: the good "laptop" identity)."""
+        host = host or self.pki.host
+        return ["--address", self.address, "--ca", str(ca or self.pki.ca_cert),
+                "--cert", str(host.cert), "--key", str(host.key),
+                "--passphrase-file", str(self.passphrase_file)]
+
+
+def start_agent(pki: Any, workdir: Path, *, cert: Optional[Path] = None,
+                key: Optional[Path] = None, extra_args: Sequence[str] = ()) -> RunningAgent:
+    workdir.mkdir(parents=True, exist_ok=True)
+    passphrase_file = write_passphrase_file(workdir / "passphrase", pki.passphrase)
+    files = AgentFiles(ca=pki.ca_cert, cert=cert or pki.device.cert, key=key or pki.device.key,
+                       passphrase_file=passphrase_file)
+    agent = LocalAgent(ready_timeout_s=60)
+    address = agent.start(files, workdir / "store", extra_args)
+    return RunningAgent(address=address, agent=agent, store=workdir / "store",
+                        passphrase_file=passphrase_file, pki=pki)
+
+
+@pytest.fixture(scope="module")
+def local_agent(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
+    running = start_agent(pki, tmp_path_factory.mktemp("agent"))
+    try:
+        yield running
+    finally:
+        running.agent.stop()
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> CliResult:
+    """``edgetune ARGV`` in-process; its exit status, stdout and stderr."""
+    capsys.readouterr()
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return CliResult(code=code, out=captured.out, err=captured.err)
