@@ -1,0 +1,191 @@
+"""``edgetune-agent``: run the board agent, or check its configuration.
+
+    edgetune-agent serve --config agent.toml
+    edgetune-agent serve --listen 0.0.0.0:50051 --ca ca-cert.pem --cert board1-cert.pem \\
+        --key board1-key.pem --passphrase-file pass.txt --store /var/lib/edgetune
+    edgetune-agent check --config agent.toml      # validate, load the keys, print the plan
+    edgetune-agent --version
+
+Flags override agent.toml. ``main(argv=None)`` returns the exit status (testable in-process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import enum
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+log = logging.getLogger("device")
+
+
+class ExitStatus(enum.IntEnum):
+    OK = 0
+    ERROR = 1                # the agent failed (its log says why)
+    USAGE = 2                # bad flags
+    CONFIG = 3               # agent.toml or a flag value cannot be used
+    AUTH = 6                 # a certificate, key or passphrase problem
+    INTERRUPTED = 130
+
+
+def _version() -> str:
+    from device.server import agent_version
+    return agent_version()
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(f"edgetune-agent {_version()} (Python {sys.version.split()[0]})")
+        parser.exit()
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="agent.toml; flags given here override it")
+    parser.add_argument("--listen", metavar="HOST:PORT",
+                        help="address to serve on (default 0.0.0.0:50051; port 0 picks a "
+                             "free port, see --ready-file)")
+    parser.add_argument("--ca", type=Path, metavar="FILE",
+                        help="the CA certificate clients must chain to")
+    parser.add_argument("--cert", type=Path, metavar="FILE", help="this board's certificate")
+    parser.add_argument("--key", type=Path, metavar="FILE", help="this board's private key")
+    parser.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                        help="first line is the key's passphrase (else EDGETUNE_PASSPHRASE, "
+                             "else a prompt when run in a terminal)")
+    parser.add_argument("--store", type=Path, metavar="DIR",
+                        help="where models, datasets and jobs.db live (default ./edgetune-store)")
+    parser.add_argument("--ready-file", type=Path, metavar="FILE",
+                        help="written with the bound HOST:PORT once the agent is SERVING")
+    parser.add_argument("--allowed-client", action="append", dest="allowed_clients",
+                        metavar="NAME", help="certificate name allowed to call (repeatable; "
+                                             "default: any certificate of the CA)")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        help="default info")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgetune-agent",
+        description="The edgetune board agent: stores models and datasets, benchmarks and "
+                    "evaluates them with onnxruntime, over mutual TLS only.",
+        epilog="exit codes: " + ", ".join(f"{s.value} {s.name.lower()}" for s in ExitStatus))
+    parser.add_argument("--version", action=_VersionAction)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the agent until SIGTERM or Ctrl-C")
+    _add_settings(serve)
+    check = sub.add_parser("check", help="validate the config, load the credentials, and print "
+                                         "what would be served")
+    _add_settings(check)
+    check.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from device.config import build_config
+    overrides = {k: getattr(args, k) for k in (
+        "listen", "ca", "cert", "key", "passphrase_file", "store", "ready_file",
+        "allowed_clients", "log_level")}
+    return build_config(args.config, overrides)
+
+
+def load_identity(config: Any) -> Any:
+    """Load CA, certificate and key (asking for the passphrase only if the key is encrypted);
+    refuse a certificate that cannot serve TLS (no serverAuth usage)."""
+    import certs
+    from certs.errors import CertFileError, CertVerifyError
+    from certs.files import read_file
+    key_pem = read_file(config.key, "private key")
+    passphrase: Optional[bytes] = None
+    if certs.is_encrypted_pem(key_pem):
+        passphrase = certs.resolve_passphrase(config.passphrase_file, confirm=False)
+    identity = certs.load_identity(config.ca, config.cert, config.key, passphrase)
+    if not certs.has_server_auth(identity.cert_pem):
+        raise CertVerifyError(
+            f"{config.cert} lacks the serverAuth usage (a host certificate?); the agent needs a "
+            "device certificate: `edgetune certs issue device NAME --ip BOARD_IP`")
+    if not identity.common_name:
+        raise CertFileError(f"{config.cert} has no common name; issue it with a NAME")
+    return identity
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("grpc").setLevel(max(logging.WARNING, getattr(logging, level.upper())))
+
+
+def _describe(config: Any, identity: Any) -> Dict[str, Any]:
+    import certs
+    info = certs.describe_certificate(identity.cert_pem)
+    d = config.describe()
+    d["identity"] = {"common_name": identity.common_name,
+                     "sans": [str(s) for s in getattr(info, "sans", ())],
+                     "not_after": str(getattr(info, "not_after", ""))}
+    return d
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if args.command == "serve":
+        _setup_logging(config.log_level)
+    identity = load_identity(config)
+    if args.command == "check":
+        d = _describe(config, identity)
+        if args.json:
+            print(json.dumps(d, indent=2))
+        else:
+            print(f"config ok: would serve {d['identity']['common_name']!r} on {config.listen}")
+            for key, value in d.items():
+                if key != "identity":
+                    print(f"  {key}: {value}")
+            print(f"  certificate: {d['identity']}")
+        return ExitStatus.OK
+    from device.server import describe_platform, serve
+    log.info("edgetune-agent %s on %s", _version(), describe_platform())
+    asyncio.run(serve(config, identity))
+    return ExitStatus.OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return ExitStatus.USAGE
+    from certs.errors import CertError, CertFileNotFoundError
+    from device.config import ConfigError
+    from device.server import ServerError
+    try:
+        return int(_run(args))
+    except ConfigError as exc:
+        print(f"edgetune-agent: config error: {exc}", file=sys.stderr)
+        return ExitStatus.CONFIG
+    except CertFileNotFoundError as exc:
+        print(f"edgetune-agent: {exc}", file=sys.stderr)
+        return ExitStatus.CONFIG
+    except CertError as exc:
+        print(f"edgetune-agent: certificate error: {exc}", file=sys.stderr)
+        return ExitStatus.AUTH
+    except ServerError as exc:
+        print(f"edgetune-agent: {exc}", file=sys.stderr)
+        return ExitStatus.ERROR
+    except KeyboardInterrupt:
+        print("edgetune-agent: interrupted", file=sys.stderr)
+        return ExitStatus.INTERRUPTED
+
+
+def entry() -> None:  # pragma: no cover - console script
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The agent's settings: one frozen ``AgentConfig`` built once from agent.toml and the flags.
+
+agent.toml (every key optional; flags override it; relative paths are relative to the file)::
+
+    listen = "0.0.0.0:50051"          # HOST:PORT, port 0 picks a free port
+    ca = "pki/ca-cert.pem"
+    cert = "pki/board1-cert.pem"
+    key = "pki/board1-key.pem"
+    passphrase_file = "pki/passphrase" # else EDGETUNE_PASSPHRASE, else a prompt on a TTY
+    store = "/var/lib/edgetune"        # models, datasets and jobs.db
+    ready_file = "/run/edgetune/ready" # written with the bound host:port once SERVING
+    allowed_clients = ["laptop"]       # certificate names allowed to call; empty: any
+    log_level = "info"
+
+    [limits]                           # see device.limits.Limits for every key
+    max_model_mb = 512
+    queue_capacity = 16
+
+Unknown keys are an error that names the key. Sizes in ``[limits]`` may be given in bytes
+(``max_model_bytes``) or MiB (``max_model_mb``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - boards with Python 3.9/3.10
+    import tomli as tomllib
+
+from device.limits import Limits
+
+DEFAULT_PORT = 50051
+DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
+DEFAULT_STORE = "edgetune-store"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_TOP_KEYS = ("listen", "ca", "cert", "key", "passphrase_file", "store", "ready_file",
+             "allowed_clients", "log_level", "limits")
+_PATH_KEYS = ("ca", "cert", "key", "passphrase_file", "store", "ready_file")
+_MIB = 1 << 20
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key or file and the fix."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    ca: Path
+    cert: Path
+    key: Path
+    listen: str = DEFAULT_LISTEN
+    passphrase_file: Optional[Path] = None
+    store: Path = Path(DEFAULT_STORE)
+    ready_file: Optional[Path] = None
+    allowed_clients: Tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    log_level: str = "info"
+    source: Optional[Path] = None          # the agent.toml this came from, if any
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+    def describe(self) -> Dict[str, Any]:
+        """A JSON-friendly summary (what ``edgetune-agent check`` prints)."""
+        return {
+            "config": str(self.source) if self.source else None,
+            "listen": self.listen, "ca": str(self.ca), "cert": str(self.cert),
+            "key": str(self.key),
+            "passphrase_file": str(self.passphrase_file) if self.passphrase_file else None,
+            "store": str(self.store),
+            "ready_file": str(self.ready_file) if self.ready_file else None,
+            "allowed_clients": list(self.allowed_clients) or "any client certificate of the CA",
+            "limits": dataclasses.asdict(self.limits), "log_level": self.log_level,
+        }
+
+
+def split_listen(listen: str) -> Tuple[str, int]:
+    """``"HOST:PORT"`` (or ``"[::1]:PORT"``) -> (host, port); ConfigError when malformed."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(f"listen address {listen!r} is not HOST:PORT "
+                          "(e.g. 0.0.0.0:50051, or 127.0.0.1:0 for a free port)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port_text)
+
+
+def read_toml(path: Path) -> Dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def limits_from_table(table: Mapping[str, Any], where: str = "[limits]") -> Limits:
+    """Build ``Limits`` from a TOML table; ``*_mb`` keys are MiB spellings of ``*_bytes`` ones."""
+    known = {f.name: f for f in dataclasses.fields(Limits)}
+    values: Dict[str, Any] = {}
+    for key, value in table.items():
+        name, scale = key, 1
+        if key not in known and key.endswith("_mb") and key[:-3] + "_bytes" in known:
+            name, scale = key[:-3] + "_bytes", _MIB
+        if name not in known:
+            raise ConfigError(f"unknown key {key!r} in {where}; known keys: "
+                              + ", ".join(sorted(known)))
+        if name in values:
+            raise ConfigError(f"{where} sets {name} twice (as bytes and as MiB); keep one")
+        default = getattr(Limits(), name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} {key} must be a number (got {value!r})")
+        if value <= 0:
+            raise ConfigError(f"{where} {key} must be positive (got {value!r})")
+        value = value * scale
+        if isinstance(default, int):
+            if value != int(value):
+                raise ConfigError(f"{where} {key} must be a whole number (got {value!r})")
+            value = int(value)
+        else:
+            value = float(value)
+        values[name] = value
+    try:
+        return Limits(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def build_config(config_file: Optional[Path] = None,
+                 overrides: Optional[Mapping[str, Any]] = None) -> AgentConfig:
+    """The one place settings are merged: the TOML file, then the flags that were given.
+
+    ``overrides`` holds flag values (None means "not given"): listen, ca, cert, key,
+    passphrase_file, store, ready_file, allowed_clients (a sequence), log_level. Flag paths
+    are taken as given (relative to the working directory); file paths relative to the file.
+    """
+    values: Dict[str, Any] = {}
+    limits = Limits()
+    if config_file is not None:
+        config_file = Path(config_file)
+        data = read_toml(config_file)
+        base = config_file.resolve().parent
+        for key, value in data.items():
+            if key not in _TOP_KEYS:
+                raise ConfigError(f"unknown key {key!r} in {config_file}; known keys: "
+                                  + ", ".join(_TOP_KEYS))
+            if key == "limits":
+                if not isinstance(value, dict):
+                    raise ConfigError(f"'limits' in {config_file} must be a table ([limits])")
+                limits = limits_from_table(value, f"[limits] of {config_file}")
+            elif key in _PATH_KEYS:
+                if not isinstance(value, str) or not value:
+                    raise ConfigError(f"{key} in {config_file} must be a non-empty path string")
+                values[key] = base / Path(value).expanduser()
+            elif key == "allowed_clients":
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ConfigError(f"allowed_clients in {config_file} must be a list of "
+                                      'certificate names, e.g. ["laptop"]')
+                values[key] = tuple(value)
+            else:
+                if not isinstance(value, str):
+                    raise ConfigError(f"{key} in {config_file} must be a string")
+                values[key] = value
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key in _PATH_KEYS:
+            values[key] = Path(value).expanduser()
+        elif key == "allowed_clients":
+            if value:
+                values[key] = tuple(value)
+        elif key in ("listen", "log_level"):
+            values[key] = value
+        else:
+            raise ConfigError(f"unknown setting {key!r}")
+    missing = [k for k in ("ca", "cert", "key") if k not in values]
+    if missing:
+        raise ConfigError("missing " + ", ".join(missing) + ": pass --ca/--cert/--key (the "
+                          "CA certificate, this board's certificate and its key) or set them "
+                          "in agent.toml")
+    values.setdefault("listen", DEFAULT_LISTEN)
+    split_listen(values["listen"])
+    level = values.get("log_level", "info").lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"log_level {level!r} is not one of {', '.join(LOG_LEVELS)}")
+    values["log_level"] = level
+    for name in values.get("allowed_clients", ()):
+        if not name.strip():
+            raise ConfigError("allowed_clients holds an empty name")
+    return AgentConfig(limits=limits, source=config_file, **values)
