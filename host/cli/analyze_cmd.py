@@ -1,0 +1,264 @@
+"""``edgetune analyze FLOAT.onnx QUANT.onnx --calib SOURCE``: where the quantization error is.
+
+Runs both models on a few calibration samples and reports, for every quantized tensor and
+weight, SQNR / cosine / noise-to-signal ratio (accumulated against the float model, and
+isolated: the tensor's own Q/DQ round trip), ranked worst first, with flags. Writes Markdown
+(``--report``), JSON (``--report x.json`` or ``--json`` on stdout) and a bar chart
+(``--png``, needs matplotlib). Nothing heavy is imported at module top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from host.errors import UsageError
+
+EXAMPLES = """examples:
+  edgetune analyze model.onnx model.q.onnx --calib calib.npz
+  edgetune analyze model.onnx model.q.onnx --calib images/ --mean 123.675,116.28,103.53 \\
+      --std 58.395,57.12,57.375 --report analysis.md --png analysis.png
+  edgetune analyze det.onnx det.q.onnx --calib images=imgs/ --calib scale=scales.npy --json
+"""
+
+
+def _floats(text: str) -> Tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers")
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one number")
+    return values
+
+
+def _size(text: str) -> Tuple[int, int]:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        h, w = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HxW (e.g. 224x224)") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be positive")
+    return h, w
+
+
+def register(subparsers: Any) -> None:
+    from host.quant.settings import COLORS, FILE_TYPES, INTERPOLATIONS, LAYOUTS
+
+    p = subparsers.add_parser(
+        "analyze", help="per-layer quantization error of a QDQ model against its float model",
+        description="Compare a quantized (QDQ) model with its float model on calibration "
+                    "samples: SQNR, cosine similarity and noise-to-signal ratio of every "
+                    "quantized tensor and weight, accumulated (vs the float model) and isolated "
+                    "(its own quantization only), ranked worst first and flagged.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("float_model", type=Path, metavar="FLOAT.onnx")
+    p.add_argument("quant_model", type=Path, metavar="QUANT.onnx")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+    d = p.add_argument_group("data")
+    d.add_argument("--calib", action="append", metavar="[NAME=]SOURCE", required=True,
+                   help="folder of images/.npy/.raw, list file, .npy, .npz or raw file; one "
+                        "per input as NAME=SOURCE for several inputs")
+    d.add_argument("--calib-count", type=int, default=32, metavar="N",
+                   help="samples to analyze (default 32)")
+    d.add_argument("--seed", type=int, default=0, help="chooses the samples (default 0)")
+    d.add_argument("--file-type", choices=FILE_TYPES, help="how to read the files")
+    d.add_argument("--input-shape", action="append", metavar="[NAME=]1x3xHxW",
+                   help="full input shape where the model's is symbolic (raw files need it)")
+
+    i = p.add_argument_group("image preprocessing (as for quantize)")
+    i.add_argument("--input-size", type=_size, metavar="HxW")
+    i.add_argument("--interpolation", choices=INTERPOLATIONS)
+    i.add_argument("--color", choices=COLORS)
+    i.add_argument("--mean", type=_floats, metavar="A,B,C", help="0-255 scale")
+    i.add_argument("--std", type=_floats, metavar="A,B,C", help="0-255 scale")
+    i.add_argument("--layout", choices=LAYOUTS)
+    i.add_argument("--preprocess", metavar="FILE.py:FUNC|PRESET")
+
+    r = p.add_argument_group("report")
+    r.add_argument("--report", type=Path, metavar="FILE",
+                   help="write the report: Markdown, or JSON when FILE ends in .json")
+    r.add_argument("--png", type=Path, metavar="FILE", help="bar chart (needs matplotlib)")
+    r.add_argument("--cosine-threshold", type=float, default=0.99, metavar="C",
+                   help="flag a cosine below this (0.99)")
+    r.add_argument("--sqnr-threshold", type=float, default=20.0, metavar="DB",
+                   help="flag an SQNR below this many dB (20)")
+    r.add_argument("--top", type=int, default=20, metavar="N",
+                   help="rows of the table shown here and in the Markdown (20; 0: all)")
+    r.add_argument("--batch", type=int, default=2, metavar="N",
+                   help="samples per run (bounds memory; default 2)")
+    p.set_defaults(func=run)
+
+
+def _named(value: str) -> Tuple[Optional[str], str]:
+    """``NAME=SOURCE`` -> (NAME, SOURCE); a plain source (or an existing path) -> (None, it)."""
+    if "=" in value and not Path(value).exists():
+        name, rest = value.split("=", 1)
+        if name and "/" not in name and "\\" not in name:
+            if not rest:
+                raise UsageError(f"--calib {value!r}: nothing after '='", hint="NAME=SOURCE")
+            return name, rest
+    return None, value
+
+
+def _shapes(values: Optional[List[str]]) -> Dict[Optional[str], Tuple[int, ...]]:
+    shapes: Dict[Optional[str], Tuple[int, ...]] = {}
+    for value in values or []:
+        name, text = _named(value)
+        try:
+            dims = tuple(int(d) for d in text.lower().replace(",", "x").split("x"))
+        except ValueError:
+            raise UsageError(f"--input-shape {value!r} is not [NAME=]D1xD2x...") from None
+        if not dims or any(d <= 0 for d in dims):
+            raise UsageError(f"--input-shape {value!r} has a dimension <= 0")
+        shapes[name] = dims
+    return shapes
+
+
+def build_data(args: argparse.Namespace) -> Any:
+    """The calibration samples the flags describe (host.quant.calibdata)."""
+    from host.quant.calibdata import load_calibration
+    from host.quant.settings import CalibSource, Preprocess, QuantizeSettings
+
+    pre = {field: getattr(args, dest) for dest, field in
+           (("input_size", "input_size"), ("interpolation", "interpolation"),
+            ("color", "color"), ("mean", "mean"), ("std", "std"), ("layout", "layout"),
+            ("preprocess", "function")) if getattr(args, dest) is not None}
+    shapes = _shapes(args.input_shape)
+    unnamed = shapes.pop(None, None)
+    sources = []
+    for value in args.calib:
+        name, path = _named(value)
+        sources.append(CalibSource(path=Path(path), input_name=name,
+                                   file_type=args.file_type or "auto",
+                                   preprocess=Preprocess(**pre),
+                                   shape=shapes.get(name, unnamed) if name or unnamed else None))
+    settings = QuantizeSettings(model=args.float_model, output=args.quant_model,
+                                calib=tuple(sources), calib_count=args.calib_count,
+                                seed=args.seed, source="analyze")
+    return load_calibration(Path(args.float_model), settings)
+
+
+class _Progress:
+    """A rich bar on a terminal's stderr; silent otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), console=Console(stderr=True),
+                                 transient=True)
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self._bar is None:
+            return
+        if self._task is None:
+            self._task = self._bar.add_task(stage, total=total or None)
+        self._bar.update(self._task, completed=done)
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.calib_count < 1:
+        raise UsageError(f"--calib-count must be at least 1, got {args.calib_count}")
+    if args.batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {args.batch}")
+    if args.top < 0:
+        raise UsageError(f"--top must be 0 (all) or more, got {args.top}")
+    if not 0.0 <= args.cosine_threshold <= 1.0:
+        raise UsageError(f"--cosine-threshold must be within 0..1, got {args.cosine_threshold}")
+    for flag, path in (("--report", args.report), ("--png", args.png)):
+        if path is not None and not Path(path).parent.exists():
+            raise UsageError(f"{flag} {path}: the folder {Path(path).parent} does not exist")
+        if path is not None and Path(path).resolve() in (Path(args.float_model).resolve(),
+                                                         Path(args.quant_model).resolve()):
+            raise UsageError(f"{flag} {path} would overwrite a model")
+
+
+def run(args: argparse.Namespace) -> int:
+    from host.quant.analysis import analyze
+    from host.quant.report import (PLOT_SKIPPED, analysis_dict, analysis_json, analysis_markdown,
+                                   write_text_atomic)
+
+    _check(args)
+    data = build_data(args)
+    top = args.top or None
+    with _Progress(enabled=not args.json) as progress:
+        report = analyze(args.float_model, args.quant_model, data,
+                         max_samples=args.calib_count, cosine_threshold=args.cosine_threshold,
+                         sqnr_threshold_db=args.sqnr_threshold, batch_size=args.batch,
+                         progress=progress)
+    written: Dict[str, str] = {}
+    if args.report is not None:
+        if Path(args.report).suffix.lower() == ".json":
+            write_text_atomic(args.report, analysis_json(report) + "\n")
+        else:
+            write_text_atomic(args.report, analysis_markdown(report, top=top))
+        written["report"] = str(args.report)
+    plot_note = ""
+    if args.png is not None:
+        if report.to_png(args.png) is not None:
+            written["png"] = str(args.png)
+        else:
+            plot_note = PLOT_SKIPPED
+    if args.json:
+        import json
+
+        doc = analysis_dict(report)
+        doc["written"] = written
+        if plot_note:
+            doc["plot"] = plot_note
+        print(json.dumps(doc, indent=2, allow_nan=False))
+        return 0
+    _print_human(report, top or len(report.ranked()), written, plot_note)
+    return 0
+
+
+def _print_human(report: Any, top: int, written: Dict[str, str], plot_note: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from host.quant.report import TABLE_COLUMNS, table_rows
+
+    console = Console()
+    ranked = report.ranked()
+    for out in report.outputs:
+        acc = out.accumulated
+        if acc is not None:
+            console.print(f"output {out.name}: SQNR {acc.sqnr_db:.1f} dB, cosine "
+                          f"{acc.cosine:.5f}, NSR {acc.nsr:.3g}"
+                          + ("  [bold red]flagged[/]" if out.flagged else ""))
+    table = Table(title=f"worst {min(top, len(ranked))} of {len(ranked)} quantized tensors "
+                        f"({report.samples} samples)")
+    for column in TABLE_COLUMNS:
+        table.add_column(column, justify="left" if column in ("tensor", "node", "op", "type")
+                         else "right")
+    for row, tensor in zip(table_rows(ranked[:top]), ranked[:top]):
+        table.add_row(*row, style="red" if tensor.flagged else None)
+    console.print(table)
+    flagged = report.flagged()
+    console.print(f"{len(flagged)} flagged (cosine < {report.cosine_threshold:g} or SQNR < "
+                  f"{report.sqnr_threshold_db:g} dB); score = min(isolated SQNR, isolated "
+                  "channel SQNR)")
+    for note in report.notes:
+        console.print(f"note: {note}")
+    for what, path in written.items():
+        console.print(f"wrote {what}: {path}")
+    if plot_note:
+        console.print(plot_note)

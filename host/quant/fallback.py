@@ -1,0 +1,528 @@
+"""Accuracy-driven fallback: raise the precision of the most sensitive layers until the metric
+drop is within ``--max-drop``.
+
+1. Evaluate the float model (the baseline; for fidelity it also fixes the reference outputs).
+2. Calibrate ONCE and quantize everything to int8; evaluate. Within the target: done.
+3. Rank the quantizable layers by a cheap sensitivity proxy: ``host.quant.analysis`` on a few
+   calibration samples (each layer scores the worst isolated error of the tensors it touches;
+   the layers around one bad tensor tie, and are raised together, because a tensor stays
+   quantized as long as any layer beside it is).
+4. Search, re-quantizing variants from the saved ranges (cheap: no calibration), each layer
+   tried at int16 first and at float when int16 is not enough:
+   - ``greedy`` (NNCF-style, the default): raise the worst group to int16; not enough -> try
+     it at float; keep float only if it closes at least a tenth of the gap int16 left; re-rank
+     on the new model (a repaired tensor drops out of the ranking, one still bad is raised
+     further) and go on until the target is met;
+   - ``bisect`` (AMCT-style): find the smallest k such that the top-k layers of the ranking at
+     int16 meet the target (bisection on k); if even all layers at int16 do not, the same with
+     float.
+   ``bench/fallback_strategies.py`` compares the two on the planted-layer model (the metric
+   met, layers kept int8, evaluations spent, time): greedy meets the target with as many int8
+   layers and fewer evaluations, hence the default.
+5. Write the best model found (the one meeting the target with the most int8 layers; if none
+   does, the one with the best metric) to ``settings.output`` with its record and ranges, and
+   ``OUT.fallback.json`` with every step; if the target was not met, raise
+   ``TargetNotMetError`` after writing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+
+from host.errors import BadInputError, TargetNotMetError, UsageError
+from host.quant.settings import FallbackSettings, QuantizeSettings
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("greedy", "bisect")
+DEFAULT_STRATEGY = "greedy"
+ANALYSIS_SAMPLES = 16            # calibration samples for the sensitivity proxy
+Progress = Callable[[str, int, int], None]
+Precision = Mapping[str, str]    # node -> "int16" | "float" (absent: int8)
+
+
+@dataclass(frozen=True)
+class FallbackStep:
+    index: int
+    action: str                          # what this step tried, for people
+    int16_layers: Tuple[str, ...]        # layers raised to int16 in this candidate
+    float_layers: Tuple[str, ...]        # layers kept float in this candidate
+    metric: float
+    drop: float                          # baseline - metric
+    met: bool
+    int8_layers: int                     # quantizable layers still int8
+    int8_fraction: float
+    latency_ms: Optional[float] = None   # per sample, as the evaluator measured it
+    seconds: float = 0.0                 # quantize + evaluate (+ analysis) of this step
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["int16_layers"] = list(self.int16_layers)
+        d["float_layers"] = list(self.float_layers)
+        return _finite(d)
+
+
+@dataclass(frozen=True)
+class FallbackReport:
+    strategy: str
+    metric: str                          # top1, top5 or fidelity
+    evaluator: str                       # where the metric was measured
+    baseline: float                      # the float model's metric
+    max_drop: float
+    met: bool
+    steps: Tuple[FallbackStep, ...]      # step 0: float model; step 1: all int8
+    best_step: int
+    output: Path
+    record_path: Path
+    ranges_path: Path
+    fallback_record: Path                # OUT.fallback.json
+    int16_layers: Tuple[str, ...]
+    float_layers: Tuple[str, ...]
+    quantizable_layers: int
+    int8_layers: int
+    evaluations: int                     # evaluator runs, the float baseline included
+    elapsed_s: float
+    ranking: Tuple[Tuple[str, float], ...] = ()   # (layer, score dB) of the all-int8 model
+    report: Any = None                   # the pipeline's QuantizeReport of the written model
+
+    @property
+    def best(self) -> FallbackStep:
+        return self.steps[self.best_step]
+
+    @property
+    def int8_fraction(self) -> float:
+        return self.int8_layers / self.quantizable_layers if self.quantizable_layers else 0.0
+
+    @property
+    def drop(self) -> float:
+        return self.best.drop
+
+    def lines(self) -> List[str]:
+        """The search for people, one line per step (the CLI prints them)."""
+        out = [f"fallback ({self.strategy}, {self.metric} on {self.evaluator}): float "
+               f"{self.baseline:.4f}, allowed drop {self.max_drop:g}"]
+        for step in self.steps:
+            latency = f", {step.latency_ms:.3f} ms/sample" if step.latency_ms else ""
+            layers = (f", int8 {step.int8_layers}/{self.quantizable_layers}"
+                      if step.index else "")
+            mark = " <- written" if step.index == self.best_step else ""
+            out.append(f"  {step.index:2d}. {step.action}: {step.metric:.4f} (drop "
+                       f"{step.drop:+.4f}){layers}{latency}{mark}")
+        verdict = "met" if self.met else "NOT met"
+        out.append(f"target {verdict}: drop {self.drop:+.4f} with {self.int8_layers}/"
+                   f"{self.quantizable_layers} layers int8 ({self.int8_fraction:.0%}), "
+                   f"{self.evaluations} evaluations, {self.elapsed_s:.1f} s")
+        return out
+
+    def as_dict(self) -> Dict[str, Any]:
+        return _finite({
+            "strategy": self.strategy, "metric": self.metric, "evaluator": self.evaluator,
+            "baseline": self.baseline, "max_drop": self.max_drop, "met": self.met,
+            "best_step": self.best_step, "best_metric": self.best.metric, "drop": self.drop,
+            "output": str(self.output), "record": str(self.record_path),
+            "ranges": str(self.ranges_path), "fallback_record": str(self.fallback_record),
+            "int16_layers": list(self.int16_layers), "float_layers": list(self.float_layers),
+            "quantizable_layers": self.quantizable_layers, "int8_layers": self.int8_layers,
+            "int8_fraction": round(self.int8_fraction, 4), "evaluations": self.evaluations,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "ranking": [{"layer": n, "score_db": s} for n, s in self.ranking[:20]],
+            "steps": [s.as_dict() for s in self.steps],
+        })
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def fallback_record_path(output: Path) -> Path:
+    output = Path(output)
+    stem = output.name[:-5] if output.name.endswith(".onnx") else output.name
+    return output.with_name(stem + ".fallback.json")
+
+
+def check_fallback_settings(fb: FallbackSettings) -> None:
+    if not (isinstance(fb.max_drop, (int, float)) and math.isfinite(fb.max_drop)
+            and fb.max_drop >= 0):
+        raise UsageError(f"--max-drop must be a number >= 0, got {fb.max_drop}",
+                         hint="in the metric's own unit: 0.01 is one point of top-1")
+    if fb.strategy not in STRATEGIES:
+        raise UsageError(f"unknown fallback strategy {fb.strategy!r}",
+                         hint=f"choose one of: {', '.join(STRATEGIES)}")
+    if fb.max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1, got {fb.max_steps}")
+
+
+# ---------------------------------------------------------------------- the search state
+
+class _Search:
+    """Quantizes and evaluates candidates (node -> precision), caching each one."""
+
+    def __init__(self, settings: QuantizeSettings, fb: FallbackSettings, evaluator: Any,
+                 data: Any, work: Path, progress: Optional[Progress],
+                 on_step: Optional[Callable[[FallbackStep], None]]) -> None:
+        self.settings = settings
+        self.fb = fb
+        self.evaluator = evaluator
+        self.data = data
+        self.work = work
+        self.progress = progress
+        self.on_step = on_step
+        self.steps: List[FallbackStep] = []
+        self.models: Dict[int, Path] = {}
+        self.candidates: Dict[int, Dict[str, str]] = {}
+        self.cache: Dict[FrozenSet[Tuple[str, str]], int] = {}
+        self.prepared: Dict[bool, Any] = {}
+        self.ranges: Dict[bool, Any] = {}
+        self.baseline = 0.0
+        self.quantizable: Tuple[str, ...] = ()
+        self.search_steps = 0
+
+    # -- stages --------------------------------------------------------------------------
+    def _needs16(self, s: QuantizeSettings) -> bool:
+        return bool(s.int16) or s.act_type == "int16" or any(
+            sg.precision == "int16" for sg in s.subgraphs)
+
+    def _prepared(self, s: QuantizeSettings) -> Any:
+        from host.quant.pipeline import prepare_model
+
+        key = self._needs16(s)
+        if key not in self.prepared:
+            self.prepared[key] = prepare_model(s)
+        return self.prepared[key]
+
+    def _ranges_for(self, key: bool) -> Any:
+        if key in self.ranges:
+            return self.ranges[key]
+        return next(iter(self.ranges.values()))
+
+    def variant_settings(self, precision: Precision, output: Path) -> QuantizeSettings:
+        s = self.settings
+        int16 = tuple(sorted(n for n, p in precision.items() if p == "int16"))
+        floats = tuple(sorted(n for n, p in precision.items() if p == "float"))
+        return replace(s, output=output, int16=tuple(s.int16) + int16,
+                       exclude=tuple(s.exclude) + floats, ranges=None)
+
+    def quantize(self, precision: Precision, output: Path, *, force: bool = True) -> Any:
+        from host.quant.pipeline import quantize
+
+        s = replace(self.variant_settings(precision, output), force=force)
+        key = self._needs16(s)
+        prepared = self._prepared(s)
+        try:
+            return quantize(s, prepared=prepared, ranges=self._ranges_for(key))
+        except BadInputError as exc:
+            # The opset-21 model (int16) may hold a tensor the int8 one did not: calibrate it.
+            if "ranges have no entry" not in exc.message or key in self.ranges \
+                    or self.data is None:
+                raise
+            from host.quant.pipeline import calibrate
+
+            log.info("calibrating the opset-%d model for int16 variants", prepared.opset)
+            self.ranges[key] = calibrate(prepared, self.data, self.settings, self.progress)
+            return quantize(s, prepared=prepared, ranges=self.ranges[key])
+
+    def calibrate_all_int8(self) -> Any:
+        """Step 1: prepare, calibrate once (or load ``settings.ranges``), quantize all int8."""
+        from host.quant.pipeline import quantize
+        from host.quant.ranges import load_ranges
+
+        t0 = time.perf_counter()
+        output = self.work / "c1.onnx"
+        s = replace(self.settings, output=output, force=True)
+        prepared = self._prepared(s)
+        report = quantize(s, data=self.data, progress=self.progress, prepared=prepared)
+        self.ranges[self._needs16(s)] = load_ranges(report.ranges_path)
+        self.quantizable = tuple(report.quantizable_nodes)
+        return self._evaluate({}, report, "all int8 (calibrated once)", t0)
+
+    # -- candidates ----------------------------------------------------------------------
+    def _evaluate(self, precision: Precision, report: Any, action: str, t0: float) -> int:
+        value = self.evaluator.evaluate(report.output, self.fb.eval_dataset, self.fb.metric)
+        node_precision = dict(getattr(report, "node_precision", {}) or {})
+        q = self.quantizable
+        if node_precision:
+            int8 = sum(1 for n in q if node_precision.get(n, "int8") == "int8")
+        else:
+            int8 = sum(1 for n in q if n not in precision)
+        index = len(self.steps)
+        drop = self.baseline - value
+        step = FallbackStep(
+            index=index, action=action,
+            int16_layers=tuple(sorted(n for n, p in precision.items() if p == "int16")),
+            float_layers=tuple(sorted(n for n, p in precision.items() if p == "float")),
+            metric=value, drop=drop, met=drop <= self.fb.max_drop + 1e-12, int8_layers=int8,
+            int8_fraction=int8 / len(q) if q else 0.0,
+            latency_ms=getattr(self.evaluator, "last_latency_ms", None),
+            seconds=time.perf_counter() - t0)
+        self._record(step, report.output, precision)
+        return index
+
+    def _record(self, step: FallbackStep, model: Optional[Path], precision: Precision) -> None:
+        self.steps.append(step)
+        if model is not None:
+            self.models[step.index] = Path(model)
+        self.candidates[step.index] = dict(precision)
+        self.cache[frozenset(precision.items())] = step.index
+        log.info("fallback step %d: %s: %s %.4f (drop %.4f%s), %d/%d layers int8",
+                 step.index, step.action, self.evaluator.metric_name or self.fb.metric,
+                 step.metric, step.drop, ", met" if step.met else "", step.int8_layers,
+                 len(self.quantizable))
+        if self.progress:
+            self.progress("fallback", min(self.search_steps, self.fb.max_steps),
+                          self.fb.max_steps)
+        if self.on_step:
+            self.on_step(step)
+
+    def budget_left(self) -> bool:
+        return self.search_steps < self.fb.max_steps
+
+    def try_candidate(self, precision: Precision, action: str) -> Optional[FallbackStep]:
+        """Quantize and evaluate ``precision`` (a cached result costs nothing); None when the
+        candidate leaves nothing quantized (that is the float model, not a candidate)."""
+        clean = {n: p for n, p in precision.items() if p in ("int16", "float")}
+        key = frozenset(clean.items())
+        if key in self.cache:
+            return self.steps[self.cache[key]]
+        if self.quantizable and all(clean.get(n) == "float" for n in self.quantizable):
+            return None
+        t0 = time.perf_counter()
+        self.search_steps += 1
+        output = self.work / f"c{len(self.steps)}.onnx"
+        try:
+            report = self.quantize(clean, output)
+        except BadInputError as exc:
+            if "nothing was quantized" not in exc.message:
+                raise
+            log.info("skipped a candidate that leaves nothing quantized: %s", action)
+            return None
+        return self.steps[self._evaluate(clean, report, action, t0)]
+
+    def analyze(self, index: int) -> Any:
+        from host.quant.analysis import analyze
+
+        prepared = self.prepared.get(False) or next(iter(self.prepared.values()))
+        return analyze(Path(prepared.path), self.models[index], self.data,
+                       max_samples=ANALYSIS_SAMPLES)
+
+    def best_index(self) -> int:
+        candidates = [s for s in self.steps[1:]]
+        met = [s for s in candidates if s.met]
+        if met:
+            return max(met, key=lambda s: (s.int8_layers, s.metric, -s.index)).index
+        return max(candidates, key=lambda s: (s.metric, s.int8_layers, -s.index)).index
+
+    def close(self) -> None:
+        for prepared in self.prepared.values():
+            try:
+                prepared.close()
+            except Exception:  # noqa: BLE001 - cleanup only
+                pass
+
+
+# ---------------------------------------------------------------------- strategies
+
+def _groups(analysis: Any, quantizable: Sequence[str]) -> List[Tuple[Tuple[str, ...], str, float]]:
+    """(layers, tensor, score) worst first: each quantized tensor with the quantizable layers
+    that touch it (raise them together to change how that tensor is stored)."""
+    allowed = set(quantizable)
+    out = []
+    for tensor in analysis.ranked():
+        nodes = tuple(n for n in tensor.nodes if n in allowed)
+        if nodes:
+            out.append((nodes, tensor.name, tensor.score))
+    return out
+
+
+def _clearly_better(candidate: FallbackStep, than: FallbackStep, max_drop: float) -> bool:
+    """Float beats int16 for a group only when it closes at least a tenth of the gap int16
+    left to the target (a metric wobble must not cost a layer its quantization)."""
+    gap = max(than.drop - max_drop, 0.0)
+    return candidate.metric > than.metric + 0.1 * gap
+
+
+def _greedy(search: _Search, analysis: Any) -> None:
+    precision: Dict[str, str] = {}
+    current = analysis
+    while search.budget_left():
+        group: Tuple[str, ...] = ()
+        tensor = ""
+        for nodes, name, _ in _groups(current, search.quantizable):
+            raisable = tuple(n for n in nodes if precision.get(n) != "float")
+            if raisable:
+                group, tensor = raisable, name
+                break
+        if not group:
+            log.info("greedy: every ranked layer is float already")
+            return
+        at16 = all(precision.get(n) == "int16" for n in group)
+        label = ", ".join(group)
+        candf = dict(precision)
+        candf.update({n: "float" for n in group})
+        chosen: Optional[Dict[str, str]] = None
+        chosen_step: Optional[FallbackStep] = None
+        if not at16:
+            cand16 = dict(precision)
+            cand16.update({n: "int16" for n in group if precision.get(n) != "float"})
+            step = search.try_candidate(cand16, f"greedy: {label} -> int16 (worst: {tensor})")
+            if step is not None:
+                if step.met:
+                    return
+                chosen, chosen_step = cand16, step
+            if search.budget_left():
+                stepf = search.try_candidate(candf, f"greedy: {label} -> float "
+                                                    f"(int16 was not enough)")
+                if stepf is not None:
+                    if stepf.met:
+                        return
+                    if chosen_step is None or _clearly_better(stepf, chosen_step,
+                                                              search.fb.max_drop):
+                        chosen, chosen_step = candf, stepf
+        else:
+            chosen_step = search.try_candidate(candf, f"greedy: {label} int16 -> float "
+                                                      f"(still worst: {tensor})")
+            if chosen_step is not None:
+                if chosen_step.met:
+                    return
+                chosen = candf
+        if chosen is None or chosen_step is None:
+            log.info("greedy: nothing left to raise that keeps the model quantized")
+            return
+        precision = chosen
+        if not search.budget_left():
+            return
+        current = search.analyze(chosen_step.index)
+
+
+def _bisect(search: _Search, analysis: Any) -> None:
+    order = [s.node for s in analysis.layer_scores(search.quantizable)]
+    # Layers the proxy did not score (no quantized tensor of theirs) go last.
+    order += [n for n in search.quantizable if n not in set(order)]
+    n = len(order)
+    if n == 0:
+        return
+    for level in ("int16", "float"):
+        if not search.budget_left():
+            return
+        def top(k: int) -> Dict[str, str]:
+            return {node: level for node in order[:k]}
+        # Every layer at float is the float model itself: it meets the target by definition
+        # and is no candidate, so the float search starts from that known upper bound.
+        if level == "int16":
+            hi_step = search.try_candidate(top(n), f"bisect: all {n} ranked layers -> int16")
+            if hi_step is None or not hi_step.met:
+                continue
+        lo, hi = 0, n
+        while hi - lo > 1 and search.budget_left():
+            mid = (lo + hi) // 2
+            step = search.try_candidate(top(mid), f"bisect: top {mid} layers -> {level}")
+            if step is not None and step.met:
+                hi = mid
+            else:
+                lo = mid
+        return
+
+
+# ---------------------------------------------------------------------- entry point
+
+def _eval_inputs(model: Path, dataset: Path) -> Any:
+    """The evaluation set's inputs as calibration-style data (ranges-only runs rank with it)."""
+    from host.quant.calibdata import CalibrationData, read_model_inputs
+    from host.quant.evaluate import load_eval_dataset
+
+    inputs = read_model_inputs(model)
+    loaded = load_eval_dataset(dataset, [i.name for i in inputs])
+    return CalibrationData.from_arrays(loaded.inputs, inputs)
+
+
+def run_fallback(settings: QuantizeSettings, fb: FallbackSettings, *, data: Any,
+                 evaluator: Any = None, progress: Optional[Progress] = None,
+                 on_step: Optional[Callable[[FallbackStep], None]] = None) -> FallbackReport:
+    """Quantize ``settings.model`` so that the metric drops at most ``fb.max_drop``.
+
+    ``data``: the calibration data (a CalibrationData; also feeds the sensitivity proxy).
+    ``evaluator``: a LocalEvaluator (default) or AgentEvaluator. Writes the best model found
+    to ``settings.output`` (+ record, ranges, OUT.fallback.json) in every case; raises
+    ``TargetNotMetError`` afterwards when no candidate met the target.
+    """
+    from host.quant.evaluate import LocalEvaluator
+    from host.quant.pipeline import validate_settings
+    from host.quant.ranges import atomic_write_text
+
+    check_fallback_settings(fb)
+    validate_settings(settings)
+    if data is None:
+        if settings.ranges is None:
+            raise UsageError("the fallback needs calibration data (--calib), or saved ranges "
+                             "(--ranges)", hint="give --calib SOURCE")
+        data = _eval_inputs(Path(settings.model), Path(fb.eval_dataset))
+    if evaluator is None:
+        evaluator = LocalEvaluator()
+    t0 = time.perf_counter()
+    output = Path(settings.output)
+    work = Path(tempfile.mkdtemp(prefix="edgetune-fallback-"))
+    search = _Search(settings, fb, evaluator, data, work, progress, on_step)
+    try:
+        tb = time.perf_counter()
+        search.baseline = evaluator.baseline(Path(settings.model), fb.eval_dataset, fb.metric)
+        metric_name = getattr(evaluator, "metric_name", None) or fb.metric
+        search._record(FallbackStep(
+            index=0, action="float model (baseline)", int16_layers=(), float_layers=(),
+            metric=search.baseline, drop=0.0, met=True, int8_layers=0, int8_fraction=0.0,
+            latency_ms=getattr(evaluator, "last_latency_ms", None),
+            seconds=time.perf_counter() - tb), None, {"*": "float"})
+        first = search.steps[search.calibrate_all_int8()]
+        ranking: Tuple[Tuple[str, float], ...] = ()
+        if not first.met:
+            analysis = search.analyze(first.index)
+            ranking = tuple((s.node, s.score) for s in analysis.layer_scores(search.quantizable))
+            if fb.strategy == "greedy":
+                _greedy(search, analysis)
+            else:
+                _bisect(search, analysis)
+        best = search.steps[search.best_index()]
+        precision = search.candidates[best.index]
+        final = search.quantize(precision, output, force=settings.force)
+        report = FallbackReport(
+            strategy=fb.strategy, metric=metric_name,
+            evaluator=getattr(evaluator, "where", type(evaluator).__name__),
+            baseline=search.baseline, max_drop=fb.max_drop, met=best.met,
+            steps=tuple(search.steps), best_step=best.index, output=output,
+            record_path=final.record_path, ranges_path=final.ranges_path,
+            fallback_record=fallback_record_path(output),
+            int16_layers=best.int16_layers, float_layers=best.float_layers,
+            quantizable_layers=len(search.quantizable), int8_layers=best.int8_layers,
+            evaluations=getattr(evaluator, "evaluations", len(search.steps)),
+            elapsed_s=time.perf_counter() - t0, ranking=ranking, report=final)
+        atomic_write_text(report.fallback_record, json.dumps(report.as_dict(), indent=2) + "\n")
+    finally:
+        search.close()
+        shutil.rmtree(work, ignore_errors=True)
+    if not report.met:
+        raise TargetNotMetError(
+            f"no setting met --max-drop {fb.max_drop:g}: the best {report.metric} is "
+            f"{best.metric:.4f} (drop {best.drop:.4f} against the float model's "
+            f"{report.baseline:.4f}) after {len(report.steps) - 1} candidates; that model was "
+            f"written to {output} ({report.fallback_record.name} has every step)",
+            hint="allow a larger --max-drop, raise --max-steps, try --strategy "
+                 + ("bisect" if fb.strategy == "greedy" else "greedy")
+                 + ", or another calibration --method")
+    return report
+
+
+__all__ = ["DEFAULT_STRATEGY", "FallbackReport", "FallbackStep", "STRATEGIES",
+           "check_fallback_settings", "fallback_record_path", "run_fallback"]
