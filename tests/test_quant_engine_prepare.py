@@ -87,7 +87,10 @@ def test_per_tensor_does_not_upgrade_beyond_what_it_needs(tmp_path):
     assert not prepared.path.exists()                  # close() removed the temp folder
 
 
-def test_symbolic_shape_failure_is_retried_and_recorded(tmp_path):
+def test_symbolic_shape_failure_is_retried_and_recorded(tmp_path, monkeypatch):
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)   # onnxruntime dumps sym_shape_infer_temp.onnx here on failure
     w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
     graph = helper.make_graph(
         [helper.make_node("Scaler", ["x"], ["s"], name="scale", domain="ai.onnx.ml",
@@ -105,6 +108,7 @@ def test_symbolic_shape_failure_is_retried_and_recorded(tmp_path):
     retry = [d for d in report.decisions if "without symbolic shape inference" in d.action]
     assert retry and "Incomplete symbolic shape inference" in retry[0].reason
     assert report.node_precision["mm"] == "int8"
+    assert list(workdir.iterdir()) == []        # nothing left behind in the current directory
 
 
 def test_missing_and_non_onnx_models(tmp_path):

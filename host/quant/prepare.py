@@ -213,12 +213,18 @@ def quantizable_nodes(model, op_types: FrozenSet[str]) -> Tuple[str, ...]:
 def _pre_process(src: Path, dst: Path, decisions: List[Decision]) -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    # When symbolic shape inference fails, onnxruntime dumps "sym_shape_infer_temp.onnx" (and
+    # its external data) into the current directory; remove what it left there.
+    before = set(Path.cwd().glob("sym_shape_infer_temp*"))
     try:
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
         return
     except Exception as first:  # symbolic shape inference is the usual culprit
         reason = f"{type(first).__name__}: {first}".strip()
         log.warning("symbolic shape inference failed (%s); retrying without it", reason)
+    finally:
+        for leftover in set(Path.cwd().glob("sym_shape_infer_temp*")) - before:
+            leftover.unlink(missing_ok=True)
     try:
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
     except Exception as second:
@@ -355,5 +361,5 @@ def close_matches(name: str, candidates: Sequence[str], n: int = 3) -> str:
     """' (did you mean: a, b?)' or '' — for error messages."""
     import difflib
 
-    found = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
+    found = difflib.get_close_matches(name, list(dict.fromkeys(candidates)), n=n, cutoff=0.5)
     return f" (did you mean: {', '.join(found)}?)" if found else ""
