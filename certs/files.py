@@ -55,7 +55,7 @@ def refuse_existing(paths: Iterable[Path], force: bool) -> None:
     if existing:
         raise CertFileExistsError(
             f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
-            "pass --force (force=True) to replace, or pick another name or directory")
+            "pass --force to replace it, or pick another name or directory")
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int, force: bool = False) -> Path:

@@ -136,7 +136,10 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "certs", help="make and check the PKI for mutual TLS (CA, board and host certificates)",
         description="Make the PKI that mutual TLS between this PC and the boards needs: a CA, a "
                     "server certificate per board (device) and a client certificate per PC "
-                    "(host). Keys are written encrypted (0600). " + PASSPHRASE_HELP)
+                    "(host). Keys are written encrypted (0600). The passphrase: --passphrase-file FILE, "
+                    "else $EDGETUNE_PASSPHRASE, else a prompt (twice when a new key is written). "
+                    "One passphrase protects the CA key and every leaf key; new keys need at least 8 "
+                    "characters. Never given on the command line.")
     sub = certs.add_subparsers(dest="certs_command", metavar="SUBCOMMAND")
     certs.set_defaults(func=lambda args: _help(certs))
 
