@@ -12,9 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict
 
+from host.cli.quantize_flags import add_calibration_flags, calib_sources_from_args
 from host.errors import UsageError
+
+DEFAULT_COUNT = 32          # samples analyzed
+DEFAULT_BATCH = 2           # samples per run of both models
 
 EXAMPLES = """examples:
   edgetune analyze model.onnx model.q.onnx --calib calib.npz
@@ -24,30 +28,7 @@ EXAMPLES = """examples:
 """
 
 
-def _floats(text: str) -> Tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers")
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one number")
-    return values
-
-
-def _size(text: str) -> Tuple[int, int]:
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        h, w = (int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HxW (e.g. 224x224)") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be positive")
-    return h, w
-
-
 def register(subparsers: Any) -> None:
-    from host.quant.settings import COLORS, FILE_TYPES, INTERPOLATIONS, LAYOUTS
-
     p = subparsers.add_parser(
         "analyze", help="per-layer quantization error of a QDQ model against its float model",
         description="Compare a quantized (QDQ) model with its float model on calibration "
@@ -59,25 +40,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("quant_model", type=Path, metavar="QUANT.onnx")
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
-    d = p.add_argument_group("data")
-    d.add_argument("--calib", action="append", metavar="[NAME=]SOURCE", required=True,
-                   help="folder of images/.npy/.raw, list file, .npy, .npz or raw file; one "
-                        "per input as NAME=SOURCE for several inputs")
-    d.add_argument("--calib-count", type=int, default=32, metavar="N",
-                   help="samples to analyze (default 32)")
-    d.add_argument("--seed", type=int, default=0, help="chooses the samples (default 0)")
-    d.add_argument("--file-type", choices=FILE_TYPES, help="how to read the files")
-    d.add_argument("--input-shape", action="append", metavar="[NAME=]1x3xHxW",
-                   help="full input shape where the model's is symbolic (raw files need it)")
-
-    i = p.add_argument_group("image preprocessing (as for quantize)")
-    i.add_argument("--input-size", type=_size, metavar="HxW")
-    i.add_argument("--interpolation", choices=INTERPOLATIONS)
-    i.add_argument("--color", choices=COLORS)
-    i.add_argument("--mean", type=_floats, metavar="A,B,C", help="0-255 scale")
-    i.add_argument("--std", type=_floats, metavar="A,B,C", help="0-255 scale")
-    i.add_argument("--layout", choices=LAYOUTS)
-    i.add_argument("--preprocess", metavar="FILE.py:FUNC|PRESET")
+    # The same calibration and image flags as quantize (one definition, host.cli.quantize_flags).
+    add_calibration_flags(p, required=True, default_count=DEFAULT_COUNT,
+                          default_batch=DEFAULT_BATCH, batch_help="samples per run")
 
     r = p.add_argument_group("report")
     r.add_argument("--report", type=Path, metavar="FILE",
@@ -89,58 +54,36 @@ def register(subparsers: Any) -> None:
                    help="flag an SQNR below this many dB (20)")
     r.add_argument("--top", type=int, default=20, metavar="N",
                    help="rows of the table shown here and in the Markdown (20; 0: all)")
-    r.add_argument("--batch", type=int, default=2, metavar="N",
-                   help="samples per run (bounds memory; default 2)")
+    r.add_argument("--batch", type=int, metavar="N",
+                   help=f"the same as --calib-batch (default {DEFAULT_BATCH})")
     p.set_defaults(func=run)
-
-
-def _named(value: str) -> Tuple[Optional[str], str]:
-    """``NAME=SOURCE`` -> (NAME, SOURCE); a plain source (or an existing path) -> (None, it)."""
-    if "=" in value and not Path(value).exists():
-        name, rest = value.split("=", 1)
-        if name and "/" not in name and "\\" not in name:
-            if not rest:
-                raise UsageError(f"--calib {value!r}: nothing after '='", hint="NAME=SOURCE")
-            return name, rest
-    return None, value
-
-
-def _shapes(values: Optional[List[str]]) -> Dict[Optional[str], Tuple[int, ...]]:
-    shapes: Dict[Optional[str], Tuple[int, ...]] = {}
-    for value in values or []:
-        name, text = _named(value)
-        try:
-            dims = tuple(int(d) for d in text.lower().replace(",", "x").split("x"))
-        except ValueError:
-            raise UsageError(f"--input-shape {value!r} is not [NAME=]D1xD2x...") from None
-        if not dims or any(d <= 0 for d in dims):
-            raise UsageError(f"--input-shape {value!r} has a dimension <= 0")
-        shapes[name] = dims
-    return shapes
 
 
 def build_data(args: argparse.Namespace) -> Any:
     """The calibration samples the flags describe (host.quant.calibdata)."""
     from host.quant.calibdata import load_calibration
-    from host.quant.settings import CalibSource, Preprocess, QuantizeSettings
+    from host.quant.settings import QuantizeSettings
 
-    pre = {field: getattr(args, dest) for dest, field in
-           (("input_size", "input_size"), ("interpolation", "interpolation"),
-            ("color", "color"), ("mean", "mean"), ("std", "std"), ("layout", "layout"),
-            ("preprocess", "function")) if getattr(args, dest) is not None}
-    shapes = _shapes(args.input_shape)
-    unnamed = shapes.pop(None, None)
-    sources = []
-    for value in args.calib:
-        name, path = _named(value)
-        sources.append(CalibSource(path=Path(path), input_name=name,
-                                   file_type=args.file_type or "auto",
-                                   preprocess=Preprocess(**pre),
-                                   shape=shapes.get(name, unnamed) if name or unnamed else None))
     settings = QuantizeSettings(model=args.float_model, output=args.quant_model,
-                                calib=tuple(sources), calib_count=args.calib_count,
-                                seed=args.seed, source="analyze")
+                                calib=calib_sources_from_args(args),
+                                calib_count=_count(args), seed=_seed(args),
+                                calib_batch=_batch(args), source="analyze")
     return load_calibration(Path(args.float_model), settings)
+
+
+def _count(args: argparse.Namespace) -> int:
+    return DEFAULT_COUNT if args.calib_count is None else args.calib_count
+
+
+def _seed(args: argparse.Namespace) -> int:
+    return 0 if args.seed is None else args.seed
+
+
+def _batch(args: argparse.Namespace) -> int:
+    for value in (args.batch, args.calib_batch):
+        if value is not None:
+            return value
+    return DEFAULT_BATCH
 
 
 class _Progress:
@@ -175,10 +118,14 @@ class _Progress:
 
 
 def _check(args: argparse.Namespace) -> None:
-    if args.calib_count < 1:
+    if _count(args) < 1:
         raise UsageError(f"--calib-count must be at least 1, got {args.calib_count}")
-    if args.batch < 1:
-        raise UsageError(f"--batch must be at least 1, got {args.batch}")
+    if args.batch is not None and args.calib_batch is not None \
+            and args.batch != args.calib_batch:
+        raise UsageError(f"--batch {args.batch} and --calib-batch {args.calib_batch} disagree",
+                         hint="they are the same option: give one")
+    if _batch(args) < 1:
+        raise UsageError(f"--calib-batch must be at least 1, got {_batch(args)}")
     if args.top < 0:
         raise UsageError(f"--top must be 0 (all) or more, got {args.top}")
     if not 0.0 <= args.cosine_threshold <= 1.0:
@@ -201,8 +148,8 @@ def run(args: argparse.Namespace) -> int:
     top = args.top or None
     with _Progress(enabled=not args.json) as progress:
         report = analyze(args.float_model, args.quant_model, data,
-                         max_samples=args.calib_count, cosine_threshold=args.cosine_threshold,
-                         sqnr_threshold_db=args.sqnr_threshold, batch_size=args.batch,
+                         max_samples=_count(args), cosine_threshold=args.cosine_threshold,
+                         sqnr_threshold_db=args.sqnr_threshold, batch_size=_batch(args),
                          progress=progress)
     written: Dict[str, str] = {}
     if args.report is not None:

@@ -16,12 +16,13 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
-from host.cli.quantize_flags import build_settings, model_inputs
-from host.errors import EdgetuneError, UsageError
-from host.quant.settings import (ACT_TYPES, COLORS, FILE_TYPES, INTERPOLATIONS, LAYOUTS, METHODS,
-                                 WEIGHT_TYPES, FallbackSettings, QuantizeSettings)
+from host.cli.quantize_flags import add_calibration_flags, build_settings, model_inputs
+from host.errors import EdgetuneError, TargetNotMetError, UsageError
+from host.quant.settings import (ACT_TYPES, DEFAULT_FALLBACK_STRATEGY, FALLBACK_METRICS,
+                                 FALLBACK_STRATEGIES, METHODS, WEIGHT_TYPES, FallbackSettings,
+                                 QuantizeSettings)
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +35,6 @@ EXAMPLES = """examples:
   edgetune quantize --config xquant.json
   edgetune quantize model.onnx -o q.onnx --calib calib.npz --max-drop 0.01 --eval test.npz
 """
-
-def _floats(text: str) -> Tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers")
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one number")
-    return values
-
-
-def _size(text: str) -> Tuple[int, int]:
-    from host.quant.config import parse_size
-    try:
-        return parse_size(text, "--input-size", "flag")
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(exc.message)
-
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -69,31 +52,7 @@ def register(subparsers: Any) -> None:
                         "flags given beside it win")
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
-    d = p.add_argument_group("calibration data")
-    d.add_argument("--calib", action="append", metavar="[NAME=]SOURCE",
-                   help="folder of images/.npy/.raw, list file (.txt), .npy, .npz or raw file; "
-                        "one per input as NAME=SOURCE for several inputs")
-    d.add_argument("--calib-count", type=int, metavar="N", help="samples to use (default 100)")
-    d.add_argument("--seed", type=int, help="chooses the samples when more exist (default 0)")
-    d.add_argument("--calib-batch", type=int, metavar="N",
-                   help="samples per calibration chunk (bounds memory; default 16)")
-    d.add_argument("--file-type", choices=FILE_TYPES,
-                   help="how to read the files (default: by extension)")
-    d.add_argument("--input-shape", action="append", metavar="[NAME=]1x3xHxW",
-                   help="full input shape where the model's is symbolic (raw files need it)")
-
-    i = p.add_argument_group("image preprocessing")
-    i.add_argument("--input-size", type=_size, metavar="HxW",
-                   help="resize to this (default: the model's input size)")
-    i.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize filter (bilinear)")
-    i.add_argument("--color", choices=COLORS, help="channel order fed to the model (rgb)")
-    i.add_argument("--mean", type=_floats, metavar="A,B,C",
-                   help="per-channel mean in the 0-255 scale: (x - mean) / std")
-    i.add_argument("--std", type=_floats, metavar="A,B,C", help="per-channel std, 0-255 scale")
-    i.add_argument("--layout", choices=LAYOUTS, help="default: inferred from the input shape")
-    i.add_argument("--preprocess", metavar="FILE.py:FUNC|PRESET",
-                   help="function(list of paths, input info) -> batch array; or PT_IMAGENET / "
-                        "IMAGENET (XQuant's resize + center-crop presets)")
+    add_calibration_flags(p)
 
     m = p.add_argument_group("calibration method")
     m.add_argument("--method", help=f"one of {', '.join(METHODS)} (default minmax)")
@@ -138,9 +97,12 @@ def register(subparsers: Any) -> None:
                    help="raise the precision of sensitive layers until the metric drops <= X")
     f.add_argument("--eval", type=Path, metavar="D.npz",
                    help="evaluation set: arrays named like the inputs, optional labels")
-    f.add_argument("--metric", choices=("auto", "top1", "top5", "fidelity"),
+    f.add_argument("--metric", choices=FALLBACK_METRICS,
                    help="auto: top1 with labels, else fidelity to the float model")
-    f.add_argument("--strategy", choices=("bisect", "greedy"), help="(bisect)")
+    f.add_argument("--strategy", choices=FALLBACK_STRATEGIES,
+                   help="greedy: raise the worst layers, re-rank, repeat (NNCF-style); bisect: "
+                        "the fewest top-ranked layers that meet X (AMCT-style); default "
+                        f"{DEFAULT_FALLBACK_STRATEGY}")
     f.add_argument("--max-steps", type=int, help="evaluation budget (32)")
     _add_device_flags(p)
     p.set_defaults(func=run)
@@ -214,13 +176,21 @@ def run(args: argparse.Namespace) -> int:
         data = load_calibration(settings.model, settings)
         if data.notes:   # e.g. "calibrating on all 8 samples": into the record with the rest
             settings = dataclasses.replace(settings, notes=settings.notes + data.notes)
+    not_met: Optional[TargetNotMetError] = None
     with _Progress(enabled=True) as progress:
         if fallback is not None:
             if data is None:  # ranges only: the evaluation set feeds the sensitivity proxy
                 inputs = model_inputs(Path(settings.model))
                 feeds, _ = load_npz_feeds(fallback.eval_dataset, [i.name for i in inputs])
                 data = CalibrationData.from_arrays(feeds, inputs)
-            result = _run_fallback(args, settings, fallback, data, progress)
+            try:
+                result = _run_fallback(args, settings, fallback, data, progress)
+            except TargetNotMetError as exc:
+                # The best model, its record and OUT.fallback.json are written: show the
+                # search with the error, then exit 8.
+                if getattr(exc, "report", None) is None:
+                    raise
+                result, not_met = exc.report, exc   # type: ignore[attr-defined]
             report = getattr(result, "report", None) or result
         else:
             from host.quant.pipeline import quantize
@@ -229,11 +199,16 @@ def run(args: argparse.Namespace) -> int:
         analysis_paths = _maybe_analysis(args, layer, settings, data, report, progress)
     summary = _summary(settings, report, result if fallback is not None else None,
                        analysis_paths, time.perf_counter() - started)
+    if not_met is not None:
+        summary["error"] = {"type": type(not_met).__name__, "message": not_met.message,
+                            "hint": not_met.hint, "exit_status": int(not_met.exit_status)}
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
-        _print_table(summary)
-    return 0
+        _print_table(summary, result if fallback is not None else None)
+        if not_met is not None:
+            print(f"edgetune: error: {not_met}", file=sys.stderr)
+    return int(not_met.exit_status) if not_met is not None else 0
 
 
 def _run_fallback(args: argparse.Namespace, settings: QuantizeSettings,
@@ -305,6 +280,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _node_counts(report: Any) -> Dict[str, Optional[int]]:
+    """int8 / int16 / float node counts as the record states them (``node_precision``;
+    ``n_quantized_nodes`` counts int8 and int16 together)."""
+    precision = getattr(report, "node_precision", None)
+    if precision:
+        values = list(precision.values())
+        return {kind: values.count(kind) for kind in ("int8", "int16", "float")}
+    quantized = getattr(report, "n_quantized_nodes", None)
+    int16 = getattr(report, "n_int16_nodes", None)
+    int8 = getattr(report, "n_int8_nodes", None)
+    if int8 is None and quantized is not None:
+        int8 = quantized - (int16 or 0)
+    return {"int8": int8, "int16": int16, "float": getattr(report, "n_float_nodes", None)}
+
+
 def _summary(settings: QuantizeSettings, report: Any, fallback_result: Any,
              analysis: Dict[str, str], elapsed: float) -> Dict[str, Any]:
     output = Path(getattr(report, "output", settings.output))
@@ -317,9 +307,7 @@ def _summary(settings: QuantizeSettings, report: Any, fallback_result: Any,
         "method": settings.method if settings.ranges is None else f"ranges:{settings.ranges}",
         "activations": settings.act_type, "weights": settings.weight_type,
         "per_channel": settings.per_channel,
-        "nodes": {"int8": getattr(report, "n_quantized_nodes", None),
-                  "int16": getattr(report, "n_int16_nodes", None),
-                  "float": getattr(report, "n_float_nodes", None)},
+        "nodes": _node_counts(report),
         "size_bytes": {"fp32": size_in, "quantized": size_out,
                        "ratio": round(size_out / size_in, 4) if size_out else None},
         "elapsed_s": round(elapsed, 3), "notes": list(settings.notes),
@@ -331,7 +319,7 @@ def _summary(settings: QuantizeSettings, report: Any, fallback_result: Any,
     return summary
 
 
-def _print_table(summary: Dict[str, Any]) -> None:
+def _print_table(summary: Dict[str, Any], fallback_result: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -350,14 +338,26 @@ def _print_table(summary: Dict[str, Any]) -> None:
                             f"{'per-channel' if summary['per_channel'] else 'per-tensor'}")
     table.add_row("record", str(summary["record"]))
     table.add_row("ranges", str(summary["ranges"]))
-    if "fallback" in summary:
-        fb = summary["fallback"]
-        met = fb.get("met") if isinstance(fb, dict) else None
-        table.add_row("fallback", f"target met: {met}")
+    fb = summary.get("fallback")
+    if isinstance(fb, dict):
+        table.add_row("fallback", f"target {'met' if fb.get('met') else 'NOT met'}: "
+                                  f"{fb.get('metric')} {_num(fb.get('best_metric'))} (drop "
+                                  f"{_num(fb.get('drop'))}, allowed {fb.get('max_drop'):g}), "
+                                  f"{fb.get('int8_layers')}/{fb.get('quantizable_layers')} "
+                                  f"layers int8, {fb.get('strategy')}")
+        table.add_row("fallback steps", str(fb.get("fallback_record")))
     for kind, path in summary.get("analysis", {}).items():
         table.add_row(f"analysis {kind}", path)
     table.add_row("time", f"{summary['elapsed_s']:.1f} s")
     for note in summary["notes"]:
         table.add_row("note", note)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if fallback_result is not None and hasattr(fallback_result, "lines"):
+        for line in fallback_result.lines():     # every step of the search, one line each
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else str(value)
 

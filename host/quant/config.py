@@ -24,9 +24,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from host.errors import BadInputError, NotFoundError, UsageError
 from host.quant.pegasus import (load_pegasus_layers, load_pegasus_layers_with_notes,
                                 parse_pegasus, resolve_pegasus_layers)
-from host.quant.settings import (ACT_TYPES, COLORS, FILE_TYPES, INTERPOLATIONS, LAYOUTS, METHODS,
-                                 WEIGHT_TYPES, CalibSource, Preprocess, QuantizeSettings,
-                                 SubgraphOverride)
+from host.quant.settings import (ACT_TYPES, COLORS, FALLBACK_METRICS, FALLBACK_STRATEGIES,
+                                 FILE_TYPES, INTERPOLATIONS, LAYOUTS, METHODS, WEIGHT_TYPES,
+                                 CalibSource, Preprocess, QuantizeSettings, SubgraphOverride)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,8 +38,8 @@ __all__ = ["ConfigLayer", "load_config", "check_settings", "check_input_count", 
            "load_pegasus_layers_with_notes", "resolve_pegasus_layers", "TOML_KEYS"]
 
 PRECISIONS = ("int8", "int16", "float")
-METRICS = ("auto", "top1", "top5", "fidelity")
-STRATEGIES = ("bisect", "greedy")
+METRICS = FALLBACK_METRICS
+STRATEGIES = FALLBACK_STRATEGIES      # the default is settings.DEFAULT_FALLBACK_STRATEGY
 
 # TOML key -> (QuantizeSettings field, kind). Kinds are checked by _convert.
 SETTINGS_KEYS: Dict[str, Tuple[str, str]] = {
@@ -67,12 +67,16 @@ TOML_KEYS = tuple(SETTINGS_KEYS) + PREPROCESS_KEYS + OTHER_KEYS
 class ConfigLayer(Mapping):
     """QuantizeSettings field name -> value, read from one config file, plus what is not a
     settings field: image defaults for flag-given sources, unresolved Pegasus layer names,
-    fallback options, whether to write the analysis report."""
+    fallback options, whether to write the analysis report, and ``labels``: how the file
+    spelled a value, for messages (``"percentile"`` -> ``"max_percentile 0.9999"``,
+    ``"method"``, ``"subgraphs[0].percentile"``, ...)."""
 
     def __init__(self, values: Dict[str, Any], *, path: Path, format: str,
                  preprocess: Optional[Dict[str, Any]] = None,
                  pegasus_layers: Sequence[str] = (), fallback: Optional[Dict[str, Any]] = None,
-                 analysis: Optional[bool] = None, input_count: Optional[int] = None) -> None:
+                 analysis: Optional[bool] = None, input_count: Optional[int] = None,
+                 labels: Optional[Dict[str, str]] = None) -> None:
+        self.labels: Dict[str, str] = dict(labels or {})
         self._values = dict(values)
         self.path = path
         self.format = format

@@ -22,7 +22,8 @@ drop is within ``--max-drop``.
 5. Write the best model found (the one meeting the target with the most int8 layers; if none
    does, the one with the best metric) to ``settings.output`` with its record and ranges, and
    ``OUT.fallback.json`` with every step; if the target was not met, raise
-   ``TargetNotMetError`` after writing.
+   ``TargetNotMetError`` after writing, with the ``FallbackReport`` as its ``report``
+   attribute (the CLI prints the steps and the error together).
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from host.errors import BadInputError, TargetNotMetError, UsageError
-from host.quant.settings import FallbackSettings, QuantizeSettings
+from host.quant.settings import (DEFAULT_FALLBACK_STRATEGY, FALLBACK_STRATEGIES,
+                                 FallbackSettings, QuantizeSettings)
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("greedy", "bisect")
-DEFAULT_STRATEGY = "greedy"
+# Defined once, in host.quant.settings (FallbackSettings and the CLI use the same default).
+STRATEGIES = FALLBACK_STRATEGIES
+DEFAULT_STRATEGY = DEFAULT_FALLBACK_STRATEGY
 ANALYSIS_SAMPLES = 16            # calibration samples for the sensitivity proxy
 Progress = Callable[[str, int, int], None]
 Precision = Mapping[str, str]    # node -> "int16" | "float" (absent: int8)
@@ -457,8 +460,8 @@ def run_fallback(settings: QuantizeSettings, fb: FallbackSettings, *, data: Any,
     ``data``: the calibration data (a CalibrationData; also feeds the sensitivity proxy).
     ``evaluator``: a LocalEvaluator (default) or AgentEvaluator. Writes the best model found
     to ``settings.output`` (+ record, ranges, OUT.fallback.json) in every case; raises
-    ``TargetNotMetError`` afterwards when no candidate met the target.
-    """
+    ``TargetNotMetError`` afterwards when no candidate met the target (its ``report``
+    attribute holds this function's ``FallbackReport``)."""
     from host.quant.evaluate import LocalEvaluator
     from host.quant.pipeline import validate_settings
     from host.quant.ranges import atomic_write_text
@@ -513,7 +516,7 @@ def run_fallback(settings: QuantizeSettings, fb: FallbackSettings, *, data: Any,
         search.close()
         shutil.rmtree(work, ignore_errors=True)
     if not report.met:
-        raise TargetNotMetError(
+        error = TargetNotMetError(
             f"no setting met --max-drop {fb.max_drop:g}: the best {report.metric} is "
             f"{best.metric:.4f} (drop {best.drop:.4f} against the float model's "
             f"{report.baseline:.4f}) after {len(report.steps) - 1} candidates; that model was "
@@ -521,6 +524,8 @@ def run_fallback(settings: QuantizeSettings, fb: FallbackSettings, *, data: Any,
             hint="allow a larger --max-drop, raise --max-steps, try --strategy "
                  + ("bisect" if fb.strategy == "greedy" else "greedy")
                  + ", or another calibration --method")
+        error.report = report   # type: ignore[attr-defined]  # the CLI still shows the steps
+        raise error
     return report
 
 

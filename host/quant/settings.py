@@ -21,6 +21,12 @@ LAYOUTS = ("nchw", "nhwc")
 COLORS = ("rgb", "bgr")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "area")
 FILE_TYPES = ("auto", "img", "npy", "npz", "raw")
+FALLBACK_METRICS = ("auto", "top1", "top5", "fidelity")
+# The fallback's search strategies and THE default (the CLI, TOML files and FallbackSettings all
+# use this one): greedy with re-ranking met the planted-layer target with as many int8 layers
+# as bisection and fewer evaluations (bench/fallback_strategies.py).
+FALLBACK_STRATEGIES = ("greedy", "bisect")
+DEFAULT_FALLBACK_STRATEGY = "greedy"
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,6 @@ class FallbackSettings:
     max_drop: float                                    # in the metric's own unit (top1: 0.01 = 1 point)
     eval_dataset: Path
     metric: str = "auto"                               # top1, top5, fidelity (cosine); auto: top1 if labels
-    strategy: str = "bisect"                           # or "greedy"
+    strategy: str = DEFAULT_FALLBACK_STRATEGY          # one of FALLBACK_STRATEGIES
     max_steps: int = 32
     device: Optional[str] = None                       # evaluate on this board instead of locally

@@ -17,7 +17,11 @@ How each field is honoured (and recorded in the output's record as a note):
   per-channel weights), 2 = int16 activations (weights int8); 1 has no faithful equivalent
   here and is refused. ``finetune_level`` 0 or 1: edgetune does no weight fine-tuning, so 1
   is accepted with a note that none was done; higher levels are refused. ``max_percentile``
-  0.9999 -> percentile 99.99. ``custom_setting[]`` -> subgraph overrides.
+  0.9999 -> percentile 99.99, used only when the method is percentile: otherwise the CLI
+  warns and notes ``max_percentile 0.9999 is unused: ...`` (``ConfigLayer.labels`` keeps the
+  file's spelling for that message). ``custom_setting[]`` -> subgraph overrides (a
+  ``max_percentile`` there means percentile calibration of the subgraph unless its
+  ``calibration_type`` names another method, which is warned about the same way).
   ``truncate_var_names`` -> truncate. ``analysis_enable`` -> the analysis report.
 """
 
@@ -72,6 +76,7 @@ def from_xquant(data: Any, path: Path) -> ConfigLayer:
     quant_p = sections["quantization_parameters"]
     notes: List[str] = [f"settings read from XQuant-style JSON {path.name}"]
     values: Dict[str, Any] = {"source": f"xquant:{path.name}"}
+    labels: Dict[str, str] = {}
 
     if not isinstance(model_p.get("onnx_model"), str) or not model_p["onnx_model"]:
         raise BadInputError(f"config file {path}: model_parameters.onnx_model is missing",
@@ -103,6 +108,7 @@ def from_xquant(data: Any, path: Path) -> ConfigLayer:
                             hint="use cpu (cuda is accepted but runs on the CPU)")
     if "calibration_type" in calib_p:
         values["method"] = _calibration_type(calib_p["calibration_type"], "calibration_type")
+        labels["method"] = _type_label("calibration_type", calib_p["calibration_type"])
         if calib_p["calibration_type"] == "default":
             notes.append("calibration_type 'default' -> minmax (edgetune's default method)")
 
@@ -127,17 +133,31 @@ def from_xquant(data: Any, path: Path) -> ConfigLayer:
         notes.append(message)
     if "max_percentile" in quant_p:
         values["percentile"] = _percentile(quant_p["max_percentile"], "max_percentile", path)
+        labels["percentile"] = f"max_percentile {quant_p['max_percentile']:g}"
     customs = quant_p.get("custom_setting", [])
     if not isinstance(customs, list):
         raise BadInputError(f"config file {path}: custom_setting must be a list")
     values["subgraphs"] = tuple(_custom(c, path) for c in customs)
+    for index, custom in enumerate(customs):
+        if "max_percentile" in custom:
+            labels[f"subgraphs[{index}].percentile"] = (
+                f"custom_setting[{index}].max_percentile {custom['max_percentile']:g}")
+        if custom.get("calibration_type") is not None:
+            labels[f"subgraphs[{index}].method"] = "its " + _type_label(
+                "calibration_type", custom["calibration_type"])
     truncate = quant_p.get("truncate_var_names", [])
     if not isinstance(truncate, list) or not all(isinstance(t, str) for t in truncate):
         raise BadInputError(f"config file {path}: truncate_var_names must be a list of names")
     values["truncate"] = tuple(truncate)
     values["notes"] = tuple(notes)
     return ConfigLayer(values, path=path, format="xquant", analysis=analysis,
-                       input_count=len(entries))
+                       input_count=len(entries), labels=labels)
+
+
+def _type_label(key: str, value: str) -> str:
+    """``calibration_type 'default' maps to minmax`` (for messages; value already checked)."""
+    mapped = CALIBRATION_TYPES[value]
+    return f"{key} {value!r} maps to {mapped}" if mapped != value else f"{key} is {value!r}"
 
 
 def _str(value: Any, key: str, path: Path) -> str:
