@@ -1,8 +1,7 @@
 """The durable job queue: jobs recorded in SQLite, run one at a time, watched by anyone.
 
-- Every job is a row in ``jobs.db`` (WAL): id, kind, state, spec and result as JSON (the
-  ``protos.messages`` dicts), label, the submitter's certificate name, times, error. Results
-  therefore survive a restart of the agent.
+- Every job is a row in ``jobs.db`` (``device.jobdb``: the schema, the row <-> ``Job``
+  conversion, the queries and the start-up recovery), so results survive a restart.
 - One asyncio worker task takes queued jobs in order and calls the runner in a dedicated
   thread (``loop.run_in_executor``), so the event loop keeps serving while a model runs.
 - Any number of watchers per job, each with its own mailbox: state changes and queue positions
@@ -23,9 +22,7 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
-import json
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -35,108 +32,23 @@ from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Set, Tuple
 import grpc
 
 from device.errors import AgentError, Cancelled, FailedPrecondition, NotFound, ResourceExhausted
+from device.jobdb import INTERRUPTED_CRASH, JobDatabase
 from protos.messages import BenchmarkSpec, EvaluateSpec, Job, JobEvent, JobState, Progress
 
 log = logging.getLogger(__name__)
 
-INTERRUPTED_CRASH = "the agent stopped while this job ran; submit it again"
 INTERRUPTED_STOP = "the agent was shut down while this job ran; submit it again"
 MAX_LIST = 1000
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL,
-    label TEXT NOT NULL DEFAULT '',
-    client TEXT NOT NULL DEFAULT '',
-    spec TEXT NOT NULL,
-    created_unix REAL NOT NULL,
-    started_unix REAL NOT NULL DEFAULT 0,
-    finished_unix REAL NOT NULL DEFAULT 0,
-    error TEXT NOT NULL DEFAULT '',
-    result TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
-"""
-_COLUMNS = ("id", "kind", "state", "label", "client", "spec", "created_unix", "started_unix",
-            "finished_unix", "error", "result")
+# Re-exported: INTERRUPTED_CRASH and JobDatabase live in device.jobdb since the split.
+__all__ = ["INTERRUPTED_CRASH", "INTERRUPTED_STOP", "MAX_LIST", "JobDatabase", "JobQueue",
+           "ShuttingDown"]
 
 
 class ShuttingDown(AgentError):
     """The agent is stopping; the caller should come back when it is up again."""
 
     grpc_code = grpc.StatusCode.UNAVAILABLE
-
-
-class JobDatabase:
-    """The ``jobs`` table. Used from the event loop thread only; each write is one transaction."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(self.path), isolation_level=None,
-                                     check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def insert(self, job: Job) -> None:
-        row = _row(job)
-        self._conn.execute(f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES "
-                           f"({', '.join('?' for _ in _COLUMNS)})", [row[c] for c in _COLUMNS])
-
-    def update(self, job: Job) -> None:
-        row = _row(job)
-        names = [c for c in _COLUMNS if c not in ("id", "kind", "spec", "created_unix")]
-        self._conn.execute(f"UPDATE jobs SET {', '.join(c + ' = ?' for c in names)} WHERE id = ?",
-                           [row[c] for c in names] + [job.id])
-
-    def get(self, job_id: str) -> Optional[Job]:
-        cur = self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id = ?", (job_id,))
-        found = cur.fetchone()
-        return _job(found) if found else None
-
-    def list(self, limit: int) -> List[Job]:
-        cur = self._conn.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY seq DESC LIMIT ?", (limit,))
-        return [_job(r) for r in cur.fetchall()]
-
-    def recover(self) -> Tuple[int, List[Job]]:
-        """Mark rows a dead agent left running as interrupted; return (count, queued jobs)."""
-        cur = self._conn.execute(
-            "UPDATE jobs SET state = ?, error = ?, finished_unix = ? WHERE state = ?",
-            (JobState.INTERRUPTED.value, INTERRUPTED_CRASH, time.time(), JobState.RUNNING.value))
-        interrupted = cur.rowcount
-        cur = self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE state = ? "
-                                 "ORDER BY seq", (JobState.QUEUED.value,))
-        queued: List[Job] = []
-        for r in cur.fetchall():
-            try:
-                queued.append(_job(r))
-            except Exception as exc:  # a row this version cannot read: fail it, keep going
-                log.warning("job %s cannot be re-queued (%s); marking it failed", r[0], exc)
-                self._conn.execute("UPDATE jobs SET state = ?, error = ? WHERE id = ?",
-                                   (JobState.FAILED.value, f"unreadable after restart: {exc}", r[0]))
-        return interrupted, queued
-
-
-def _row(job: Job) -> Dict[str, Any]:
-    d = job.as_dict()
-    d["spec"] = json.dumps(d["spec"], sort_keys=True)
-    d["result"] = None if d["result"] is None else json.dumps(d["result"], sort_keys=True)
-    return d
-
-
-def _job(row: Tuple[Any, ...]) -> Job:
-    d = dict(zip(_COLUMNS, row))
-    d["spec"] = json.loads(d["spec"])
-    d["result"] = None if d["result"] is None else json.loads(d["result"])
-    return Job.from_dict(d)
 
 
 class _Mailbox:

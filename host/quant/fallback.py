@@ -8,14 +8,10 @@ drop is within ``--max-drop``.
    the layers around one bad tensor tie, and are raised together, because a tensor stays
    quantized as long as any layer beside it is).
 4. Search, re-quantizing variants from the saved ranges (cheap: no calibration), each layer
-   tried at int16 first and at float when int16 is not enough:
-   - ``greedy`` (NNCF-style, the default): raise the worst group to int16; not enough -> try
-     it at float; keep float only if it closes at least a tenth of the gap int16 left; re-rank
-     on the new model (a repaired tensor drops out of the ranking, one still bad is raised
-     further) and go on until the target is met;
-   - ``bisect`` (AMCT-style): find the smallest k such that the top-k layers of the ranking at
-     int16 meet the target (bisection on k); if even all layers at int16 do not, the same with
-     float.
+   tried at int16 first and at float when int16 is not enough, with one of the strategies in
+   ``host.quant.strategies``: ``greedy`` (NNCF-style, the default: raise the worst group,
+   re-rank, repeat) or ``bisect`` (AMCT-style: the smallest top-k of the ranking that meets
+   the target, at int16, else at float).
    ``bench/fallback_strategies.py`` compares the two on the planted-layer model (the metric
    met, layers kept int8, evaluations spent, time): greedy meets the target with as many int8
    layers and fewer evaluations, hence the default.
@@ -24,22 +20,26 @@ drop is within ``--max-drop``.
    ``OUT.fallback.json`` with every step; if the target was not met, raise
    ``TargetNotMetError`` after writing, with the ``FallbackReport`` as its ``report``
    attribute (the CLI prints the steps and the error together).
+
+This module holds the search state (``_Search``) and ``run_fallback``; the step and report
+types are in ``host.quant.fallback_report`` and re-exported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 from host.errors import BadInputError, TargetNotMetError, UsageError
+from host.quant import strategies
+from host.quant.fallback_report import FallbackReport, FallbackStep, fallback_record_path
 from host.quant.settings import (DEFAULT_FALLBACK_STRATEGY, FALLBACK_STRATEGIES,
                                  FallbackSettings, QuantizeSettings)
 
@@ -51,111 +51,6 @@ DEFAULT_STRATEGY = DEFAULT_FALLBACK_STRATEGY
 ANALYSIS_SAMPLES = 16            # calibration samples for the sensitivity proxy
 Progress = Callable[[str, int, int], None]
 Precision = Mapping[str, str]    # node -> "int16" | "float" (absent: int8)
-
-
-@dataclass(frozen=True)
-class FallbackStep:
-    index: int
-    action: str                          # what this step tried, for people
-    int16_layers: Tuple[str, ...]        # layers raised to int16 in this candidate
-    float_layers: Tuple[str, ...]        # layers kept float in this candidate
-    metric: float
-    drop: float                          # baseline - metric
-    met: bool
-    int8_layers: int                     # quantizable layers still int8
-    int8_fraction: float
-    latency_ms: Optional[float] = None   # per sample, as the evaluator measured it
-    seconds: float = 0.0                 # quantize + evaluate (+ analysis) of this step
-
-    def as_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["int16_layers"] = list(self.int16_layers)
-        d["float_layers"] = list(self.float_layers)
-        return _finite(d)
-
-
-@dataclass(frozen=True)
-class FallbackReport:
-    strategy: str
-    metric: str                          # top1, top5 or fidelity
-    evaluator: str                       # where the metric was measured
-    baseline: float                      # the float model's metric
-    max_drop: float
-    met: bool
-    steps: Tuple[FallbackStep, ...]      # step 0: float model; step 1: all int8
-    best_step: int
-    output: Path
-    record_path: Path
-    ranges_path: Path
-    fallback_record: Path                # OUT.fallback.json
-    int16_layers: Tuple[str, ...]
-    float_layers: Tuple[str, ...]
-    quantizable_layers: int
-    int8_layers: int
-    evaluations: int                     # evaluator runs, the float baseline included
-    elapsed_s: float
-    ranking: Tuple[Tuple[str, float], ...] = ()   # (layer, score dB) of the all-int8 model
-    report: Any = None                   # the pipeline's QuantizeReport of the written model
-
-    @property
-    def best(self) -> FallbackStep:
-        return self.steps[self.best_step]
-
-    @property
-    def int8_fraction(self) -> float:
-        return self.int8_layers / self.quantizable_layers if self.quantizable_layers else 0.0
-
-    @property
-    def drop(self) -> float:
-        return self.best.drop
-
-    def lines(self) -> List[str]:
-        """The search for people, one line per step (the CLI prints them)."""
-        out = [f"fallback ({self.strategy}, {self.metric} on {self.evaluator}): float "
-               f"{self.baseline:.4f}, allowed drop {self.max_drop:g}"]
-        for step in self.steps:
-            latency = f", {step.latency_ms:.3f} ms/sample" if step.latency_ms else ""
-            layers = (f", int8 {step.int8_layers}/{self.quantizable_layers}"
-                      if step.index else "")
-            mark = " <- written" if step.index == self.best_step else ""
-            out.append(f"  {step.index:2d}. {step.action}: {step.metric:.4f} (drop "
-                       f"{step.drop:+.4f}){layers}{latency}{mark}")
-        verdict = "met" if self.met else "NOT met"
-        out.append(f"target {verdict}: drop {self.drop:+.4f} with {self.int8_layers}/"
-                   f"{self.quantizable_layers} layers int8 ({self.int8_fraction:.0%}), "
-                   f"{self.evaluations} evaluations, {self.elapsed_s:.1f} s")
-        return out
-
-    def as_dict(self) -> Dict[str, Any]:
-        return _finite({
-            "strategy": self.strategy, "metric": self.metric, "evaluator": self.evaluator,
-            "baseline": self.baseline, "max_drop": self.max_drop, "met": self.met,
-            "best_step": self.best_step, "best_metric": self.best.metric, "drop": self.drop,
-            "output": str(self.output), "record": str(self.record_path),
-            "ranges": str(self.ranges_path), "fallback_record": str(self.fallback_record),
-            "int16_layers": list(self.int16_layers), "float_layers": list(self.float_layers),
-            "quantizable_layers": self.quantizable_layers, "int8_layers": self.int8_layers,
-            "int8_fraction": round(self.int8_fraction, 4), "evaluations": self.evaluations,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "ranking": [{"layer": n, "score_db": s} for n, s in self.ranking[:20]],
-            "steps": [s.as_dict() for s in self.steps],
-        })
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def fallback_record_path(output: Path) -> Path:
-    output = Path(output)
-    stem = output.name[:-5] if output.name.endswith(".onnx") else output.name
-    return output.with_name(stem + ".fallback.json")
 
 
 def check_fallback_settings(fb: FallbackSettings) -> None:
@@ -337,109 +232,6 @@ class _Search:
                 pass
 
 
-# ---------------------------------------------------------------------- strategies
-
-def _groups(analysis: Any, quantizable: Sequence[str]) -> List[Tuple[Tuple[str, ...], str, float]]:
-    """(layers, tensor, score) worst first: each quantized tensor with the quantizable layers
-    that touch it (raise them together to change how that tensor is stored)."""
-    allowed = set(quantizable)
-    out = []
-    for tensor in analysis.ranked():
-        nodes = tuple(n for n in tensor.nodes if n in allowed)
-        if nodes:
-            out.append((nodes, tensor.name, tensor.score))
-    return out
-
-
-def _clearly_better(candidate: FallbackStep, than: FallbackStep, max_drop: float) -> bool:
-    """Float beats int16 for a group only when it closes at least a tenth of the gap int16
-    left to the target (a metric wobble must not cost a layer its quantization)."""
-    gap = max(than.drop - max_drop, 0.0)
-    return candidate.metric > than.metric + 0.1 * gap
-
-
-def _greedy(search: _Search, analysis: Any) -> None:
-    precision: Dict[str, str] = {}
-    current = analysis
-    while search.budget_left():
-        group: Tuple[str, ...] = ()
-        tensor = ""
-        for nodes, name, _ in _groups(current, search.quantizable):
-            raisable = tuple(n for n in nodes if precision.get(n) != "float")
-            if raisable:
-                group, tensor = raisable, name
-                break
-        if not group:
-            log.info("greedy: every ranked layer is float already")
-            return
-        at16 = all(precision.get(n) == "int16" for n in group)
-        label = ", ".join(group)
-        candf = dict(precision)
-        candf.update({n: "float" for n in group})
-        chosen: Optional[Dict[str, str]] = None
-        chosen_step: Optional[FallbackStep] = None
-        if not at16:
-            cand16 = dict(precision)
-            cand16.update({n: "int16" for n in group if precision.get(n) != "float"})
-            step = search.try_candidate(cand16, f"greedy: {label} -> int16 (worst: {tensor})")
-            if step is not None:
-                if step.met:
-                    return
-                chosen, chosen_step = cand16, step
-            if search.budget_left():
-                stepf = search.try_candidate(candf, f"greedy: {label} -> float "
-                                                    f"(int16 was not enough)")
-                if stepf is not None:
-                    if stepf.met:
-                        return
-                    if chosen_step is None or _clearly_better(stepf, chosen_step,
-                                                              search.fb.max_drop):
-                        chosen, chosen_step = candf, stepf
-        else:
-            chosen_step = search.try_candidate(candf, f"greedy: {label} int16 -> float "
-                                                      f"(still worst: {tensor})")
-            if chosen_step is not None:
-                if chosen_step.met:
-                    return
-                chosen = candf
-        if chosen is None or chosen_step is None:
-            log.info("greedy: nothing left to raise that keeps the model quantized")
-            return
-        precision = chosen
-        if not search.budget_left():
-            return
-        current = search.analyze(chosen_step.index)
-
-
-def _bisect(search: _Search, analysis: Any) -> None:
-    order = [s.node for s in analysis.layer_scores(search.quantizable)]
-    # Layers the proxy did not score (no quantized tensor of theirs) go last.
-    order += [n for n in search.quantizable if n not in set(order)]
-    n = len(order)
-    if n == 0:
-        return
-    for level in ("int16", "float"):
-        if not search.budget_left():
-            return
-        def top(k: int) -> Dict[str, str]:
-            return {node: level for node in order[:k]}
-        # Every layer at float is the float model itself: it meets the target by definition
-        # and is no candidate, so the float search starts from that known upper bound.
-        if level == "int16":
-            hi_step = search.try_candidate(top(n), f"bisect: all {n} ranked layers -> int16")
-            if hi_step is None or not hi_step.met:
-                continue
-        lo, hi = 0, n
-        while hi - lo > 1 and search.budget_left():
-            mid = (lo + hi) // 2
-            step = search.try_candidate(top(mid), f"bisect: top {mid} layers -> {level}")
-            if step is not None and step.met:
-                hi = mid
-            else:
-                lo = mid
-        return
-
-
 # ---------------------------------------------------------------------- entry point
 
 def _eval_inputs(model: Path, dataset: Path) -> Any:
@@ -494,9 +286,9 @@ def run_fallback(settings: QuantizeSettings, fb: FallbackSettings, *, data: Any,
             analysis = search.analyze(first.index)
             ranking = tuple((s.node, s.score) for s in analysis.layer_scores(search.quantizable))
             if fb.strategy == "greedy":
-                _greedy(search, analysis)
+                strategies.greedy(search, analysis)
             else:
-                _bisect(search, analysis)
+                strategies.bisect(search, analysis)
         best = search.steps[search.best_index()]
         precision = search.candidates[best.index]
         final = search.quantize(precision, output, force=settings.force)
