@@ -2,8 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -178,7 +177,7 @@ class UploadBlobResponse(_message.Message):
     blob: BlobInfo
     received_bytes: int
     already_present: bool
-    def __init__(self, blob: _Optional[_Union[BlobInfo, _Mapping]] = ..., received_bytes: _Optional[int] = ..., already_present: _Optional[bool] = ...) -> None: ...
+    def __init__(self, blob: _Optional[_Union[BlobInfo, _Mapping]] = ..., received_bytes: _Optional[int] = ..., already_present: bool = ...) -> None: ...
 
 class ListBlobsRequest(_message.Message):
     __slots__ = ("kind",)
@@ -204,7 +203,7 @@ class DeleteBlobResponse(_message.Message):
     __slots__ = ("deleted",)
     DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: bool
-    def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+    def __init__(self, deleted: bool = ...) -> None: ...
 
 class Shape(_message.Message):
     __slots__ = ("dims",)
@@ -253,7 +252,7 @@ class BenchmarkSpec(_message.Message):
     seed: int
     dataset_sha256: str
     return_samples: bool
-    def __init__(self, model_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., warmup: _Optional[int] = ..., iterations: _Optional[int] = ..., min_duration_s: _Optional[float] = ..., seed: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., return_samples: _Optional[bool] = ...) -> None: ...
+    def __init__(self, model_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., warmup: _Optional[int] = ..., iterations: _Optional[int] = ..., min_duration_s: _Optional[float] = ..., seed: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., return_samples: bool = ...) -> None: ...
 
 class EvaluateSpec(_message.Message):
     __slots__ = ("model_sha256", "dataset_sha256", "session", "metrics", "batch_size")
