@@ -80,6 +80,8 @@ def _status_of(context: Any, exc: Optional[BaseException]) -> str:
         return "ABORTED"
     if isinstance(exc, BaseException) and type(exc).__name__ == "CancelledError":
         return "CANCELLED"
+    if isinstance(exc, GeneratorExit):  # a streaming caller went away after its last event
+        return "CANCELLED"
     return "UNKNOWN"
 
 
