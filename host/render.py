@@ -11,7 +11,7 @@ import json
 import math
 import sys
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO, Tuple
 
 from protos.messages import BenchmarkResult, BlobInfo, EvaluateResult, Job, JobEvent
 
@@ -103,10 +103,12 @@ def _short(model: str) -> str:
     return model.replace("\\", "/").rsplit("/", 1)[-1] or model
 
 
-def _failed(state: str) -> Any:
+def _failed_row(record: Dict[str, Any], width: int) -> Tuple[Any, ...]:
+    """A job without a result: model, device, its state in red, blank cells up to ``width``."""
     from rich.text import Text
 
-    return Text(state, style="red")
+    state = Text(record.get("state", "failed"), style="red")
+    return (_short(record["model"]), record["device"], state, *([""] * (width - 3)))
 
 
 def _num(value: Optional[float], digits: int = 3) -> str:
@@ -127,8 +129,7 @@ def bench_table(records: Sequence[Dict[str, Any]], width: int = 200) -> Any:
     rows = []
     for r in records:
         if "latency_ms" not in r:
-            rows.append((_short(r["model"]), r["device"], _failed(r.get("state", "failed")),
-                         *([""] * (len(columns) - 3))))
+            rows.append(_failed_row(r, len(columns)))
             continue
         lat = r["latency_ms"]
         rows.append((_short(r["model"]), r["device"], *(_num(lat[k]) for _, k in BENCH_COLUMNS),
@@ -151,8 +152,7 @@ def eval_table(records: Sequence[Dict[str, Any]]) -> Any:
     rows = []
     for r in records:
         if "metrics" not in r:
-            rows.append((_short(r["model"]), r["device"], _failed(r.get("state", "failed")),
-                         *([""] * len(names))))
+            rows.append(_failed_row(r, len(columns)))
             continue
         metrics = r["metrics"]
         rows.append((_short(r["model"]), r["device"], str(r["samples"]),
@@ -327,3 +327,53 @@ class ProgressView:
                 self._progress.update(task, completed=done, total=total,
                                       status=escape(text.split(" - ")[0]))
         return on_event
+
+
+class StageProgress:
+    """A ``progress(stage, done, total)`` callback for the quantization pipeline and analysis.
+
+    On a terminal's stderr (and ``enabled``): a rich bar per stage, ``transient`` (erased when
+    done) or kept, with an elapsed-time column when ``elapsed``. Otherwise, when ``plain`` is
+    given, a line ``"{plain}: {stage} {done}/{total}"`` per stage at 0, 25, 50, 75 and 100 %;
+    without ``plain``, nothing.
+    """
+
+    def __init__(self, enabled: bool, plain: Optional[str] = None, *, transient: bool = False,
+                 elapsed: bool = True) -> None:
+        self.rich = enabled and sys.stderr.isatty()
+        self.plain = plain
+        self.transient = transient
+        self.elapsed = elapsed
+        self._bar: Any = None
+        self._tasks: Dict[str, Any] = {}
+        self._last: Dict[str, int] = {}
+
+    def __enter__(self) -> "StageProgress":
+        if self.rich:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn)
+            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+            if self.elapsed:
+                columns.append(TimeElapsedColumn())
+            self._bar = Progress(*columns, console=Console(stderr=True),
+                                 transient=self.transient)
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self._bar is not None:
+            if stage not in self._tasks:
+                self._tasks[stage] = self._bar.add_task(stage, total=total or None)
+            self._bar.update(self._tasks[stage], completed=done, total=total or None)
+            return
+        if self.plain is None:
+            return
+        quarter = (4 * done // total) if total else 0
+        if self._last.get(stage) != quarter:   # a line per stage at 0, 25, 50, 75, 100 %
+            self._last[stage] = quarter
+            print(f"{self.plain}: {stage} {done}/{total}", file=sys.stderr, flush=True)

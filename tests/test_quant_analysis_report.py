@@ -14,20 +14,7 @@ from host.cli import main
 from host.quant.analysis import analyze
 from host.quant.calibdata import CalibrationData
 from host.quant.report import PLOT_SKIPPED
-
-SAMPLES = Path(__file__).resolve().parent.parent / "host" / "samples"
-DIGITS = SAMPLES / "digits_cnn.onnx"
-CALIB = SAMPLES / "digits_calib.npz"
-
-
-@pytest.fixture(scope="module")
-def digits_q(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from host.quant.pipeline import quantize
-    from host.quant.settings import CalibSource, QuantizeSettings
-
-    out = tmp_path_factory.mktemp("digits") / "digits.q.onnx"
-    quantize(QuantizeSettings(model=DIGITS, output=out, calib=(CalibSource(path=CALIB),)))
-    return out
+from tests.quant_fixtures import CALIB, DIGITS
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,7 @@ import pytest
 
 from host.errors import BadInputError, NotFoundError, UsageError
 from host.quant.evaluate import LocalEvaluator, sample_cosines
-
-SAMPLES = Path(__file__).resolve().parent.parent / "host" / "samples"
-DIGITS = SAMPLES / "digits_cnn.onnx"
-TEST = SAMPLES / "digits_test.npz"
-CALIB = SAMPLES / "digits_calib.npz"
-
-
-@pytest.fixture(scope="module")
-def digits_q(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from host.quant.pipeline import quantize
-    from host.quant.settings import CalibSource, QuantizeSettings
-
-    out = tmp_path_factory.mktemp("digits") / "digits.q.onnx"
-    quantize(QuantizeSettings(model=DIGITS, output=out, calib=(CalibSource(path=CALIB),)))
-    return out
+from tests.quant_fixtures import DIGITS, TEST
 
 
 def _reference_top1() -> float:

@@ -10,7 +10,6 @@ isolated: the tensor's own Q/DQ round trip), ranked worst first, with flags. Wri
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any, Dict
 
@@ -86,37 +85,6 @@ def _batch(args: argparse.Namespace) -> int:
     return DEFAULT_BATCH
 
 
-class _Progress:
-    """A rich bar on a terminal's stderr; silent otherwise."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> "_Progress":
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), console=Console(stderr=True),
-                                 transient=True)
-            self._bar.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if self._bar is None:
-            return
-        if self._task is None:
-            self._task = self._bar.add_task(stage, total=total or None)
-        self._bar.update(self._task, completed=done)
-
-
 def _check(args: argparse.Namespace) -> None:
     if _count(args) < 1:
         raise UsageError(f"--calib-count must be at least 1, got {args.calib_count}")
@@ -142,11 +110,12 @@ def run(args: argparse.Namespace) -> int:
     from host.quant.analysis import analyze
     from host.quant.report import (PLOT_SKIPPED, analysis_dict, analysis_json, analysis_markdown,
                                    write_text_atomic)
+    from host.render import StageProgress
 
     _check(args)
     data = build_data(args)
     top = args.top or None
-    with _Progress(enabled=not args.json) as progress:
+    with StageProgress(enabled=not args.json, transient=True, elapsed=False) as progress:
         report = analyze(args.float_model, args.quant_model, data,
                          max_samples=_count(args), cosine_threshold=args.cosine_threshold,
                          sqnr_threshold_db=args.sqnr_threshold, batch_size=_batch(args),

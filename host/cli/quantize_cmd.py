@@ -125,42 +125,6 @@ def _optional_module(name: str) -> Any:
 
 # --- running ---------------------------------------------------------------------------------
 
-class _Progress:
-    """The pipeline's progress callback: a rich bar on a terminal, plain lines otherwise."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.rich = enabled and sys.stderr.isatty()
-        self._bar: Any = None
-        self._tasks: Dict[str, Any] = {}
-        self._last: Dict[str, int] = {}
-
-    def __enter__(self) -> "_Progress":
-        if self.rich:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(),
-                                 console=Console(stderr=True), transient=False)
-            self._bar.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if self._bar is not None:
-            if stage not in self._tasks:
-                self._tasks[stage] = self._bar.add_task(stage, total=total or None)
-            self._bar.update(self._tasks[stage], completed=done, total=total or None)
-            return
-        quarter = (4 * done // total) if total else 0
-        if self._last.get(stage) != quarter:   # a line per stage at 0, 25, 50, 75, 100 %
-            self._last[stage] = quarter
-            print(f"edgetune quantize: {stage} {done}/{total}", file=sys.stderr, flush=True)
-
-
 def run(args: argparse.Namespace) -> int:
     settings, fallback, layer = build_settings(args)
     output = Path(settings.output)
@@ -169,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     if layer is not None and layer.format == "xquant":
         output.parent.mkdir(parents=True, exist_ok=True)     # XQuant creates its working_dir
     from host.quant.calibdata import CalibrationData, load_calibration, load_npz_feeds
+    from host.render import StageProgress
 
     started = time.perf_counter()
     data: Optional[CalibrationData] = None
@@ -177,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         if data.notes:   # e.g. "calibrating on all 8 samples": into the record with the rest
             settings = dataclasses.replace(settings, notes=settings.notes + data.notes)
     not_met: Optional[TargetNotMetError] = None
-    with _Progress(enabled=True) as progress:
+    with StageProgress(enabled=True, plain="edgetune quantize") as progress:
         if fallback is not None:
             if data is None:  # ranges only: the evaluation set feeds the sensitivity proxy
                 inputs = model_inputs(Path(settings.model))

@@ -165,13 +165,7 @@ def _from_toml(data: Dict[str, Any], path: Path) -> ConfigLayer:
         values["notes"] = tuple(notes)
     fallback: Dict[str, Any] = {}
     if "fallback" in data:
-        table = data["fallback"]
-        if not isinstance(table, dict):
-            raise BadInputError(f"config file {path}: 'fallback' must be a table")
-        bad = [k for k in table if k not in FALLBACK_KEYS]
-        if bad:
-            raise BadInputError(f"config file {path}: unknown key(s) {bad} in [fallback]",
-                                hint=f"valid keys: {', '.join(FALLBACK_KEYS)}")
+        table = _table(data["fallback"], path, "'fallback'", "[fallback]", FALLBACK_KEYS)
         kinds = {"max_drop": "float", "eval": "path", "metric": "str", "strategy": "str",
                  "max_steps": "int", "device": "str"}
         for key, value in table.items():
@@ -277,10 +271,7 @@ def _calib_entry(entry: Any, path: Path, base: Path, defaults: Dict[str, Any]) -
     if not isinstance(entry, dict) or "path" not in entry:
         raise BadInputError(f"config file {path}: each calib entry needs a path",
                             hint='e.g. [[calib]] path = "calib/" input = "data"')
-    bad = [k for k in entry if k not in CALIB_KEYS]
-    if bad:
-        raise BadInputError(f"config file {path}: unknown key(s) {bad} in a calib entry",
-                            hint=f"valid keys: {', '.join(CALIB_KEYS)}")
+    _known_keys(entry, path, "a calib entry", CALIB_KEYS)
     fields = dict(defaults)
     fields.update(_preprocess_fields(entry, path, base, where="calib entry"))
     shape = _convert(entry["shape"], "ints", "shape", path, base) if "shape" in entry else None
@@ -292,13 +283,26 @@ def _calib_entry(entry: Any, path: Path, base: Path, defaults: Dict[str, Any]) -
         preprocess=Preprocess(**fields), shape=shape)
 
 
-def _subgraph_entry(entry: Any, path: Path) -> SubgraphOverride:
-    if not isinstance(entry, dict):
-        raise BadInputError(f"config file {path}: each [[subgraph]] must be a table")
-    bad = [k for k in entry if k not in SUBGRAPH_KEYS]
+def _table(value: Any, path: Path, what: str, where: str, keys: Sequence[str]
+           ) -> Dict[str, Any]:
+    """``value`` when it is a table holding only ``keys``; else BadInputError saying that
+    ``what`` must be a table, or naming the unknown keys ``where`` they are."""
+    if not isinstance(value, dict):
+        raise BadInputError(f"config file {path}: {what} must be a table")
+    return _known_keys(value, path, where, keys)
+
+
+def _known_keys(table: Dict[str, Any], path: Path, where: str, keys: Sequence[str]
+                ) -> Dict[str, Any]:
+    bad = [k for k in table if k not in keys]
     if bad:
-        raise BadInputError(f"config file {path}: unknown key(s) {bad} in a [[subgraph]]",
-                            hint=f"valid keys: {', '.join(SUBGRAPH_KEYS)}")
+        raise BadInputError(f"config file {path}: unknown key(s) {bad} in {where}",
+                            hint=f"valid keys: {', '.join(keys)}")
+    return table
+
+
+def _subgraph_entry(entry: Any, path: Path) -> SubgraphOverride:
+    _table(entry, path, "each [[subgraph]]", "a [[subgraph]]", SUBGRAPH_KEYS)
     for key in ("inputs", "outputs"):
         if key not in entry:
             raise BadInputError(f"config file {path}: a [[subgraph]] needs '{key}' "

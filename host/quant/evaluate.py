@@ -49,10 +49,14 @@ def dataset_keys(path: Path) -> Tuple[str, ...]:
                             hint="save it with numpy.savez(path, INPUT_NAME=x, labels=y)") from None
 
 
-def resolve_metric(metric: str, keys: Sequence[str], path: Path) -> str:
-    """``auto`` -> top1 with labels, else fidelity; a label metric without labels is an error."""
+def _check_metric(metric: str) -> None:
     if metric not in METRICS:
         raise UsageError(f"unknown metric {metric!r}", hint=f"choose one of: {', '.join(METRICS)}")
+
+
+def resolve_metric(metric: str, keys: Sequence[str], path: Path) -> str:
+    """``auto`` -> top1 with labels, else fidelity; a label metric without labels is an error."""
+    _check_metric(metric)
     has_labels = any(k in keys for k in LABEL_KEYS)
     if metric == "auto":
         return "top1" if has_labels else "fidelity"
@@ -208,7 +212,32 @@ def run_on_dataset(model_path: Path, path: Path, session: Any = None, batch_size
     return dataset, names, outputs, run_s
 
 
-class LocalEvaluator:
+class _Evaluator:
+    """What both evaluators share: the default dataset and metric (checked here), the session
+    options and batch size, and the last evaluation's resolved metric and numbers."""
+
+    def __init__(self, dataset_path: Optional[Path], metric: str, session: Any,
+                 batch_size: int) -> None:
+        _check_metric(metric)
+        self.dataset_path = Path(dataset_path) if dataset_path is not None else None
+        self.metric = metric
+        self.session = session
+        self.batch_size = batch_size
+        self.metric_name: Optional[str] = None
+        self.last_latency_ms: Optional[float] = None
+        self.last_details: Dict[str, float] = {}
+        self.evaluations = 0
+
+    def _args(self, dataset_path: Optional[Path], metric: Optional[str]) -> Tuple[Path, str]:
+        path = Path(dataset_path) if dataset_path is not None else self.dataset_path
+        if path is None:
+            raise UsageError("no evaluation dataset given", hint="pass --eval D.npz")
+        name = resolve_metric(metric or self.metric, dataset_keys(path), path)
+        self.metric_name = name
+        return path, name
+
+
+class LocalEvaluator(_Evaluator):
     """Evaluates models with onnxruntime on this PC.
 
     ``dataset_path`` / ``metric``: defaults for calls that do not name them. ``session``: a
@@ -220,28 +249,19 @@ class LocalEvaluator:
 
     def __init__(self, dataset_path: Optional[Path] = None, metric: str = "auto",
                  session: Any = None, batch_size: int = 64) -> None:
-        if metric not in METRICS:
-            raise UsageError(f"unknown metric {metric!r}",
-                             hint=f"choose one of: {', '.join(METRICS)}")
+        super().__init__(dataset_path, metric, session, batch_size)
         if batch_size < 1:
             raise UsageError("the evaluation batch size must be at least 1")
-        self.dataset_path = Path(dataset_path) if dataset_path is not None else None
-        self.metric = metric
-        self.session = session
-        self.batch_size = batch_size
-        self.metric_name: Optional[str] = None
-        self.last_latency_ms: Optional[float] = None
-        self.last_details: Dict[str, float] = {}
-        self.evaluations = 0
         self._float_outputs: Dict[Path, Dict[str, np.ndarray]] = {}
 
-    def _args(self, dataset_path: Optional[Path], metric: Optional[str]) -> Tuple[Path, str]:
-        path = Path(dataset_path) if dataset_path is not None else self.dataset_path
-        if path is None:
-            raise UsageError("no evaluation dataset given", hint="pass --eval D.npz")
-        name = resolve_metric(metric or self.metric, dataset_keys(path), path)
-        self.metric_name = name
-        return path, name
+    def _run(self, model_path: Path, path: Path
+             ) -> Tuple[EvalDataset, List[str], Dict[str, np.ndarray]]:
+        """One run over the dataset, counted, its mean time per sample kept."""
+        dataset, names, outputs, seconds = run_on_dataset(model_path, path, self.session,
+                                                          self.batch_size)
+        self.last_latency_ms = 1000.0 * seconds / dataset.samples
+        self.evaluations += 1
+        return dataset, names, outputs
 
     def _score(self, metric: str, dataset: EvalDataset, names: Sequence[str],
                outputs: Dict[str, np.ndarray], references: Dict[str, np.ndarray]) -> float:
@@ -285,21 +305,15 @@ class LocalEvaluator:
                  metric: Optional[str] = None) -> float:
         """The float model's score; its outputs become the fidelity reference."""
         path, name = self._args(dataset_path, metric)
-        dataset, names, outputs, seconds = run_on_dataset(Path(float_model), path, self.session,
-                                                          self.batch_size)
-        self.last_latency_ms = 1000.0 * seconds / dataset.samples
+        dataset, names, outputs = self._run(Path(float_model), path)
         self._float_outputs[path.resolve()] = outputs
-        self.evaluations += 1
         return self._score(name, dataset, names, outputs, outputs)
 
     def evaluate(self, model_path: Path, dataset_path: Optional[Path] = None,
                  metric: Optional[str] = None) -> float:
         path, name = self._args(dataset_path, metric)
-        dataset, names, outputs, seconds = run_on_dataset(Path(model_path), path, self.session,
-                                                          self.batch_size)
-        self.last_latency_ms = 1000.0 * seconds / dataset.samples
+        dataset, names, outputs = self._run(Path(model_path), path)
         references = self._float_outputs.get(path.resolve()) or dataset.references
-        self.evaluations += 1
         return self._score(name, dataset, names, outputs, references)
 
 
@@ -308,7 +322,7 @@ class LocalEvaluator:
 _RESULT_KEYS = {"top1": "top1", "top5": "top5", "fidelity": "cosine"}
 
 
-class AgentEvaluator:
+class AgentEvaluator(_Evaluator):
     """Evaluates models on a board: uploads the model (and once, the dataset) to its agent
     through ``client`` (a ``host.client.AgentClient``) and runs an evaluation job there, so
     the fallback is judged on the target's own kernels.
@@ -321,33 +335,15 @@ class AgentEvaluator:
     def __init__(self, client: Any, dataset_path: Optional[Path] = None, metric: str = "auto",
                  session: Any = None, batch_size: int = 1, label: str = "edgetune fallback"
                  ) -> None:
-        if metric not in METRICS:
-            raise UsageError(f"unknown metric {metric!r}",
-                             hint=f"choose one of: {', '.join(METRICS)}")
+        super().__init__(dataset_path, metric, session, batch_size)
         self.client = client
-        self.dataset_path = Path(dataset_path) if dataset_path is not None else None
-        self.metric = metric
-        self.session = session
-        self.batch_size = batch_size
         self.label = label
-        self.metric_name: Optional[str] = None
-        self.last_latency_ms: Optional[float] = None
-        self.last_details: Dict[str, float] = {}
-        self.evaluations = 0
         self._datasets: Dict[Tuple[Path, str], str] = {}     # (dataset, metric) -> sha256
         self._tmp: Optional[tempfile.TemporaryDirectory] = None
 
     @property
     def where(self) -> str:
         return f"agent at {getattr(self.client, 'address', '?')}"
-
-    def _args(self, dataset_path: Optional[Path], metric: Optional[str]) -> Tuple[Path, str]:
-        path = Path(dataset_path) if dataset_path is not None else self.dataset_path
-        if path is None:
-            raise UsageError("no evaluation dataset given", hint="pass --eval D.npz")
-        name = resolve_metric(metric or self.metric, dataset_keys(path), path)
-        self.metric_name = name
-        return path, name
 
     def _upload_dataset(self, path: Path, metric: str, float_model: Optional[Path]) -> str:
         from protos.messages import BlobKind

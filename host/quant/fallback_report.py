@@ -7,10 +7,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
+
+from host.render import json_safe
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class FallbackStep:
         d = dataclasses.asdict(self)
         d["int16_layers"] = list(self.int16_layers)
         d["float_layers"] = list(self.float_layers)
-        return _finite(d)
+        return json_safe(d)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class FallbackReport:
         return out
 
     def as_dict(self) -> Dict[str, Any]:
-        return _finite({
+        return json_safe({
             "strategy": self.strategy, "metric": self.metric, "evaluator": self.evaluator,
             "baseline": self.baseline, "max_drop": self.max_drop, "met": self.met,
             "best_step": self.best_step, "best_metric": self.best.metric, "drop": self.drop,
@@ -100,16 +101,6 @@ class FallbackReport:
             "ranking": [{"layer": n, "score_db": s} for n, s in self.ranking[:20]],
             "steps": [s.as_dict() for s in self.steps],
         })
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def fallback_record_path(output: Path) -> Path:

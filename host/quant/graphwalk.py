@@ -44,21 +44,28 @@ class QdqWeight:
     axis: Optional[int]      # per-channel axis (None: per-tensor)
 
 
+def node_links(nodes: Sequence[Any]) -> Tuple[Dict[str, Any], Dict[str, List[Any]]]:
+    """``(producer, consumers)``: the node writing each tensor, the nodes reading it (in
+    node order); empty names (omitted optional inputs and outputs) are skipped."""
+    producer: Dict[str, Any] = {}
+    consumers: Dict[str, List[Any]] = {}
+    for node in nodes:
+        for name in node.output:
+            if name:
+                producer[name] = node
+        for name in node.input:
+            if name:
+                consumers.setdefault(name, []).append(node)
+    return producer, consumers
+
+
 class Graph:
     """Producers and consumers of every tensor of one ONNX graph (main graph only)."""
 
     def __init__(self, model: Any) -> None:
         graph = model.graph
-        self.producer: Dict[str, Any] = {}
-        self.consumers: Dict[str, List[Any]] = {}
         self.nodes = list(graph.node)
-        for node in self.nodes:
-            for name in node.output:
-                if name:
-                    self.producer[name] = node
-            for name in node.input:
-                if name:
-                    self.consumers.setdefault(name, []).append(node)
+        self.producer, self.consumers = node_links(self.nodes)
         self.initializers = {init.name: init for init in graph.initializer}
         self.inputs = [vi.name for vi in graph.input if vi.name not in self.initializers]
         self.outputs = [vi.name for vi in graph.output]
@@ -244,5 +251,5 @@ def consumer_activation(pair: QdqPair, qgraph: Graph) -> Optional[Callable]:
 
 
 __all__ = ["Graph", "QDQ_OPS", "QdqPair", "QdqWeight", "channel_axis_activation",
-           "consumer_activation", "dequantize_weight", "find_qdq", "fused_activation",
+           "consumer_activation", "dequantize_weight", "find_qdq", "fused_activation", "node_links",
            "scalar_constant", "touching_nodes"]

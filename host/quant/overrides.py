@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 from host.errors import BadInputError
+from host.quant.graphwalk import node_links
 from host.quant.prepare import close_matches, graph_tensor_names
 from host.quant.settings import QuantizeSettings, SubgraphOverride
 
@@ -51,15 +52,7 @@ class _Graph:
         self.model = model
         self.nodes = list(model.graph.node)
         self.by_name = {node.name: node for node in self.nodes}
-        self.producer = {}
-        self.consumers: Dict[str, List] = {}
-        for node in self.nodes:
-            for out in node.output:
-                if out:
-                    self.producer[out] = node
-            for inp in node.input:
-                if inp:
-                    self.consumers.setdefault(inp, []).append(node)
+        self.producer, self.consumers = node_links(self.nodes)
         self.initializers = {init.name for init in model.graph.initializer}
         self.graph_inputs = {vi.name for vi in model.graph.input} - self.initializers
         self.tensors = graph_tensor_names(model)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+
+from host.render import json_safe
 
 if TYPE_CHECKING:  # pragma: no cover
     from host.quant.analysis import AnalysisReport, TensorError
@@ -53,19 +54,9 @@ def formulas(cosine_threshold: float, sqnr_threshold_db: float) -> str:
     return FORMULAS.format(cos=f"{cosine_threshold:g}", sqnr=f"{sqnr_threshold_db:g}")
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def analysis_dict(report: "AnalysisReport") -> Dict[str, Any]:
     """The report as one JSON-friendly document (ranked worst first)."""
-    return _finite({
+    return json_safe({
         "float_model": report.float_model,
         "quant_model": report.quant_model,
         "samples": report.samples,

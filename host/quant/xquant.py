@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from host.errors import BadInputError
 from host.quant.config import ConfigLayer, resolve_function, resolve_path
@@ -61,16 +61,9 @@ def from_xquant(data: Any, path: Path) -> ConfigLayer:
         if key not in SECTIONS:
             raise BadInputError(f"unsupported XQuant field {key!r} in {path.name}",
                                 hint=f"sections: {', '.join(SECTIONS)}")
-    sections = {}
-    for name, keys in SECTIONS.items():
-        section = data.get(name, {})
-        if not isinstance(section, dict):
-            raise BadInputError(f"config file {path}: {name} must be an object")
-        for key in section:
-            if key not in keys:
-                raise BadInputError(f"unsupported XQuant field {key!r} in {name}",
-                                    hint=f"supported in {name}: {', '.join(keys)}")
-        sections[name] = section
+    sections = {name: _object(data.get(name, {}), path, name, keys,
+                              supported=f"supported in {name}")
+                for name, keys in SECTIONS.items()}
     model_p = sections["model_parameters"]
     calib_p = sections["calibration_parameters"]
     quant_p = sections["quantization_parameters"]
@@ -195,14 +188,22 @@ def _percentile(value: Any, key: str, path: Path) -> float:
     return round(float(value) * 100.0, 10)
 
 
+def _object(value: Any, path: Path, where: str, keys: Sequence[str], *,
+            what: Optional[str] = None, supported: str = "supported") -> Dict[str, Any]:
+    """``value`` when it is a JSON object holding only ``keys``; else BadInputError naming
+    ``what`` (default ``where``) or the first unsupported field."""
+    if not isinstance(value, dict):
+        raise BadInputError(f"config file {path}: {what or where} must be an object")
+    for key in value:
+        if key not in keys:
+            raise BadInputError(f"unsupported XQuant field {key!r} in {where}",
+                                hint=f"{supported}: {', '.join(keys)}")
+    return value
+
+
 def _input_entry(entry: Any, index: int, path: Path, base: Path) -> CalibSource:
-    if not isinstance(entry, dict):
-        raise BadInputError(f"config file {path}: input_parametres[{index}] must be an object")
-    for key in entry:
-        if key not in INPUT_KEYS:
-            raise BadInputError(f"unsupported XQuant field {key!r} in input_parametres[{index}]",
-                                hint=f"supported: {', '.join(INPUT_KEYS)}")
     where = f"input_parametres[{index}]"
+    _object(entry, path, where, INPUT_KEYS)
     dtype = entry.get("dtype", "float32")
     if dtype != "float32":
         raise BadInputError(f"{where}: unsupported dtype {dtype!r}",
@@ -243,12 +244,7 @@ def _input_entry(entry: Any, index: int, path: Path, base: Path) -> CalibSource:
 
 
 def _custom(entry: Any, path: Path) -> SubgraphOverride:
-    if not isinstance(entry, dict):
-        raise BadInputError(f"config file {path}: each custom_setting must be an object")
-    for key in entry:
-        if key not in CUSTOM_KEYS:
-            raise BadInputError(f"unsupported XQuant field {key!r} in custom_setting",
-                                hint=f"supported: {', '.join(CUSTOM_KEYS)}")
+    _object(entry, path, "custom_setting", CUSTOM_KEYS, what="each custom_setting")
     names = {}
     for key in ("input_names", "output_names"):
         value = entry.get(key)
