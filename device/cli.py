@@ -16,6 +16,7 @@ import asyncio
 import enum
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
@@ -117,6 +118,18 @@ def load_identity(config: Any) -> Any:
     return identity
 
 
+def _drop_stale_ready_file(path: Optional[Path]) -> None:
+    """Remove a ready file an earlier run left (a crash cannot remove it) as early as
+    possible, before the passphrase prompt and the slow imports: a script waiting for the file
+    must not read the old address. ``AgentServer.start`` checks again and fails if it stays."""
+    if path is not None:
+        try:
+            os.unlink(path)
+            log.info("removed the ready file %s left by an earlier run", path)
+        except OSError:
+            pass
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
@@ -137,6 +150,7 @@ def _run(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.command == "serve":
         _setup_logging(config.log_level)
+        _drop_stale_ready_file(config.ready_file)
     identity = load_identity(config)
     if args.command == "check":
         d = _describe(config, identity)
@@ -146,6 +160,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"config ok: would serve {d['identity']['common_name']!r} on {config.listen}")
             for key, value in d.items():
                 if key != "identity":
+                    if value is None:
+                        value = "(none, flags only)" if key == "config" else "(none)"
                     print(f"  {key}: {value}")
             print(f"  certificate: {d['identity']}")
         return ExitStatus.OK

@@ -2,6 +2,8 @@
 
 Start-up order (``AgentServer.start``):
 
+0. remove a ready file left by an earlier run (a crash cannot remove it): until step 4, a
+   script waiting for the file must not read an old address;
 1. build the server with the auth interceptor; health says NOT_SERVING;
 2. bind the secure port (there is no insecure port, and no switch for one) and start;
 3. open the store and the job queue (recovering jobs a previous run left), load onnxruntime;
@@ -102,6 +104,19 @@ def write_ready_file(path: Path, address: str) -> None:
         raise
 
 
+def remove_stale_ready_file(path: Path) -> None:
+    """Delete the ready file an earlier run left behind (``kill -9``, power loss); ServerError
+    if it exists and cannot be removed (scripts would read its old address)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ServerError(f"cannot remove the old ready file {path}: {exc.strerror or exc}; "
+                          "remove it, or pass a --ready-file in a writable folder") from None
+    log.info("removed the ready file %s left by an earlier run", path)
+
+
 def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -129,6 +144,8 @@ class AgentServer:
 
     async def start(self) -> int:
         config = self.config
+        if config.ready_file is not None:
+            remove_stale_ready_file(config.ready_file)
         self._health = health.aio.HealthServicer()      # made on the loop it will serve
         server = grpc.aio.server(interceptors=[AuthInterceptor(config.allowed_clients)],
                                  options=list(SERVER_OPTIONS))

@@ -163,8 +163,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                                   "offset), then the data chunks")
         header = first.header
         kind = _blob_kind(header.kind)
-        writer = await self._thread(store.begin_upload, kind, header.sha256, header.size_bytes,
-                                    header.name, header.offset)
+        writer = await self._begin_upload(store, kind, header)
         if writer.already_present:
             assert writer.info is not None
             return pb.UploadBlobResponse(blob=writer.info.as_pb2(), received_bytes=0,
@@ -198,6 +197,19 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             thread.shutdown(wait=False)
         return pb.UploadBlobResponse(blob=info.as_pb2(), received_bytes=writer.received,
                                      already_present=False)
+
+    async def _begin_upload(self, store: BlobStore, kind: Any, header: Any) -> Any:
+        """``store.begin_upload`` in a thread. If this call is cancelled meanwhile (the caller
+        went away while a resume re-hashes its partial file), the thread still finishes and
+        reserves the upload: the writer it returns is then closed (its bytes kept for a resume,
+        its reservation released) as soon as it exists, so no upload stays "in progress"."""
+        started = self._io.submit(store.begin_upload, kind, header.sha256, header.size_bytes,
+                                  header.name, header.offset)
+        try:
+            return await asyncio.wrap_future(started)
+        except asyncio.CancelledError:
+            started.add_done_callback(_release_orphan)
+            raise
 
     @_rpc
     async def ListBlobs(self, request: pb.ListBlobsRequest, context: Any) -> pb.ListBlobsResponse:
@@ -365,6 +377,18 @@ def _without_samples(job: Job) -> Job:
     if isinstance(result, BenchmarkResult) and result.samples_ms:
         return dataclasses.replace(job, result=dataclasses.replace(result, samples_ms=()))
     return job
+
+
+def _release_orphan(started: "concurrent.futures.Future[Any]") -> None:
+    """Done-callback of a ``begin_upload`` whose caller was cancelled: close the writer it
+    made (nobody else will), keeping the bytes for a resume."""
+    if started.cancelled() or started.exception() is not None:
+        return                              # it never ran, or reserved nothing
+    writer = started.result()
+    if not writer.already_present:
+        log.info("the caller went away while the upload of %s %s was being set up; releasing it",
+                 writer.kind.value, writer.sha256)
+        _close_quietly(writer)
 
 
 def _close_quietly(writer: Any) -> None:

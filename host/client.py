@@ -11,8 +11,10 @@ what to do (``host.rpcerrors``). Every call has a deadline (``ClientSettings``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -85,6 +87,91 @@ def file_sha256(path: Path, chunk_bytes: int = MiB) -> Tuple[str, int]:
     return digest.hexdigest(), size
 
 
+class SigintGate:
+    """Ctrl-C that never lands inside grpc.
+
+    A KeyboardInterrupt raised while the main thread is inside grpc's code can leave the
+    channel's ``close()`` waiting forever (grpc/grpc#19973: the command hangs after Ctrl-C).
+    So while ``with GATE.deferred():`` is active in the main thread, SIGINT only records the
+    interrupt, and a helper thread runs the callbacks given to ``on_interrupt`` (the calls'
+    ``cancel``); grpc then returns CANCELLED, and leaving the block raises KeyboardInterrupt
+    in our code. In other threads, or when SIGINT is not Python's default handler (ignored,
+    or taken by the application), it changes nothing.
+    """
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._hit = False
+        self._previous: Any = None
+        self._callbacks: List[Callable[[], Any]] = []
+        self._lock = threading.Lock()       # never taken by the signal handler
+        self._wake = threading.Event()
+        self._helper: Optional[threading.Thread] = None
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        outermost = self._depth == 0
+        if outermost:
+            if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+                yield                       # SIGINT ignored or someone else's: leave it be
+                return
+            self._start_helper()
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            hit = self._hit
+            if outermost:
+                signal.signal(signal.SIGINT, self._previous)
+                with self._lock:
+                    self._hit = False
+                    self._callbacks = []
+            if hit:
+                raise KeyboardInterrupt
+
+    def on_interrupt(self, callback: Callable[[], Any]) -> None:
+        """Run ``callback`` (from a helper thread) if Ctrl-C comes inside this ``deferred``."""
+        if self._depth == 0 or threading.current_thread() is not threading.main_thread():
+            return
+        with self._lock:
+            self._callbacks.append(callback)
+        if self._hit:
+            callback()
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        # Runs in the main thread, possibly inside grpc's Python code: only record and wake.
+        # (A second Ctrl-C must not touch the Event while the first may be setting it.)
+        if not self._hit:
+            self._hit = True
+            self._wake.set()
+
+    def _start_helper(self) -> None:
+        if self._helper is None:
+            self._helper = threading.Thread(target=self._run_callbacks, daemon=True,
+                                            name="edgetune-sigint")
+            self._helper.start()
+
+    def _run_callbacks(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:                # a late wake-up must not cancel later calls
+                callbacks = list(self._callbacks) if self._hit else []
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception as exc:  # noqa: BLE001 - cancelling is best effort
+                    log.debug("cancelling after Ctrl-C: %s", exc)
+
+
+GATE = SigintGate()
+
+
 def _blob_kind(kind: KindLike) -> BlobKind:
     return kind if isinstance(kind, BlobKind) else BlobKind(kind)
 
@@ -126,16 +213,20 @@ class AgentClient:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        """Close the channel (explicitly: leaving it to garbage collection after a Ctrl-C
+        can hang, see ``SigintGate``)."""
+        with GATE.deferred():
+            self._channel.close()
 
     def connect(self) -> None:
         """Open the connection now (the first call does it otherwise): TCP, TLS, HTTP/2.
 
         Raises UnreachableError or AuthError saying which side refused what."""
-        with self._lock:
+        with self._lock, GATE.deferred():
             if self._connected:
                 return
             settled = threading.Event()
+            GATE.on_interrupt(settled.set)
             states: List[grpc.ChannelConnectivity] = []
 
             def on_state(state: grpc.ChannelConnectivity) -> None:
@@ -159,18 +250,23 @@ class AgentClient:
                     hint="is the address right, edgetune-agent running there, and the port "
                          "open? (a firewall that drops packets looks like this)")
             # A fail-fast call brings back the reason of the failed connection attempt.
-            try:
-                self._stub.GetInfo(pb.GetInfoRequest(), timeout=self.settings.connect_timeout_s)
-            except grpc.RpcError as err:
-                raise translate_rpc_error(err, self._ctx) from None
+            self._unary("GetInfo", pb.GetInfoRequest(), self.settings.connect_timeout_s)
             self._connected = True
 
     def _call(self, method: str, request: Any, timeout: Optional[float] = None) -> Any:
         self.connect()
-        try:
-            return getattr(self._stub, method)(request, timeout=timeout or self.settings.timeout_s)
-        except grpc.RpcError as err:
-            raise translate_rpc_error(err, self._ctx) from None
+        return self._unary(method, request, timeout or self.settings.timeout_s)
+
+    def _unary(self, method: str, request: Any, timeout: float) -> Any:
+        with GATE.deferred():
+            future = getattr(self._stub, method).future(request, timeout=timeout)
+            GATE.on_interrupt(future.cancel)
+            try:
+                return future.result()
+            except grpc.RpcError as err:
+                raise translate_rpc_error(err, self._ctx) from None
+            except grpc.FutureCancelledError:
+                raise AgentError(f"the call {method} to {self.address} was cancelled") from None
 
     # ------------------------------------------------------------------ info and store
     def info(self) -> AgentInfo:
@@ -236,6 +332,8 @@ class AgentClient:
                         sent[0] += len(chunk)
                         if progress is not None:
                             progress(offset + sent[0], size)
+            except GeneratorExit:               # grpc dropped the stream (cancelled, failed)
+                raise
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 failure.append(exc)
                 started.wait(10.0)
@@ -243,20 +341,19 @@ class AgentClient:
 
         self.connect()
         deadline = self.settings.timeout_s + (size - offset) / self.settings.upload_min_rate_bytes_s
-        call = self._stub.UploadBlob.future(requests(), timeout=deadline)
-        call_box.append(call)
-        started.set()
-        try:
-            reply = call.result()
-        except KeyboardInterrupt:
-            call.cancel()
-            raise
-        except (grpc.RpcError, grpc.FutureCancelledError) as err:
-            if failure:                         # raised by ``progress`` or reading the file
-                raise failure[0] from None
-            if isinstance(err, grpc.RpcError):
-                raise translate_rpc_error(err, self._ctx) from None
-            raise AgentError(f"the upload of {path} was cancelled") from None
+        with GATE.deferred():                   # Ctrl-C: cancel, then KeyboardInterrupt
+            call = self._stub.UploadBlob.future(requests(), timeout=deadline)
+            call_box.append(call)
+            started.set()
+            GATE.on_interrupt(call.cancel)
+            try:
+                reply = call.result()
+            except (grpc.RpcError, grpc.FutureCancelledError) as err:
+                if failure:                     # raised by ``progress`` or reading the file
+                    raise failure[0] from None
+                if isinstance(err, grpc.RpcError):
+                    raise translate_rpc_error(err, self._ctx) from None
+                raise AgentError(f"the upload of {path} was cancelled") from None
         if failure:
             raise failure[0]
         outcome = UploadOutcome(blob=BlobInfo.from_pb2(reply.blob), sent_bytes=sent[0],
@@ -288,13 +385,20 @@ class AgentClient:
     def _watch_raw(self, job_id: str) -> Iterator[JobEvent]:
         """JobEvents of one WatchJob stream; raises grpc.RpcError untranslated."""
         self.connect()
-        call = self._stub.WatchJob(pb.WatchJobRequest(job_id=job_id),
-                                   timeout=self.settings.watch_timeout_s)
+        with GATE.deferred():
+            call = self._stub.WatchJob(pb.WatchJobRequest(job_id=job_id),
+                                       timeout=self.settings.watch_timeout_s)
         try:
-            for message in call:
+            while True:
+                with GATE.deferred():           # Ctrl-C while grpc waits: cancel, then raise
+                    GATE.on_interrupt(call.cancel)
+                    message = next(call, None)
+                if message is None:
+                    return
                 yield JobEvent.from_pb2(message)
         finally:
-            call.cancel()
+            with GATE.deferred():
+                call.cancel()
 
     def watch(self, job_id: str) -> Iterator[JobEvent]:
         """The job's events until its final one (one event at once for a finished job)."""
@@ -329,15 +433,19 @@ class AgentClient:
                 if err.code() is not grpc.StatusCode.UNAVAILABLE:
                     raise translate_rpc_error(err, self._ctx) from None
                 now = time.monotonic()
-                lost_since = lost_since or now
+                if lost_since is None:          # one warning per outage, then debug lines
+                    lost_since = now
+                    log.warning("the watch of job %s dropped (%s); re-attaching (for up to "
+                                "%g s)", job_id, err.details(), self.settings.reattach_window_s)
+                else:
+                    log.debug("re-attaching to job %s failed (%s); trying again", job_id,
+                              err.details())
                 if now - lost_since > self.settings.reattach_window_s:
                     raise UnreachableError(
                         f"lost the connection to {self.address} while watching job {job_id} "
                         f"and could not re-attach within {self.settings.reattach_window_s:g} s",
                         hint=f"the job keeps running on the board; re-attach later with "
                              f"`edgetune jobs watch {job_id}`") from None
-                log.warning("the watch of job %s dropped (%s); re-attaching", job_id,
-                            err.details())
                 time.sleep(min(2.0, 0.25 + (now - lost_since) / 4))
 
     def run(self, spec: Any, on_event: Optional[EventCallback] = None, label: str = "") -> Job:
@@ -371,5 +479,5 @@ def check_own_certificate(cert_pem: bytes, name: str, warning_days: int) -> None
                     int(info.days_left()), f"{info.not_after:%Y-%m-%d}", reissue)
 
 
-__all__ = ["AgentClient", "ClientSettings", "UploadOutcome", "UploadStatus",
-           "check_own_certificate", "file_sha256"]
+__all__ = ["AgentClient", "ClientSettings", "GATE", "SigintGate", "UploadOutcome",
+           "UploadStatus", "check_own_certificate", "file_sha256"]

@@ -112,6 +112,17 @@ def test_check_loads_the_credentials_and_prints_the_plan(
     assert plan["allowed_clients"] == ["laptop"] and plan["limits"]["queue_capacity"] == 16
 
 
+def test_check_with_flags_only_says_there_is_no_config_file(
+        pki: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("EDGETUNE_PASSPHRASE", pki.passphrase.decode())
+    assert main(["check", "--ca", str(pki.ca_cert), "--cert", str(pki.device.cert),
+                 "--key", str(pki.device.key)]) == 0
+    out = capsys.readouterr().out
+    assert "  config: (none, flags only)" in out
+    assert "None" not in out
+    assert "  ready_file: (none)" in out
+
+
 def test_check_reads_passphrase_file_from_the_config(pki: Any, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture) -> None:

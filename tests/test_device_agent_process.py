@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc
-from tests.agent_fixtures import (TIMEOUT, channel, mlp_model, spawn_agent, submit_benchmark,
-                                  upload_model, wait_job)
+from tests.agent_fixtures import (TIMEOUT, agent_argv, agent_env, channel, mlp_model,
+                                  spawn_agent, submit_benchmark, upload_model, wait_job)
 
 SLOW_MODEL = dict(inputs=256, hidden=1024, layers=4)
 
@@ -124,10 +124,53 @@ def test_kill_9_then_restart_marks_the_job_interrupted_and_keeps_the_rest(
 
 
 def test_bad_start_exits_with_a_message(pki: Any, tmp_path: Path) -> None:
-    from tests.agent_fixtures import agent_argv, agent_env
     env = agent_env(pki)
     env["EDGETUNE_PASSPHRASE"] = "wrong passphrase"
     result = subprocess.run(agent_argv(pki, tmp_path / "store", tmp_path / "ready"), env=env,
                             stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
     assert result.returncode == 6
     assert b"wrong passphrase" in result.stderr and not (tmp_path / "ready").exists()
+
+
+def test_a_stale_ready_file_is_removed_at_start_and_rewritten_once_serving(
+        pki: Any, tmp_path: Path, processes: List[Any]) -> None:
+    """A crashed agent leaves its ready file behind; the next start must not let a waiting
+    script read that old address: the file goes away first, and comes back only once the
+    new agent serves."""
+    ready, log = tmp_path / "ready", tmp_path / "agent.log"
+    stale = "127.0.0.1:1"                              # what a killed agent left
+    ready.write_text(stale + "\n")
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(agent_argv(pki, tmp_path / "store", ready), env=agent_env(pki),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    processes.append(proc)
+    seen: List[str] = []                               # "" while the file is absent
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            text = ready.read_text().strip()
+        except FileNotFoundError:
+            text = ""
+        if not seen or seen[-1] != text:
+            seen.append(text)
+        if text and text != stale:
+            break
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"never ready; saw {seen}\n{log.read_text()}"
+        time.sleep(0.002)
+    address = seen[-1]
+    # The old address may show only before the agent got going, then the file is absent
+    # until the new address appears: never stale after it was removed.
+    assert "" in seen, f"the stale file was replaced without being removed first: {seen}"
+    assert seen[seen.index(""):] == ["", address], seen
+    ch = channel(address, pki.host.identity)
+    try:
+        reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
+                                                     timeout=TIMEOUT)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        ch.close()
+    assert "removed the ready file" in log.read_text()
+    proc.terminate()
+    assert proc.wait(15) == 0
+    assert not ready.exists()

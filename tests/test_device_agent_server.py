@@ -121,6 +121,41 @@ def test_ready_file_holds_the_bound_address(make_agent: Any, tmp_path: Path) -> 
     assert not ready.exists()
 
 
+def test_stale_ready_file_is_gone_before_serving_and_rewritten_after(pki: Any,
+                                                                    tmp_path: Path) -> None:
+    from device.server import board_info
+    from tests.agent_fixtures import InProcessAgent, agent_config
+
+    ready = tmp_path / "ready"
+    ready.write_text("127.0.0.1:1\n")                  # left by an agent that crashed
+    reached, go = threading.Event(), threading.Event()
+    seen: List[Any] = []
+
+    def slow_board_info() -> Any:                       # the agent is bound, not yet SERVING
+        reached.set()
+        assert go.wait(TIMEOUT)
+        return board_info()
+
+    def start() -> None:
+        seen.append(InProcessAgent(agent_config(pki, tmp_path / "store", ready_file=ready),
+                                   pki.device.identity, info=slow_board_info))
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    try:
+        assert reached.wait(TIMEOUT), "the agent never got to loading its backends"
+        assert not ready.exists(), "the stale ready file is still there while the agent starts"
+    finally:
+        go.set()
+        starter.join(TIMEOUT)
+    (agent,) = seen
+    try:
+        assert ready.read_text().strip() == agent.address
+    finally:
+        agent.stop()
+    assert not ready.exists()
+
+
 def test_get_info_describes_board_store_queue_and_both_names(client: Client) -> None:
     upload_model(client.stub, mlp_model())
     info = client.info()

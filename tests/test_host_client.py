@@ -4,6 +4,9 @@ a host error that says which side refused what."""
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import socket
 import threading
 import time
@@ -154,6 +157,7 @@ class DroppingProxy:
         self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.sockets: List[socket.socket] = []
         self.lock = threading.Lock()
+        self.refusing = False               # True: new connections are closed at once
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -162,6 +166,9 @@ class DroppingProxy:
                 inbound, _ = self.listener.accept()
             except OSError:
                 return
+            if self.refusing:
+                inbound.close()
+                continue
             outbound = socket.create_connection(self.target)
             with self.lock:
                 self.sockets += [inbound, outbound]
@@ -217,6 +224,78 @@ def test_dropped_watch_is_reattached(local_agent: RunningAgent,
         assert job.state is JobState.SUCCEEDED and job.result.iterations > 0
     finally:
         proxy.close()
+
+
+def test_a_long_outage_logs_one_warning_then_debug_lines(local_agent: RunningAgent,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="host.client")
+    proxy = DroppingProxy(local_agent.address)
+    try:
+        with AgentClient(proxy.address, local_agent.pki.host.identity) as c:
+            sha = c.upload(DIGITS_MODEL, BlobKind.MODEL).blob.sha256
+            cut = threading.Event()
+
+            def on_event(event: Any) -> None:
+                if event.state is JobState.RUNNING and not cut.is_set():
+                    cut.set()
+                    proxy.refusing = True          # the board is unreachable for 1.5 s
+                    proxy.cut()
+                    threading.Timer(1.5, setattr, (proxy, "refusing", False)).start()
+
+            job = c.run(BenchmarkSpec(model_sha256=sha, session=ONE, iterations=0,
+                                      min_duration_s=1.0), on_event)
+        assert cut.is_set() and job.state is JobState.SUCCEEDED
+        records = [r for r in caplog.records if r.name == "host.client"
+                   and ("re-attach" in r.getMessage())]
+        warnings = [r for r in records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert "dropped" in warnings[0].getMessage()
+        assert "for up to 60 s" in warnings[0].getMessage()
+        retries = [r for r in records if r.levelno == logging.DEBUG]
+        assert retries, "the retries during the outage should be logged at DEBUG"
+        assert all("trying again" in r.getMessage() for r in retries)
+    finally:
+        proxy.close()
+
+
+def test_ctrl_c_inside_a_call_is_deferred_until_grpc_returned() -> None:
+    from host.client import GATE
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is not Python's default handler here")
+    cancelled, went_on = threading.Event(), []
+    with pytest.raises(KeyboardInterrupt):
+        with GATE.deferred():
+            GATE.on_interrupt(cancelled.set)       # what a call registers: its cancel()
+            signal.raise_signal(signal.SIGINT)     # Ctrl-C while "inside grpc"
+            assert cancelled.wait(5), "the call was not cancelled"
+            went_on.append(True)                   # no KeyboardInterrupt in the middle
+    assert went_on == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_watching_a_queued_job_stops_at_once(local_agent: RunningAgent) -> None:
+    """No event comes for a queued job: the watch must be cancelled, not waited out, and the
+    connection stays usable."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is not Python's default handler here")
+    with AgentClient(local_agent.address, local_agent.pki.host.identity) as c:
+        sha = c.upload(DIGITS_MODEL, BlobKind.MODEL).blob.sha256
+        busy, _ = c.submit(BenchmarkSpec(model_sha256=sha, session=ONE, iterations=0,
+                                         min_duration_s=10))
+        queued, _ = c.submit(BenchmarkSpec(model_sha256=sha, session=ONE, iterations=5))
+        try:
+            events: List[Any] = []
+            timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+            started = time.monotonic()
+            timer.start()
+            with pytest.raises(KeyboardInterrupt):
+                c.wait(queued.id, events.append)
+            assert time.monotonic() - started < 2.0
+            assert events and events[0].state is JobState.QUEUED
+            assert c.get_job(queued.id).state is JobState.QUEUED
+        finally:
+            for job in (queued, busy):
+                c.cancel_job(job.id)
 
 
 # ---------------------------------------------------------------------- errors

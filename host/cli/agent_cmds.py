@@ -107,16 +107,7 @@ def resolve_blob(client: Any, ref: BlobRef, view: Any) -> str:
     """The full sha256 of ``ref`` on the board: uploads a local file (dedup and resume are the
     client's), expands a hash prefix."""
     if ref.path is not None:
-        size = ref.path.stat().st_size
-        try:
-            outcome = client.upload(ref.path, ref.kind,
-                                    progress=view.upload_callback(ref.path.name, size))
-        except KeyboardInterrupt:
-            print(f"edgetune: upload of {ref.path} interrupted; the board keeps what it "
-                  "received: run the command again to resume", file=sys.stderr)
-            raise
-        view.upload_done(ref.path.name, outcome)
-        return outcome.blob.sha256
+        return upload_file(client, ref.path, ref.kind, view).blob.sha256
     if len(ref.sha256) == 64:
         return ref.sha256
     matches = [b.sha256 for b in client.list_blobs(ref.kind) if b.sha256.startswith(ref.sha256)]
@@ -129,27 +120,71 @@ def resolve_blob(client: Any, ref: BlobRef, view: Any) -> str:
                      "give more digits")
 
 
+RESUME_HINT = "run the same command again to resume from the bytes the board kept"
+
+
+def upload_file(client: Any, path: Path, kind: BlobKind, view: Any,
+                name: Optional[str] = None) -> Any:
+    """``client.upload`` with progress; after Ctrl-C, says how to resume (and re-raises)."""
+    try:
+        outcome = client.upload(path, kind, name=name,
+                                progress=view.upload_callback(path.name, path.stat().st_size))
+    except KeyboardInterrupt:
+        view.__exit__(None, None, None)
+        print(f"\nedgetune: upload of {path} interrupted; {RESUME_HINT}", file=sys.stderr)
+        raise
+    view.upload_done(path.name, outcome)
+    return outcome
+
+
 def _label(ref: BlobRef, sha256: str) -> str:
     """How progress lines and job listings name a model: its file name, else its short hash."""
     return ref.path.name if ref.path is not None else sha256[:12]
 
 
-def wait_jobs(client: Any, jobs: Sequence[Tuple[str, str]], view: Any) -> Optional[List[Any]]:
-    """Wait for each (job id, label) in turn; None after Ctrl-C, once the user was told that
-    the jobs keep running and how to re-attach."""
+def wait_jobs(client: Any, jobs: Sequence[Tuple[str, str]], view: Any,
+              states: Optional[Dict[str, str]] = None) -> Optional[List[Any]]:
+    """Wait for each (job id, label) in turn; None after Ctrl-C, once the user was told where
+    the jobs stand on the board (running or queued) and how to re-attach. ``states``: the
+    jobs' states when submitted (job id -> "queued"/"running"), updated from their events."""
     done: List[Any] = []
+    states = dict(states or {})
     try:
         for job_id, label in jobs:
-            done.append(client.wait(job_id, view.job_callback(label)))
+            show = view.job_callback(label)
+
+            def on_event(event: Any, show: Any = show) -> None:
+                states[event.job_id] = event.state.value
+                show(event)
+
+            done.append(client.wait(job_id, on_event))
     except KeyboardInterrupt:
         view.__exit__(None, None, None)
         pending = [job_id for job_id, _ in jobs[len(done):]]
-        print(f"\nedgetune: interrupted; job{'s' if len(pending) > 1 else ''} "
-              f"{', '.join(pending)} keep{'' if len(pending) > 1 else 's'} running on the board. "
-              f"Re-attach with `edgetune jobs watch {pending[0]}` (or cancel it with "
+        print(f"\nedgetune: interrupted; {_where_jobs_stand(pending, states)}. Re-attach with "
+              f"`edgetune jobs watch {pending[0]}` (or cancel it with "
               f"`edgetune jobs cancel {pending[0]}`)", file=sys.stderr)
         return None
     return done
+
+
+def _where_jobs_stand(pending: Sequence[str], states: Dict[str, str]) -> str:
+    """"job X keeps running on the board; job Y stays queued on the board (...)" from the last
+    known states (a job not seen yet behind the one being watched waits in the queue)."""
+    known = {j: states.get(j, "" if i == 0 else "queued") for i, j in enumerate(pending)}
+    groups = (([j for j in pending if known[j] == "running"], "keep{s} running on the board"),
+              ([j for j in pending if known[j] not in ("running", "queued")],
+               "{are} still on the board"),
+              ([j for j in pending if known[j] == "queued"],
+               "stay{s} queued on the board ({they} when {their} turn comes)"))
+    parts = []
+    for ids, text in groups:
+        if ids:
+            many = len(ids) > 1
+            parts.append(f"job{'s' if many else ''} {', '.join(ids)} " + text.format(
+                s="" if many else "s", are="are" if many else "is",
+                they="they run" if many else "it runs", their="their" if many else "its"))
+    return "; ".join(parts)
 
 
 def print_results(kind: str, records: List[Dict[str, Any]], as_json: bool) -> int:
@@ -165,6 +200,9 @@ def print_results(kind: str, records: List[Dict[str, Any]], as_json: bool) -> in
         for r in failed:
             print(f"edgetune: job {r['job_id']} ({r['model']}) {r['state']}: {r['error']}",
                   file=sys.stderr)
+        for r in records:
+            if r.get("note"):
+                print(f"edgetune: warning: {r['model']}: {r['note']}", file=sys.stderr)
     return int(ExitStatus.AGENT) if failed else 0
 
 
@@ -177,11 +215,13 @@ def run_jobs(args: argparse.Namespace, settings: JobSettings) -> int:
         dataset_sha = resolve_blob(client, settings.dataset, view) if settings.dataset else ""
         shas = [resolve_blob(client, ref, view) for ref in settings.models]
         submitted: List[Tuple[str, str]] = []
+        states: Dict[str, str] = {}
         try:
             for ref, sha in zip(settings.models, shas):
                 spec = _spec(settings.template, sha, dataset_sha)
                 job, _ = client.submit(spec, label=settings.label or _label(ref, sha))
                 submitted.append((job.id, _label(ref, sha)))
+                states[job.id] = job.state.value
         except BaseException:
             for job_id, _ in submitted:   # the command failed as a whole: do not leave them
                 try:
@@ -189,12 +229,28 @@ def run_jobs(args: argparse.Namespace, settings: JobSettings) -> int:
                 except Exception:  # noqa: BLE001 - best effort
                     pass
             raise
-        jobs = wait_jobs(client, submitted, view)
+        jobs = wait_jobs(client, submitted, view, states)
         if jobs is None:
             return int(ExitStatus.INTERRUPTED)
     records = [render.job_record(job, ref.text, target.device, samples=settings.samples)
                for job, ref in zip(jobs, settings.models)]
+    for record in records:
+        note = duration_note(settings.template, record)
+        if note:
+            record["note"] = note
     return print_results(settings.kind, records, settings.json)
+
+
+def duration_note(spec: Any, record: Dict[str, Any]) -> str:
+    """What to tell the user when a ``--duration`` run ended early: the board also stops it
+    at its max_iterations limit (the only reason a successful run measures less time)."""
+    wanted = getattr(spec, "min_duration_s", 0.0)
+    measured = record.get("measured_s")
+    if not wanted or measured is None or measured >= wanted:
+        return ""
+    return (f"stopped after {record.get('iterations')} iterations at {measured:.1f} s of the "
+            f"{wanted:g} s asked: the agent's max_iterations limit ([limits] max_iterations "
+            "in its agent.toml); raise it to measure longer")
 
 
 def _spec(template: Any, model_sha: str, dataset_sha: str) -> Any:
@@ -254,19 +310,25 @@ def cmd_blobs(args: argparse.Namespace) -> int:
             with render.ProgressView.auto(quiet=args.json) as view:
                 for ref in files:
                     name = args.name if args.name and len(files) == 1 else None
-                    outcome = client.upload(ref.path, kind, name=name,
-                                            progress=view.upload_callback(ref.path.name,
-                                                                          ref.path.stat().st_size))
-                    view.upload_done(ref.path.name, outcome)
-                    uploads.append({"file": ref.text, **outcome.blob.as_dict(),
-                                    "sent_bytes": outcome.sent_bytes,
-                                    "already_present": outcome.already_present,
-                                    "resumed_from": outcome.resumed_from})
+                    assert ref.path is not None
+                    outcome = upload_file(client, ref.path, kind, view, name=name)
+                    entry = {"file": ref.text, **outcome.blob.as_dict(),
+                             "sent_bytes": outcome.sent_bytes,
+                             "already_present": outcome.already_present,
+                             "resumed_from": outcome.resumed_from}
+                    if name is not None and outcome.already_present \
+                            and outcome.blob.name != name:
+                        entry["note"] = (f"already stored on the board as "
+                                         f"{outcome.blob.name or '(no name)'!r}; the name "
+                                         f"{name!r} was not applied (the stored name stays)")
+                    uploads.append(entry)
             if args.json:
                 render.print_json({"uploads": uploads})
             else:
                 for u in uploads:
                     print(f"{u['sha256']}  {u['file']}")
+                    if u.get("note"):
+                        print(f"edgetune: note: {u['file']}: {u['note']}", file=sys.stderr)
             return 0
         deleted = []
         with render.ProgressView("off") as view:
@@ -320,6 +382,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return 0
     record = render.job_record(job, job.label or job.spec.model_sha256[:12], target.device,
                                samples=bool(getattr(job.spec, "return_samples", False)))
+    note = duration_note(job.spec, record)
+    if note:
+        record["note"] = note
     return print_results(job.kind, [record], args.json)
 
 

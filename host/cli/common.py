@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Tuple
 
-from host.cli.certs_cmd import add_passphrase_flag
 from host.errors import NotFoundError, UsageError
 from host.inventory import (CONFIG_NAME, Inventory, find_config, load_inventory, split_address)
 
 INT32_MAX = 2 ** 31 - 1
 NO_TARGET = "pass --device NAME or --address HOST:PORT with --ca/--cert/--key (or --pki DIR)"
+PASSPHRASE_HELP = ("read the passphrase of this PC's key from the first line of FILE. "
+                   "Without it: the inventory's [host] passphrase_file (with its certificate), "
+                   "else $EDGETUNE_PASSPHRASE, else a prompt on a terminal. Never given on the "
+                   "command line.")
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ca", metavar="FILE", type=Path, help="CA certificate(s) to trust")
     group.add_argument("--cert", metavar="FILE", type=Path, help="this PC's certificate")
     group.add_argument("--key", metavar="FILE", type=Path, help="this PC's (encrypted) key")
-    add_passphrase_flag(group)
+    group.add_argument("--passphrase-file", type=Path, metavar="FILE", help=PASSPHRASE_HELP)
     group.add_argument("--server-name", metavar="NAME",
                        help="the name to expect in the agent certificate's SAN instead of the "
                             "address's host")

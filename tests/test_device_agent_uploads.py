@@ -1,0 +1,124 @@
+"""Uploads cancelled at awkward moments, against a real in-process agent over real mutual TLS:
+the agent must never keep an upload marked "in progress" after its caller went away."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import grpc
+import numpy as np
+import pytest
+
+from protos import agent_pb2 as pb
+from protos import agent_pb2_grpc
+from tests.agent_fixtures import TIMEOUT, channel, sha256_hex, start_agent, upload
+
+MiB = 1 << 20
+
+
+def big_dataset(path: Path, mib: int) -> bytes:
+    """An uncompressed .npz of about ``mib`` MiB (valid for the agent's dataset check)."""
+    np.savez(path, x=np.arange(mib * MiB // 4, dtype=np.float32).reshape(-1, 4096))
+    return path.read_bytes()
+
+
+def plant_partial(store: Path, data: bytes, committed: int) -> None:
+    """What an interrupted upload of ``data`` leaves in the store: the first ``committed``
+    bytes and the announced size."""
+    partial = store / "partial"
+    partial.mkdir(parents=True, exist_ok=True)
+    sha = sha256_hex(data)
+    (partial / f"dataset-{sha}.part").write_bytes(data[:committed])
+    (partial / f"dataset-{sha}.json").write_text(json.dumps({"size": len(data), "name": "big"}))
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    # 128 MiB: re-hashing the partial at the start of a resume takes ~0.1 s here, so a cancel
+    # 20 ms after the header lands while the agent is still inside begin_upload.
+    return big_dataset(tmp_path_factory.mktemp("big") / "big.npz", 128)
+
+
+def cancel_during_rehash(stub: agent_pb2_grpc.AgentStub, data: bytes, committed: int,
+                         delay_s: float) -> None:
+    """Start the resume of ``data`` at ``committed``, send only its header, and cancel the
+    call ``delay_s`` later: while the agent still re-hashes the partial in begin_upload."""
+    header_sent, release = threading.Event(), threading.Event()
+
+    def header_then_stall() -> Iterator[pb.UploadBlobRequest]:
+        yield pb.UploadBlobRequest(header=pb.UploadHeader(
+            kind=pb.BLOB_KIND_DATASET, sha256=sha256_hex(data), size_bytes=len(data),
+            offset=committed))
+        header_sent.set()
+        release.wait(TIMEOUT)
+
+    future = stub.UploadBlob.future(header_then_stall(), timeout=TIMEOUT)
+    assert header_sent.wait(TIMEOUT)
+    time.sleep(delay_s)
+    future.cancel()                        # the PC goes away while the agent re-hashes
+    release.set()
+    assert future.cancelled()
+
+
+def retry_while_busy(action: Any, busy_text: str) -> Any:
+    """``action()``, retried while the agent says the cancelled upload is still set up (it
+    finishes its re-hash in a thread first); failing after 10 s."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            return action()
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc.details()
+            assert busy_text in exc.details(), exc.details()
+            assert time.monotonic() < deadline, \
+                "the cancelled upload stays marked in progress: " + exc.details()
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def planted(pki: Any, tmp_path: Path, big: bytes) -> Iterator[Any]:
+    """An agent whose store holds a partial upload of ``big`` (all but its last MiB)."""
+    store = tmp_path / "store"
+    plant_partial(store, big, len(big) - MiB)
+    agent = start_agent(pki, store)
+    ch = channel(agent.address, pki.host.identity)
+    try:
+        yield agent_pb2_grpc.AgentStub(ch), store
+    finally:
+        ch.close()
+        agent.stop()
+
+
+@pytest.mark.parametrize("delay_s", [0.005, 0.02, 0.05])
+def test_cancel_while_the_agent_rehashes_a_resume_releases_the_upload(
+        planted: Any, big: bytes, delay_s: float) -> None:
+    stub, _ = planted
+    sha, committed = sha256_hex(big), len(big) - MiB
+    status_request = pb.GetUploadStatusRequest(kind=pb.BLOB_KIND_DATASET, sha256=sha,
+                                               size_bytes=len(big))
+    status = stub.GetUploadStatus(status_request, timeout=TIMEOUT)
+    assert status.state == pb.UPLOAD_STATE_PARTIAL and status.committed_bytes == committed
+
+    cancel_during_rehash(stub, big, committed, delay_s)
+
+    status = stub.GetUploadStatus(status_request, timeout=TIMEOUT)
+    assert status.state == pb.UPLOAD_STATE_PARTIAL and status.committed_bytes == committed
+    reply = retry_while_busy(
+        lambda: upload(stub, pb.BLOB_KIND_DATASET, big, offset=committed, chunk=MiB),
+        "already in progress")
+    assert reply.blob.sha256 == sha and reply.received_bytes == MiB
+
+
+def test_cancel_while_rehashing_then_delete_is_not_blocked(planted: Any, big: bytes) -> None:
+    """`models rm` (DeleteBlob) of a blob whose resume was cancelled mid-setup must not stay
+    refused with "is being uploaded right now"."""
+    stub, store = planted
+    cancel_during_rehash(stub, big, len(big) - MiB, 0.02)
+    reply = retry_while_busy(lambda: stub.DeleteBlob(pb.DeleteBlobRequest(
+        kind=pb.BLOB_KIND_DATASET, sha256=sha256_hex(big)), timeout=TIMEOUT), "being uploaded")
+    assert reply.deleted
+    assert list((store / "partial").glob("*.part")) == []
