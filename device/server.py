@@ -6,17 +6,20 @@ Start-up order (``AgentServer.start``):
    script waiting for the file must not read an old address;
 1. build the server with the auth interceptor; health says NOT_SERVING;
 2. bind the secure port (there is no insecure port, and no switch for one) and start;
-3. open the store and the job queue (recovering jobs a previous run left), load onnxruntime;
+3. open the store and the job queue (recovering jobs a previous run left), load onnxruntime,
+   then move every object alive by now out of the garbage collector's sight (``gc.freeze``:
+   the runner's full ``gc.collect()`` before each timed loop then scans only what jobs made);
 4. health says SERVING, then the ready file gets the bound ``host:port`` (atomically).
 
 ``stop`` reverses it: NOT_SERVING, the ready file goes, the running job is interrupted, the
-server drains calls for ``grace`` seconds.
+server drains calls for ``grace`` seconds, the frozen objects are handed back to the collector.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import logging
 import os
 import platform
@@ -117,6 +120,22 @@ def remove_stale_ready_file(path: Path) -> None:
     log.info("removed the ready file %s left by an earlier run", path)
 
 
+def freeze_long_lived_objects() -> int:
+    """Collect, then freeze what survives (``gc.freeze``, Python >= 3.7): the modules,
+    onnxruntime, grpc, the store and the queue live as long as the agent, and a full
+    ``gc.collect()`` (the runner makes one before each timed loop) would otherwise scan them
+    all every time (bench/request_overhead.py: the median overhead of a request outside the
+    measured work fell from 14-16 ms to 2.3-3.1 ms). Returns the number of objects frozen
+    (0 without ``gc.freeze``)."""
+    if not hasattr(gc, "freeze"):  # pragma: no cover - Python < 3.7, or an interpreter without it
+        return 0
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    log.debug("froze %d long-lived objects out of the garbage collector's scans", frozen)
+    return frozen
+
+
 def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -141,6 +160,7 @@ class AgentServer:
         self.queue: Optional[JobQueue] = None
         self.store: Optional[BlobStore] = None
         self._stopped = False
+        self._froze = False
 
     async def start(self) -> int:
         config = self.config
@@ -174,6 +194,7 @@ class AgentServer:
             await server.stop(None)
             self._io.shutdown(wait=False)
             raise
+        self._froze = freeze_long_lived_objects() > 0
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if config.ready_file is not None:
@@ -231,6 +252,8 @@ class AgentServer:
         if self._server is not None:
             await self._server.stop(grace)
         self._io.shutdown(wait=False)
+        if self._froze and hasattr(gc, "unfreeze"):
+            gc.unfreeze()           # in a longer-lived process (tests), collectable again
         log.info("stopped")
 
     async def wait_for_termination(self) -> None:

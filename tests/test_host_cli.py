@@ -159,6 +159,26 @@ def test_jobs_list_watch_and_cancel(capsys: pytest.CaptureFixture,
     assert shown.json["job"]["state"] == "cancelled"
 
 
+def test_jobs_watch_names_the_job_by_its_label(capsys: pytest.CaptureFixture,
+                                              local_agent: RunningAgent) -> None:
+    """Progress lines say ``job ID (LABEL): ...`` as bench's do, not ``job ID (ID)``; a job
+    without a label is named by its model's short hash, as in its result."""
+    with AgentClient(local_agent.address, local_agent.pki.host.identity) as client:
+        sha = client.upload(DIGITS_MODEL, BlobKind.MODEL).blob.sha256
+        spec = BenchmarkSpec(model_sha256=sha, iterations=5,
+                             session=SessionOptions(input_shapes=(("input", (1, 1, 8, 8)),)))
+        labelled, _ = client.submit(spec, label="night run")
+        unlabelled, _ = client.submit(spec)
+    for job, name in ((labelled, "night run"), (unlabelled, sha[:12])):
+        r = run_cli(capsys, "jobs", "watch", job.id, *local_agent.conn())
+        assert r.code == 0, r.err
+        progress = [line for line in r.err.splitlines() if line.startswith(f"job {job.id} ")]
+        assert progress and all(line.startswith(f"job {job.id} ({name}): ")
+                                for line in progress), r.err
+        assert f"({job.id})" not in r.err
+        assert name in r.out                    # the result table names it the same way
+
+
 def test_cancel_unknown_job_is_not_found(capsys: pytest.CaptureFixture,
                                          local_agent: RunningAgent) -> None:
     r = run_cli(capsys, "jobs", "cancel", "nosuchjob", *local_agent.conn(), "--json")

@@ -4,6 +4,9 @@ A throw-away PKI (ECDSA P-256 keys: generating three RSA-3072 keys would cost se
 benefit here), a local agent started as a subprocess and reached over mutual TLS exactly as a
 board would be, then the shipped digits CNN uploaded, benchmarked and evaluated on its test
 set (top-1 and fidelity against the stored reference logits).
+
+Ctrl-C at any moment stops the local agent and removes the throw-away directory (PKI, store)
+before the command says so and exits 130, like the other commands.
 """
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from host.cli.common import add_json_flag
 from host.errors import AgentError, UsageError
@@ -81,7 +88,10 @@ def write_inventory(workdir: Path, address: str) -> Path:
     return path
 
 
-def run_demo(workdir: Path, as_json: bool) -> Dict[str, Any]:
+def run_demo(workdir: Path, as_json: bool,
+             agents: Optional[List[subprocess.Popen]] = None) -> Dict[str, Any]:
+    """The demo in ``workdir``; its results. ``agents`` gets the agent's process once it
+    serves (the agent is stopped when this returns or raises)."""
     from host import render
     from host.cli.certs_cmd import identity_from_args
     from host.client import AgentClient
@@ -96,6 +106,8 @@ def run_demo(workdir: Path, as_json: bool) -> Dict[str, Any]:
                        passphrase_file=pki["passphrase_file"])
     with LocalAgent() as agent, sample_files() as (model, dataset):
         address = agent.start(files, workdir / "store")
+        if agents is not None and agent.process is not None:
+            agents.append(agent.process)
         view.line(f"demo: local agent (pid {agent.process.pid}) serves at {address}")
         identity = identity_from_args(pki["ca"], pki["host_cert"], pki["host_key"],
                                       pki["passphrase_file"])
@@ -142,11 +154,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
         workdir = keep.resolve()
     else:
         workdir = Path(tempfile.mkdtemp(prefix="edgetune-demo-"))
+    started: List[subprocess.Popen] = []
+    interrupted = False
     try:
-        doc = run_demo(workdir, args.json)
+        doc = run_demo(workdir, args.json, started)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        if keep is None:
-            shutil.rmtree(workdir, ignore_errors=True)
+        with _sigint_ignored():         # a second Ctrl-C must not leave anything behind
+            for process in started:     # stopped when run_demo left, unless a 2nd Ctrl-C hit
+                _stop(process)
+            if keep is None:
+                shutil.rmtree(workdir, ignore_errors=True)
+            if interrupted:
+                print(f"\nedgetune: demo interrupted; {_cleanup_note(started, workdir, keep)}",
+                      file=sys.stderr)
     doc["kept"] = str(workdir) if keep is not None else None
     if keep is None:
         doc.pop("inventory")
@@ -162,6 +185,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
                       f"(run `edgetune info --device demo` there after restarting the agent "
                       f"as its first lines say)", markup=False)
     return 0
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored inside the block (main thread only; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout_s``; nothing if it has ended."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _cleanup_note(started: List[subprocess.Popen], workdir: Path, keep: Optional[Path]) -> str:
+    """What Ctrl-C left behind, as checked: the agent's process, the throw-away directory."""
+    parts = []
+    for process in started:
+        if process.poll() is None:
+            parts.append(f"its local agent (pid {process.pid}) still runs (stop it with "
+                         f"`kill {process.pid}`)")
+        else:
+            parts.append(f"its local agent (pid {process.pid}) was stopped")
+    if keep is not None:
+        parts.append(f"its PKI and store stay in {workdir}")
+    elif workdir.exists():
+        parts.append(f"its throw-away directory {workdir} could not be removed (remove it "
+                     "by hand)")
+    else:
+        parts.append(f"its throw-away PKI and store ({workdir}) were removed")
+    return " and ".join(parts)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
