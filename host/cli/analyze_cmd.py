@@ -164,7 +164,9 @@ def _print_human(report: Any, top: int, written: Dict[str, str], plot_note: str)
                         f"({report.samples} samples)")
     for column in TABLE_COLUMNS:
         table.add_column(column, justify="left" if column in ("tensor", "node", "op", "type")
-                         else "right")
+                         else "right",
+                         # names wrap instead of being cut to "layer2…" on narrow terminals
+                         overflow="fold" if column in ("tensor", "node") else "ellipsis")
     for row, tensor in zip(table_rows(ranked[:top]), ranked[:top]):
         table.add_row(*row, style="red" if tensor.flagged else None)
     console.print(table)
