@@ -160,6 +160,21 @@ def eval_table(records: Sequence[Dict[str, Any]]) -> Any:
     return _table("evaluation", columns, rows, right=columns[2:])
 
 
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown pipe table, padded so it also lines up on a terminal: the first column
+    left-aligned, the others right-aligned (``---:``). Paste it into docs as is."""
+    cells = [[str(c) for c in columns]] + [[str(c) for c in row] for row in rows]
+    widths = [max(3, *(len(row[i]) for row in cells)) for i in range(len(columns))]
+
+    def line(row: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(row, widths))) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":"
+                          for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(cells[0]), rule, *(line(row) for row in cells[1:])])
+
+
 def info_table(info: Dict[str, Any]) -> Any:
     rows = []
     for key, value in info.items():
@@ -301,6 +316,24 @@ class ProgressView:
                                       status="present" if outcome.already_present else "sent")
             return
         self.line(text)
+
+    def stage_callback(self, label: str) -> Callable[[str, int, int], None]:
+        """A ``progress(stage, done, total)`` for the quantization pipeline: a bar per stage,
+        or a line ``"{label}: {stage} {done}/{total}"`` when a stage starts and when it ends."""
+        started: set = set()
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if self._progress is None:
+                first = stage not in started
+                started.add(stage)
+                if first or (total and done >= total):
+                    self.line(f"{label}: {stage} {done}/{total}")
+                return
+            with self._lock:
+                task = self._task(f"stage:{label}:{stage}", f"{label}: {stage}", total or None)
+                self._progress.update(task, completed=done, total=total or None,
+                                      status="done" if total and done >= total else "")
+        return progress
 
     def job_callback(self, label: str) -> Callable[[JobEvent], None]:
         """An ``on_event`` for ``AgentClient.wait``: the bar, or a line when something changes."""

@@ -1,4 +1,5 @@
-"""``edgetune demo`` end to end: throw-away PKI, local agent subprocess, bench and eval."""
+"""``edgetune demo`` end to end: throw-away PKI, local agent subprocess, INT8 quantization,
+bench and eval of both models, the FP32 vs INT8 comparison; Ctrl-C."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
 from host.errors import ExitStatus
 from tests.host_fixtures import run_cli
+
+
+SAMPLES = Path(__file__).resolve().parents[1] / "host" / "samples"
 
 
 def test_demo_json(capsys: pytest.CaptureFixture, tmp_path: Path,
@@ -26,20 +30,80 @@ def test_demo_json(capsys: pytest.CaptureFixture, tmp_path: Path,
     doc = r.json
     assert doc["key_type"] == "ecdsa-p256" and doc["kept"] is None
     assert doc["info"]["agent_name"] == "demo-board" and doc["info"]["caller_name"] == "host"
-    (bench,) = doc["bench"]["results"]
-    assert bench["iterations"] == 200 and bench["latency_ms"]["p50"] > 0
-    (evaluation,) = doc["eval"]["results"]
-    assert evaluation["metrics"]["top1"] >= 0.97
-    assert evaluation["metrics"]["cosine"] == pytest.approx(1.0, abs=1e-5)
+    models = doc["models"]
+    assert models["fp32"]["size_bytes"] == (SAMPLES / "digits_cnn.onnx").stat().st_size
+    assert models["int8"]["file"] == "digits_cnn.int8.onnx"
+    assert models["int8"]["sha256"] != models["fp32"]["sha256"]
+    quant = models["int8"]["quantize"]
+    assert (quant["method"], quant["act_type"], quant["weight_type"], quant["per_channel"]) == \
+        ("minmax", "uint8", "int8", True)                       # edgetune quantize's defaults
+    assert quant["calib"] == "digits_calib.npz" and quant["int8_nodes"] > 0
+
+    fp32_bench, int8_bench = doc["bench"]["results"]
+    fp32_eval, int8_eval = doc["eval"]["results"]
+    for precision, bench, evaluation in (("fp32", fp32_bench, fp32_eval),
+                                         ("int8", int8_bench, int8_eval)):
+        assert bench["sha256"] == evaluation["sha256"] == models[precision]["sha256"]
+        assert bench["iterations"] == 5000 and bench["latency_ms"]["p50"] > 0
+        assert evaluation["samples"] == 450 and evaluation["metrics"]["top1"] >= 0.97
+    assert fp32_bench["options"] == int8_bench["options"]       # the same benchmark for both
+    assert fp32_bench["options"]["intra_op_threads"] == 1
+    assert fp32_eval["metrics"]["cosine"] == pytest.approx(1.0, abs=1e-5)
+
+    c = doc["comparison"]
+    assert c["size_bytes"]["ratio"] <= 0.35
+    assert c["cosine"]["int8"] >= 0.99
+    # Every change is computed from the two records.
+    sizes = (models["fp32"]["size_bytes"], models["int8"]["size_bytes"])
+    assert (c["size_bytes"]["fp32"], c["size_bytes"]["int8"]) == sizes
+    assert c["size_bytes"]["ratio"] == pytest.approx(sizes[1] / sizes[0])
+    top1 = (fp32_eval["metrics"]["top1"], int8_eval["metrics"]["top1"])
+    assert (c["top1"]["fp32"], c["top1"]["int8"]) == top1
+    assert c["top1"]["points"] == pytest.approx(100 * (top1[1] - top1[0]))
+    cosine = (fp32_eval["metrics"]["cosine"], int8_eval["metrics"]["cosine"])
+    assert (c["cosine"]["fp32"], c["cosine"]["int8"]) == cosine
+    assert c["cosine"]["delta"] == pytest.approx(cosine[1] - cosine[0])
+    p50 = (fp32_bench["latency_ms"]["p50"], int8_bench["latency_ms"]["p50"])
+    assert (c["p50_ms"]["fp32"], c["p50_ms"]["int8"]) == p50
+    assert c["p50_ms"]["ratio"] == pytest.approx(p50[1] / p50[0])
+    ips = (fp32_bench["throughput_ips"], int8_bench["throughput_ips"])
+    assert (c["throughput_ips"]["fp32"], c["throughput_ips"]["int8"]) == ips
+    assert c["throughput_ips"]["ratio"] == pytest.approx(ips[1] / ips[0])
+    assert f"p50 {c['p50_ms']['ratio']:.2f}x" in c["note"] and "tiny" in c["note"]
     assert list(tmp_path.iterdir()) == []                       # the temp dir is gone
 
 
-def test_demo_keep_writes_a_usable_inventory(capsys: pytest.CaptureFixture,
-                                             tmp_path: Path) -> None:
+def _table_rows(out: str) -> Dict[str, List[str]]:
+    """The demo's Markdown table: its cells by the first one (the header under "")."""
+    rows = {}
+    for line in out.splitlines():
+        if line.startswith("|") and not line.startswith("|-"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_demo_keep_prints_the_comparison_and_writes_a_usable_inventory(
+        capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     keep = tmp_path / "demo"
     r = run_cli(capsys, "demo", "--keep", str(keep))
     assert r.code == 0, r.err
-    assert "benchmark" in r.out and "top1" in r.out
+    rows = _table_rows(r.out)
+    assert rows[""] == ["FP32", "INT8", "change"]
+    assert set(rows) == {"", "size (KiB)", "top-1 accuracy", "fidelity: cosine vs FP32 reference",
+                         "p50 latency (ms)", "throughput (inf/s)"}
+    assert all(len(cells) == 3 for cells in rows.values())
+    fp32_kib, int8_kib, change = rows["size (KiB)"]
+    assert fp32_kib == f"{(SAMPLES / 'digits_cnn.onnx').stat().st_size / 1024:.1f}"
+    assert int8_kib == f"{(keep / 'digits_cnn.int8.onnx').stat().st_size / 1024:.1f}"
+    assert re.fullmatch(r"0\.\d\dx \(-\d\d%\)", change), change
+    assert re.fullmatch(r"[+-]\d+\.\d\d pts", rows["top-1 accuracy"][2])
+    assert re.fullmatch(r"\d+\.\d\dx \([+-]\d+%\)", rows["p50 latency (ms)"][2])
+    assert re.search(r"^\|-+\|-+:\|-+:\|-+:\|$", r.out, re.M)     # numbers right-aligned
+    assert "Note: INT8 " in r.out and "quantize/dequantize" in r.out
+    # The INT8 model and its record stay with the rest.
+    assert (keep / "digits_cnn.int8.onnx").is_file()
+    assert (keep / "digits_cnn.int8.record.json").is_file()
     assert (keep / "pki" / "host-key.pem").is_file() and (keep / "store").is_dir()
     assert (keep / "pki" / "passphrase").stat().st_mode & 0o077 == 0
     assert b"ENCRYPTED" in (keep / "pki" / "host-key.pem").read_bytes()
@@ -49,6 +113,43 @@ def test_demo_keep_writes_a_usable_inventory(capsys: pytest.CaptureFixture,
     assert inventory.device("demo").address.startswith("127.0.0.1:")
     again = run_cli(capsys, "demo", "--keep", str(keep))
     assert again.code == ExitStatus.USAGE and "new or empty directory" in again.err
+
+
+def _records(p50: Tuple[float, float]) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    bench = [{"latency_ms": {"p50": v}, "throughput_ips": 1 / v} for v in p50]
+    evaluation = [{"metrics": {"top1": t, "cosine": c}} for t, c in ((0.99, 1.0), (0.98, 0.995))]
+    return bench, evaluation
+
+
+@pytest.mark.parametrize("p50, verdict", [
+    ((0.010, 0.013), "INT8 is slower than FP32 here (p50 1.30x FP32's)"),
+    ((0.010, 0.0098), "INT8 runs about as fast as FP32 here (p50 0.98x FP32's)"),
+    ((0.010, 0.009999), "INT8 runs about as fast as FP32 here (p50 1.00x FP32's)"),
+    ((0.010, 0.005), "INT8 is faster than FP32 here (p50 0.50x FP32's)"),
+])
+def test_comparison_rows_and_the_latency_note_follow_the_numbers(
+        p50: Tuple[float, float], verdict: str) -> None:
+    from host.cli.demo_cmd import comparison, comparison_rows
+    bench, evaluation = _records(p50)
+    c = comparison((1000, 250), bench, evaluation)
+    assert c["note"].startswith(verdict)
+    rows = {row[0]: row[1:] for row in comparison_rows(c)}
+    assert rows["size (KiB)"] == ("1.0", "0.2", "0.25x (-75%)")
+    assert rows["top-1 accuracy"] == ("99.00%", "98.00%", "-1.00 pts")
+    assert rows["fidelity: cosine vs FP32 reference"] == ("1.0000", "0.9950", "-0.0050")
+    ratio = p50[1] / p50[0]
+    percent = round(100 * (ratio - 1)) or 0       # a change that rounds to 0 shows as +0%
+    assert rows["p50 latency (ms)"][2] == f"{ratio:.2f}x ({percent:+d}%)"
+    percent = round(100 * (1 / ratio - 1)) or 0
+    assert rows["throughput (inf/s)"][2] == f"{1 / ratio:.2f}x ({percent:+d}%)"
+
+
+def test_markdown_table_aligns_numbers_right() -> None:
+    from host.render import markdown_table
+    text = markdown_table(("", "FP32", "INT8"), [("size (KiB)", "351.2", "97.5")])
+    assert text.splitlines() == ["|            |  FP32 | INT8 |",
+                                 "|------------|------:|-----:|",
+                                 "| size (KiB) | 351.2 | 97.5 |"]
 
 
 # ---------------------------------------------------------------------- Ctrl-C
@@ -125,7 +226,7 @@ class DemoProcess:
         left = [p.name for p in self.tmp.iterdir() if p.name.startswith("edgetune-")]
         assert left == []                   # the demo's directory and the agent's are gone
         assert f"its local agent (pid {self.agent_pid}) was stopped" in err, err
-        assert f"its throw-away PKI and store ({workdir}) were removed" in err, err
+        assert f"its throw-away PKI, store and INT8 model ({workdir}) were removed" in err, err
         assert "Traceback" not in err, err
 
 
@@ -140,7 +241,8 @@ def demo_tmp(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("moment, whole_group", [
     ("demo: local agent (pid", False),      # just after the agent started: SIGINT to the CLI
-    ("(benchmark): running", True),         # mid-benchmark, as a terminal's Ctrl-C: the group
+    ("demo: quantizing", True),             # while quantizing, as a terminal's Ctrl-C: the group
+    ("(FP32 benchmark): running", True),    # mid-benchmark
 ])
 def test_ctrl_c_stops_the_demo_agent_and_removes_its_directory(
         demo_tmp: Path, moment: str, whole_group: bool) -> None:
@@ -154,6 +256,8 @@ def test_ctrl_c_stops_the_demo_agent_and_removes_its_directory(
         _, err = demo.proc.communicate(timeout=30)
         assert demo.proc.returncode == ExitStatus.INTERRUPTED, err
         assert "edgetune: interrupted" in err, err
+        if moment == "demo: quantizing":    # it did land while quantizing (~1 s of work)
+            assert "nodes int8, in" not in err, err
         demo.assert_cleaned_up(workdir, err)
     finally:
         demo.kill()
@@ -164,7 +268,7 @@ def test_repeated_ctrl_c_still_stops_the_agent_and_removes_the_directory(demo_tm
     must not cut the clean-up short: the agent stopped, the directory gone."""
     demo = DemoProcess(demo_tmp)
     try:
-        workdir = demo.wait_for("(benchmark): running")
+        workdir = demo.wait_for("(FP32 benchmark): running")
         deadline = time.monotonic() + 30
         while demo.proc.poll() is None and time.monotonic() < deadline:
             demo.proc.send_signal(signal.SIGINT)
