@@ -145,7 +145,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         kind = _blob_kind(request.kind)
         assert kind is not None
         state, committed = await self._thread(store.status, kind, request.sha256,
-                                              request.size_bytes)
+                                              request.size_bytes, request.upload_id)
         return pb.GetUploadStatusResponse(state=_UPLOAD_STATES[state], committed_bytes=committed,
                                           max_size_bytes=self.limits.max_bytes(kind))
 
@@ -159,8 +159,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         except StopAsyncIteration:
             first = None
         if not isinstance(first, pb.UploadBlobRequest) or first.WhichOneof("part") != "header":
-            raise InvalidArgument("an upload starts with its header (kind, sha256, size_bytes, "
-                                  "offset), then the data chunks")
+            raise InvalidArgument("an upload starts with its header (kind, sha256 or upload_id, "
+                                  "size_bytes, offset), then the data chunks")
         header = first.header
         kind = _blob_kind(header.kind)
         writer = await self._begin_upload(store, kind, header)
@@ -195,8 +195,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             raise
         finally:
             thread.shutdown(wait=False)
+        # An upload by id of content stored already: its bytes were discarded at commit.
         return pb.UploadBlobResponse(blob=info.as_pb2(), received_bytes=writer.received,
-                                     already_present=False)
+                                     already_present=writer.duplicate)
 
     async def _begin_upload(self, store: BlobStore, kind: Any, header: Any) -> Any:
         """``store.begin_upload`` in a thread. If this call is cancelled meanwhile (the caller
@@ -204,7 +205,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         reserves the upload: the writer it returns is then closed (its bytes kept for a resume,
         its reservation released) as soon as it exists, so no upload stays "in progress"."""
         started = self._io.submit(store.begin_upload, kind, header.sha256, header.size_bytes,
-                                  header.name, header.offset)
+                                  header.name, header.offset, header.upload_id)
         try:
             return await asyncio.wrap_future(started)
         except asyncio.CancelledError:
@@ -387,7 +388,7 @@ def _release_orphan(started: "concurrent.futures.Future[Any]") -> None:
     writer = started.result()
     if not writer.already_present:
         log.info("the caller went away while the upload of %s %s was being set up; releasing it",
-                 writer.kind.value, writer.sha256)
+                 writer.kind.value, writer.what)
         _close_quietly(writer)
 
 
@@ -395,7 +396,7 @@ def _close_quietly(writer: Any) -> None:
     try:
         writer.close_incomplete()
     except Exception:  # pragma: no cover - logged, nothing else to do
-        log.exception("could not keep the partial upload of %s", writer.sha256)
+        log.exception("could not keep the partial upload of %s", writer.what)
 
 
 __all__ = ["AgentServicer", "SERVICE_NAME", "add_to_server", "parse_upload_request",

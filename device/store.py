@@ -7,11 +7,12 @@ Layout under the store's root::
     datasets/<sha256>.npz       complete, verified datasets (+ .json beside it)
     partial/<kind>-<sha256>.part   bytes of an upload in progress or interrupted
     partial/<kind>-<sha256>.json   what that upload announced (size, name)
+    partial/<kind>-u-<upload_id>.part/.json   the same for an upload by id
 
 A blob becomes visible only through ``os.replace`` after its sha256 matched and its content
 passed the safety checks (``device.onnx_safety`` for models, ``device.datasets`` for
 datasets). Client-supplied names are labels stored in the JSON side file, never part of a
-path: every path is built from a validated hex digest.
+path: every path is built from a validated hex digest (or a validated 32-hex upload id).
 
 Uploads (``begin_upload``):
 - a blob that is complete already returns a writer with ``already_present=True`` and
@@ -19,7 +20,12 @@ Uploads (``begin_upload``):
 - ``offset`` must equal the bytes committed in the partial file (see ``status``), or be 0,
   which restarts the upload from scratch;
 - one upload per (kind, sha256) at a time: a second one while the first is open gets
-  FailedPrecondition (retry later; by then it is usually already present).
+  FailedPrecondition (retry later; by then it is usually already present);
+- an upload by id (``upload_id``: 32 lowercase hex characters the client picked) needs no
+  hash up front: its bytes go to ``partial/<kind>-u-<upload_id>.part``, resume by that id like
+  resume by hash, and at ``commit`` the hash of what arrived decides: stored already -> the
+  copy is discarded and the stored blob answers (``writer.duplicate``); else the content is
+  checked and installed under that hash. One upload per (kind, upload_id) at a time.
 
 The writer (``device.upload.UploadWriter``, re-exported here) receives the chunks, fsyncs as
 it goes and checks hash and content at ``commit``; a disconnect mid-upload ends in
@@ -44,7 +50,7 @@ from device.errors import FailedPrecondition, InvalidArgument, NotFound, Resourc
 from device.limits import SHA256_RE, Limits, check_sha256
 # UploadWriter and its constants live in device.upload; importable from here as before.
 from device.upload import (HASH_READ_BYTES, SYNC_EVERY_BYTES, VALIDATORS,  # noqa: F401
-                           UploadWriter)
+                           UploadWriter, check_upload_id, upload_key)
 from protos.messages import BlobInfo, BlobKind
 
 log = logging.getLogger(__name__)
@@ -140,32 +146,39 @@ class BlobStore:
     def _meta_path(self, kind: BlobKind, sha256: str) -> Path:
         return self.root / FOLDER[kind] / (sha256 + ".json")
 
-    def _part_path(self, kind: BlobKind, sha256: str) -> Path:
-        return self.root / "partial" / f"{kind.value}-{sha256}.part"
+    # ``key`` names an upload's partial files: its validated sha256, or "u-" + a validated
+    # upload id (``device.upload.upload_key``).
+    def _part_path(self, kind: BlobKind, key: str) -> Path:
+        return self.root / "partial" / f"{kind.value}-{key}.part"
 
-    def _part_meta_path(self, kind: BlobKind, sha256: str) -> Path:
-        return self.root / "partial" / f"{kind.value}-{sha256}.json"
+    def _part_meta_path(self, kind: BlobKind, key: str) -> Path:
+        return self.root / "partial" / f"{kind.value}-{key}.json"
 
     # ------------------------------------------------------------------ queries
-    def status(self, kind: KindLike, sha256: str, size: int = 0) -> Tuple[UploadState, int]:
+    def status(self, kind: KindLike, sha256: str, size: int = 0,
+               upload_id: str = "") -> Tuple[UploadState, int]:
         """(state, committed_bytes). ``size`` (0: unknown) must match a partial's announced
         size for it to count; otherwise the partial is reported ABSENT (an upload from offset 0
-        replaces it)."""
+        replaces it). With ``upload_id`` the partial is that upload's, and ``sha256`` may be
+        empty (if given, a stored blob of that hash is reported COMPLETE)."""
         kind = _kind(kind)
-        check_sha256(sha256)
-        blob = self._blob_path(kind, sha256)
-        try:
-            return UploadState.COMPLETE, blob.stat().st_size
-        except FileNotFoundError:
-            pass
-        return self._partial_state(kind, sha256, size)
+        if upload_id:
+            check_upload_id(upload_id)
+        if sha256 or not upload_id:
+            check_sha256(sha256)
+            blob = self._blob_path(kind, sha256)
+            try:
+                return UploadState.COMPLETE, blob.stat().st_size
+            except FileNotFoundError:
+                pass
+        return self._partial_state(kind, upload_key(sha256, upload_id), size)
 
-    def _partial_state(self, kind: BlobKind, sha256: str, size: int) -> Tuple[UploadState, int]:
+    def _partial_state(self, kind: BlobKind, key: str, size: int) -> Tuple[UploadState, int]:
         try:
-            committed = self._part_path(kind, sha256).stat().st_size
+            committed = self._part_path(kind, key).stat().st_size
         except FileNotFoundError:
             return UploadState.ABSENT, 0
-        announced = _read_json(self._part_meta_path(kind, sha256)).get("size")
+        announced = _read_json(self._part_meta_path(kind, key)).get("size")
         if not isinstance(announced, int) or committed > announced \
                 or (size and announced != size):
             return UploadState.ABSENT, 0
@@ -184,6 +197,13 @@ class BlobStore:
         kind = _kind(kind)
         blob = self.path(kind, sha256)
         return self._info_from_disk(kind, sha256, blob)
+
+    def _stored_info(self, kind: BlobKind, sha256: str) -> Optional[BlobInfo]:
+        """The info of a complete blob, None if it is not stored."""
+        try:
+            return self._info_from_disk(kind, sha256, self._blob_path(kind, sha256))
+        except FileNotFoundError:
+            return None
 
     def _info_from_disk(self, kind: BlobKind, sha256: str, blob: Path) -> BlobInfo:
         st = blob.stat()
@@ -233,10 +253,14 @@ class BlobStore:
 
     # ------------------------------------------------------------------ uploads
     def begin_upload(self, kind: KindLike, sha256: str, size: int, name: str = "",
-                     offset: int = 0) -> UploadWriter:
-        """Start or resume an upload. See the module docstring for the rules."""
+                     offset: int = 0, upload_id: str = "") -> UploadWriter:
+        """Start or resume an upload (by id when ``upload_id`` is set; ``sha256`` may then be
+        empty). See the module docstring for the rules."""
         kind = _kind(kind)
-        check_sha256(sha256)
+        if upload_id:
+            check_upload_id(upload_id)
+        if sha256 or not upload_id:
+            check_sha256(sha256)
         label = safe_label(name)
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
             raise InvalidArgument(f"size must be a positive number of bytes (got {size!r})")
@@ -247,20 +271,21 @@ class BlobStore:
                 f"raise {Limits.config_key(kind)} in the agent's config to accept it")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise InvalidArgument(f"offset must be 0 or more (got {offset!r})")
-        key = (kind, sha256)
+        part_key = upload_key(sha256, upload_id)
+        what = f"upload {upload_id}" if upload_id else sha256
+        key = (kind, part_key)
         with self._lock:
-            blob = self._blob_path(kind, sha256)
-            if blob.is_file():
-                return UploadWriter(self, kind, sha256, size, label,
-                                    already_present=self._info_from_disk(kind, sha256, blob))
+            stored = self._stored_info(kind, sha256) if sha256 else None
+            if stored is not None:
+                return UploadWriter(self, kind, sha256, size, label, already_present=stored)
             if key in self._uploading:
                 raise FailedPrecondition(
-                    f"an upload of {kind.value} {sha256} is already in progress; wait for it "
+                    f"an upload of {kind.value} {what} is already in progress; wait for it "
                     "to finish and ask again (it will then be stored already)")
-            state, committed = self._partial_state(kind, sha256, size)
+            state, committed = self._partial_state(kind, part_key, size)
             if offset and (state is not UploadState.PARTIAL or offset != committed):
                 raise FailedPrecondition(
-                    f"cannot resume {kind.value} {sha256} at offset {offset}: the agent has "
+                    f"cannot resume {kind.value} {what} at offset {offset}: the agent has "
                     f"{committed} bytes committed; send from offset {committed}")
             self._uploading.add(key)
         try:
@@ -271,37 +296,40 @@ class BlobStore:
                     f"not enough free space in the agent's store for this {kind.value}: "
                     f"{need} bytes needed, {free} free; delete blobs with `edgetune "
                     f"{FOLDER[kind]} delete` or free space on the board")
-            writer = UploadWriter(self, kind, sha256, size, label)
+            writer = UploadWriter(self, kind, sha256, size, label, upload_id=upload_id)
             if offset == 0:
-                _write_json_atomic(self._part_meta_path(kind, sha256),
+                _write_json_atomic(self._part_meta_path(kind, part_key),
                                    {"size": size, "name": label, "started_unix": time.time()})
             writer._open(offset)
         except BaseException:
-            self._release(kind, sha256)
+            self._release(kind, part_key)
             raise
-        log.info("upload of %s %s (%s) %s at %d of %d bytes", kind.value, sha256, label or "-",
+        log.info("upload of %s %s (%s) %s at %d of %d bytes", kind.value, what, label or "-",
                  "resumed" if offset else "started", offset, size)
         return writer
 
-    def _release(self, kind: BlobKind, sha256: str) -> None:
+    def _release(self, kind: BlobKind, key: str) -> None:
         with self._lock:
-            self._uploading.discard((kind, sha256))
+            self._uploading.discard((kind, key))
 
-    def _drop_partial(self, kind: BlobKind, sha256: str) -> None:
-        _unlink(self._part_path(kind, sha256))
-        _unlink(self._part_meta_path(kind, sha256))
+    def _drop_partial(self, kind: BlobKind, key: str) -> None:
+        _unlink(self._part_path(kind, key))
+        _unlink(self._part_meta_path(kind, key))
 
-    def _install(self, kind: BlobKind, sha256: str, size: int, label: str) -> BlobInfo:
-        """Move a verified partial into place and record its metadata."""
-        part_meta = _read_json(self._part_meta_path(kind, sha256))
+    def _install(self, kind: BlobKind, sha256: str, size: int, label: str,
+                 key: str = "") -> BlobInfo:
+        """Move a verified partial (the upload ``key``: by default its hash) into place under
+        ``sha256`` and record its metadata."""
+        key = key or sha256
+        part_meta = _read_json(self._part_meta_path(kind, key))
         name = label or safe_label(part_meta.get("name", ""))
         created = time.time()
         blob = self._blob_path(kind, sha256)
         _write_json_atomic(self._meta_path(kind, sha256),
                            {"name": name, "size": size, "created_unix": created})
-        os.replace(self._part_path(kind, sha256), blob)
+        os.replace(self._part_path(kind, key), blob)
         _fsync_dir(blob.parent)
-        _unlink(self._part_meta_path(kind, sha256))
+        _unlink(self._part_meta_path(kind, key))
         log.info("stored %s %s (%s, %d bytes)", kind.value, sha256, name or "-", size)
         return BlobInfo(kind=kind, sha256=sha256, size_bytes=size, name=name, created_unix=created)
 

@@ -1,14 +1,16 @@
 """Receiving the bytes of one upload into the store: ``UploadWriter``.
 
-``device.store.BlobStore.begin_upload`` checks the request, reserves the (kind, sha256) key and
-returns a writer; the store's module docstring has the upload rules (resume offsets, one
-upload per key at a time).
+``device.store.BlobStore.begin_upload`` checks the request, reserves the upload's key (the
+sha256, or ``u-<upload_id>`` for an upload by id) and returns a writer; the store's module
+docstring has the upload rules (resume offsets, one upload per key at a time, uploads by id).
 
 Per chunk the writer only writes and updates the running sha256; every few MB an fsync runs
 in a helper thread, and ``close_incomplete``/``commit`` fsync the rest. A disconnect
 mid-upload ends in ``close_incomplete``: the bytes received are fsynced and kept for a later
 resume (after a power cut, the final hash check catches anything the disk lost). ``commit``
-checks the hash, then the content (``VALIDATORS``: ``device.onnx_safety`` for models,
+checks the hash (an upload by id has no announced hash unless the client gave one: its hash is
+what arrived, and a blob stored under it already makes the upload a duplicate, discarded), then
+the content (``VALIDATORS``: ``device.onnx_safety`` for models,
 ``device.datasets`` for datasets), and only then asks the store to make the blob visible.
 
 This module does not import ``device.store`` (which imports it): the writer reaches the store
@@ -21,6 +23,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Callable, Dict, Optional, Protocol
@@ -34,6 +37,24 @@ log = logging.getLogger(__name__)
 
 SYNC_EVERY_BYTES = 8 << 20           # start a background fsync after this many new bytes
 HASH_READ_BYTES = 4 << 20            # chunk size when re-hashing a partial file on resume
+UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+def check_upload_id(value: object) -> str:
+    """Return ``value`` if it is 32 lowercase hex characters (it becomes part of a file name),
+    else raise InvalidArgument."""
+    if not isinstance(value, str) or not UPLOAD_ID_RE.fullmatch(value):
+        shown = value if isinstance(value, str) and len(value) <= 80 else f"{str(value)[:80]}..."
+        raise InvalidArgument(
+            f"upload_id must be 32 lowercase hexadecimal characters (got {shown!r}); the "
+            "client picks it at random (e.g. secrets.token_hex(16))")
+    return value
+
+
+def upload_key(sha256: str, upload_id: str) -> str:
+    """The name of an upload's partial files after ``<kind>-``: its id or its hash (both
+    validated by the caller)."""
+    return f"u-{upload_id}" if upload_id else sha256
 
 
 class StoreSide(Protocol):
@@ -41,13 +62,16 @@ class StoreSide(Protocol):
 
     limits: Limits
 
-    def _part_path(self, kind: BlobKind, sha256: str) -> Path: ...
+    def _part_path(self, kind: BlobKind, key: str) -> Path: ...
 
-    def _release(self, kind: BlobKind, sha256: str) -> None: ...
+    def _release(self, kind: BlobKind, key: str) -> None: ...
 
-    def _drop_partial(self, kind: BlobKind, sha256: str) -> None: ...
+    def _drop_partial(self, kind: BlobKind, key: str) -> None: ...
 
-    def _install(self, kind: BlobKind, sha256: str, size: int, label: str) -> BlobInfo: ...
+    def _stored_info(self, kind: BlobKind, sha256: str) -> Optional[BlobInfo]: ...
+
+    def _install(self, kind: BlobKind, sha256: str, size: int, label: str,
+                 key: str = "") -> BlobInfo: ...
 
 
 def _fsync_quietly(fd: int) -> None:
@@ -80,17 +104,24 @@ class UploadWriter:
     Use ``write`` for each chunk, then ``commit`` once all ``size`` bytes arrived, or
     ``close_incomplete`` when the sender went away (the bytes stay for a resume).
     As a context manager, leaving with an exception closes it incomplete.
+
+    ``sha256`` is the announced hash ("" for an upload by id without one; ``commit`` sets it to
+    the hash received). ``duplicate`` turns True when an upload by id turns out, at commit,
+    to hold a blob stored already (``info`` is then the stored blob's).
     """
 
     def __init__(self, store: StoreSide, kind: BlobKind, sha256: str, size: int, name: str,
-                 *, already_present: Optional[BlobInfo] = None) -> None:
+                 *, already_present: Optional[BlobInfo] = None, upload_id: str = "") -> None:
         self._store = store
         self.kind = kind
         self.sha256 = sha256
+        self.upload_id = upload_id
+        self.key = upload_key(sha256, upload_id)
         self.size = size
         self.name = name
         self.info: Optional[BlobInfo] = already_present
         self.already_present = already_present is not None
+        self.duplicate = False
         self.start_offset = 0
         self.committed = 0               # bytes in the partial file, resumed ones included
         self._hasher = hashlib.sha256()
@@ -101,7 +132,7 @@ class UploadWriter:
 
     # --- set-up, called by the store with the key reserved
     def _open(self, offset: int) -> None:
-        part = self._store._part_path(self.kind, self.sha256)
+        part = self._store._part_path(self.kind, self.key)
         if offset == 0:
             f = open(part, "wb", buffering=0)
         else:
@@ -122,6 +153,11 @@ class UploadWriter:
                 raise
         self._file = f
         self.start_offset = self.committed = offset
+
+    @property
+    def what(self) -> str:
+        """How logs and messages name this upload."""
+        return f"upload {self.upload_id}" if self.upload_id else self.sha256
 
     @property
     def received(self) -> int:
@@ -193,8 +229,8 @@ class UploadWriter:
             try:
                 self._close_file()
             finally:
-                self._store._release(self.kind, self.sha256)
-            log.info("upload of %s %s paused at %d of %d bytes", self.kind.value, self.sha256,
+                self._store._release(self.kind, self.key)
+            log.info("upload of %s %s paused at %d of %d bytes", self.kind.value, self.what,
                      self.committed, self.size)
         return self.committed
 
@@ -205,14 +241,16 @@ class UploadWriter:
             try:
                 self._close_file()
             finally:
-                self._store._drop_partial(self.kind, self.sha256)
-                self._store._release(self.kind, self.sha256)
+                self._store._drop_partial(self.kind, self.key)
+                self._store._release(self.kind, self.key)
 
     def commit(self) -> BlobInfo:
         """Verify the hash and the content, then make the blob visible. Returns its info.
 
         DataLoss on a hash mismatch and InvalidArgument on refused content (both discard the
-        bytes); FailedPrecondition if fewer than ``size`` bytes arrived (they are kept).
+        bytes); FailedPrecondition if fewer than ``size`` bytes arrived (they are kept). An
+        upload by id whose content is stored already is discarded: ``duplicate`` turns True
+        and the stored blob's info is returned.
         """
         if self.already_present:
             assert self.info is not None
@@ -224,27 +262,37 @@ class UploadWriter:
             raise FailedPrecondition(
                 f"upload incomplete: received {self.committed} of {self.size} bytes; "
                 f"the bytes are kept, resume from offset {self.committed}")
+        store, key = self._store, self.key
         try:
             self._close_file()
             got = self._hasher.hexdigest()
-            if got != self.sha256:
-                self._store._drop_partial(self.kind, self.sha256)
+            if self.sha256 and got != self.sha256:
+                store._drop_partial(self.kind, key)
                 raise DataLoss(f"hash mismatch: expected {self.sha256}, got {got}; the upload "
                                "was discarded, send it again")
-            part = self._store._part_path(self.kind, self.sha256)
+            self.sha256 = got
+            if self.upload_id:
+                stored = store._stored_info(self.kind, got)
+                if stored is not None:
+                    store._drop_partial(self.kind, key)
+                    log.info("upload %s of %s %s: stored already, the copy is discarded",
+                             self.upload_id, self.kind.value, got)
+                    self.info, self.duplicate = stored, True
+                    return stored
+            part = store._part_path(self.kind, key)
             try:
-                VALIDATORS[self.kind](part, self._store.limits)
+                VALIDATORS[self.kind](part, store.limits)
             except AgentError:
-                self._store._drop_partial(self.kind, self.sha256)
+                store._drop_partial(self.kind, key)
                 raise
             except Exception as exc:
-                self._store._drop_partial(self.kind, self.sha256)
+                store._drop_partial(self.kind, key)
                 raise InvalidArgument(f"{self.kind.value} refused: {exc}") from exc
-            self.info = self._store._install(self.kind, self.sha256, self.size, self.name)
+            self.info = store._install(self.kind, got, self.size, self.name, key)
             return self.info
         finally:
             self._closed = True
-            self._store._release(self.kind, self.sha256)
+            store._release(self.kind, key)
 
     def __enter__(self) -> "UploadWriter":
         return self

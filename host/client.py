@@ -11,7 +11,6 @@ what to do (``host.rpcerrors``). Every call has a deadline (``ClientSettings``).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 import grpc
 
 from host.errors import AgentError, AuthError, BadInputError, TimeoutError_, UnreachableError
+from host.hashcache import HashCache, file_sha256, finish_upload, plan_upload
 from host.interrupts import GATE, SigintGate
 from host.rpcerrors import RpcContext, translate_rpc_error
 from protos import agent_pb2 as pb
@@ -49,6 +49,8 @@ class ClientSettings:
     reattach_window_s: float = 60.0         # how long run()/wait() retry a dropped watch
     max_message_bytes: int = 64 * MiB       # results with raw samples can be large
     cert_warning_days: int = 30             # warn when our own certificate expires this soon
+    hash_first_below_bytes: int = 64 * MiB  # larger files, not in the hash cache: sent by id
+    hash_cache: Optional[Path] = None       # None: host.hashcache.default_cache_path()
 
     def __post_init__(self) -> None:
         if not 64 * 1024 <= self.upload_chunk_bytes <= 4 * MiB:
@@ -70,20 +72,22 @@ class UploadStatus:
 @dataclass(frozen=True)
 class UploadOutcome:
     blob: BlobInfo
-    sent_bytes: int                         # bytes this call sent (0 when already present)
-    already_present: bool
+    sent_bytes: int                         # bytes this call sent (0 when present, by hash)
+    already_present: bool                   # by id: sent, then found stored and discarded
     resumed_from: int                       # committed bytes the upload continued from
 
 
-def file_sha256(path: Path, chunk_bytes: int = MiB) -> Tuple[str, int]:
-    """(lowercase hex sha256, size) of ``path``, read in chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(chunk_bytes), b""):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+def _upload_request_bytes(message: Any) -> bytes:
+    """UploadBlob's request serializer: a chunk passed as bytes is framed by hand as an
+    UploadBlobRequest holding only ``data``: one copy instead of protobuf's two."""
+    if not isinstance(message, bytes):
+        return message.SerializeToString()
+    n, head = len(message), bytearray(b"\x12")
+    while n >= 0x80:
+        head.append(n & 0x7F | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + message
 
 
 def _blob_kind(kind: KindLike) -> BlobKind:
@@ -113,6 +117,10 @@ class AgentClient:
         creds = channel_credentials(identity.ca_pem, identity.cert_pem, identity.key_pem)
         self._channel = grpc.secure_channel(address, creds, options=options)
         self._stub = agent_pb2_grpc.AgentStub(self._channel)
+        self._upload_blob = self._channel.stream_unary(
+            f"/{pb.DESCRIPTOR.services_by_name['Agent'].full_name}/UploadBlob",
+            request_serializer=_upload_request_bytes,
+            response_deserializer=pb.UploadBlobResponse.FromString)
         self._ctx = RpcContext(address=address, our_name=identity.common_name,
                                ca_pem=identity.ca_pem, server_name=server_name,
                                probe_timeout_s=min(5.0, self.settings.connect_timeout_s))
@@ -194,9 +202,10 @@ class AgentClient:
         request = pb.DeleteBlobRequest(kind=_blob_kind(kind).as_pb2(), sha256=sha256)
         return bool(self._call("DeleteBlob", request).deleted)
 
-    def upload_status(self, kind: KindLike, sha256: str, size: int) -> UploadStatus:
+    def upload_status(self, kind: KindLike, sha256: str, size: int,
+                      upload_id: str = "") -> UploadStatus:
         reply = self._call("GetUploadStatus", pb.GetUploadStatusRequest(
-            kind=_blob_kind(kind).as_pb2(), sha256=sha256, size_bytes=size))
+            kind=_blob_kind(kind).as_pb2(), sha256=sha256, size_bytes=size, upload_id=upload_id))
         return UploadStatus(state=_UPLOAD_STATES.get(reply.state, "absent"),
                             committed_bytes=reply.committed_bytes,
                             max_size_bytes=reply.max_size_bytes)
@@ -205,19 +214,18 @@ class AgentClient:
                progress: Optional[ProgressCallback] = None) -> UploadOutcome:
         """Store ``path`` on the agent unless it is there already; resume a partial upload.
 
-        The file is hashed locally first, then streamed in chunks (never held in memory
-        whole). ``progress(done, total)`` is called from grpc's sending thread. An exception
-        raised by ``progress`` (or Ctrl-C) cancels the upload; the agent keeps the bytes it
-        committed, and the next ``upload`` of the same file resumes from there."""
+        A file in the hash cache or smaller than ``hash_first_below_bytes`` is sent by hash
+        (hashed first if need be), a larger one by id, read once as it is sent (see
+        ``host.hashcache``); never held in memory whole. ``progress(done, total)`` runs in
+        grpc's sending thread. An exception it raises (or Ctrl-C) cancels the upload; the
+        agent keeps the bytes it committed, and the next ``upload`` of the file resumes."""
         path = Path(path)
         kind = _blob_kind(kind)
-        if not path.is_file():
-            raise BadInputError(f"{path} is not a file")
-        sha256, size = file_sha256(path)
-        if size == 0:
-            raise BadInputError(f"{path} is empty")
+        cache = HashCache(self.settings.hash_cache)
+        plan = plan_upload(path, self.settings.hash_first_below_bytes, cache, file_sha256)
+        sha256, size = plan.sha256, plan.size
         label = path.name if name is None else name
-        status = self.upload_status(kind, sha256, size)
+        status = self.upload_status(kind, sha256, size, plan.upload_id)
         if status.max_size_bytes and size > status.max_size_bytes:
             raise BadInputError(
                 f"{path} has {size / MiB:.1f} MiB; the agent at {self.address} accepts "
@@ -229,11 +237,11 @@ class AgentClient:
         failure: List[BaseException] = []
         sent = [0]
         header = pb.UploadHeader(kind=kind.as_pb2(), sha256=sha256, size_bytes=size,
-                                 name=label, offset=offset)
+                                 name=label, offset=offset, upload_id=plan.upload_id)
         call_box: List[Any] = []
         started = threading.Event()
 
-        def requests() -> Iterator[pb.UploadBlobRequest]:
+        def requests() -> Iterator[Any]:
             yield pb.UploadBlobRequest(header=header)
             if status.state == "complete":
                 return
@@ -242,7 +250,7 @@ class AgentClient:
                     fh.seek(offset)
                     chunk_bytes = self.settings.upload_chunk_bytes
                     for chunk in iter(lambda: fh.read(chunk_bytes), b""):
-                        yield pb.UploadBlobRequest(data=chunk)
+                        yield chunk             # see _upload_request_bytes
                         sent[0] += len(chunk)
                         if progress is not None:
                             progress(offset + sent[0], size)
@@ -256,7 +264,7 @@ class AgentClient:
         self.connect()
         deadline = self.settings.timeout_s + (size - offset) / self.settings.upload_min_rate_bytes_s
         with GATE.deferred():                   # Ctrl-C: cancel, then KeyboardInterrupt
-            call = self._stub.UploadBlob.future(requests(), timeout=deadline)
+            call = self._upload_blob.future(requests(), timeout=deadline)
             call_box.append(call)
             started.set()
             GATE.on_interrupt(call.cancel)
@@ -266,14 +274,17 @@ class AgentClient:
                 if failure:                     # raised by ``progress`` or reading the file
                     raise failure[0] from None
                 if isinstance(err, grpc.RpcError):
+                    if plan.cached and err.code() is grpc.StatusCode.DATA_LOSS:
+                        cache.forget(plan.identity)     # a wrong cached hash: re-hash next time
                     raise translate_rpc_error(err, self._ctx) from None
                 raise AgentError(f"the upload of {path} was cancelled") from None
         if failure:
             raise failure[0]
         outcome = UploadOutcome(blob=BlobInfo.from_pb2(reply.blob), sent_bytes=sent[0],
                                 already_present=bool(reply.already_present), resumed_from=offset)
-        log.info("%s %s (%s): sent %d bytes%s", kind.value, sha256[:12], label, sent[0],
-                 ", already present" if outcome.already_present else "")
+        finish_upload(plan, path, outcome.blob.sha256, cache)
+        log.info("%s %s (%s): sent %d bytes%s", kind.value, outcome.blob.sha256[:12], label,
+                 sent[0], ", already present" if outcome.already_present else "")
         return outcome
 
     # ------------------------------------------------------------------ jobs

@@ -128,14 +128,16 @@ class BlobInfo(_message.Message):
     def __init__(self, kind: _Optional[_Union[BlobKind, str]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., name: _Optional[str] = ..., created_unix: _Optional[float] = ...) -> None: ...
 
 class GetUploadStatusRequest(_message.Message):
-    __slots__ = ("kind", "sha256", "size_bytes")
+    __slots__ = ("kind", "sha256", "size_bytes", "upload_id")
     KIND_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     kind: BlobKind
     sha256: str
     size_bytes: int
-    def __init__(self, kind: _Optional[_Union[BlobKind, str]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    upload_id: str
+    def __init__(self, kind: _Optional[_Union[BlobKind, str]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., upload_id: _Optional[str] = ...) -> None: ...
 
 class GetUploadStatusResponse(_message.Message):
     __slots__ = ("state", "committed_bytes", "max_size_bytes")
@@ -148,18 +150,20 @@ class GetUploadStatusResponse(_message.Message):
     def __init__(self, state: _Optional[_Union[UploadState, str]] = ..., committed_bytes: _Optional[int] = ..., max_size_bytes: _Optional[int] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("kind", "sha256", "size_bytes", "name", "offset")
+    __slots__ = ("kind", "sha256", "size_bytes", "name", "offset", "upload_id")
     KIND_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     kind: BlobKind
     sha256: str
     size_bytes: int
     name: str
     offset: int
-    def __init__(self, kind: _Optional[_Union[BlobKind, str]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., name: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+    upload_id: str
+    def __init__(self, kind: _Optional[_Union[BlobKind, str]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., name: _Optional[str] = ..., offset: _Optional[int] = ..., upload_id: _Optional[str] = ...) -> None: ...
 
 class UploadBlobRequest(_message.Message):
     __slots__ = ("header", "data")

@@ -26,14 +26,17 @@ def big_dataset(path: Path, mib: int) -> bytes:
     return path.read_bytes()
 
 
-def plant_partial(store: Path, data: bytes, committed: int) -> None:
-    """What an interrupted upload of ``data`` leaves in the store: the first ``committed``
-    bytes and the announced size."""
+UPLOAD_ID = "5e" * 16
+
+
+def plant_partial(store: Path, data: bytes, committed: int, upload_id: str = "") -> None:
+    """What an interrupted upload of ``data`` (by hash, or by ``upload_id``) leaves in the
+    store: the first ``committed`` bytes and the announced size."""
     partial = store / "partial"
     partial.mkdir(parents=True, exist_ok=True)
-    sha = sha256_hex(data)
-    (partial / f"dataset-{sha}.part").write_bytes(data[:committed])
-    (partial / f"dataset-{sha}.json").write_text(json.dumps({"size": len(data), "name": "big"}))
+    key = f"u-{upload_id}" if upload_id else sha256_hex(data)
+    (partial / f"dataset-{key}.part").write_bytes(data[:committed])
+    (partial / f"dataset-{key}.json").write_text(json.dumps({"size": len(data), "name": "big"}))
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +47,15 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 
 def cancel_during_rehash(stub: agent_pb2_grpc.AgentStub, data: bytes, committed: int,
-                         delay_s: float) -> None:
+                         delay_s: float, upload_id: str = "") -> None:
     """Start the resume of ``data`` at ``committed``, send only its header, and cancel the
     call ``delay_s`` later: while the agent still re-hashes the partial in begin_upload."""
     header_sent, release = threading.Event(), threading.Event()
 
     def header_then_stall() -> Iterator[pb.UploadBlobRequest]:
         yield pb.UploadBlobRequest(header=pb.UploadHeader(
-            kind=pb.BLOB_KIND_DATASET, sha256=sha256_hex(data), size_bytes=len(data),
-            offset=committed))
+            kind=pb.BLOB_KIND_DATASET, sha256="" if upload_id else sha256_hex(data),
+            size_bytes=len(data), offset=committed, upload_id=upload_id))
         header_sent.set()
         release.wait(TIMEOUT)
 
@@ -122,3 +125,37 @@ def test_cancel_while_rehashing_then_delete_is_not_blocked(planted: Any, big: by
         kind=pb.BLOB_KIND_DATASET, sha256=sha256_hex(big)), timeout=TIMEOUT), "being uploaded")
     assert reply.deleted
     assert list((store / "partial").glob("*.part")) == []
+
+
+def test_cancel_while_rehashing_an_upload_by_id_releases_it(pki: Any, tmp_path: Path,
+                                                            big: bytes) -> None:
+    """The same for a resume by upload id: the id is released, and the next resume by that id
+    completes the blob under its hash."""
+    store = tmp_path / "store"
+    committed = len(big) - MiB
+    plant_partial(store, big, committed, UPLOAD_ID)
+    agent = start_agent(pki, store)
+    ch = channel(agent.address, pki.host.identity)
+    try:
+        stub = agent_pb2_grpc.AgentStub(ch)
+        request = pb.GetUploadStatusRequest(kind=pb.BLOB_KIND_DATASET, size_bytes=len(big),
+                                            upload_id=UPLOAD_ID)
+        status = stub.GetUploadStatus(request, timeout=TIMEOUT)
+        assert status.state == pb.UPLOAD_STATE_PARTIAL and status.committed_bytes == committed
+        cancel_during_rehash(stub, big, committed, 0.02, UPLOAD_ID)
+
+        def resume() -> Any:
+            header = pb.UploadHeader(kind=pb.BLOB_KIND_DATASET, size_bytes=len(big),
+                                     offset=committed, upload_id=UPLOAD_ID)
+            return stub.UploadBlob(iter([pb.UploadBlobRequest(header=header),
+                                         pb.UploadBlobRequest(data=big[committed:])]),
+                                   timeout=TIMEOUT)
+
+        reply = retry_while_busy(resume, "already in progress")
+        assert reply.blob.sha256 == sha256_hex(big) and reply.received_bytes == MiB
+        assert not reply.already_present
+        assert list((store / "partial").glob("*.part")) == []
+        assert (store / "datasets" / f"{sha256_hex(big)}.npz").stat().st_size == len(big)
+    finally:
+        ch.close()
+        agent.stop()
