@@ -301,7 +301,10 @@ class ProgressView:
         return update
 
     def upload_done(self, label: str, outcome: Any) -> None:
-        if outcome.already_present:
+        if outcome.already_present and outcome.sent_bytes:
+            text = (f"{label}: sent {fmt_bytes(outcome.sent_bytes)}, but the board had it "
+                    f"already ({outcome.blob.sha256[:12]}): the copy was discarded")
+        elif outcome.already_present:
             text = f"{label}: on the board already ({outcome.blob.sha256[:12]}), nothing sent"
         elif outcome.resumed_from:
             text = (f"{label}: resumed at {fmt_bytes(outcome.resumed_from)}, sent "

@@ -1,3 +1,23 @@
 """Shared fixtures. Area-specific fixtures live in their own modules, registered here."""
 
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pytest
+
 pytest_plugins = ["tests.pki_fixtures", "tests.quant_fixtures"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_hash_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The host's upload hash cache goes to a temp file, never the user's ~/.cache (also for
+    the CLI subprocesses the tests start, which inherit the environment)."""
+    old = os.environ.get("EDGETUNE_HASH_CACHE")
+    os.environ["EDGETUNE_HASH_CACHE"] = str(tmp_path_factory.mktemp("hashcache") / "hashes.json")
+    yield
+    if old is None:
+        os.environ.pop("EDGETUNE_HASH_CACHE", None)
+    else:
+        os.environ["EDGETUNE_HASH_CACHE"] = old

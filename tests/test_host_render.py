@@ -93,3 +93,14 @@ def test_rich_progress_draws_upload_and_job() -> None:
         on_event(JobEvent("j1234567890", JobState.SUCCEEDED))
     out = stream.getvalue()
     assert "upload m.onnx" in out and "m.onnx (j1234567)" in out and "succeeded" in out
+
+
+def test_upload_lines_tell_sent_nothing_from_sent_and_discarded() -> None:
+    blob = BlobInfo(kind=BlobKind.MODEL, sha256=SHA, size_bytes=100)
+    stream = io.StringIO()
+    view = ProgressView("plain", stream)
+    view.upload_done("a.onnx", UploadOutcome(blob, 0, True, 0))      # dedup before sending
+    view.upload_done("b.onnx", UploadOutcome(blob, 100, True, 0))    # streamed, then found stored
+    first, second = stream.getvalue().splitlines()
+    assert "nothing sent" in first
+    assert "nothing sent" not in second and "discarded" in second and "100" in second
