@@ -88,10 +88,10 @@ def test_interrupted_upload_resumes_from_committed_bytes(local_agent: RunningAge
         from host.client import file_sha256
         sha, _ = file_sha256(model)
         committed = _settled_partial(c, sha, size)
-        assert 0 < committed < size
+        assert 0 < committed < size, (committed, size)
         outcome = _retry_busy(lambda: c.upload(model, BlobKind.MODEL))
-    assert outcome.resumed_from == committed
-    assert outcome.sent_bytes == size - committed
+    assert outcome.resumed_from == committed, (outcome, committed, size)
+    assert outcome.sent_bytes == size - committed, (outcome, committed, size)
     assert outcome.blob.sha256 == sha and outcome.blob.size_bytes == size
 
 
