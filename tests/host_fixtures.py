@@ -82,3 +82,95 @@ def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> CliResult:
     code = main(list(argv))
     captured = capsys.readouterr()
     return CliResult(code=code, out=captured.out, err=captured.err)
+
+
+# ---------------------------------------------------------------------- network helpers
+
+class TcpProxy:
+    """A TCP forwarder to an agent on loopback. ``rate`` (bytes/s, 0 = unlimited) slows the
+    PC-to-board direction (a slow link); ``cut()`` drops every live connection and
+    ``refusing = True`` closes new ones at once (a network glitch)."""
+
+    def __init__(self, target: str, rate: float = 0.0) -> None:
+        import socket
+        import threading
+
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.rate = rate
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: List[Any] = []
+        self.lock = threading.Lock()
+        self.refusing = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                inbound, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.refusing:
+                inbound.close()
+                continue
+            outbound = socket.create_connection(self.target)
+            with self.lock:
+                self.sockets += [inbound, outbound]
+            for a, b, rate in ((inbound, outbound, self.rate), (outbound, inbound, 0.0)):
+                threading.Thread(target=self._pump, args=(a, b, rate), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: Any, dst: Any, rate: float) -> None:
+        import socket
+        import time
+
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        import socket
+
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+def retry_busy(action: Any, attempts: int = 20) -> Any:
+    """Run ``action``; while the agent says an upload of that blob is still in progress (a
+    cancelled one may still be closing), wait a little and try again."""
+    import time
+
+    from host.errors import AgentError
+
+    for _ in range(attempts):
+        try:
+            return action()
+        except AgentError as exc:
+            if "in progress" not in exc.message:
+                raise
+            time.sleep(0.1)
+    return action()

@@ -23,7 +23,7 @@ from host.client import AgentClient, ClientSettings, check_own_certificate
 from host.errors import (AuthError, BadInputError, NotFoundError, TimeoutError_,
                          UnreachableError)
 from protos.messages import BenchmarkSpec, BlobKind, JobState, SessionOptions
-from tests.host_fixtures import (DIGITS_MODEL, RunningAgent, local_agent,  # noqa: F401
+from tests.host_fixtures import (TcpProxy, retry_busy, DIGITS_MODEL, RunningAgent, local_agent,  # noqa: F401
                                       start_agent)
 
 ONE = SessionOptions(input_shapes=(("input", (1, 1, 8, 8)),))
@@ -89,7 +89,7 @@ def test_interrupted_upload_resumes_from_committed_bytes(local_agent: RunningAge
         sha, _ = file_sha256(model)
         committed = _settled_partial(c, sha, size)
         assert 0 < committed < size, (committed, size)
-        outcome = _retry_busy(lambda: c.upload(model, BlobKind.MODEL))
+        outcome = retry_busy(lambda: c.upload(model, BlobKind.MODEL))
     assert outcome.resumed_from == committed, (outcome, committed, size)
     assert outcome.sent_bytes == size - committed, (outcome, committed, size)
     assert outcome.blob.sha256 == sha and outcome.blob.size_bytes == size
@@ -105,20 +105,6 @@ def _settled_partial(c: AgentClient, sha: str, size: int) -> int:
         last = status.committed_bytes
         time.sleep(0.2)
     raise AssertionError(f"the partial upload never settled (last {status})")
-
-
-def _retry_busy(action: Any) -> Any:
-    """The agent allows one upload per blob; the cancelled one may still be closing."""
-    from host.errors import AgentError
-
-    for _ in range(20):
-        try:
-            return action()
-        except AgentError as exc:
-            if "in progress" not in exc.message:
-                raise
-            time.sleep(0.1)
-    return action()
 
 
 def test_run_returns_result_and_events(client: AgentClient) -> None:
@@ -147,66 +133,9 @@ def test_closed_channel_mid_job_then_another_client_gets_the_result(
     assert final.result.measured_s >= 1.4
 
 
-class DroppingProxy:
-    """A TCP forwarder to the agent whose live connections can be cut (a network glitch)."""
-
-    def __init__(self, target: str) -> None:
-        host, port = target.rsplit(":", 1)
-        self.target = (host, int(port))
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        self.sockets: List[socket.socket] = []
-        self.lock = threading.Lock()
-        self.refusing = False               # True: new connections are closed at once
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                inbound, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.refusing:
-                inbound.close()
-                continue
-            outbound = socket.create_connection(self.target)
-            with self.lock:
-                self.sockets += [inbound, outbound]
-            for a, b in ((inbound, outbound), (outbound, inbound)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def cut(self) -> None:
-        with self.lock:
-            sockets, self.sockets = self.sockets, []
-        for s in sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def close(self) -> None:
-        self.listener.close()
-        self.cut()
-
-
 def test_dropped_watch_is_reattached(local_agent: RunningAgent,
                                      caplog: pytest.LogCaptureFixture) -> None:
-    proxy = DroppingProxy(local_agent.address)
+    proxy = TcpProxy(local_agent.address)
     try:
         with AgentClient(proxy.address, local_agent.pki.host.identity) as c:
             sha = c.upload(DIGITS_MODEL, BlobKind.MODEL).blob.sha256
@@ -229,7 +158,7 @@ def test_dropped_watch_is_reattached(local_agent: RunningAgent,
 def test_a_long_outage_logs_one_warning_then_debug_lines(local_agent: RunningAgent,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="host.client")
-    proxy = DroppingProxy(local_agent.address)
+    proxy = TcpProxy(local_agent.address)
     try:
         with AgentClient(proxy.address, local_agent.pki.host.identity) as c:
             sha = c.upload(DIGITS_MODEL, BlobKind.MODEL).blob.sha256

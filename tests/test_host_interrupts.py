@@ -10,13 +10,11 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator
 
 import numpy as np
 import onnx
@@ -27,58 +25,10 @@ from host.client import AgentClient
 from host.errors import ExitStatus
 from host.render import fmt_bytes
 from protos.messages import BenchmarkSpec, BlobKind, SessionOptions
-from tests.host_fixtures import DIGITS_MODEL, ONE_DIGIT, RunningAgent, local_agent  # noqa: F401
+from tests.host_fixtures import TcpProxy, DIGITS_MODEL, ONE_DIGIT, RunningAgent, local_agent  # noqa: F401
 
 RESUME_HINT = "run the same command again to resume from the bytes the board kept"
 EXIT_WITHIN_S = 5.0
-
-
-class SlowProxy:
-    """A TCP forwarder to the agent that passes the PC's bytes at ``rate`` bytes/s (a slow
-    link), so an upload lasts long enough to be interrupted at chosen moments."""
-
-    def __init__(self, target: str, rate: float) -> None:
-        host, port = target.rsplit(":", 1)
-        self.target = (host, int(port))
-        self.rate = rate
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        self.sockets: List[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                inbound, _ = self.listener.accept()
-            except OSError:
-                return
-            outbound = socket.create_connection(self.target)
-            self.sockets += [inbound, outbound]
-            threading.Thread(target=self._pump, args=(inbound, outbound, self.rate),
-                             daemon=True).start()
-            threading.Thread(target=self._pump, args=(outbound, inbound, 0.0),
-                             daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket, rate: float) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-                if rate:
-                    time.sleep(len(data) / rate)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
-        for s in self.sockets:
-            s.close()
 
 
 def big_model(path: Path, mib: int) -> Path:
@@ -129,15 +79,15 @@ def settled_size(part: Path) -> int:
 
 
 @pytest.fixture()
-def proxy(local_agent: RunningAgent) -> Iterator[SlowProxy]:
-    p = SlowProxy(local_agent.address, rate=16e6)
+def proxy(local_agent: RunningAgent) -> Iterator[TcpProxy]:
+    p = TcpProxy(local_agent.address, rate=16e6)
     yield p
     p.close()
 
 
 @pytest.mark.slow
 def test_ctrl_c_during_models_upload_exits_130_and_the_upload_resumes(
-        local_agent: RunningAgent, proxy: SlowProxy, tmp_path: Path) -> None:
+        local_agent: RunningAgent, proxy: TcpProxy, tmp_path: Path) -> None:
     model = big_model(tmp_path / "big.onnx", 32)      # ~2 s through the 16 MB/s proxy
     size = model.stat().st_size
     sha = hashlib.sha256(model.read_bytes()).hexdigest()

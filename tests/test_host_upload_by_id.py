@@ -18,13 +18,13 @@ import pytest
 
 import host.client
 from host.client import AgentClient, ClientSettings
-from host.errors import AgentError, BadInputError, EdgetuneError
+from host.errors import BadInputError, EdgetuneError
 from host.hashcache import RACY_NS, Entry, FileIdentity, HashCache
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc
 from protos.messages import BlobKind
 from tests.agent_fixtures import TIMEOUT, channel, mlp_model, npz_bytes
-from tests.host_fixtures import RunningAgent, local_agent  # noqa: F401
+from tests.host_fixtures import RunningAgent, local_agent, retry_busy  # noqa: F401
 
 MiB = 1 << 20
 
@@ -169,7 +169,7 @@ def test_interrupted_streamed_upload_resumes_by_upload_id(
     assert 0 < committed < len(data)
     assert partials(local_agent.store, "*.part") == [f"dataset-u-{upload_id}.part"]
 
-    outcome = _retry_busy(lambda: connect().upload(path, BlobKind.DATASET))
+    outcome = retry_busy(lambda: connect().upload(path, BlobKind.DATASET))
     assert hashes == []
     assert outcome.resumed_from == committed
     assert outcome.sent_bytes == len(data) - committed < len(data)
@@ -190,17 +190,6 @@ def _settled(client: AgentClient, size: int, upload_id: str) -> int:
         last = status.committed_bytes
         time.sleep(0.2)
     raise AssertionError(f"the partial upload never settled (last {status})")
-
-
-def _retry_busy(action: Callable[[], Any]) -> Any:
-    for _ in range(20):
-        try:
-            return action()
-        except AgentError as exc:
-            if "in progress" not in exc.message:
-                raise
-            time.sleep(0.1)
-    return action()
 
 
 def test_file_changed_while_streaming_is_refused_and_not_cached(
