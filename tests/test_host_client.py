@@ -96,13 +96,16 @@ def test_interrupted_upload_resumes_from_committed_bytes(local_agent: RunningAge
 
 
 def _settled_partial(c: AgentClient, sha: str, size: int) -> int:
-    """The committed bytes of a cancelled upload, once the agent has closed it."""
-    last, deadline = -1, time.monotonic() + 10
+    """The committed bytes of a cancelled upload, once the agent has closed it: the same
+    value three times in a row, 0.2 s apart (on a loaded machine the agent can take a while
+    to drain the writes that were in flight when the client went away)."""
+    seen: List[int] = []
+    deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         status = c.upload_status(BlobKind.MODEL, sha, size)
-        if status.state == "partial" and status.committed_bytes == last:
-            return last
-        last = status.committed_bytes
+        seen = (seen + [status.committed_bytes])[-3:] if status.state == "partial" else []
+        if len(seen) == 3 and len(set(seen)) == 1:
+            return seen[0]
         time.sleep(0.2)
     raise AssertionError(f"the partial upload never settled (last {status})")
 
