@@ -174,3 +174,22 @@ def retry_busy(action: Any, attempts: int = 20) -> Any:
                 raise
             time.sleep(0.1)
     return action()
+
+
+def settled_partial(client: Any, kind: Any, size: int, *, sha256: str = "",
+                    upload_id: str = "") -> int:
+    """The committed bytes of a cancelled upload (by hash or by upload id) once the agent has
+    closed it: the same value three times in a row, 0.2 s apart (on a loaded machine the agent
+    can take a while to drain the writes that were in flight when the client went away)."""
+    import time
+
+    seen: List[int] = []
+    status = None
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        status = client.upload_status(kind, sha256, size, upload_id)
+        seen = (seen + [status.committed_bytes])[-3:] if status.state == "partial" else []
+        if len(seen) == 3 and len(set(seen)) == 1:
+            return seen[0]
+        time.sleep(0.2)
+    raise AssertionError(f"the partial upload never settled (last {status})")

@@ -23,7 +23,7 @@ from host.client import AgentClient, ClientSettings, check_own_certificate
 from host.errors import (AuthError, BadInputError, NotFoundError, TimeoutError_,
                          UnreachableError)
 from protos.messages import BenchmarkSpec, BlobKind, JobState, SessionOptions
-from tests.host_fixtures import (TcpProxy, retry_busy, DIGITS_MODEL, RunningAgent, local_agent,  # noqa: F401
+from tests.host_fixtures import (TcpProxy, retry_busy, settled_partial, DIGITS_MODEL, RunningAgent, local_agent,  # noqa: F401
                                       start_agent)
 
 ONE = SessionOptions(input_shapes=(("input", (1, 1, 8, 8)),))
@@ -87,27 +87,12 @@ def test_interrupted_upload_resumes_from_committed_bytes(local_agent: RunningAge
             c.upload(model, BlobKind.MODEL, progress=stop_after_half)
         from host.client import file_sha256
         sha, _ = file_sha256(model)
-        committed = _settled_partial(c, sha, size)
+        committed = settled_partial(c, BlobKind.MODEL, size, sha256=sha)
         assert 0 < committed < size, (committed, size)
         outcome = retry_busy(lambda: c.upload(model, BlobKind.MODEL))
     assert outcome.resumed_from == committed, (outcome, committed, size)
     assert outcome.sent_bytes == size - committed, (outcome, committed, size)
     assert outcome.blob.sha256 == sha and outcome.blob.size_bytes == size
-
-
-def _settled_partial(c: AgentClient, sha: str, size: int) -> int:
-    """The committed bytes of a cancelled upload, once the agent has closed it: the same
-    value three times in a row, 0.2 s apart (on a loaded machine the agent can take a while
-    to drain the writes that were in flight when the client went away)."""
-    seen: List[int] = []
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        status = c.upload_status(BlobKind.MODEL, sha, size)
-        seen = (seen + [status.committed_bytes])[-3:] if status.state == "partial" else []
-        if len(seen) == 3 and len(set(seen)) == 1:
-            return seen[0]
-        time.sleep(0.2)
-    raise AssertionError(f"the partial upload never settled (last {status})")
 
 
 def test_run_returns_result_and_events(client: AgentClient) -> None:

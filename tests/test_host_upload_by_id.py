@@ -24,7 +24,8 @@ from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc
 from protos.messages import BlobKind
 from tests.agent_fixtures import TIMEOUT, channel, mlp_model, npz_bytes
-from tests.host_fixtures import RunningAgent, local_agent, retry_busy  # noqa: F401
+from tests.host_fixtures import (RunningAgent, local_agent, retry_busy,  # noqa: F401
+                                 settled_partial)
 
 MiB = 1 << 20
 
@@ -165,7 +166,7 @@ def test_interrupted_streamed_upload_resumes_by_upload_id(
     [entry] = cache_entries(tmp_path).values()
     upload_id = entry["upload_id"]
     assert len(upload_id) == 32 and entry["sha256"] == ""
-    committed = _settled(client, len(data), upload_id)
+    committed = settled_partial(client, BlobKind.DATASET, len(data), upload_id=upload_id)
     assert 0 < committed < len(data)
     assert partials(local_agent.store, "*.part") == [f"dataset-u-{upload_id}.part"]
 
@@ -178,18 +179,6 @@ def test_interrupted_streamed_upload_resumes_by_upload_id(
     assert partials(local_agent.store) == []
     [entry] = cache_entries(tmp_path).values()
     assert entry["sha256"] == outcome.blob.sha256 and entry["upload_id"] == ""
-
-
-def _settled(client: AgentClient, size: int, upload_id: str) -> int:
-    """The committed bytes of a cancelled upload by id, once the agent has closed it."""
-    last, deadline = -1, time.monotonic() + 10
-    while time.monotonic() < deadline:
-        status = client.upload_status(BlobKind.DATASET, "", size, upload_id)
-        if status.state == "partial" and status.committed_bytes == last:
-            return last
-        last = status.committed_bytes
-        time.sleep(0.2)
-    raise AssertionError(f"the partial upload never settled (last {status})")
 
 
 def test_file_changed_while_streaming_is_refused_and_not_cached(
