@@ -353,7 +353,7 @@ def add_to_server(servicer: AgentServicer, server: Any) -> None:
     for method in pb.DESCRIPTOR.services_by_name["Agent"].methods:
         request = getattr(pb, method.input_type.name)
         response = getattr(pb, method.output_type.name)
-        factory = factories[(method.client_streaming, method.server_streaming)]
+        factory = factories[_streaming(method)]
         handlers[method.name] = factory(
             getattr(servicer, method.name),
             request_deserializer=(parse_upload_request if method.name == "UploadBlob"
@@ -361,7 +361,20 @@ def add_to_server(servicer: AgentServicer, server: Any) -> None:
             response_serializer=response.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME,
                                                                           handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    if hasattr(server, "add_registered_method_handlers"):   # grpcio >= 1.64; older: generic only
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def _streaming(method: Any) -> Tuple[bool, bool]:
+    """(client_streaming, server_streaming) of a method descriptor. protobuf's compiled
+    (upb/cpp) descriptors before 4.25 lack the two attributes; its descriptor proto has them."""
+    if hasattr(method, "client_streaming"):
+        return bool(method.client_streaming), bool(method.server_streaming)
+    from google.protobuf import descriptor_pb2
+
+    proto = descriptor_pb2.MethodDescriptorProto()
+    method.CopyToProto(proto)
+    return proto.client_streaming, proto.server_streaming
 
 
 def _internal(exc: BaseException) -> str:
