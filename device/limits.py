@@ -21,6 +21,7 @@ from protos.messages import (EXECUTION_MODES, GRAPH_OPT_LEVELS, BenchmarkSpec, B
 
 GiB = 1 << 30
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
+HEX_RE = re.compile(r"[0-9a-f]+")
 EVALUATE_METRICS = ("top1", "top5", "fidelity", "miou")
 MAX_INPUT_SHAPES = 64
 MAX_DIM = 1 << 24
@@ -58,14 +59,20 @@ class Limits:
             else "[limits] max_dataset_bytes"
 
 
-def check_sha256(value: Any, what: str = "sha256") -> str:
-    """Return ``value`` if it is 64 lowercase hex characters, else raise InvalidArgument."""
-    if not isinstance(value, str) or not SHA256_RE.fullmatch(value):
+def check_hex(value: Any, length: int, what: str, hint: str) -> str:
+    """Return ``value`` if it is exactly ``length`` lowercase hex characters, else raise
+    InvalidArgument naming ``what``, showing (at most 80 characters of) the value."""
+    if not isinstance(value, str) or len(value) != length or not HEX_RE.fullmatch(value):
         shown = value if isinstance(value, str) and len(value) <= 80 else f"{str(value)[:80]}..."
         raise InvalidArgument(
-            f"{what} must be 64 lowercase hexadecimal characters (got {shown!r}); "
-            "use the sha256 that `edgetune models upload` printed")
+            f"{what} must be {length} lowercase hexadecimal characters (got {shown!r}); {hint}")
     return value
+
+
+def check_sha256(value: Any, what: str = "sha256") -> str:
+    """Return ``value`` if it is 64 lowercase hex characters, else raise InvalidArgument."""
+    return check_hex(value, 64, what,
+                     "use the sha256 that `edgetune models upload` printed")
 
 
 def _num(value: float) -> str:

@@ -23,32 +23,26 @@ import errno
 import hashlib
 import logging
 import os
-import re
 import threading
 from pathlib import Path
 from typing import Callable, Dict, Optional, Protocol
 
 from device.errors import (AgentError, DataLoss, FailedPrecondition, InvalidArgument,
                            ResourceExhausted)
-from device.limits import Limits
+from device.limits import Limits, check_hex
 from protos.messages import BlobInfo, BlobKind
 
 log = logging.getLogger(__name__)
 
 SYNC_EVERY_BYTES = 8 << 20           # start a background fsync after this many new bytes
 HASH_READ_BYTES = 4 << 20            # chunk size when re-hashing a partial file on resume
-UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 
 
 def check_upload_id(value: object) -> str:
     """Return ``value`` if it is 32 lowercase hex characters (it becomes part of a file name),
     else raise InvalidArgument."""
-    if not isinstance(value, str) or not UPLOAD_ID_RE.fullmatch(value):
-        shown = value if isinstance(value, str) and len(value) <= 80 else f"{str(value)[:80]}..."
-        raise InvalidArgument(
-            f"upload_id must be 32 lowercase hexadecimal characters (got {shown!r}); the "
-            "client picks it at random (e.g. secrets.token_hex(16))")
-    return value
+    return check_hex(value, 32, "upload_id",
+                     "the client picks it at random (e.g. secrets.token_hex(16))")
 
 
 def upload_key(sha256: str, upload_id: str) -> str:
