@@ -1,16 +1,20 @@
 """Upload throughput: edgetune over mutual TLS vs a plain Python TLS socket vs paramiko SFTP.
 
-    python bench/upload_throughput.py [--mib 256] [--repeat 2] [--no-sftp] [--json]
+    python bench/upload_throughput.py [--mib 256] [--repeat 5] [--no-sftp] [--json]
 
-All three send the same file over loopback in the same run, one after the other in each
-round, and every receiver writes the bytes to a file on the same disk:
+All ways send the same file over loopback in the same run, one after the other in each
+round (the order rotates from round to round), and every receiver writes the bytes to a file
+on the same disk:
 - edgetune: AgentClient.upload to a local agent (mutual TLS, sha256 verified, content-addressed
   store), a fresh file each round so nothing is deduplicated. Timed from the call to its
-  return: the client's sha256 pass over the file, GetUploadStatus, the stream, and the
-  agent's commit (fsync, header check of the dataset, rename);
+  return: GetUploadStatus, the stream (a new large file is sent by upload id at once, with
+  no sha256 pass on the client; the agent hashes as the bytes arrive) and the agent's
+  commit (fsync, hash, header check of the dataset, rename);
 - TLS socket: Python's ssl module, mutual TLS with the same certificates, the receiver (a
   thread of this process) writes each chunk to a file and fsyncs it at the end (no hashing,
   no framing: the cheapest honest transfer);
+- TLS socket + sha256 (for scale, no target): the same, with the receiver also hashing what
+  it receives, as the agent must to verify (or name) a content-addressed blob;
 - SFTP: paramiko's SFTPClient.put to OpenSSH's sshd on loopback (internal-sftp, no fsync);
   the connection and login are not timed.
 Before each timed transfer the page cache is written back (``os.sync``, untimed), so that no
@@ -23,6 +27,7 @@ edgetune/SFTP (target >= 4). Exits 1 when a target is missed.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import socket
 import ssl
@@ -40,10 +45,10 @@ from bench.common import (check, connect, finish, local_agent, log_progress,  # 
 CHUNK = 1 << 20
 
 
-def tls_socket_upload(src: Path, dst: Path, pki) -> tuple[float, float]:
+def tls_socket_upload(src: Path, dst: Path, pki, sha256: bool = False) -> tuple[float, float]:
     """(seconds, CPU seconds of both ends) to send src over a mutual-TLS socket into dst (the
-    receiver writes to disk). Timed from the end of the client's handshake, as the edgetune
-    upload is timed on a connected channel."""
+    receiver writes to disk, and with ``sha256`` hashes each chunk too). Timed from the end of
+    the client's handshake, as the edgetune upload is timed on a connected channel."""
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(pki.device_cert, pki.device_key, password=pki.passphrase)
     server_ctx.load_verify_locations(pki.ca_cert)
@@ -61,12 +66,15 @@ def tls_socket_upload(src: Path, dst: Path, pki) -> tuple[float, float]:
         with server_ctx.wrap_socket(conn, server_side=True) as tls, open(dst, "wb") as out:
             buf = bytearray(CHUNK)
             view = memoryview(buf)
+            hasher = hashlib.sha256() if sha256 else None
             got = 0
             while got < size:
                 n = tls.recv_into(view)
                 if not n:
                     break
                 out.write(view[:n])
+                if hasher is not None:
+                    hasher.update(view[:n])
                 got += n
             out.flush()
             os.fsync(out.fileno())
@@ -149,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=int, default=256, help="size of the file (default 256)")
-    parser.add_argument("--repeat", type=int, default=2,
-                        help="rounds; each sends a fresh file by all three ways (default 2)")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="rounds; each sends a fresh file by every way (default 5)")
     parser.add_argument("--no-sftp", action="store_true",
                         help="skip the SFTP baseline (no sshd here); its target is then "
                              "not checked")
@@ -159,10 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.mib < 1 or args.repeat < 1:
         parser.error("--mib and --repeat must be at least 1")
 
-    ways = ["edgetune", "tls_socket"] + ([] if args.no_sftp else ["sftp"])
+    ways = ["edgetune", "tls_socket", "tls_socket_sha256"] + ([] if args.no_sftp else ["sftp"])
     times: dict[str, list[float]] = {k: [] for k in ways}
     hash_s: list[float] = []
-    cpu: dict[str, list[float]] = {"edgetune": [], "tls_socket": []}   # both ends, CPU seconds
+    cpu: dict[str, list[float]] = {k: [] for k in ways if k != "sftp"}   # both ends, CPU s
     with tempfile.TemporaryDirectory(prefix="edgetune-bench-") as tmp:
         d = Path(tmp)
         os.environ["EDGETUNE_HASH_CACHE"] = str(d / "hashes.json")   # not the user's cache
@@ -175,16 +183,19 @@ def main(argv: list[str] | None = None) -> int:
                 size = src.stat().st_size
                 log_progress(args.json, f"round {i + 1}/{args.repeat}: {size / (1 << 20):.1f} MiB")
                 hash_s.append(_time_hash(src))
-                _settle()
-                times["edgetune"].append(edgetune_upload(src, pki, agent.address,
-                                                         agent.process.pid, cpu))
-                _settle()
-                elapsed, cpu_s = tls_socket_upload(src, d / "tls.out", pki)
-                times["tls_socket"].append(elapsed)
-                cpu["tls_socket"].append(cpu_s)
-                if not args.no_sftp:
+                for way in ways[i % len(ways):] + ways[:i % len(ways)]:
                     _settle()
-                    times["sftp"].append(sftp_upload(src, d / "sftp.out"))
+                    if way == "edgetune":
+                        times[way].append(edgetune_upload(src, pki, agent.address,
+                                                          agent.process.pid, cpu))
+                    elif way == "sftp":
+                        times[way].append(sftp_upload(src, d / "sftp.out"))
+                    else:
+                        elapsed, cpu_s = tls_socket_upload(src, d / "tls.out", pki,
+                                                           sha256=way.endswith("sha256"))
+                        times[way].append(elapsed)
+                        cpu[way].append(cpu_s)
+                        (d / "tls.out").unlink()
                 log_progress(args.json, "  " + ", ".join(
                     f"{k} {size / (1 << 20) / v[-1]:.0f} MiB/s" for k, v in times.items()))
                 for f in (d / "tls.out", d / "sftp.out", src):
@@ -202,17 +213,20 @@ def main(argv: list[str] | None = None) -> int:
         "client_sha256_s_per_round": [round(t, 3) for t in hash_s],
         "cpu_s_per_round_both_ends": {k: [round(t, 3) for t in v] for k, v in cpu.items()},
         "ratio_vs_tls_socket": round(rates["edgetune"] / rates["tls_socket"], 3),
+        "ratio_vs_tls_socket_sha256": round(rates["edgetune"] / rates["tls_socket_sha256"], 3),
         "ratio_vs_sftp": round(rates["edgetune"] / rates["sftp"], 3) if "sftp" in rates else None,
         "checks": checks, "machine": machine(),
     }
     lines = [f"upload of {result['size_mib']} MiB over loopback, median of {args.repeat} rounds:"]
-    lines += [f"  {k:<11} {v:8.1f} MiB/s   rounds (s): {result['seconds_per_round'][k]}"
+    lines += [f"  {k:<17} {v:8.1f} MiB/s   rounds (s): {result['seconds_per_round'][k]}"
               for k, v in result["mib_per_s"].items()]
     lines.append(f"  (for scale: one sha256 pass over the file takes {median(hash_s):.2f} s here; "
                  "a new large file streams at once and the agent hashes it as it arrives)")
-    lines.append(f"  CPU seconds, both ends: edgetune {median(cpu['edgetune']):.2f}, "
-                 f"TLS socket {median(cpu['tls_socket']):.2f} (sender and receiver share "
-                 f"{os.cpu_count()} cores here)")
+    lines.append("  CPU seconds, both ends: " + ", ".join(
+        f"{k} {median(v):.2f}" for k, v in cpu.items())
+        + f" (sender and receiver share {os.cpu_count()} cores here)")
+    lines.append(f"  for scale: edgetune / (TLS socket + sha256) = "
+                 f"{result['ratio_vs_tls_socket_sha256']:.2f} (no target)")
     if "sftp" in rates:
         lines.append(f"  for scale: TLS socket / SFTP = {rates['tls_socket'] / rates['sftp']:.2f}")
     return finish(result, args.json, lines)

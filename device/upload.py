@@ -4,8 +4,12 @@
 sha256, or ``u-<upload_id>`` for an upload by id) and returns a writer; the store's module
 docstring has the upload rules (resume offsets, one upload per key at a time, uploads by id).
 
-Per chunk the writer only writes and updates the running sha256; every few MB an fsync runs
-in a helper thread, and ``close_incomplete``/``commit`` fsync the rest. A disconnect
+Per chunk the writer writes the bytes and hands them to a thread of the upload's own that keeps
+the running sha256 (``BackgroundHash``; hashlib releases the GIL). Writing and hashing then
+overlap on a board with two or more cores: where sha256 is slow (boards without SHA
+instructions, e.g. RISC-V) it no longer adds to the disk time of every chunk
+(``bench/upload_pipeline.py``). Every few MB an fsync runs in another helper thread, and
+``close_incomplete``/``commit`` fsync the rest. A disconnect
 mid-upload ends in ``close_incomplete``: the bytes received are fsynced and kept for a later
 resume (after a power cut, the final hash check catches anything the disk lost). ``commit``
 checks the hash (an upload by id has no announced hash unless the client gave one: its hash is
@@ -23,9 +27,10 @@ import errno
 import hashlib
 import logging
 import os
+import queue
 import threading
 from pathlib import Path
-from typing import Callable, Dict, Optional, Protocol
+from typing import Any, Callable, Dict, Optional, Protocol
 
 from device.errors import (AgentError, DataLoss, FailedPrecondition, InvalidArgument,
                            ResourceExhausted)
@@ -36,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SYNC_EVERY_BYTES = 8 << 20           # start a background fsync after this many new bytes
 HASH_READ_BYTES = 4 << 20            # chunk size when re-hashing a partial file on resume
+HASH_QUEUE_DEPTH = 4                 # chunks written and waiting for the hash thread, at most
 
 
 def check_upload_id(value: object) -> str:
@@ -66,6 +72,65 @@ class StoreSide(Protocol):
 
     def _install(self, kind: BlobKind, sha256: str, size: int, label: str,
                  key: str = "") -> BlobInfo: ...
+
+
+class BackgroundHash:
+    """Feeds ``hasher`` (a hashlib object) from a thread of its own, in ``update`` order.
+
+    At most ``depth`` chunks wait: a hash slower than the caller slows the caller down instead
+    of holding the upload in memory. ``depth`` 0 hashes in the caller's thread (no thread).
+    Chunks must not change after ``update`` (bytes, or memoryviews of bytes). ``hexdigest``
+    waits for the chunks queued; ``stop`` ends the thread without hashing them.
+    """
+
+    _END = object()
+
+    def __init__(self, hasher: Any, depth: int = HASH_QUEUE_DEPTH) -> None:
+        self._hasher = hasher
+        self._depth = depth
+        self._queue: "queue.Queue[object]" = queue.Queue(maxsize=max(depth, 1))
+        self._thread: Optional[threading.Thread] = None
+        self._dropping = False
+        self._error: Optional[BaseException] = None
+
+    def update(self, data: object) -> None:
+        if self._depth <= 0:
+            self._hasher.update(data)
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="edgetune-hash")
+            self._thread.start()
+        self._queue.put(data)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if self._dropping or self._error is not None:
+                continue                     # keep draining: ``update`` must never block for good
+            try:
+                self._hasher.update(item)
+            except BaseException as exc:  # noqa: BLE001 - reported by hexdigest
+                self._error = exc
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._queue.put(self._END)
+            self._thread.join()
+            self._thread = None
+
+    def hexdigest(self) -> str:
+        """The hash of every chunk passed to ``update``."""
+        self._join()
+        if self._error is not None:
+            raise AgentError(f"hashing the upload failed: {self._error}")
+        return self._hasher.hexdigest()
+
+    def stop(self) -> None:
+        """End the thread, dropping the chunks still queued (the upload stops short)."""
+        self._dropping = True
+        self._join()
 
 
 def _fsync_quietly(fd: int) -> None:
@@ -118,7 +183,8 @@ class UploadWriter:
         self.duplicate = False
         self.start_offset = 0
         self.committed = 0               # bytes in the partial file, resumed ones included
-        self._hasher = hashlib.sha256()
+        self._hasher = hashlib.sha256()     # fed directly only while resuming, then via _hash
+        self._hash = BackgroundHash(self._hasher, HASH_QUEUE_DEPTH)
         self._file = None                # type: Optional[object]
         self._unsynced = 0
         self._syncer: Optional[threading.Thread] = None
@@ -163,6 +229,8 @@ class UploadWriter:
         return self.committed == self.size
 
     def write(self, data: bytes) -> None:
+        """Append ``data`` (bytes, or a memoryview of bytes: it is hashed after this returns,
+        so it must not change)."""
         if self._closed:
             if self.already_present:
                 raise FailedPrecondition(
@@ -181,13 +249,13 @@ class UploadWriter:
                 written += f.write(view[written:])  # type: ignore[attr-defined]
         except OSError as exc:
             self.committed += written  # what reached the file is a correct prefix
-            self._hasher.update(view[:written])
+            self._hash.update(view[:written])
             if exc.errno == errno.ENOSPC:
                 raise ResourceExhausted(
                     f"the board's disk is full after {self.committed} of {self.size} bytes; "
                     "free space (or delete blobs) and resume the upload") from None
             raise AgentError(f"writing the upload to the store failed: {exc}") from None
-        self._hasher.update(data)
+        self._hash.update(data)
         self.committed += n
         self._unsynced += n
         if self._unsynced >= SYNC_EVERY_BYTES:
@@ -220,6 +288,7 @@ class UploadWriter:
         """Keep the bytes received so far (fsynced) for a later resume; return that offset."""
         if not self._closed:
             self._closed = True
+            self._hash.stop()
             try:
                 self._close_file()
             finally:
@@ -232,6 +301,7 @@ class UploadWriter:
         """Throw the partial upload away."""
         if not self._closed:
             self._closed = True
+            self._hash.stop()
             try:
                 self._close_file()
             finally:
@@ -259,7 +329,7 @@ class UploadWriter:
         store, key = self._store, self.key
         try:
             self._close_file()
-            got = self._hasher.hexdigest()
+            got = self._hash.hexdigest()
             if self.sha256 and got != self.sha256:
                 store._drop_partial(self.kind, key)
                 raise DataLoss(f"hash mismatch: expected {self.sha256}, got {got}; the upload "
