@@ -84,27 +84,11 @@ def test_digits_accuracy() -> None:
 
 
 @pytest.mark.slow
-def test_fallback_strategies() -> None:
-    report = run_bench("fallback_strategies.py", "--repeat", "1", timeout=600)
-    assert report["checks"]
-
-
-@pytest.mark.slow
-def test_int8_latency() -> None:
-    report = run_bench("int8_latency.py", "--models", "mobilenetv2", "--iters", "5",
-                       "--calib", "2", timeout=600)
-    assert report["checks"]
-
-
-@pytest.mark.slow
-def test_quantize_speed() -> None:
-    report = run_bench("quantize_speed.py", "--model", "mobilenetv2", "--samples", "2",
-                       "--repeat", "1", timeout=600)
-    assert report["checks"]
-
-
-@pytest.mark.slow
-def test_calib_memory() -> None:
-    report = run_bench("calib_memory.py", "--model", "mobilenetv2", "--samples", "4",
-                       "--methods", "percentile", timeout=600)
-    assert report["checks"]
+@pytest.mark.parametrize("script,args", [
+    ("fallback_strategies.py", ["--repeat", "1"]),
+    ("int8_latency.py", ["--models", "mobilenetv2", "--iters", "5", "--calib", "2"]),
+    ("quantize_speed.py", ["--model", "mobilenetv2", "--samples", "2", "--repeat", "1"]),
+    ("calib_memory.py", ["--model", "mobilenetv2", "--samples", "4", "--methods", "percentile"]),
+])
+def test_quantization_benches(script: str, args: List[str]) -> None:
+    assert run_bench(script, *args, timeout=600)["checks"]
