@@ -6,15 +6,14 @@ docstring has the upload rules (resume offsets, one upload per key at a time, up
 
 Per chunk the writer writes the bytes and hands them to a thread of the upload's own that keeps
 the running sha256 (``BackgroundHash``; hashlib releases the GIL). Writing and hashing then
-overlap on a board with two or more cores: where sha256 is slow (boards without SHA
-instructions, e.g. RISC-V) it no longer adds to the disk time of every chunk
-(``bench/upload_pipeline.py``). Every few MB an fsync runs in another helper thread, and
-``close_incomplete``/``commit`` fsync the rest. A disconnect
-mid-upload ends in ``close_incomplete``: the bytes received are fsynced and kept for a later
-resume (after a power cut, the final hash check catches anything the disk lost). ``commit``
-checks the hash (an upload by id has no announced hash unless the client gave one: its hash is
-what arrived, and a blob stored under it already makes the upload a duplicate, discarded), then
-the content (``VALIDATORS``: ``device.onnx_safety`` for models,
+overlap on a board with two or more cores: where sha256 is slow (no SHA instructions) it no
+longer adds to the disk time of every chunk (``bench/upload_pipeline.py``). Every few MB an
+fsync runs in another helper thread, and ``close_incomplete``/``commit`` fsync the rest. A
+disconnect mid-upload ends in ``close_incomplete``: the bytes received are fsynced and kept for
+a later resume (after a power cut, the final hash check catches anything the disk lost).
+``commit`` checks the hash (an upload by id has no announced hash unless the client gave one:
+its hash is what arrived, and a blob stored under it already makes the upload a duplicate,
+discarded), then the content (``VALIDATORS``: ``device.onnx_safety`` for models,
 ``device.datasets`` for datasets), and only then asks the store to make the blob visible.
 
 This module does not import ``device.store`` (which imports it): the writer reaches the store
