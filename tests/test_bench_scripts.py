@@ -38,7 +38,8 @@ def run_bench(script: str, *args: str, timeout: float = 300) -> Dict[str, Any]:
 
 def test_upload_throughput_without_sftp() -> None:
     report = run_bench("upload_throughput.py", "--mib", "2", "--repeat", "2", "--no-sftp")
-    assert set(report["mib_per_s"]) == {"edgetune", "tls_socket", "tls_socket_sha256"}
+    assert set(report["mib_per_s"]) == {"edgetune", "tls_socket", "tls_socket_sha256",
+                                        "tls_socket_sha256_thread"}
     assert all(v > 0 for v in report["mib_per_s"].values())
     assert report["ratio_vs_sftp"] is None
     assert [c["name"] for c in report["checks"]] == ["edgetune / TLS socket"]
