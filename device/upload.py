@@ -285,27 +285,29 @@ class UploadWriter:
 
     def close_incomplete(self) -> int:
         """Keep the bytes received so far (fsynced) for a later resume; return that offset."""
-        if not self._closed:
-            self._closed = True
-            self._hash.stop()
-            try:
-                self._close_file()
-            finally:
-                self._store._release(self.kind, self.key)
+        if self._end(keep=True):
             log.info("upload of %s %s paused at %d of %d bytes", self.kind.value, self.what,
                      self.committed, self.size)
         return self.committed
 
     def discard(self) -> None:
         """Throw the partial upload away."""
-        if not self._closed:
-            self._closed = True
-            self._hash.stop()
-            try:
-                self._close_file()
-            finally:
+        self._end(keep=False)
+
+    def _end(self, keep: bool) -> bool:
+        """Close an open upload short of commit: stop hashing, fsync and close the file, drop
+        it unless ``keep``, release the key. False if it was closed already."""
+        if self._closed:
+            return False
+        self._closed = True
+        self._hash.stop()
+        try:
+            self._close_file()
+        finally:
+            if not keep:
                 self._store._drop_partial(self.kind, self.key)
-                self._store._release(self.kind, self.key)
+            self._store._release(self.kind, self.key)
+        return True
 
     def commit(self) -> BlobInfo:
         """Verify the hash and the content, then make the blob visible. Returns its info.
