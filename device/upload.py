@@ -357,6 +357,7 @@ class UploadWriter:
             return self.info
         finally:
             self._closed = True
+            self._hash.stop()               # joined already unless the file could not close
             store._release(self.kind, key)
 
     def __enter__(self) -> "UploadWriter":

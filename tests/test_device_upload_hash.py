@@ -185,6 +185,22 @@ def test_a_paused_upload_stops_its_hash_thread_and_resumes(store: BlobStore) -> 
     assert resumed.commit().sha256 == digest
 
 
+def test_a_failed_final_fsync_leaves_no_hash_thread(store: BlobStore,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    data = npz(20_000)
+    writer = store.begin_upload(BlobKind.DATASET, hashlib.sha256(data).hexdigest(), len(data))
+    writer.write(data)
+    assert hash_threads()
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(upload.os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="Input/output error"):
+        writer.commit()
+    assert not hash_threads(), "the hash thread outlived a failed commit"
+
+
 def test_inline_mode_still_stores_correctly(store: BlobStore,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(upload, "HASH_QUEUE_DEPTH", 0)
