@@ -2,7 +2,7 @@
 
     python bench/agent_footprint.py [--starts 5] [--idle-s 2] [--json]
 
-Each start launches ``python -m device serve`` exactly as ``host.localagent.LocalAgent`` does
+Each start launches ``python -m device serve`` exactly as ``edgetune.host.localagent.LocalAgent`` does
 (mutual TLS on 127.0.0.1 port 0, encrypted key with a passphrase file, a fresh store) and
 measures:
 
@@ -103,9 +103,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.starts < 1 or args.idle_s < 0:
         parser.error("--starts must be at least 1 and --idle-s not negative")
 
-    from host import builders
-    from host.localagent import LocalAgent
-    from protos.messages import BenchmarkSpec, BlobKind
+    from edgetune.host import builders
+    from edgetune.host.localagent import LocalAgent
+    from edgetune.protos.messages import BenchmarkSpec, BlobKind
 
     runs: Dict[str, List[Dict[str, float]]] = {"agent": [], "imports_only": [], "bare_python": []}
     with tempfile.TemporaryDirectory(prefix="edgetune-bench-") as tmp:

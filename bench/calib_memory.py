@@ -9,7 +9,7 @@ calibrate the same model on the same samples and report their peak RSS (``ru_max
 the ranges they found:
 - onnxruntime: ``create_calibrator`` (Entropy with 2048/255 bins, or Percentile 99.999 with
   2048 bins), ``collect_data`` over a reader of the samples, ``compute_data``;
-- edgetune: ``host.quant.calibrate.calibrate`` with the same bins and percentile (chunks of
+- edgetune: ``edgetune.host.quant.calibrate.calibrate`` with the same bins and percentile (chunks of
   16 samples, histograms folded as each run's activations arrive).
 Each process's peak (``ru_maxrss``; ``VmHWM`` is printed beside it as a cross-check) includes
 the interpreter, onnxruntime and the model. The model and samples are made in a separate
@@ -42,7 +42,7 @@ PERCENTILE = 99.999
 def child(kind: str, method: str, model: Path, data_path: Path) -> dict:
     import numpy as np
 
-    from host.quant.calibdata import CalibrationData
+    from edgetune.host.quant.calibdata import CalibrationData
 
     data = CalibrationData.from_arrays({"input": np.load(data_path, mmap_mode="r")})
     t0 = time.perf_counter()
@@ -52,8 +52,8 @@ def child(kind: str, method: str, model: Path, data_path: Path) -> dict:
 
         from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
-        from host.quant.prepare import effective_op_types
-        from host.quant.settings import QuantizeSettings
+        from edgetune.host.quant.prepare import effective_op_types
+        from edgetune.host.quant.settings import QuantizeSettings
 
         ops = sorted(effective_op_types(QuantizeSettings(model=model, output=model)))
         extra = {"num_bins": BINS}
@@ -69,9 +69,9 @@ def child(kind: str, method: str, model: Path, data_path: Path) -> dict:
         ranges = {k: [float(np.asarray(v, dtype=np.float32).reshape(-1)[0])
                       for v in td.range_value] for k, td in tensors.items()}
     else:
-        from host.quant.calibrate import calibrate
-        from host.quant.prepare import prepare_model
-        from host.quant.settings import QuantizeSettings
+        from edgetune.host.quant.calibrate import calibrate
+        from edgetune.host.quant.prepare import prepare_model
+        from edgetune.host.quant.settings import QuantizeSettings
 
         settings = QuantizeSettings(model=model, output=model.with_name("unused.onnx"),
                                     method=method, histogram_bins=BINS,
@@ -104,7 +104,7 @@ def setup(model_name: str, samples: int, directory: Path) -> None:
     import numpy as np
     from onnxruntime.quantization import quant_pre_process
 
-    from host import builders
+    from edgetune.host import builders
 
     raw = builders.save(builders.build(model_name), directory / "raw.onnx")
     quant_pre_process(str(raw), str(directory / "prepared.onnx"))

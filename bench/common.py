@@ -47,20 +47,20 @@ class BenchPki:
     host_key: Path
 
     def host_identity(self) -> Any:
-        """The host's ``certs.Identity`` (decrypted key in memory), loaded like the CLI does."""
-        import certs
-        return certs.load_identity(self.ca_cert, self.host_cert, self.host_key, self.passphrase)
+        """The host's ``edgetune.certs.Identity`` (decrypted key in memory), loaded like the CLI does."""
+        import edgetune.certs
+        return edgetune.certs.load_identity(self.ca_cert, self.host_cert, self.host_key, self.passphrase)
 
     def agent_files(self) -> Any:
-        """The agent's side, as ``host.localagent.LocalAgent.start`` takes it."""
-        from host.localagent import AgentFiles
+        """The agent's side, as ``edgetune.host.localagent.LocalAgent.start`` takes it."""
+        from edgetune.host.localagent import AgentFiles
         return AgentFiles(ca=self.ca_cert, cert=self.device_cert, key=self.device_key,
                           passphrase_file=self.passphrase_file)
 
 
 def make_pki(directory: Path, key_type: str = KEY_TYPE) -> BenchPki:
     """CA + device certificate ``board1`` (127.0.0.1, localhost) + host certificate ``laptop``."""
-    from certs import CertificateAuthority
+    from edgetune.certs import CertificateAuthority
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -81,9 +81,9 @@ def make_pki(directory: Path, key_type: str = KEY_TYPE) -> BenchPki:
 def local_agent(pki: BenchPki, store: Path, extra_args: Sequence[str] = (),
                 limits: Optional[Dict[str, Any]] = None,
                 ready_timeout_s: float = 120.0) -> Iterator[Any]:
-    """A ``host.localagent.LocalAgent`` serving ``store`` on 127.0.0.1 (a free port), stopped
+    """A ``edgetune.host.localagent.LocalAgent`` serving ``store`` on 127.0.0.1 (a free port), stopped
     on exit. ``limits`` become the ``[limits]`` table of an agent.toml beside the store."""
-    from host.localagent import LocalAgent
+    from edgetune.host.localagent import LocalAgent
 
     args = list(extra_args)
     if limits:
@@ -99,7 +99,7 @@ def local_agent(pki: BenchPki, store: Path, extra_args: Sequence[str] = (),
 
 def connect(address: str, pki: BenchPki, **settings: Any) -> Any:
     """An ``AgentClient`` to ``address`` with the host identity, already connected."""
-    from host.client import AgentClient, ClientSettings
+    from edgetune.host.client import AgentClient, ClientSettings
 
     client = AgentClient(address, pki.host_identity(), settings=ClientSettings(**settings))
     client.connect()

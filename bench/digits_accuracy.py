@@ -39,8 +39,8 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from host.quant.pipeline import quantize
-    from host.quant.settings import CalibSource, QuantizeSettings
+    from edgetune.host.quant.pipeline import quantize
+    from edgetune.host.quant.settings import CalibSource, QuantizeSettings
 
     fp32 = SAMPLES / "digits_cnn.onnx"
     test = np.load(SAMPLES / "digits_test.npz", allow_pickle=False)

@@ -37,10 +37,10 @@ STRATEGIES = ("greedy", "bisect")
 
 
 def run_once(planted: Any, data: Any, strategy: str, max_drop: float, work: Path) -> Dict[str, Any]:
-    from host.errors import TargetNotMetError
-    from host.quant.evaluate import LocalEvaluator
-    from host.quant.fallback import run_fallback
-    from host.quant.settings import FallbackSettings, QuantizeSettings
+    from edgetune.host.errors import TargetNotMetError
+    from edgetune.host.quant.evaluate import LocalEvaluator
+    from edgetune.host.quant.fallback import run_fallback
+    from edgetune.host.quant.settings import FallbackSettings, QuantizeSettings
 
     settings = QuantizeSettings(model=planted.model_path, output=work / f"{strategy}.onnx")
     fb = FallbackSettings(max_drop=max_drop, eval_dataset=planted.eval_npz, strategy=strategy)
@@ -83,8 +83,8 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from host.quant.calibdata import CalibrationData
-    from host.quant.planted import build_planted_model
+    from edgetune.host.quant.calibdata import CalibrationData
+    from edgetune.host.quant.planted import build_planted_model
 
     runs: Dict[str, List[Dict[str, Any]]] = {s: [] for s in STRATEGIES}
     with tempfile.TemporaryDirectory(prefix="edgetune-bench-") as tmp:

@@ -65,10 +65,10 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from host import builders
-    from host.quant.calibdata import CalibrationData
-    from host.quant.pipeline import quantize
-    from host.quant.settings import QuantizeSettings
+    from edgetune.host import builders
+    from edgetune.host.quant.calibdata import CalibrationData
+    from edgetune.host.quant.pipeline import quantize
+    from edgetune.host.quant.settings import QuantizeSettings
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     result = {"bench": "int8_latency", "machine": machine(), "threads": 1, "iters": args.iters,

@@ -49,11 +49,11 @@ def main(argv=None) -> int:
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quant_pre_process, quantize_static)
 
-    from host import builders
-    from host.quant.calibdata import CalibrationData
-    from host.quant.pipeline import quantize
-    from host.quant.record import read_qdq_params
-    from host.quant.settings import QuantizeSettings
+    from edgetune.host import builders
+    from edgetune.host.quant.calibdata import CalibrationData
+    from edgetune.host.quant.pipeline import quantize
+    from edgetune.host.quant.record import read_qdq_params
+    from edgetune.host.quant.settings import QuantizeSettings
 
     with tempfile.TemporaryDirectory(prefix="edgetune-bench-") as tmp_name:
         tmp = Path(tmp_name)

@@ -43,7 +43,7 @@ TARGET_MS = 50.0
 
 
 def one_request(client: Any, sha256: str, iterations: int, warmup: int) -> Dict[str, float]:
-    from protos.messages import BenchmarkSpec, JobState, SessionOptions
+    from edgetune.protos.messages import BenchmarkSpec, JobState, SessionOptions
 
     spec = BenchmarkSpec(model_sha256=sha256, warmup=warmup, iterations=iterations,
                          session=SessionOptions(intra_op_threads=1, inter_op_threads=1))
@@ -119,8 +119,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if min(args.requests, args.iterations, args.warmup) < 1:
         parser.error("--requests, --iterations and --warmup must be at least 1")
 
-    from host import builders
-    from protos.messages import BlobKind
+    from edgetune.host import builders
+    from edgetune.protos.messages import BlobKind
 
     requests: List[Dict[str, float]] = []
     info_ms: List[float] = []

@@ -41,7 +41,7 @@ MODELS = ("resnet18", "mobilenetv2", "tiny_cnn")
 
 
 def build_model(name: str, path: Path) -> Path:
-    from host import builders
+    from edgetune.host import builders
 
     model = builders.build(name, seed=0, batch=1)
     return builders.save(model, path)
@@ -93,7 +93,7 @@ def in_process_p50(model_path: Path, threads: int, warmup: int, iterations: int,
 
 def agent_p50(client: Any, sha256: str, threads: int, warmup: int,
               iterations: int, seed: int = 0) -> Dict[str, float]:
-    from protos.messages import BenchmarkSpec, JobState, SessionOptions
+    from edgetune.protos.messages import BenchmarkSpec, JobState, SessionOptions
 
     spec = BenchmarkSpec(model_sha256=sha256, warmup=warmup, iterations=iterations, seed=seed,
                          session=SessionOptions(intra_op_threads=threads,
@@ -120,7 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if min(args.threads, args.rounds, args.iterations, args.warmup) < 1:
         parser.error("--threads, --rounds, --iterations and --warmup must be at least 1")
 
-    from protos.messages import BlobKind
+    from edgetune.protos.messages import BlobKind
 
     rounds: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgetune-bench-") as tmp:

@@ -2,12 +2,12 @@
 
     python bench/upload_pipeline.py [--mib 256] [--repeat 5] [--json]
 
-Feeds a ``device.store.BlobStore`` upload (``UploadWriter``: write to the partial file, sha256,
+Feeds a ``edgetune.device.store.BlobStore`` upload (``UploadWriter``: write to the partial file, sha256,
 background fsyncs, commit with its fsync, hash check and rename) 1 MiB chunks from memory as
 fast as it takes them, with no network in the way: what the agent's writer thread can absorb.
 Two ways, alternating in each round, each on a fresh upload of the same bytes:
 - background hash (what the agent does): the chunk is written, and hashed by the upload's own
-  hash thread (``device.upload.BackgroundHash``, up to ``HASH_QUEUE_DEPTH`` chunks queued);
+  hash thread (``edgetune.device.upload.BackgroundHash``, up to ``HASH_QUEUE_DEPTH`` chunks queued);
 - inline hash (the agent before): written, then hashed, in the same thread.
 Prints MiB/s of each (median of the rounds) and the ratio background/inline (target >= 1.2 on
 two or more cores: the two stages overlap; on one core there is nothing to gain). This is the
@@ -34,8 +34,8 @@ CHUNK = 1 << 20
 
 def one_upload(store, chunks: list[bytes], sha256: str, depth: int) -> float:
     """Seconds to write, hash and commit ``chunks`` as a new dataset blob (deleted after)."""
-    import device.upload as upload
-    from protos.messages import BlobKind
+    import edgetune.device.upload as upload
+    from edgetune.protos.messages import BlobKind
 
     size = sum(len(c) for c in chunks)
     saved, upload.HASH_QUEUE_DEPTH = upload.HASH_QUEUE_DEPTH, depth
@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.mib < 1 or args.repeat < 1:
         parser.error("--mib and --repeat must be at least 1")
 
-    from device.limits import Limits
-    from device.store import BlobStore
-    from device.upload import HASH_QUEUE_DEPTH
+    from edgetune.device.limits import Limits
+    from edgetune.device.store import BlobStore
+    from edgetune.device.upload import HASH_QUEUE_DEPTH
 
     chunks, sha256 = make_chunks(args.mib)
     size_mib = sum(len(c) for c in chunks) / (1 << 20)

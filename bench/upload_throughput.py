@@ -107,8 +107,8 @@ def tls_socket_upload(src: Path, dst: Path, pki, hashing: str = "") -> tuple[flo
 
 def _receive_hashing_in_a_thread(tls: ssl.SSLSocket, out, size: int) -> str:
     """Receive ``size`` bytes into fresh 1 MiB buffers, write each and hash it in a second
-    thread (``device.upload.BackgroundHash``, as the agent does); the hex digest."""
-    from device.upload import BackgroundHash
+    thread (``edgetune.device.upload.BackgroundHash``, as the agent does); the hex digest."""
+    from edgetune.device.upload import BackgroundHash
 
     background = BackgroundHash(hashlib.sha256())
     got = 0
@@ -162,7 +162,7 @@ def _host_key(pub: Path):
 
 def edgetune_upload(src: Path, pki, agent_address: str, agent_pid: int,
                     cpu: dict[str, list[float]]) -> float:
-    from protos.messages import BlobKind
+    from edgetune.protos.messages import BlobKind
 
     with connect(agent_address, pki) as client:
         cpu0, agent0 = cpu_seconds(), cpu_seconds(agent_pid)
@@ -281,7 +281,7 @@ def _settle() -> None:
 def _time_hash(path: Path) -> float:
     """Seconds of one sha256 pass over the file, for scale: about what the agent's hashing of
     an upload costs (a large new file is not hashed by the client first)."""
-    from host.client import file_sha256
+    from edgetune.host.client import file_sha256
 
     start = time.perf_counter()
     file_sha256(path)
@@ -290,7 +290,7 @@ def _time_hash(path: Path) -> float:
 
 def _drop_stored(address: str, pki) -> None:
     """Delete the uploaded datasets so the store does not grow round after round (untimed)."""
-    from protos.messages import BlobKind
+    from edgetune.protos.messages import BlobKind
 
     with connect(address, pki) as client:
         for blob in client.list_blobs(BlobKind.DATASET):

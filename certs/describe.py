@@ -10,10 +10,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from certs.files import parse_cert_pem
-from certs.identity import common_name_of
-from certs.keys import key_type_name
-from certs.pki import not_valid_after, not_valid_before, utcnow
+from edgetune.certs.files import parse_cert_pem
+from edgetune.certs.identity import common_name_of
+from edgetune.certs.keys import key_type_name
+from edgetune.certs.pki import not_valid_after, not_valid_before, utcnow
 
 EXPIRY_WARNING_DAYS = 30
 

@@ -1,7 +1,7 @@
 """The PKI's exception hierarchy.
 
 Every message names the file or value at fault and what to do about it. The host CLI maps
-these to its exit codes (``host.cli.certs_cmd.host_error``); the agent logs them and exits.
+these to its exit codes (``edgetune.host.cli.certs_cmd.host_error``); the agent logs them and exits.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Iterable, List
 
 from cryptography import x509
 
-from certs.errors import (CertFileError, CertFileExistsError, CertFileNotFoundError,
+from edgetune.certs.errors import (CertFileError, CertFileExistsError, CertFileNotFoundError,
                           CertFormatError)
 
 CA_NAME = "ca"

@@ -2,14 +2,14 @@
 
 There is deliberately no insecure variant: the server always requires a client certificate
 that chains to the CA. The usage check (clientAuth) and the allow-list are the agent's job, on
-top, with ``certs.describe.has_client_auth`` on the peer's certificate.
+top, with ``edgetune.certs.describe.has_client_auth`` on the peer's certificate.
 """
 
 from __future__ import annotations
 
 import grpc
 
-from certs.identity import Identity
+from edgetune.certs.identity import Identity
 
 
 def server_credentials(ca_pem: bytes, cert_pem: bytes, key_pem_decrypted: bytes) -> grpc.ServerCredentials:

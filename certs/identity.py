@@ -11,9 +11,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
-from certs.errors import CertVerifyError, KeyMismatchError
-from certs.files import parse_cert_pem, parse_certs_pem, read_file
-from certs.keys import PrivateKey, load_key_pem, plain_pkcs8_pem, public_key_der
+from edgetune.certs.errors import CertVerifyError, KeyMismatchError
+from edgetune.certs.files import parse_cert_pem, parse_certs_pem, read_file
+from edgetune.certs.keys import PrivateKey, load_key_pem, plain_pkcs8_pem, public_key_der
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
-from certs.errors import (PASSPHRASE_HINT, CertFormatError, CertOptionError,
+from edgetune.certs.errors import (PASSPHRASE_HINT, CertFormatError, CertOptionError,
                           PassphraseError)
 
 PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey]

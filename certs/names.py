@@ -9,7 +9,7 @@ from typing import Iterable, List, Tuple, Union
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from certs.errors import CertOptionError
+from edgetune.certs.errors import CertOptionError
 
 # A leaf name is the certificate's CN and the stem of its files (NAME-cert.pem, NAME-key.pem).
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

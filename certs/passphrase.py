@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Union
 
-from certs.errors import (PASSPHRASE_HINT, CertFileError, CertFileNotFoundError,
+from edgetune.certs.errors import (PASSPHRASE_HINT, CertFileError, CertFileNotFoundError,
                           PassphrasePolicyError)
 
 ENV_VAR = "EDGETUNE_PASSPHRASE"

@@ -19,14 +19,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certs.errors import CertOptionError, CertVerifyError
-from certs.files import (CA_NAME, CERT_MODE, KEY_MODE, cert_path, ensure_dir, key_path,
+from edgetune.certs.errors import CertOptionError, CertVerifyError
+from edgetune.certs.files import (CA_NAME, CERT_MODE, KEY_MODE, cert_path, ensure_dir, key_path,
                          parse_cert_pem, read_file, refuse_existing, write_atomic)
-from certs.identity import Identity, check_issued_by, check_key_matches, common_name_of
-from certs.keys import (DEFAULT_CIPHER, DEFAULT_KEY_TYPE, PrivateKey, encrypt_key_pem,
+from edgetune.certs.identity import Identity, check_issued_by, check_key_matches, common_name_of
+from edgetune.certs.keys import (DEFAULT_CIPHER, DEFAULT_KEY_TYPE, PrivateKey, encrypt_key_pem,
                         generate_key, load_key_pem, plain_pkcs8_pem)
-from certs.names import IPAddress, check_leaf_name, parse_dns, parse_ips, parse_subject
-from certs.passphrase import Passphrase, as_bytes, check_new_passphrase
+from edgetune.certs.names import IPAddress, check_leaf_name, parse_dns, parse_ips, parse_subject
+from edgetune.certs.passphrase import Passphrase, as_bytes, check_new_passphrase
 
 log = logging.getLogger(__name__)
 

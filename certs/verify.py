@@ -14,12 +14,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from cryptography import x509
 
-from certs.describe import CertInfo, describe_certificate
-from certs.errors import CertError, CertFileNotFoundError
-from certs.files import CA_NAME, CERT_SUFFIX, KEY_SUFFIX, cert_path, parse_cert_pem, read_file
-from certs.identity import check_key_matches, issued_by
-from certs.keys import is_encrypted_pem, load_key_pem
-from certs.pki import utcnow
+from edgetune.certs.describe import CertInfo, describe_certificate
+from edgetune.certs.errors import CertError, CertFileNotFoundError
+from edgetune.certs.files import CA_NAME, CERT_SUFFIX, KEY_SUFFIX, cert_path, parse_cert_pem, read_file
+from edgetune.certs.identity import check_key_matches, issued_by
+from edgetune.certs.keys import is_encrypted_pem, load_key_pem
+from edgetune.certs.pki import utcnow
 
 
 @dataclass(frozen=True)

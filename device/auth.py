@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Optional, Tuple
 import grpc
 import grpc.aio
 
-log = logging.getLogger("device.calls")
+log = logging.getLogger("edgetune.agent.calls")
 
 LACKS_CLIENT_AUTH = ("client certificate lacks the clientAuth usage (a device certificate used "
                      "as a client?)")
@@ -46,7 +46,7 @@ def peer_name(context: Any) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _pem_has_client_auth(pem: bytes) -> bool:
-    from certs import has_client_auth
+    from edgetune.certs import has_client_auth
     return bool(has_client_auth(pem))
 
 

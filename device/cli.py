@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-log = logging.getLogger("device")
+log = logging.getLogger("edgetune.agent")
 
 
 class ExitStatus(enum.IntEnum):
@@ -34,7 +34,7 @@ class ExitStatus(enum.IntEnum):
 
 
 def _version() -> str:
-    from device.server import agent_version
+    from edgetune.device.server import agent_version
     return agent_version()
 
 
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from device.config import build_config
+    from edgetune.device.config import build_config
     overrides = {k: getattr(args, k) for k in (
         "listen", "ca", "cert", "key", "passphrase_file", "store", "ready_file",
         "allowed_clients", "log_level")}
@@ -101,15 +101,15 @@ def _config(args: argparse.Namespace) -> Any:
 def load_identity(config: Any) -> Any:
     """Load CA, certificate and key (asking for the passphrase only if the key is encrypted);
     refuse a certificate that cannot serve TLS (no serverAuth usage)."""
-    import certs
-    from certs.errors import CertFileError, CertVerifyError
-    from certs.files import read_file
+    import edgetune.certs
+    from edgetune.certs.errors import CertFileError, CertVerifyError
+    from edgetune.certs.files import read_file
     key_pem = read_file(config.key, "private key")
     passphrase: Optional[bytes] = None
-    if certs.is_encrypted_pem(key_pem):
-        passphrase = certs.resolve_passphrase(config.passphrase_file, confirm=False)
-    identity = certs.load_identity(config.ca, config.cert, config.key, passphrase)
-    if not certs.has_server_auth(identity.cert_pem):
+    if edgetune.certs.is_encrypted_pem(key_pem):
+        passphrase = edgetune.certs.resolve_passphrase(config.passphrase_file, confirm=False)
+    identity = edgetune.certs.load_identity(config.ca, config.cert, config.key, passphrase)
+    if not edgetune.certs.has_server_auth(identity.cert_pem):
         raise CertVerifyError(
             f"{config.cert} lacks the serverAuth usage (a host certificate?); the agent needs a "
             "device certificate: `edgetune certs issue device NAME --ip BOARD_IP`")
@@ -137,8 +137,8 @@ def _setup_logging(level: str) -> None:
 
 
 def _describe(config: Any, identity: Any) -> Dict[str, Any]:
-    import certs
-    info = certs.describe_certificate(identity.cert_pem)
+    import edgetune.certs
+    info = edgetune.certs.describe_certificate(identity.cert_pem)
     d = config.describe()
     d["identity"] = {"common_name": identity.common_name,
                      "sans": [str(s) for s in getattr(info, "sans", ())],
@@ -165,7 +165,7 @@ def _run(args: argparse.Namespace) -> int:
                     print(f"  {key}: {value}")
             print(f"  certificate: {d['identity']}")
         return ExitStatus.OK
-    from device.server import describe_platform, serve
+    from edgetune.device.server import describe_platform, serve
     log.info("edgetune-agent %s on %s", _version(), describe_platform())
     asyncio.run(serve(config, identity))
     return ExitStatus.OK
@@ -177,9 +177,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return ExitStatus.USAGE
-    from certs.errors import CertError, CertFileNotFoundError
-    from device.config import ConfigError
-    from device.server import ServerError
+    from edgetune.certs.errors import CertError, CertFileNotFoundError
+    from edgetune.device.config import ConfigError
+    from edgetune.device.server import ServerError
     try:
         return int(_run(args))
     except ConfigError as exc:

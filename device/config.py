@@ -33,7 +33,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - boards with Python 3.9/3.10
     import tomli as tomllib
 
-from device.limits import Limits
+from edgetune.device.limits import Limits
 
 DEFAULT_PORT = 50051
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"

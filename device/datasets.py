@@ -24,9 +24,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import numpy.lib.format as npy_format
 
-from device.errors import InvalidArgument
+from edgetune.device.errors import InvalidArgument
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgetune.agent.datasets")
 
 LABELS = "labels"
 NUMERIC_KINDS = "biuf"          # bool, signed, unsigned, float

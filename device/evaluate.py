@@ -1,13 +1,13 @@
 """Evaluate a model on a dataset: the batch loop and the metrics streamed over it.
 
-``device.runner.Runner.run_evaluate`` loads the model and the dataset and creates the session,
+``edgetune.device.runner.Runner.run_evaluate`` loads the model and the dataset and creates the session,
 then hands over to ``evaluate_session``, which matches the dataset to the model's inputs and
 outputs and runs it batch by batch (the model's fixed batch size wins over ``batch_size``; a
 short last batch is padded for a fixed-batch model and the padding's outputs are dropped).
 Metrics are chosen from what the dataset holds (``labels``, reference outputs) unless the spec
-names them, and are streamed over the batches by ``device.metrics``.
+names them, and are streamed over the batches by ``edgetune.device.metrics``.
 
-This module does not import ``device.runner`` (which imports it): the runner passes its
+This module does not import ``edgetune.device.runner`` (which imports it): the runner passes its
 progress reporter and its ``session.run`` wrapper in.
 """
 
@@ -19,19 +19,19 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 import numpy as np
 
-from device.datasets import Dataset, MatchedDataset, match_to_model
-from device.errors import InvalidArgument
-from device.metrics import Fidelity, MeanIoU, TopK, as_class_scores
-from protos.messages import EvaluateResult, EvaluateSpec
+from edgetune.device.datasets import Dataset, MatchedDataset, match_to_model
+from edgetune.device.errors import InvalidArgument
+from edgetune.device.metrics import Fidelity, MeanIoU, TopK, as_class_scores
+from edgetune.protos.messages import EvaluateResult, EvaluateSpec
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgetune.agent.evaluate")
 
 Feeds = Dict[str, np.ndarray]
 RunFn = Callable[[Any, List[str], Feeds], List[np.ndarray]]
 
 
 class ProgressReporter(Protocol):
-    """What the loop uses of ``device.runner``'s throttled progress reporter."""
+    """What the loop uses of ``edgetune.device.runner``'s throttled progress reporter."""
 
     def check(self) -> None: ...
 

@@ -1,13 +1,13 @@
 """The job queue's SQLite persistence: the ``jobs`` table in ``jobs.db``.
 
 - Every job is a row (WAL journal): id, kind, state, spec and result as JSON (the
-  ``protos.messages`` dicts), label, the submitter's certificate name, times, error. Results
+  ``edgetune.protos.messages`` dicts), label, the submitter's certificate name, times, error. Results
   therefore survive a restart of the agent.
 - ``JobDatabase.recover`` runs at start: rows left ``running`` by an agent that died are marked
   ``interrupted``; rows left ``queued`` are returned to be queued again (a row this version
   cannot read is marked ``failed`` instead).
 
-``device.jobs.JobQueue`` is the only user; it calls this from the event loop thread only.
+``edgetune.device.jobs.JobQueue`` is the only user; it calls this from the event loop thread only.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from protos.messages import Job, JobState
+from edgetune.protos.messages import Job, JobState
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgetune.agent.jobdb")
 
 INTERRUPTED_CRASH = "the agent stopped while this job ran; submit it again"
 

@@ -1,6 +1,6 @@
 """The durable job queue: jobs recorded in SQLite, run one at a time, watched by anyone.
 
-- Every job is a row in ``jobs.db`` (``device.jobdb``: the schema, the row <-> ``Job``
+- Every job is a row in ``jobs.db`` (``edgetune.device.jobdb``: the schema, the row <-> ``Job``
   conversion, the queries and the start-up recovery), so results survive a restart.
 - One asyncio worker task takes queued jobs in order and calls the runner in a dedicated
   thread (``loop.run_in_executor``), so the event loop keeps serving while a model runs.
@@ -31,11 +31,11 @@ from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Set, Tuple
 
 import grpc
 
-from device.errors import AgentError, Cancelled, FailedPrecondition, NotFound, ResourceExhausted
-from device.jobdb import INTERRUPTED_CRASH, JobDatabase
-from protos.messages import BenchmarkSpec, EvaluateSpec, Job, JobEvent, JobState, Progress
+from edgetune.device.errors import AgentError, Cancelled, FailedPrecondition, NotFound, ResourceExhausted
+from edgetune.device.jobdb import INTERRUPTED_CRASH, JobDatabase
+from edgetune.protos.messages import BenchmarkSpec, EvaluateSpec, Job, JobEvent, JobState, Progress
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgetune.agent.jobs")
 
 INTERRUPTED_STOP = "the agent was shut down while this job ran; submit it again"
 MAX_LIST = 1000
@@ -109,7 +109,7 @@ class JobQueue:
     ``runner`` has ``run_benchmark(spec, progress, cancelled)`` and
     ``run_evaluate(spec, progress, cancelled)``: blocking calls that report ``Progress``
     through ``progress`` (from their thread), return a result dataclass, and raise
-    ``device.errors.Cancelled`` when ``cancelled`` (a ``threading.Event``) is set.
+    ``edgetune.device.errors.Cancelled`` when ``cancelled`` (a ``threading.Event``) is set.
     """
 
     def __init__(self, db_path: Path, runner: Any, capacity: int = 16) -> None:

@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from device.errors import InvalidArgument
-from protos.messages import (EXECUTION_MODES, GRAPH_OPT_LEVELS, BenchmarkSpec, BlobKind,
+from edgetune.device.errors import InvalidArgument
+from edgetune.protos.messages import (EXECUTION_MODES, GRAPH_OPT_LEVELS, BenchmarkSpec, BlobKind,
                              EvaluateSpec, SessionOptions)
 
 GiB = 1 << 30

@@ -10,7 +10,7 @@ resolves (through symlinks) outside the model's folder; otherwise because the ag
 single-file models only.
 
 Decision: this is a cheap parse at upload (no onnxruntime); the real load happens at job
-time, where an onnxruntime error becomes the job's error message (``device.runner``).
+time, where an onnxruntime error becomes the job's error message (``edgetune.device.runner``).
 
 Memory: a board may have less RAM than twice the model, so the file is not handed to protobuf
 whole. It is memory-mapped and skimmed at the wire level (``skim``): only the fields that
@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Tuple, Union
 
-from device.errors import InvalidArgument, ResourceExhausted
-from protos import onnx_subset_pb2 as onnx_pb
+from edgetune.device.errors import InvalidArgument, ResourceExhausted
+from edgetune.protos import onnx_subset_pb2 as onnx_pb
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgetune.agent.onnx_safety")
 
 ONNX_DTYPES = {
     1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",

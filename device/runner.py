@@ -1,9 +1,9 @@
 """Time and evaluate stored models with onnxruntime: the measurement core of the agent.
 
 ``Runner.run_benchmark`` and ``Runner.run_evaluate`` are called by the job queue in a worker
-thread, one job at a time. They take and return the dataclasses of ``protos.messages``,
+thread, one job at a time. They take and return the dataclasses of ``edgetune.protos.messages``,
 report ``Progress`` through a callback (at most ~10 times a second, and at every phase
-change) and stop with ``device.errors.Cancelled`` soon after ``cancelled`` is set (checked
+change) and stop with ``edgetune.device.errors.Cancelled`` soon after ``cancelled`` is set (checked
 between iterations and batches).
 
 Benchmark: the session is created (``load_ms``), inputs are built before any timing (random
@@ -16,7 +16,7 @@ size (first dimension of the first input), per second of the measured loop's wal
 reset at the start of the job (process peak when the kernel cannot reset it).
 
 Evaluate: the model and the dataset are loaded and the session created here; the batch loop
-and the metrics are in ``device.evaluate`` (``evaluate_session``).
+and the metrics are in ``edgetune.device.evaluate`` (``evaluate_session``).
 """
 
 from __future__ import annotations
@@ -30,16 +30,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from device import sysinfo
-from device.datasets import ORT_DTYPES, MatchedDataset, load_dataset, match_to_model
-from device.errors import AgentError, Cancelled, InvalidArgument, ResourceExhausted
-from device.evaluate import evaluate_session
-from device.limits import Limits
-from device.store import BlobStore
-from protos.messages import (BenchmarkResult, BenchmarkSpec, BlobKind, EvaluateResult,
+from edgetune.device import sysinfo
+from edgetune.device.datasets import ORT_DTYPES, MatchedDataset, load_dataset, match_to_model
+from edgetune.device.errors import AgentError, Cancelled, InvalidArgument, ResourceExhausted
+from edgetune.device.evaluate import evaluate_session
+from edgetune.device.limits import Limits
+from edgetune.device.store import BlobStore
+from edgetune.protos.messages import (BenchmarkResult, BenchmarkSpec, BlobKind, EvaluateResult,
                              EvaluateSpec, LatencyStats, Progress, SessionOptions)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgetune.agent.runner")
 
 ProgressFn = Callable[[Progress], None]
 Feeds = Dict[str, np.ndarray]

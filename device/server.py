@@ -36,15 +36,15 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from certs import Identity
-from certs.grpc_creds import identity_server_credentials
-from device.auth import AuthInterceptor
-from device.config import AgentConfig
-from device.jobs import JobQueue
-from device.servicer import SERVICE_NAME, AgentServicer, add_to_server
-from device.store import BlobStore
+from edgetune.certs import Identity
+from edgetune.certs.grpc_creds import identity_server_credentials
+from edgetune.device.auth import AuthInterceptor
+from edgetune.device.config import AgentConfig
+from edgetune.device.jobs import JobQueue
+from edgetune.device.servicer import SERVICE_NAME, AgentServicer, add_to_server
+from edgetune.device.store import BlobStore
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgetune.agent.server")
 
 MiB = 1 << 20
 SERVER_OPTIONS = (
@@ -64,19 +64,16 @@ class ServerError(Exception):
 
 
 def agent_version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("edgetune")
-    except Exception:  # pragma: no cover - running from a plain checkout
-        return "0.0.0+unknown"
+    from edgetune import __version__
+    return __version__
 
 
 def board_info() -> Dict[str, Any]:
-    """The GetInfo fields that describe the board (``device.sysinfo`` reads them). Imports
+    """The GetInfo fields that describe the board (``edgetune.device.sysinfo`` reads them). Imports
     onnxruntime, so the first call takes a moment."""
     import dataclasses
 
-    from device import sysinfo
+    from edgetune.device import sysinfo
     info = dataclasses.asdict(sysinfo.system_info())
     info["available_providers"] = tuple(info["available_providers"])
     info["agent_version"] = agent_version()
@@ -84,7 +81,7 @@ def board_info() -> Dict[str, Any]:
 
 
 def _memory_available() -> Dict[str, Any]:
-    from device import sysinfo
+    from edgetune.device import sysinfo
     return {"memory_available_bytes": sysinfo.memory_available_bytes()}
 
 
@@ -231,7 +228,7 @@ class AgentServer:
                  ", ".join(info.get("available_providers", ())))
 
     def _make_runner(self, store: BlobStore) -> Any:
-        from device.runner import Runner
+        from edgetune.device.runner import Runner
         return Runner(store, self.config.limits)
 
     async def stop(self, grace: float = 5.0) -> None:

@@ -1,8 +1,8 @@
 """The ``edgetune.agent.v1.Agent`` service: protobuf in, dataclasses to the store and the
 queue, protobuf out.
 
-Wire types stop here: requests become ``protos.messages`` dataclasses, the store, queue and
-runner never see a ``_pb2`` type. Errors from ``device.errors`` become status codes with
+Wire types stop here: requests become ``edgetune.protos.messages`` dataclasses, the store, queue and
+runner never see a ``_pb2`` type. Errors from ``edgetune.device.errors`` become status codes with
 ``context.abort``; anything unexpected becomes INTERNAL with a short message (the traceback
 goes to the agent's log).
 """
@@ -23,17 +23,17 @@ from typing import (Any, AsyncIterator, Awaitable, Callable, Deque, Dict, Option
 import grpc
 import grpc.aio
 
-from device.auth import peer_name
-from device.errors import AgentError, FailedPrecondition, InvalidArgument
-from device.jobs import JobQueue
-from device.limits import Limits, validate_benchmark, validate_evaluate
-from device.store import BlobStore, UploadState, safe_label
-from protos import agent_pb2 as pb
-from protos import agent_pb2_grpc
-from protos.messages import (AgentInfo, BenchmarkResult, BenchmarkSpec, BlobKind, EvaluateSpec,
+from edgetune.device.auth import peer_name
+from edgetune.device.errors import AgentError, FailedPrecondition, InvalidArgument
+from edgetune.device.jobs import JobQueue
+from edgetune.device.limits import Limits, validate_benchmark, validate_evaluate
+from edgetune.device.store import BlobStore, UploadState, safe_label
+from edgetune.protos import agent_pb2 as pb
+from edgetune.protos import agent_pb2_grpc
+from edgetune.protos.messages import (AgentInfo, BenchmarkResult, BenchmarkSpec, BlobKind, EvaluateSpec,
                              Job, job_spec_from_pb2)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgetune.agent.servicer")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Agent"].full_name
 DEFAULT_WARMUP = 10
@@ -260,7 +260,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         model lacks, and (random inputs only) dynamic dimensions left without a shape."""
         summary = self._summaries.get(spec.model_sha256)
         if summary is None:
-            from device.onnx_safety import inspect_model
+            from edgetune.device.onnx_safety import inspect_model
             summary = await self._thread(inspect_model, model_path, self.limits.max_model_bytes)
             self._summaries[spec.model_sha256] = summary
             while len(self._summaries) > SUMMARY_CACHE:

@@ -10,7 +10,7 @@ Layout under the store's root::
     partial/<kind>-u-<upload_id>.part/.json   the same for an upload by id
 
 A blob becomes visible only through ``os.replace`` after its sha256 matched and its content
-passed the safety checks (``device.onnx_safety`` for models, ``device.datasets`` for
+passed the safety checks (``edgetune.device.onnx_safety`` for models, ``edgetune.device.datasets`` for
 datasets). Client-supplied names are labels stored in the JSON side file, never part of a
 path: every path is built from a validated hex digest (or a validated 32-hex upload id).
 
@@ -27,7 +27,7 @@ Uploads (``begin_upload``):
   copy is discarded and the stored blob answers (``writer.duplicate``); else the content is
   checked and installed under that hash. One upload per (kind, upload_id) at a time.
 
-The writer (``device.upload.UploadWriter``, re-exported here) receives the chunks, fsyncs as
+The writer (``edgetune.device.upload.UploadWriter``, re-exported here) receives the chunks, fsyncs as
 it goes and checks hash and content at ``commit``; a disconnect mid-upload ends in
 ``close_incomplete``, which keeps the bytes received for a later resume. Partial files
 untouched for ``stale_partial_days`` are removed at open.
@@ -46,14 +46,14 @@ import unicodedata
 from pathlib import Path
 from typing import List, Optional, Set, Tuple, Union
 
-from device.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from device.limits import SHA256_RE, Limits, check_sha256
+from edgetune.device.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from edgetune.device.limits import SHA256_RE, Limits, check_sha256
 # UploadWriter and its constants live in device.upload; importable from here as before.
-from device.upload import (HASH_READ_BYTES, SYNC_EVERY_BYTES, VALIDATORS,  # noqa: F401
+from edgetune.device.upload import (HASH_READ_BYTES, SYNC_EVERY_BYTES, VALIDATORS,  # noqa: F401
                            UploadWriter, check_upload_id, upload_key)
-from protos.messages import BlobInfo, BlobKind
+from edgetune.protos.messages import BlobInfo, BlobKind
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgetune.agent.store")
 
 MAX_NAME_CHARS = 200
 SUFFIX = {BlobKind.MODEL: ".onnx", BlobKind.DATASET: ".npz"}
@@ -147,7 +147,7 @@ class BlobStore:
         return self.root / FOLDER[kind] / (sha256 + ".json")
 
     # ``key`` names an upload's partial files: its validated sha256, or "u-" + a validated
-    # upload id (``device.upload.upload_key``).
+    # upload id (``edgetune.device.upload.upload_key``).
     def _part_path(self, kind: BlobKind, key: str) -> Path:
         return self.root / "partial" / f"{kind.value}-{key}.part"
 

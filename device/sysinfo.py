@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgetune.agent.sysinfo")
 
 _CPU_MODEL_KEYS = ("model name", "Model Name", "cpu model", "Hardware", "Model", "uarch", "isa",
                    "cpu")

@@ -1,6 +1,6 @@
 """Receiving the bytes of one upload into the store: ``UploadWriter``.
 
-``device.store.BlobStore.begin_upload`` checks the request, reserves the upload's key (the
+``edgetune.device.store.BlobStore.begin_upload`` checks the request, reserves the upload's key (the
 sha256, or ``u-<upload_id>`` for an upload by id) and returns a writer; the store's module
 docstring has the upload rules (resume offsets, one upload per key at a time, uploads by id).
 
@@ -13,10 +13,10 @@ disconnect mid-upload ends in ``close_incomplete``: the bytes received are fsync
 a later resume (after a power cut, the final hash check catches anything the disk lost).
 ``commit`` checks the hash (an upload by id has no announced hash unless the client gave one:
 its hash is what arrived, and a blob stored under it already makes the upload a duplicate,
-discarded), then the content (``VALIDATORS``: ``device.onnx_safety`` for models,
-``device.datasets`` for datasets), and only then asks the store to make the blob visible.
+discarded), then the content (``VALIDATORS``: ``edgetune.device.onnx_safety`` for models,
+``edgetune.device.datasets`` for datasets), and only then asks the store to make the blob visible.
 
-This module does not import ``device.store`` (which imports it): the writer reaches the store
+This module does not import ``edgetune.device.store`` (which imports it): the writer reaches the store
 only through the few members listed in ``StoreSide``.
 """
 
@@ -31,12 +31,12 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Protocol
 
-from device.errors import (AgentError, DataLoss, FailedPrecondition, InvalidArgument,
+from edgetune.device.errors import (AgentError, DataLoss, FailedPrecondition, InvalidArgument,
                            ResourceExhausted)
-from device.limits import Limits, check_hex
-from protos.messages import BlobInfo, BlobKind
+from edgetune.device.limits import Limits, check_hex
+from edgetune.protos.messages import BlobInfo, BlobKind
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edgetune.agent.upload")
 
 SYNC_EVERY_BYTES = 8 << 20           # start a background fsync after this many new bytes
 HASH_READ_BYTES = 4 << 20            # chunk size when re-hashing a partial file on resume
@@ -57,7 +57,7 @@ def upload_key(sha256: str, upload_id: str) -> str:
 
 
 class StoreSide(Protocol):
-    """What an ``UploadWriter`` uses of its ``device.store.BlobStore``."""
+    """What an ``UploadWriter`` uses of its ``edgetune.device.store.BlobStore``."""
 
     limits: Limits
 
@@ -140,12 +140,12 @@ def _fsync_quietly(fd: int) -> None:
 
 
 def _validate_model(path: Path, limits: Limits) -> None:
-    from device.onnx_safety import check_model_file
+    from edgetune.device.onnx_safety import check_model_file
     check_model_file(path, limits.max_model_bytes)
 
 
 def _validate_dataset(path: Path, limits: Limits) -> None:
-    from device.datasets import check_dataset_file
+    from edgetune.device.datasets import check_dataset_file
     check_dataset_file(path, max_bytes=limits.max_dataset_bytes,
                        max_samples=limits.max_dataset_samples)
 

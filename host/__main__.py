@@ -1,5 +1,5 @@
 import sys
 
-from host.cli import main
+from edgetune.host.cli import main
 
 sys.exit(main())

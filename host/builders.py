@@ -16,7 +16,7 @@ per-layer reports match node names.
 Random-weight ResNet/MobileNet shapes are good for latency and size only; their outputs barely
 depend on the input, so an accuracy measured on them means nothing.
 
-For humans: ``python -m host.builders resnet18 out.onnx [--seed 0] [--opset 17] [--batch N]``.
+For humans: ``python -m edgetune.host.builders resnet18 out.onnx [--seed 0] [--opset 17] [--batch N]``.
 """
 
 from __future__ import annotations
@@ -364,7 +364,7 @@ def _parse_batch(text: str) -> Batch:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m host.builders",
+        prog="python -m edgetune.host.builders",
         description="Write a random-weight ONNX model built in code (for benchmarks and tests).")
     parser.add_argument("model", choices=sorted(BUILDERS), help="which model to build")
     parser.add_argument("output", type=Path, help="where to write the .onnx file")

@@ -1,8 +1,8 @@
 """``AgentClient``: one mutual-TLS connection to one board's agent.
 
-Every method takes and returns the plain dataclasses of ``protos.messages``; grpc errors come
-out as ``host.errors`` exceptions whose message says what went wrong, which side refused, and
-what to do (``host.rpcerrors``). Every call has a deadline (``ClientSettings``).
+Every method takes and returns the plain dataclasses of ``edgetune.protos.messages``; grpc errors come
+out as ``edgetune.host.errors`` exceptions whose message says what went wrong, which side refused, and
+what to do (``edgetune.host.rpcerrors``). Every call has a deadline (``ClientSettings``).
 
     with AgentClient("192.168.1.20:50051", identity) as client:
         outcome = client.upload(Path("model.onnx"), BlobKind.MODEL)
@@ -20,13 +20,13 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import grpc
 
-from host.errors import AgentError, AuthError, BadInputError, TimeoutError_, UnreachableError
-from host.hashcache import HashCache, file_sha256, finish_upload, plan_upload
-from host.interrupts import GATE, SigintGate
-from host.rpcerrors import RpcContext, translate_rpc_error
-from protos import agent_pb2 as pb
-from protos import agent_pb2_grpc
-from protos.messages import AgentInfo, BenchmarkSpec, BlobInfo, BlobKind, Job, JobEvent
+from edgetune.host.errors import AgentError, AuthError, BadInputError, TimeoutError_, UnreachableError
+from edgetune.host.hashcache import HashCache, file_sha256, finish_upload, plan_upload
+from edgetune.host.interrupts import GATE, SigintGate
+from edgetune.host.rpcerrors import RpcContext, translate_rpc_error
+from edgetune.protos import agent_pb2 as pb
+from edgetune.protos import agent_pb2_grpc
+from edgetune.protos.messages import AgentInfo, BenchmarkSpec, BlobInfo, BlobKind, Job, JobEvent
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class AgentClient:
         """``identity``: a ``certs.Identity`` (ca_pem, cert_pem, decrypted key_pem, common_name).
         ``server_name``: the name to check against the agent certificate's SAN instead of the
         host part of ``address`` (grpc.ssl_target_name_override)."""
-        from certs.grpc_creds import channel_credentials
+        from edgetune.certs.grpc_creds import channel_credentials
 
         self.address = address
         self.identity = identity
@@ -216,7 +216,7 @@ class AgentClient:
 
         A file in the hash cache or smaller than ``hash_first_below_bytes`` is sent by hash
         (hashed first if need be), a larger one by id, read once as it is sent (see
-        ``host.hashcache``); never held in memory whole. ``progress(done, total)`` runs in
+        ``edgetune.host.hashcache``); never held in memory whole. ``progress(done, total)`` runs in
         grpc's sending thread. An exception it raises (or Ctrl-C) cancels the upload; the
         agent keeps the bytes it committed, and the next ``upload`` of the file resumes."""
         path = Path(path)
@@ -384,7 +384,7 @@ class AgentClient:
 def check_own_certificate(cert_pem: bytes, name: str, warning_days: int) -> None:
     """Refuse a host certificate the agent would refuse less clearly (expired, not for
     clients); warn near expiry."""
-    from certs import describe_certificate, has_client_auth
+    from edgetune.certs import describe_certificate, has_client_auth
 
     info = describe_certificate(cert_pem)
     reissue = f"issue a new one with `edgetune certs issue host {name or 'NAME'}`"

@@ -1,7 +1,7 @@
 """The host's exception hierarchy and the CLI's exit codes.
 
 Every error a user can cause is an ``EdgetuneError`` whose message names the cause and the
-fix; ``host.cli.main`` prints it (or a JSON document with ``--json``) and exits with its code.
+fix; ``edgetune.host.cli.main`` prints it (or a JSON document with ``--json``) and exits with its code.
 """
 
 from __future__ import annotations

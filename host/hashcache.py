@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
-from host.errors import BadInputError
+from edgetune.host.errors import BadInputError
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Ctrl-C that never lands inside grpc: ``GATE``, the process's ``SigintGate``.
 
-``host.client`` wraps each grpc call in ``with GATE.deferred():`` and registers the call's
+``edgetune.host.client`` wraps each grpc call in ``with GATE.deferred():`` and registers the call's
 ``cancel`` with ``GATE.on_interrupt``; a Ctrl-C then cancels the call and surfaces as a
-KeyboardInterrupt in our code once grpc has returned. ``host.client`` re-exports both names.
+KeyboardInterrupt in our code once grpc has returned. ``edgetune.host.client`` re-exports both names.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
-from host.errors import BadInputError, NotFoundError
+from edgetune.host.errors import BadInputError, NotFoundError
 
 try:  # Python 3.11+
     import tomllib

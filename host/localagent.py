@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from host.errors import AgentError, UsageError
+from edgetune.host.errors import AgentError, UsageError
 
 log = logging.getLogger(__name__)
 

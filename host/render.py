@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO, Tuple
 
-from protos.messages import BenchmarkResult, BlobInfo, EvaluateResult, Job, JobEvent
+from edgetune.protos.messages import BenchmarkResult, BlobInfo, EvaluateResult, Job, JobEvent
 
 LATENCY_KEYS = ("min", "mean", "std", "p50", "p90", "p95", "p99", "max")
 

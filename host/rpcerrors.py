@@ -16,7 +16,7 @@ from typing import Any, Optional, Tuple
 
 import grpc
 
-from host.errors import (AgentError, AuthError, BadInputError, EdgetuneError, NotFoundError,
+from edgetune.host.errors import (AgentError, AuthError, BadInputError, EdgetuneError, NotFoundError,
                          TimeoutError_, UnreachableError)
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ _REFUSED_CALL = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_E
 
 
 def translate_rpc_error(err: grpc.RpcError, ctx: RpcContext) -> EdgetuneError:
-    """The ``host.errors`` exception for a failed call: the cause, the side, the fix."""
+    """The ``edgetune.host.errors`` exception for a failed call: the cause, the side, the fix."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = (err.details() if hasattr(err, "details") else "") or ""
     debug = getattr(err, "debug_error_string", lambda: "")() or ""
@@ -102,9 +102,9 @@ def _unavailable(text: str, details: str, ctx: RpcContext) -> EdgetuneError:
 def _we_refused(text: str, ctx: RpcContext) -> AuthError:
     """We refused the agent's certificate: say what is wrong with it (we fetch it once more
     without verification to look at it) and how to fix it."""
-    from certs import describe_certificate
-    from certs.files import parse_certs_pem
-    from certs.identity import issued_by
+    from edgetune.certs import describe_certificate
+    from edgetune.certs.files import parse_certs_pem
+    from edgetune.certs.identity import issued_by
 
     host = _split_host_port(ctx.address)[0]
     expected = ctx.server_name or host

@@ -2,7 +2,7 @@
 """Client and server classes corresponding to protobuf-defined services."""
 import grpc
 
-from protos import agent_pb2 as protos_dot_agent__pb2
+from edgetune.protos import agent_pb2 as edgetune_dot_protos_dot_agent__pb2
 
 
 class AgentStub(object):
@@ -16,53 +16,53 @@ class AgentStub(object):
         """
         self.GetInfo = channel.unary_unary(
                 '/edgetune.agent.v1.Agent/GetInfo',
-                request_serializer=protos_dot_agent__pb2.GetInfoRequest.SerializeToString,
-                response_deserializer=protos_dot_agent__pb2.GetInfoResponse.FromString,
+                request_serializer=edgetune_dot_protos_dot_agent__pb2.GetInfoRequest.SerializeToString,
+                response_deserializer=edgetune_dot_protos_dot_agent__pb2.GetInfoResponse.FromString,
                 )
         self.GetUploadStatus = channel.unary_unary(
                 '/edgetune.agent.v1.Agent/GetUploadStatus',
-                request_serializer=protos_dot_agent__pb2.GetUploadStatusRequest.SerializeToString,
-                response_deserializer=protos_dot_agent__pb2.GetUploadStatusResponse.FromString,
+                request_serializer=edgetune_dot_protos_dot_agent__pb2.GetUploadStatusRequest.SerializeToString,
+                response_deserializer=edgetune_dot_protos_dot_agent__pb2.GetUploadStatusResponse.FromString,
                 )
         self.UploadBlob = channel.stream_unary(
                 '/edgetune.agent.v1.Agent/UploadBlob',
-                request_serializer=protos_dot_agent__pb2.UploadBlobRequest.SerializeToString,
-                response_deserializer=protos_dot_agent__pb2.UploadBlobResponse.FromString,
+                request_serializer=edgetune_dot_protos_dot_agent__pb2.UploadBlobRequest.SerializeToString,
+                response_deserializer=edgetune_dot_protos_dot_agent__pb2.UploadBlobResponse.FromString,
                 )
         self.ListBlobs = channel.unary_unary(
                 '/edgetune.agent.v1.Agent/ListBlobs',
-                request_serializer=protos_dot_agent__pb2.ListBlobsRequest.SerializeToString,
-                response_deserializer=protos_dot_agent__pb2.ListBlobsResponse.FromString,
+                request_serializer=edgetune_dot_protos_dot_agent__pb2.ListBlobsRequest.SerializeToString,
+                response_deserializer=edgetune_dot_protos_dot_agent__pb2.ListBlobsResponse.FromString,
                 )
         self.DeleteBlob = channel.unary_unary(
                 '/edgetune.agent.v1.Agent/DeleteBlob',
-                request_serializer=protos_dot_agent__pb2.DeleteBlobRequest.SerializeToString,
-                response_deserializer=protos_dot_agent__pb2.DeleteBlobResponse.FromString,
+                request_serializer=edgetune_dot_protos_dot_agent__pb2.DeleteBlobRequest.SerializeToString,
+                response_deserializer=edgetune_dot_protos_dot_agent__pb2.DeleteBlobResponse.FromString,
                 )
         self.SubmitJob = channel.unary_unary(
                 '/edgetune.agent.v1.Agent/SubmitJob',
-                request_serializer=protos_dot_agent__pb2.SubmitJobRequest.SerializeToString,
-                response_deserializer=protos_dot_agent__pb2.SubmitJobResponse.FromString,
+                request_serializer=edgetune_dot_protos_dot_agent__pb2.SubmitJobRequest.SerializeToString,
+                response_deserializer=edgetune_dot_protos_dot_agent__pb2.SubmitJobResponse.FromString,
                 )
         self.WatchJob = channel.unary_stream(
                 '/edgetune.agent.v1.Agent/WatchJob',
-                request_serializer=protos_dot_agent__pb2.WatchJobRequest.SerializeToString,
-                response_deserializer=protos_dot_agent__pb2.JobEvent.FromString,
+                request_serializer=edgetune_dot_protos_dot_agent__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=edgetune_dot_protos_dot_agent__pb2.JobEvent.FromString,
                 )
         self.GetJob = channel.unary_unary(
                 '/edgetune.agent.v1.Agent/GetJob',
-                request_serializer=protos_dot_agent__pb2.GetJobRequest.SerializeToString,
-                response_deserializer=protos_dot_agent__pb2.GetJobResponse.FromString,
+                request_serializer=edgetune_dot_protos_dot_agent__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=edgetune_dot_protos_dot_agent__pb2.GetJobResponse.FromString,
                 )
         self.ListJobs = channel.unary_unary(
                 '/edgetune.agent.v1.Agent/ListJobs',
-                request_serializer=protos_dot_agent__pb2.ListJobsRequest.SerializeToString,
-                response_deserializer=protos_dot_agent__pb2.ListJobsResponse.FromString,
+                request_serializer=edgetune_dot_protos_dot_agent__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=edgetune_dot_protos_dot_agent__pb2.ListJobsResponse.FromString,
                 )
         self.CancelJob = channel.unary_unary(
                 '/edgetune.agent.v1.Agent/CancelJob',
-                request_serializer=protos_dot_agent__pb2.CancelJobRequest.SerializeToString,
-                response_deserializer=protos_dot_agent__pb2.CancelJobResponse.FromString,
+                request_serializer=edgetune_dot_protos_dot_agent__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=edgetune_dot_protos_dot_agent__pb2.CancelJobResponse.FromString,
                 )
 
 
@@ -141,53 +141,53 @@ def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInfo,
-                    request_deserializer=protos_dot_agent__pb2.GetInfoRequest.FromString,
-                    response_serializer=protos_dot_agent__pb2.GetInfoResponse.SerializeToString,
+                    request_deserializer=edgetune_dot_protos_dot_agent__pb2.GetInfoRequest.FromString,
+                    response_serializer=edgetune_dot_protos_dot_agent__pb2.GetInfoResponse.SerializeToString,
             ),
             'GetUploadStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUploadStatus,
-                    request_deserializer=protos_dot_agent__pb2.GetUploadStatusRequest.FromString,
-                    response_serializer=protos_dot_agent__pb2.GetUploadStatusResponse.SerializeToString,
+                    request_deserializer=edgetune_dot_protos_dot_agent__pb2.GetUploadStatusRequest.FromString,
+                    response_serializer=edgetune_dot_protos_dot_agent__pb2.GetUploadStatusResponse.SerializeToString,
             ),
             'UploadBlob': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadBlob,
-                    request_deserializer=protos_dot_agent__pb2.UploadBlobRequest.FromString,
-                    response_serializer=protos_dot_agent__pb2.UploadBlobResponse.SerializeToString,
+                    request_deserializer=edgetune_dot_protos_dot_agent__pb2.UploadBlobRequest.FromString,
+                    response_serializer=edgetune_dot_protos_dot_agent__pb2.UploadBlobResponse.SerializeToString,
             ),
             'ListBlobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBlobs,
-                    request_deserializer=protos_dot_agent__pb2.ListBlobsRequest.FromString,
-                    response_serializer=protos_dot_agent__pb2.ListBlobsResponse.SerializeToString,
+                    request_deserializer=edgetune_dot_protos_dot_agent__pb2.ListBlobsRequest.FromString,
+                    response_serializer=edgetune_dot_protos_dot_agent__pb2.ListBlobsResponse.SerializeToString,
             ),
             'DeleteBlob': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteBlob,
-                    request_deserializer=protos_dot_agent__pb2.DeleteBlobRequest.FromString,
-                    response_serializer=protos_dot_agent__pb2.DeleteBlobResponse.SerializeToString,
+                    request_deserializer=edgetune_dot_protos_dot_agent__pb2.DeleteBlobRequest.FromString,
+                    response_serializer=edgetune_dot_protos_dot_agent__pb2.DeleteBlobResponse.SerializeToString,
             ),
             'SubmitJob': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitJob,
-                    request_deserializer=protos_dot_agent__pb2.SubmitJobRequest.FromString,
-                    response_serializer=protos_dot_agent__pb2.SubmitJobResponse.SerializeToString,
+                    request_deserializer=edgetune_dot_protos_dot_agent__pb2.SubmitJobRequest.FromString,
+                    response_serializer=edgetune_dot_protos_dot_agent__pb2.SubmitJobResponse.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
-                    request_deserializer=protos_dot_agent__pb2.WatchJobRequest.FromString,
-                    response_serializer=protos_dot_agent__pb2.JobEvent.SerializeToString,
+                    request_deserializer=edgetune_dot_protos_dot_agent__pb2.WatchJobRequest.FromString,
+                    response_serializer=edgetune_dot_protos_dot_agent__pb2.JobEvent.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
-                    request_deserializer=protos_dot_agent__pb2.GetJobRequest.FromString,
-                    response_serializer=protos_dot_agent__pb2.GetJobResponse.SerializeToString,
+                    request_deserializer=edgetune_dot_protos_dot_agent__pb2.GetJobRequest.FromString,
+                    response_serializer=edgetune_dot_protos_dot_agent__pb2.GetJobResponse.SerializeToString,
             ),
             'ListJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobs,
-                    request_deserializer=protos_dot_agent__pb2.ListJobsRequest.FromString,
-                    response_serializer=protos_dot_agent__pb2.ListJobsResponse.SerializeToString,
+                    request_deserializer=edgetune_dot_protos_dot_agent__pb2.ListJobsRequest.FromString,
+                    response_serializer=edgetune_dot_protos_dot_agent__pb2.ListJobsResponse.SerializeToString,
             ),
             'CancelJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelJob,
-                    request_deserializer=protos_dot_agent__pb2.CancelJobRequest.FromString,
-                    response_serializer=protos_dot_agent__pb2.CancelJobResponse.SerializeToString,
+                    request_deserializer=edgetune_dot_protos_dot_agent__pb2.CancelJobRequest.FromString,
+                    response_serializer=edgetune_dot_protos_dot_agent__pb2.CancelJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -211,8 +211,8 @@ class Agent(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/edgetune.agent.v1.Agent/GetInfo',
-            protos_dot_agent__pb2.GetInfoRequest.SerializeToString,
-            protos_dot_agent__pb2.GetInfoResponse.FromString,
+            edgetune_dot_protos_dot_agent__pb2.GetInfoRequest.SerializeToString,
+            edgetune_dot_protos_dot_agent__pb2.GetInfoResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -228,8 +228,8 @@ class Agent(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/edgetune.agent.v1.Agent/GetUploadStatus',
-            protos_dot_agent__pb2.GetUploadStatusRequest.SerializeToString,
-            protos_dot_agent__pb2.GetUploadStatusResponse.FromString,
+            edgetune_dot_protos_dot_agent__pb2.GetUploadStatusRequest.SerializeToString,
+            edgetune_dot_protos_dot_agent__pb2.GetUploadStatusResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -245,8 +245,8 @@ class Agent(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.stream_unary(request_iterator, target, '/edgetune.agent.v1.Agent/UploadBlob',
-            protos_dot_agent__pb2.UploadBlobRequest.SerializeToString,
-            protos_dot_agent__pb2.UploadBlobResponse.FromString,
+            edgetune_dot_protos_dot_agent__pb2.UploadBlobRequest.SerializeToString,
+            edgetune_dot_protos_dot_agent__pb2.UploadBlobResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -262,8 +262,8 @@ class Agent(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/edgetune.agent.v1.Agent/ListBlobs',
-            protos_dot_agent__pb2.ListBlobsRequest.SerializeToString,
-            protos_dot_agent__pb2.ListBlobsResponse.FromString,
+            edgetune_dot_protos_dot_agent__pb2.ListBlobsRequest.SerializeToString,
+            edgetune_dot_protos_dot_agent__pb2.ListBlobsResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -279,8 +279,8 @@ class Agent(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/edgetune.agent.v1.Agent/DeleteBlob',
-            protos_dot_agent__pb2.DeleteBlobRequest.SerializeToString,
-            protos_dot_agent__pb2.DeleteBlobResponse.FromString,
+            edgetune_dot_protos_dot_agent__pb2.DeleteBlobRequest.SerializeToString,
+            edgetune_dot_protos_dot_agent__pb2.DeleteBlobResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -296,8 +296,8 @@ class Agent(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/edgetune.agent.v1.Agent/SubmitJob',
-            protos_dot_agent__pb2.SubmitJobRequest.SerializeToString,
-            protos_dot_agent__pb2.SubmitJobResponse.FromString,
+            edgetune_dot_protos_dot_agent__pb2.SubmitJobRequest.SerializeToString,
+            edgetune_dot_protos_dot_agent__pb2.SubmitJobResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -313,8 +313,8 @@ class Agent(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_stream(request, target, '/edgetune.agent.v1.Agent/WatchJob',
-            protos_dot_agent__pb2.WatchJobRequest.SerializeToString,
-            protos_dot_agent__pb2.JobEvent.FromString,
+            edgetune_dot_protos_dot_agent__pb2.WatchJobRequest.SerializeToString,
+            edgetune_dot_protos_dot_agent__pb2.JobEvent.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -330,8 +330,8 @@ class Agent(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/edgetune.agent.v1.Agent/GetJob',
-            protos_dot_agent__pb2.GetJobRequest.SerializeToString,
-            protos_dot_agent__pb2.GetJobResponse.FromString,
+            edgetune_dot_protos_dot_agent__pb2.GetJobRequest.SerializeToString,
+            edgetune_dot_protos_dot_agent__pb2.GetJobResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -347,8 +347,8 @@ class Agent(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/edgetune.agent.v1.Agent/ListJobs',
-            protos_dot_agent__pb2.ListJobsRequest.SerializeToString,
-            protos_dot_agent__pb2.ListJobsResponse.FromString,
+            edgetune_dot_protos_dot_agent__pb2.ListJobsRequest.SerializeToString,
+            edgetune_dot_protos_dot_agent__pb2.ListJobsResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -364,7 +364,7 @@ class Agent(object):
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/edgetune.agent.v1.Agent/CancelJob',
-            protos_dot_agent__pb2.CancelJobRequest.SerializeToString,
-            protos_dot_agent__pb2.CancelJobResponse.FromString,
+            edgetune_dot_protos_dot_agent__pb2.CancelJobRequest.SerializeToString,
+            edgetune_dot_protos_dot_agent__pb2.CancelJobResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -1,7 +1,7 @@
 """Generate the committed protobuf and gRPC code beside ``protos/agent.proto``.
 
-    python -m protos.codegen          # rewrite protos/agent_pb2*.py(i), onnx_subset_pb2.py(i)
-    python -m protos.codegen --check  # exit 1 if the committed files differ from the .proto files
+    python -m edgetune.protos.codegen          # rewrite protos/agent_pb2*.py(i), onnx_subset_pb2.py(i)
+    python -m edgetune.protos.codegen --check  # exit 1 if the committed files differ from the .proto files
 
 The generator is pinned: grpcio-tools 1.62.3 (protoc 25.1, "Protobuf Python Version: 4.25.1").
 Why that release: boards run Python 3.9/3.10 with whatever grpcio/protobuf their wheels allow,
@@ -47,8 +47,9 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PROTOS = ("protos/agent.proto", "protos/onnx_subset.proto")
+HERE = Path(__file__).resolve().parent   # the .proto files and the committed code beside them
+PROTOS = ("agent.proto", "onnx_subset.proto")
+PACKAGE_PATH = "edgetune/protos"   # where the installed code lives, and the descriptors' file names
 GENERATED = ("agent_pb2.py", "agent_pb2.pyi", "agent_pb2_grpc.py",
              "onnx_subset_pb2.py", "onnx_subset_pb2.pyi")
 
@@ -125,40 +126,51 @@ def ensure_tools(target: Path | None = None) -> Path:
     return target
 
 
-def generate(out_dir: Path) -> None:
-    """Run the pinned protoc for every proto into ``out_dir/protos``."""
+def generate(out_dir: Path) -> Path:
+    """Run the pinned protoc for every proto; return the folder that holds the generated code.
+
+    The .proto files are staged as ``edgetune/protos/NAME.proto`` under a private include root,
+    so the generated code imports ``edgetune.protos...`` and registers its file in protobuf's
+    global descriptor pool as ``edgetune/protos/NAME.proto`` (a name no other project's proto
+    can take). The wire names (package ``edgetune.agent.v1``) come from the .proto alone.
+    """
     tools = ensure_tools()
-    (out_dir / "protos").mkdir(parents=True, exist_ok=True)
+    root_dir = out_dir / "include"
+    staged = root_dir / PACKAGE_PATH
+    staged.mkdir(parents=True, exist_ok=True)
     for proto in PROTOS:
-        args = ["protoc", f"-I{ROOT}", "-I{include}", f"--python_out={out_dir}",
-                f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}", str(ROOT / proto)]
+        shutil.copyfile(HERE / proto, staged / proto)
+    for proto in PROTOS:
+        args = ["protoc", f"-I{root_dir}", "-I{include}", f"--python_out={out_dir}",
+                f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}", f"{PACKAGE_PATH}/{proto}"]
         # -I: ignore PYTHON* variables, the cwd and user site; -S: no site-packages at all.
         proc = subprocess.run([sys.executable, "-I", "-S", "-c", _RUN_PROTOC, str(tools), *args],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"protoc (grpcio-tools {GRPCIO_TOOLS_VERSION} in {tools}) failed "
                              f"on {proto}:\n{proc.stderr.strip()}")
+    return out_dir / PACKAGE_PATH
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m protos.codegen", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m edgetune.protos.codegen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true",
                         help="compare instead of writing; exit 1 when the committed code is stale")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        generate(Path(tmp))
+        generated = generate(Path(tmp))
         stale = []
         for name in GENERATED:
-            fresh = (Path(tmp) / "protos" / name).read_bytes()
-            committed = ROOT / "protos" / name
+            fresh = (generated / name).read_bytes()
+            committed = HERE / name
             if args.check:
                 if not committed.exists() or committed.read_bytes() != fresh:
                     stale.append(name)
             else:
                 committed.write_bytes(fresh)
     if stale:
-        print(f"stale generated code: {', '.join(stale)}; run: python -m protos.codegen",
+        print(f"stale generated code: {', '.join(stale)}; run: python -m edgetune.protos.codegen",
               file=sys.stderr)
         return 1
     print("protos: generated code is up to date" if args.check else "protos: regenerated")

@@ -15,7 +15,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from protos import agent_pb2 as pb
+from edgetune.protos import agent_pb2 as pb
 
 
 class BlobKind(str, enum.Enum):

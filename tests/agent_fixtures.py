@@ -25,9 +25,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import grpc
 import numpy as np
 
-from certs.grpc_creds import channel_credentials
-from protos import agent_pb2 as pb
-from protos import agent_pb2_grpc
+from edgetune.certs.grpc_creds import channel_credentials
+from edgetune.protos import agent_pb2 as pb
+from edgetune.protos import agent_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 30.0
@@ -40,7 +40,7 @@ class InProcessAgent:
     """An ``AgentServer`` running in its own thread and event loop."""
 
     def __init__(self, config: Any, identity: Any, **server_kwargs: Any) -> None:
-        from device.server import AgentServer
+        from edgetune.device.server import AgentServer
         self.config = config
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run_loop, name="test-agent", daemon=True)
@@ -78,7 +78,7 @@ class InProcessAgent:
 
 def agent_config(pki: Any, store: Path, **overrides: Any) -> Any:
     """An AgentConfig on 127.0.0.1 port 0 with the test PKI's board1 identity."""
-    from device.config import AgentConfig
+    from edgetune.device.config import AgentConfig
     values: Dict[str, Any] = dict(listen="127.0.0.1:0", ca=pki.ca_cert, cert=pki.device.cert,
                                   key=pki.device.key, store=Path(store), log_level="debug")
     values.update(overrides)

@@ -13,8 +13,8 @@ from typing import Any, Iterator, List, Optional, Sequence
 
 import pytest
 
-from host.cli import main
-from host.localagent import AgentFiles, LocalAgent
+from edgetune.host.cli import main
+from edgetune.host.localagent import AgentFiles, LocalAgent
 
 SAMPLES = Path(__file__).resolve().parent.parent / "host" / "samples"
 DIGITS_MODEL = SAMPLES / "digits_cnn.onnx"
@@ -164,7 +164,7 @@ def retry_busy(action: Any, attempts: int = 20) -> Any:
     cancelled one may still be closing), wait a little and try again."""
     import time
 
-    from host.errors import AgentError
+    from edgetune.host.errors import AgentError
 
     for _ in range(attempts):
         try:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from certs import CertificateAuthority, Identity, IssuedCert
+from edgetune.certs import CertificateAuthority, Identity, IssuedCert
 
 PASSPHRASE = b"edgetune-test-passphrase"
 DEVICE_NAME = "board1"

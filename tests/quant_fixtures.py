@@ -18,8 +18,8 @@ TEST = SAMPLES / "digits_test.npz"
 
 @pytest.fixture(scope="module")
 def digits_q(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from host.quant.pipeline import quantize
-    from host.quant.settings import CalibSource, QuantizeSettings
+    from edgetune.host.quant.pipeline import quantize
+    from edgetune.host.quant.settings import CalibSource, QuantizeSettings
 
     out = tmp_path_factory.mktemp("digits") / "digits.q.onnx"
     quantize(QuantizeSettings(model=DIGITS, output=out, calib=(CalibSource(path=CALIB),)))

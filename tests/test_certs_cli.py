@@ -1,4 +1,4 @@
-"""``edgetune certs ...`` end to end, in-process through host.cli.main."""
+"""``edgetune certs ...`` end to end, in-process through edgetune.host.cli.main."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from certs import describe_certificate, load_identity
-from host.cli import main
-from host.cli.certs_cmd import identity_from_args
-from host.errors import AuthError, ExitStatus, NotFoundError
+from edgetune.certs import describe_certificate, load_identity
+from edgetune.host.cli import main
+from edgetune.host.cli.certs_cmd import identity_from_args
+from edgetune.host.errors import AuthError, ExitStatus, NotFoundError
 
 PASS = "cli test passphrase"
 EC = ["--key-type", "ecdsa-p256"]
@@ -22,8 +22,8 @@ EC = ["--key-type", "ecdsa-p256"]
 def only_certs_command(monkeypatch) -> None:
     """Parse with only the certs command registered: these tests stay about it (and fast)
     while the other command modules change."""
-    import host.cli
-    monkeypatch.setattr(host.cli, "COMMAND_MODULES", ("host.cli.certs_cmd",))
+    import edgetune.host.cli
+    monkeypatch.setattr(edgetune.host.cli, "COMMAND_MODULES", ("edgetune.host.cli.certs_cmd",))
 
 
 @pytest.fixture

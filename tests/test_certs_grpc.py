@@ -9,8 +9,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from certs import Identity, has_client_auth, load_identity
-from certs.grpc_creds import channel_credentials, server_credentials
+from edgetune.certs import Identity, has_client_auth, load_identity
+from edgetune.certs.grpc_creds import channel_credentials, server_credentials
 
 TIMEOUT = 10.0
 

@@ -10,10 +10,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from certs import (CertificateAuthority, PassphraseError, describe_certificate, has_client_auth,
+from edgetune.certs import (CertificateAuthority, PassphraseError, describe_certificate, has_client_auth,
                    has_server_auth, load_identity)
-from certs.verify import verify_pki
-from host.cli import main
+from edgetune.certs.verify import verify_pki
+from edgetune.host.cli import main
 from tests.test_certs_grpc import HealthServer
 
 PW = "lab passphrase 1"
@@ -86,8 +86,8 @@ def test_recipe_ca_loads_and_issues(recipe, tmp_path) -> None:
 
 
 def test_verify_and_issue_through_the_cli(recipe, tmp_path, monkeypatch, capsys) -> None:
-    import host.cli
-    monkeypatch.setattr(host.cli, "COMMAND_MODULES", ("host.cli.certs_cmd",))
+    import edgetune.host.cli
+    monkeypatch.setattr(edgetune.host.cli, "COMMAND_MODULES", ("edgetune.host.cli.certs_cmd",))
     monkeypatch.setenv("EDGETUNE_PASSPHRASE", PW)
     report = verify_pki(recipe, PW.encode())
     assert report.ok, [c.problems for c in report.checks]

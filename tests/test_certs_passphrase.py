@@ -7,7 +7,7 @@ from typing import List
 
 import pytest
 
-from certs import CertFileNotFoundError, PassphrasePolicyError, resolve_passphrase
+from edgetune.certs import CertFileNotFoundError, PassphrasePolicyError, resolve_passphrase
 
 
 def _prompter(answers: List[str]):

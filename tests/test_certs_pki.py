@@ -11,11 +11,11 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certs import (CertFileExistsError, CertFileNotFoundError, CertFormatError,
+from edgetune.certs import (CertFileExistsError, CertFileNotFoundError, CertFormatError,
                    CertificateAuthority, CertOptionError, CertVerifyError, KeyMismatchError,
                    PassphraseError, PassphrasePolicyError, describe_certificate, has_client_auth,
                    has_server_auth, load_identity)
-from certs.keys import encrypt_key_pem, generate_key, is_encrypted_pem, load_key_pem
+from edgetune.certs.keys import encrypt_key_pem, generate_key, is_encrypted_pem, load_key_pem
 
 PASS = b"correct horse battery"
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from device.cli import ExitStatus, main
-from device.config import DEFAULT_LISTEN, ConfigError, build_config
-from device.limits import Limits
+from edgetune.device.cli import ExitStatus, main
+from edgetune.device.config import DEFAULT_LISTEN, ConfigError, build_config
+from edgetune.device.limits import Limits
 
 
 def write_toml(path: Path, text: str) -> Path:
@@ -159,7 +159,7 @@ def test_check_refuses_wrong_or_missing_passphrase_and_a_client_cert(
 
 
 def test_port_in_use_is_a_clear_error(pki: Any, tmp_path: Path) -> None:
-    from device.server import ServerError
+    from edgetune.device.server import ServerError
     from tests.agent_fixtures import InProcessAgent, agent_config
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

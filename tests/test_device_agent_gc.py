@@ -1,4 +1,4 @@
-"""The agent freezes its long-lived objects once it is up (``device.server``, ``gc.freeze``),
+"""The agent freezes its long-lived objects once it is up (``edgetune.device.server``, ``gc.freeze``),
 so the full ``gc.collect()`` the runner makes before each timed loop scans only what jobs
 made. Checked in a fresh interpreter, since freezing is process-wide: an in-process agent
 started from a script, as the device tests do."""

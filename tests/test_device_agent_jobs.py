@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
-from device.jobs import (INTERRUPTED_CRASH, INTERRUPTED_STOP, JobDatabase, JobQueue, _Active,
+from edgetune.device.jobs import (INTERRUPTED_CRASH, INTERRUPTED_STOP, JobDatabase, JobQueue, _Active,
                          _Mailbox)
-from device.limits import Limits
-from device.runner import Runner
-from device.store import BlobStore
-from protos import agent_pb2 as pb
-from protos.messages import BenchmarkSpec, Job, JobEvent, JobState, Progress
+from edgetune.device.limits import Limits
+from edgetune.device.runner import Runner
+from edgetune.device.store import BlobStore
+from edgetune.protos import agent_pb2 as pb
+from edgetune.protos.messages import BenchmarkSpec, Job, JobEvent, JobState, Progress
 from tests.agent_fixtures import TIMEOUT, channel, mlp_model, sha256_hex, start_agent, \
     submit_benchmark, upload_model, wait_job
-from protos import agent_pb2_grpc
+from edgetune.protos import agent_pb2_grpc
 
 
 def _store_with_model(root: Path) -> "tuple[BlobStore, str]":
@@ -155,7 +155,7 @@ def test_graceful_stop_interrupts_the_running_job(pki: Any, tmp_path: Path) -> N
 
 
 def test_submit_is_refused_while_stopping(tmp_path: Path) -> None:
-    from device.jobs import ShuttingDown
+    from edgetune.device.jobs import ShuttingDown
 
     async def scenario() -> None:
         queue = JobQueue(tmp_path / "jobs.db", runner=None)
@@ -168,7 +168,7 @@ def test_submit_is_refused_while_stopping(tmp_path: Path) -> None:
 
 
 def test_a_corrupt_job_database_is_a_clear_start_error(pki: Any, tmp_path: Path) -> None:
-    from device.server import ServerError
+    from edgetune.device.server import ServerError
     store = tmp_path / "store"
     store.mkdir()
     (store / "jobs.db").write_bytes(b"this is not an SQLite file at all" * 100)

@@ -13,8 +13,8 @@ from typing import Any, Iterator, List, Tuple
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos import agent_pb2 as pb
-from protos import agent_pb2_grpc
+from edgetune.protos import agent_pb2 as pb
+from edgetune.protos import agent_pb2_grpc
 from tests.agent_fixtures import (TIMEOUT, agent_argv, agent_env, channel, mlp_model,
                                   spawn_agent, submit_benchmark, upload_model, wait_job)
 

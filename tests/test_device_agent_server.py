@@ -14,8 +14,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from protos import agent_pb2 as pb
-from protos import agent_pb2_grpc
+from edgetune.protos import agent_pb2 as pb
+from edgetune.protos import agent_pb2_grpc
 from tests.agent_fixtures import (TIMEOUT, channel, identity_model, mlp_model,
                                   model_with_external_data, npz_bytes, sha256_hex, start_agent,
                                   submit_benchmark, top1_dataset, upload, upload_dataset,
@@ -123,7 +123,7 @@ def test_ready_file_holds_the_bound_address(make_agent: Any, tmp_path: Path) -> 
 
 def test_stale_ready_file_is_gone_before_serving_and_rewritten_after(pki: Any,
                                                                     tmp_path: Path) -> None:
-    from device.server import board_info
+    from edgetune.device.server import board_info
     from tests.agent_fixtures import InProcessAgent, agent_config
 
     ready = tmp_path / "ready"
@@ -273,7 +273,7 @@ def test_hash_mismatch_is_data_loss_and_leaves_the_store_clean(client: Client, a
 
 def test_size_limit_not_onnx_escaping_external_data_and_pickle_are_refused(
         make_agent: Any, pki: Any) -> None:
-    from device.limits import Limits
+    from edgetune.device.limits import Limits
     agent = make_agent(limits=Limits(max_model_bytes=20_000))
     client = Client(agent.address, pki.host.identity)
     try:
@@ -388,7 +388,7 @@ def test_dynamic_dims_need_a_shape_at_submit(client: Client) -> None:
 
 
 def test_full_queue_is_resource_exhausted_and_cancel_rules(make_agent: Any, pki: Any) -> None:
-    from device.limits import Limits
+    from edgetune.device.limits import Limits
     agent = make_agent(limits=Limits(queue_capacity=2))
     client = Client(agent.address, pki.host.identity)
     try:
@@ -534,7 +534,7 @@ def test_bad_client_certificates_are_refused(agent: Any, pki: Any, who: str) -> 
 
 
 def test_interceptor_refuses_a_certificate_without_client_auth(pki: Any) -> None:
-    from device.auth import LACKS_CLIENT_AUTH, refusal
+    from edgetune.device.auth import LACKS_CLIENT_AUTH, refusal
 
     class Context:                        # what grpc hands the interceptor, as data
         def __init__(self, identity: Any) -> None:
@@ -577,7 +577,7 @@ def test_not_serving_until_the_store_and_runtime_are_ready(pki: Any, tmp_path: P
     import asyncio
     import socket
 
-    from device.server import AgentServer, board_info
+    from edgetune.device.server import AgentServer, board_info
     from tests.agent_fixtures import agent_config
 
     loading = threading.Event()
@@ -623,7 +623,7 @@ def test_not_serving_until_the_store_and_runtime_are_ready(pki: Any, tmp_path: P
 
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384, 3 << 20])
 def test_upload_deserializer_returns_data_without_copying(size: int) -> None:
-    from device.servicer import parse_upload_request
+    from edgetune.device.servicer import parse_upload_request
     payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
     raw = pb.UploadBlobRequest(data=payload).SerializeToString()
     parsed = parse_upload_request(raw)

@@ -13,8 +13,8 @@ import grpc
 import numpy as np
 import pytest
 
-from protos import agent_pb2 as pb
-from protos import agent_pb2_grpc
+from edgetune.protos import agent_pb2 as pb
+from edgetune.protos import agent_pb2_grpc
 from tests.agent_fixtures import TIMEOUT, channel, sha256_hex, start_agent, upload
 
 MiB = 1 << 20

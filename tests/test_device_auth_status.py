@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from device.auth import _status_of
+from edgetune.device.auth import _status_of
 
 
 class _NoCode:

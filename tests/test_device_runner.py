@@ -1,4 +1,4 @@
-"""device.runner, device.metrics, device.sysinfo, device.limits: real onnxruntime sessions."""
+"""edgetune.device.runner, device.metrics, device.sysinfo, device.limits: real onnxruntime sessions."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from device import metrics, sysinfo
-from device.errors import Cancelled, InvalidArgument, NotFound
-from device.limits import Limits, validate_benchmark, validate_evaluate
-from device.runner import Runner, latency_stats
-from device.store import BlobStore
-from protos.messages import (BenchmarkSpec, BlobKind, EvaluateSpec, Progress, SessionOptions)
+from edgetune.device import metrics, sysinfo
+from edgetune.device.errors import Cancelled, InvalidArgument, NotFound
+from edgetune.device.limits import Limits, validate_benchmark, validate_evaluate
+from edgetune.device.runner import Runner, latency_stats
+from edgetune.device.store import BlobStore
+from edgetune.protos.messages import (BenchmarkSpec, BlobKind, EvaluateSpec, Progress, SessionOptions)
 
 
 def onnx_bytes(nodes, inputs, outputs, initializers=()) -> bytes:

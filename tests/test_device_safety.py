@@ -1,4 +1,4 @@
-"""device.onnx_safety and device.datasets: hostile models and datasets are refused."""
+"""edgetune.device.onnx_safety and device.datasets: hostile models and datasets are refused."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from device.datasets import check_dataset_file, load_dataset, match_to_model
-from device.errors import InvalidArgument, ResourceExhausted
-from device.onnx_safety import check_model_file, inspect_model, location_problem
+from edgetune.device.datasets import check_dataset_file, load_dataset, match_to_model
+from edgetune.device.errors import InvalidArgument, ResourceExhausted
+from edgetune.device.onnx_safety import check_model_file, inspect_model, location_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX = 1 << 30
@@ -162,8 +162,8 @@ def test_external_data_inside_the_folder_is_refused_as_not_single_file(tmp_path:
 
 
 def test_skim_keeps_every_declared_field_and_drops_payloads(tmp_path: Path) -> None:
-    from device.onnx_safety import skim
-    from protos import onnx_subset_pb2 as sub
+    from edgetune.device.onnx_safety import skim
+    from edgetune.protos import onnx_subset_pb2 as sub
     big = helper.make_tensor("w", TensorProto.FLOAT, [100_000],
                              np.ones(100_000, np.float32).tobytes(), raw=True)
     model = _if_model(weight())
@@ -207,7 +207,7 @@ import importlib
 importlib.import_module(first); importlib.import_module(second)
 import onnx
 from onnx import helper, TensorProto
-from protos import onnx_subset_pb2 as sub
+from edgetune.protos import onnx_subset_pb2 as sub
 m = helper.make_model(helper.make_graph([], 'g', [], [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1])]))
 parsed = sub.ModelProto.FromString(m.SerializeToString())
 assert parsed.graph.output[0].name == 'x' and parsed.ir_version == m.ir_version
@@ -215,7 +215,7 @@ assert sub.ModelProto.DESCRIPTOR.full_name == 'edgetune.onnxsubset.ModelProto'
 assert onnx.ModelProto.DESCRIPTOR.full_name == 'onnx.ModelProto'
 print('ok')
 """
-    for order in (("onnx", "protos.onnx_subset_pb2"), ("protos.onnx_subset_pb2", "onnx")):
+    for order in (("onnx", "edgetune.protos.onnx_subset_pb2"), ("edgetune.protos.onnx_subset_pb2", "onnx")):
         done = subprocess.run([sys.executable, "-c", code, *order], cwd=ROOT, capture_output=True,
                               text=True, timeout=60)
         assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
@@ -231,7 +231,7 @@ def test_device_core_imports_without_host_packages_and_parses_as_python39() -> N
     code = ("import sys\n"
             "for blocked in ('onnx', 'paramiko', 'rich', 'PIL', 'host'):\n"
             "    sys.modules[blocked] = None\n"
-            + "".join(f"import device.{m}\n" for m in modules) + "print('ok')")
+            + "".join(f"import edgetune.device.{m}\n" for m in modules) + "print('ok')")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

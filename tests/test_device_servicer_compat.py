@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from device.servicer import _streaming
-from protos import agent_pb2 as pb
+from edgetune.device.servicer import _streaming
+from edgetune.protos import agent_pb2 as pb
 
 METHODS = pb.DESCRIPTOR.services_by_name["Agent"].methods_by_name
 

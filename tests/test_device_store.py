@@ -1,4 +1,4 @@
-"""device.store: content-addressed, crash-safe uploads on real files."""
+"""edgetune.device.store: content-addressed, crash-safe uploads on real files."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from device.errors import (AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument, NotFound,
+from edgetune.device.errors import (AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument, NotFound,
                            ResourceExhausted)
-from device.limits import Limits
-from device.store import BlobStore, UploadState, safe_label
-from protos.messages import BlobKind
+from edgetune.device.limits import Limits
+from edgetune.device.store import BlobStore, UploadState, safe_label
+from edgetune.protos.messages import BlobKind
 
 MODEL = BlobKind.MODEL
 DATASET = BlobKind.DATASET

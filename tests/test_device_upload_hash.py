@@ -1,4 +1,4 @@
-"""device.upload.BackgroundHash: an upload's sha256 kept by a thread of its own, bounded,
+"""edgetune.device.upload.BackgroundHash: an upload's sha256 kept by a thread of its own, bounded,
 in order, and never left running; and UploadWriter using it on real files."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from typing import List
 import numpy as np
 import pytest
 
-import device.upload as upload
-from device.errors import AgentError, DataLoss
-from device.limits import Limits
-from device.store import BlobStore
-from device.upload import BackgroundHash
-from protos.messages import BlobKind
+import edgetune.device.upload as upload
+from edgetune.device.errors import AgentError, DataLoss
+from edgetune.device.limits import Limits
+from edgetune.device.store import BlobStore
+from edgetune.device.upload import BackgroundHash
+from edgetune.protos.messages import BlobKind
 
 WAIT_S = 10.0
 

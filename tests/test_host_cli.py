@@ -1,4 +1,4 @@
-"""The board commands end to end, in-process through ``host.cli.main``, against one real agent
+"""The board commands end to end, in-process through ``edgetune.host.cli.main``, against one real agent
 subprocess (mutual TLS, real onnxruntime) shared by this module."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from host.client import AgentClient
-from host.errors import ExitStatus
-from host.render import fmt_bytes
-from protos.messages import BenchmarkSpec, BlobKind, SessionOptions
+from edgetune.host.client import AgentClient
+from edgetune.host.errors import ExitStatus
+from edgetune.host.render import fmt_bytes
+from edgetune.protos.messages import BenchmarkSpec, BlobKind, SessionOptions
 from tests.host_fixtures import (DIGITS_MODEL, DIGITS_TEST, ONE_DIGIT, RunningAgent,  # noqa: F401
                                       local_agent, run_cli, write_passphrase_file)
 

@@ -8,13 +8,12 @@ from typing import List
 
 
 def test_sigint_gate_lives_in_host_interrupts_and_host_client_reexports_it() -> None:
-    import host.client
-    import host.interrupts
-
-    assert host.interrupts.SigintGate.__module__ == "host.interrupts"
-    assert host.client.SigintGate is host.interrupts.SigintGate
-    assert host.client.GATE is host.interrupts.GATE          # one gate for the whole process
-    assert {"GATE", "SigintGate"} <= set(host.client.__all__)
+    import edgetune.host.client
+    import edgetune.host.interrupts
+    assert edgetune.host.interrupts.SigintGate.__module__ == "edgetune.host.interrupts"
+    assert edgetune.host.client.SigintGate is edgetune.host.interrupts.SigintGate
+    assert edgetune.host.client.GATE is edgetune.host.interrupts.GATE          # one gate for the whole process
+    assert {"GATE", "SigintGate"} <= set(edgetune.host.client.__all__)
 
 
 def _commands(register: object) -> List[str]:
@@ -25,7 +24,7 @@ def _commands(register: object) -> List[str]:
 
 
 def test_board_command_modules_register_their_own_commands() -> None:
-    from host.cli import agent_cmds, jobs_cmds, store_cmds
+    from edgetune.host.cli import agent_cmds, jobs_cmds, store_cmds
 
     assert _commands(store_cmds.register) == ["models", "datasets"]
     assert _commands(jobs_cmds.register) == ["jobs"]
@@ -35,7 +34,7 @@ def test_board_command_modules_register_their_own_commands() -> None:
 
 
 def test_help_lists_the_board_commands_together_in_their_usual_order() -> None:
-    from host.cli import build_parser
+    from edgetune.host.cli import build_parser
 
     parser = build_parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]

@@ -1,5 +1,5 @@
 """What the board commands tell the user beyond the result, in-process through
-``host.cli.main`` against a real agent subprocess (mutual TLS) whose ``[limits]
+``edgetune.host.cli.main`` against a real agent subprocess (mutual TLS) whose ``[limits]
 max_iterations`` is small: a ``--duration`` run cut short by it, an upload ``--name`` that
 did not apply, and the help of the connection flags."""
 
@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from host.cli import build_parser
+from edgetune.host.cli import build_parser
 from tests.host_fixtures import DIGITS_MODEL, ONE_DIGIT, RunningAgent, run_cli, start_agent
 
 MAX_ITERATIONS = 300

@@ -18,11 +18,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from certs import Identity
-from host.client import AgentClient, ClientSettings, check_own_certificate
-from host.errors import (AuthError, BadInputError, NotFoundError, TimeoutError_,
+from edgetune.certs import Identity
+from edgetune.host.client import AgentClient, ClientSettings, check_own_certificate
+from edgetune.host.errors import (AuthError, BadInputError, NotFoundError, TimeoutError_,
                          UnreachableError)
-from protos.messages import BenchmarkSpec, BlobKind, JobState, SessionOptions
+from edgetune.protos.messages import BenchmarkSpec, BlobKind, JobState, SessionOptions
 from tests.host_fixtures import (TcpProxy, retry_busy, settled_partial, DIGITS_MODEL, RunningAgent, local_agent,  # noqa: F401
                                       start_agent)
 
@@ -85,7 +85,7 @@ def test_interrupted_upload_resumes_from_committed_bytes(local_agent: RunningAge
     with AgentClient(local_agent.address, local_agent.pki.host.identity, settings=settings) as c:
         with pytest.raises(Stop):
             c.upload(model, BlobKind.MODEL, progress=stop_after_half)
-        from host.client import file_sha256
+        from edgetune.host.client import file_sha256
         sha, _ = file_sha256(model)
         committed = settled_partial(c, BlobKind.MODEL, size, sha256=sha)
         assert 0 < committed < size, (committed, size)
@@ -145,7 +145,7 @@ def test_dropped_watch_is_reattached(local_agent: RunningAgent,
 
 def test_a_long_outage_logs_one_warning_then_debug_lines(local_agent: RunningAgent,
                                                          caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="host.client")
+    caplog.set_level(logging.DEBUG, logger="edgetune.host.client")
     proxy = TcpProxy(local_agent.address)
     try:
         with AgentClient(proxy.address, local_agent.pki.host.identity) as c:
@@ -162,7 +162,7 @@ def test_a_long_outage_logs_one_warning_then_debug_lines(local_agent: RunningAge
             job = c.run(BenchmarkSpec(model_sha256=sha, session=ONE, iterations=0,
                                       min_duration_s=1.0), on_event)
         assert cut.is_set() and job.state is JobState.SUCCEEDED
-        records = [r for r in caplog.records if r.name == "host.client"
+        records = [r for r in caplog.records if r.name == "edgetune.host.client"
                    and ("re-attach" in r.getMessage())]
         warnings = [r for r in records if r.levelno == logging.WARNING]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
@@ -176,7 +176,7 @@ def test_a_long_outage_logs_one_warning_then_debug_lines(local_agent: RunningAge
 
 
 def test_ctrl_c_inside_a_call_is_deferred_until_grpc_returned() -> None:
-    from host.client import GATE
+    from edgetune.host.client import GATE
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         pytest.skip("SIGINT is not Python's default handler here")
     cancelled, went_on = threading.Event(), []
@@ -261,7 +261,7 @@ def test_own_certificate_near_expiry_warns(pki: Any, caplog: pytest.LogCaptureFi
 
     soon = pki.ca.issue_host("short", key_type="ecdsa-p256",
                              not_after=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=5))
-    with caplog.at_level("WARNING", logger="host.client"):
+    with caplog.at_level("WARNING", logger="edgetune.host.client"):
         check_own_certificate(soon.cert_pem, "short", 30)
     assert "expires in 4 days" in caplog.text or "expires in 5 days" in caplog.text
     caplog.clear()
@@ -324,8 +324,8 @@ def test_call_past_its_deadline_is_a_timeout(local_agent: RunningAgent, tmp_path
 
 
 def test_local_agent_that_cannot_start_shows_its_output(pki: Any, tmp_path: Path) -> None:
-    from host.errors import AgentError as HostAgentError
-    from host.localagent import AgentFiles, LocalAgent
+    from edgetune.host.errors import AgentError as HostAgentError
+    from edgetune.host.localagent import AgentFiles, LocalAgent
 
     wrong = tmp_path / "wrong"
     wrong.write_text("not-the-passphrase\n")

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from host.errors import ExitStatus
+from edgetune.host.errors import ExitStatus
 from tests.host_fixtures import run_cli
 
 
@@ -107,7 +107,7 @@ def test_demo_keep_prints_the_comparison_and_writes_a_usable_inventory(
     assert (keep / "pki" / "host-key.pem").is_file() and (keep / "store").is_dir()
     assert (keep / "pki" / "passphrase").stat().st_mode & 0o077 == 0
     assert b"ENCRYPTED" in (keep / "pki" / "host-key.pem").read_bytes()
-    from host.inventory import load_inventory
+    from edgetune.host.inventory import load_inventory
     inventory = load_inventory(keep / "edgetune.toml")
     assert inventory.host is not None and inventory.host.cert.is_file()
     assert inventory.device("demo").address.startswith("127.0.0.1:")
@@ -129,7 +129,7 @@ def _records(p50: Tuple[float, float]) -> Tuple[List[Dict[str, Any]], List[Dict[
 ])
 def test_comparison_rows_and_the_latency_note_follow_the_numbers(
         p50: Tuple[float, float], verdict: str) -> None:
-    from host.cli.demo_cmd import comparison, comparison_rows
+    from edgetune.host.cli.demo_cmd import comparison, comparison_rows
     bench, evaluation = _records(p50)
     c = comparison((1000, 250), bench, evaluation)
     assert c["note"].startswith(verdict)
@@ -145,7 +145,7 @@ def test_comparison_rows_and_the_latency_note_follow_the_numbers(
 
 
 def test_markdown_table_aligns_numbers_right() -> None:
-    from host.render import markdown_table
+    from edgetune.host.render import markdown_table
     text = markdown_table(("", "FP32", "INT8"), [("size (KiB)", "351.2", "97.5")])
     assert text.splitlines() == ["|            |  FP32 | INT8 |",
                                  "|------------|------:|-----:|",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from host.errors import ExitStatus
+from edgetune.host.errors import ExitStatus
 from tests.host_fixtures import DIGITS_MODEL, RunningAgent, local_agent, run_cli  # noqa: F401
 
 

@@ -21,10 +21,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from host.client import AgentClient
-from host.errors import ExitStatus
-from host.render import fmt_bytes
-from protos.messages import BenchmarkSpec, BlobKind, SessionOptions
+from edgetune.host.client import AgentClient
+from edgetune.host.errors import ExitStatus
+from edgetune.host.render import fmt_bytes
+from edgetune.protos.messages import BenchmarkSpec, BlobKind, SessionOptions
 from tests.host_fixtures import TcpProxy, DIGITS_MODEL, ONE_DIGIT, RunningAgent, local_agent  # noqa: F401
 
 RESUME_HINT = "run the same command again to resume from the bytes the board kept"

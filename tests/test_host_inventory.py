@@ -9,9 +9,9 @@ from typing import Any, List
 
 import pytest
 
-from host.cli.common import add_connection_flags, parse_shape, resolve_target
-from host.errors import BadInputError, NotFoundError, UsageError
-from host.inventory import find_config, load_inventory, split_address
+from edgetune.host.cli.common import add_connection_flags, parse_shape, resolve_target
+from edgetune.host.errors import BadInputError, NotFoundError, UsageError
+from edgetune.host.inventory import find_config, load_inventory, split_address
 
 
 def write(path: Path, text: str) -> Path:

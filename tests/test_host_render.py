@@ -1,13 +1,13 @@
-"""host.render: JSON documents (exact keys, no NaN), tables, and progress on stderr."""
+"""edgetune.host.render: JSON documents (exact keys, no NaN), tables, and progress on stderr."""
 
 from __future__ import annotations
 
 import io
 import json
 
-from host.client import UploadOutcome
-from host.render import (ProgressView, bench_table, describe_event, job_record, json_text)
-from protos.messages import (BenchmarkResult, BenchmarkSpec, BlobInfo, BlobKind, EvaluateResult,
+from edgetune.host.client import UploadOutcome
+from edgetune.host.render import (ProgressView, bench_table, describe_event, job_record, json_text)
+from edgetune.protos.messages import (BenchmarkResult, BenchmarkSpec, BlobInfo, BlobKind, EvaluateResult,
                              EvaluateSpec, Job, JobEvent, JobState, LatencyStats, Progress,
                              SessionOptions)
 

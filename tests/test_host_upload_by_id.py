@@ -16,13 +16,13 @@ import grpc
 import numpy as np
 import pytest
 
-import host.client
-from host.client import AgentClient, ClientSettings
-from host.errors import BadInputError, EdgetuneError
-from host.hashcache import RACY_NS, Entry, FileIdentity, HashCache
-from protos import agent_pb2 as pb
-from protos import agent_pb2_grpc
-from protos.messages import BlobKind
+import edgetune.host.client
+from edgetune.host.client import AgentClient, ClientSettings
+from edgetune.host.errors import BadInputError, EdgetuneError
+from edgetune.host.hashcache import RACY_NS, Entry, FileIdentity, HashCache
+from edgetune.protos import agent_pb2 as pb
+from edgetune.protos import agent_pb2_grpc
+from edgetune.protos.messages import BlobKind
 from tests.agent_fixtures import TIMEOUT, channel, mlp_model, npz_bytes
 from tests.host_fixtures import (RunningAgent, local_agent, retry_busy,  # noqa: F401
                                  settled_partial)
@@ -31,7 +31,7 @@ MiB = 1 << 20
 
 
 def aged(path: Path) -> Path:
-    """Back-date ``path``'s mtime so the hash cache trusts it (see host.hashcache: a file
+    """Back-date ``path``'s mtime so the hash cache trusts it (see edgetune.host.hashcache: a file
     written within RACY_NS of being read is never cached)."""
     past = time.time_ns() - 10 * RACY_NS
     os.utime(path, ns=(past, past))
@@ -57,15 +57,15 @@ def settings(tmp_path: Path, **kw: Any) -> ClientSettings:
 
 @pytest.fixture()
 def hashes(monkeypatch: pytest.MonkeyPatch) -> List[Path]:
-    """The files the client hashes up front (``host.client.file_sha256`` calls)."""
+    """The files the client hashes up front (``edgetune.host.client.file_sha256`` calls)."""
     calls: List[Path] = []
-    real = host.client.file_sha256
+    real = edgetune.host.client.file_sha256
 
     def counting(path: Path, *args: Any) -> Tuple[str, int]:
         calls.append(Path(path))
         return real(path, *args)
 
-    monkeypatch.setattr(host.client, "file_sha256", counting)
+    monkeypatch.setattr(edgetune.host.client, "file_sha256", counting)
     return calls
 
 
@@ -265,7 +265,7 @@ def test_corrupt_cache_is_ignored_with_a_warning(connect: Any, tmp_path: Path,
     cache.parent.mkdir()
     cache.write_bytes(b"{\"version\": 1, \"entries\": {trunc\xff")
     path = write(tmp_path / "d.npz", dataset(seed=18))
-    with caplog.at_level(logging.WARNING, logger="host.hashcache"):
+    with caplog.at_level(logging.WARNING, logger="edgetune.host.hashcache"):
         outcome = connect().upload(path, BlobKind.DATASET)
     assert outcome.blob.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert any("is corrupt" in r.getMessage() and str(cache) in r.getMessage()
@@ -290,7 +290,7 @@ def test_cache_is_bounded_and_keeps_the_most_recent(tmp_path: Path) -> None:
 @pytest.mark.parametrize("n", [1, 127, 128, 16383, 16384, 2 * MiB, 4 * MiB + 3])
 def test_hand_framed_chunk_equals_the_protobuf_encoding(n: int) -> None:
     chunk = bytes(range(256)) * (n // 256) + b"x" * (n % 256)
-    framed = host.client._upload_request_bytes(chunk)
+    framed = edgetune.host.client._upload_request_bytes(chunk)
     assert framed == pb.UploadBlobRequest(data=chunk).SerializeToString()
     header = pb.UploadBlobRequest(header=pb.UploadHeader(upload_id="ab" * 16))
-    assert host.client._upload_request_bytes(header) == header.SerializeToString()
+    assert edgetune.host.client._upload_request_bytes(header) == header.SerializeToString()

@@ -6,15 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from protos import agent_pb2 as pb
-from protos.messages import (BenchmarkResult, BenchmarkSpec, EvaluateResult, EvaluateSpec, Job,
+from google.protobuf import descriptor_pb2
+
+from edgetune.protos import agent_pb2 as pb
+from edgetune.protos.messages import (BenchmarkResult, BenchmarkSpec, EvaluateResult, EvaluateSpec, Job,
                              JobEvent, JobState, LatencyStats, Progress, SessionOptions)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_codegen_check_passes_on_the_committed_code():
-    proc = subprocess.run([sys.executable, "-m", "protos.codegen", "--check"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "edgetune.protos.codegen", "--check"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "up to date" in proc.stdout
@@ -27,10 +29,62 @@ def test_codegen_check_fails_on_stale_code(tmp_path):
     shutil.copytree(ROOT / "protos", tmp_path / "protos")
     stale = tmp_path / "protos" / "agent_pb2.py"
     stale.write_text(stale.read_text() + "\n# edited by hand\n")
-    proc = subprocess.run([sys.executable, "-m", "protos.codegen", "--check"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    # run the copy's own codegen: it checks the files beside it
+    proc = subprocess.run([sys.executable, str(tmp_path / "protos" / "codegen.py"), "--check"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "agent_pb2.py" in proc.stderr
+
+
+OLD_DESCRIPTOR = ROOT / "tests" / "data" / "agent-proto-0.1.0.desc"   # 0.1.0's agent_pb2, as it was
+
+
+def _fields(message: descriptor_pb2.DescriptorProto, prefix: str = "") -> dict:
+    out = {}
+    for f in message.field:
+        out[f"{prefix}{message.name}.{f.name}"] = (f.number, f.type, f.label, f.type_name,
+                                                   f.oneof_index if f.HasField("oneof_index") else None)
+    for nested in message.nested_type:
+        out.update(_fields(nested, f"{prefix}{message.name}."))
+    return out
+
+
+def _wire(fd: descriptor_pb2.FileDescriptorProto) -> tuple:
+    fields = {}
+    for message in fd.message_type:
+        fields.update(_fields(message))
+    enums = {f"{e.name}.{v.name}": v.number for e in fd.enum_type for v in e.value}
+    methods = {f"/{fd.package}.{s.name}/{m.name}": (m.input_type, m.output_type,
+                                                    m.client_streaming, m.server_streaming)
+               for s in fd.service for m in s.method}
+    return fields, enums, methods
+
+
+def test_descriptor_has_an_edgetune_file_name_and_the_old_wire_names():
+    """Registered in protobuf's global pool under a name no other project takes, while every
+    field, enum value and RPC of the previous release (0.1.0, registered as
+    ``protos/agent.proto``) keeps its wire name, number and type: old agents and new hosts,
+    and the other way round, still understand each other."""
+    new = descriptor_pb2.FileDescriptorProto.FromString(pb.DESCRIPTOR.serialized_pb)
+    old = descriptor_pb2.FileDescriptorProto.FromString(OLD_DESCRIPTOR.read_bytes())
+    assert new.name == "edgetune/protos/agent.proto"
+    assert old.name == "protos/agent.proto"
+    assert new.package == old.package == "edgetune.agent.v1"
+    old_fields, old_enums, old_methods = _wire(old)
+    new_fields, new_enums, new_methods = _wire(new)
+    assert len(old_methods) == 10 and len(old_fields) > 100
+    for name, spec in old_fields.items():
+        assert new_fields.get(name) == spec, f"wire field {name} changed or went away"
+    for name, number in old_enums.items():
+        assert new_enums.get(name) == number, f"enum value {name} changed or went away"
+    for name, spec in old_methods.items():
+        assert new_methods.get(name) == spec, f"RPC {name} changed or went away"
+
+
+def test_onnx_subset_registers_under_an_edgetune_name():
+    from edgetune.protos import onnx_subset_pb2
+    assert onnx_subset_pb2.DESCRIPTOR.name == "edgetune/protos/onnx_subset.proto"
+    assert onnx_subset_pb2.DESCRIPTOR.package == "edgetune.onnxsubset"
 
 
 def _round_trip(job: Job) -> Job:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from host import builders
-from host.cli import build_parser, main
-from host.errors import ExitStatus
+from edgetune.host import builders
+from edgetune.host.cli import build_parser, main
+from edgetune.host.errors import ExitStatus
 
 MEAN = (120.0, 110.0, 100.0)
 STD = (60.0, 50.0, 40.0)
@@ -44,8 +44,8 @@ def test_analyze_accepts_every_calibration_flag_of_quantize():
 @pytest.fixture(scope="module")
 def images_and_models(tmp_path_factory):
     """A tiny CNN, its QDQ model, 6 RGB PNGs and the same pixels preprocessed by hand."""
-    from host.quant.pipeline import quantize
-    from host.quant.settings import CalibSource, QuantizeSettings
+    from edgetune.host.quant.pipeline import quantize
+    from edgetune.host.quant.settings import CalibSource, QuantizeSettings
 
     tmp = tmp_path_factory.mktemp("analyze_cli")
     model = builders.save(builders.tiny_cnn(), tmp / "tiny.onnx")

@@ -1,4 +1,4 @@
-"""host.quant.analysis: the error figures on hand-checkable cases, and agreement with
+"""edgetune.host.quant.analysis: the error figures on hand-checkable cases, and agreement with
 onnxruntime's own qdq_loss_debug on a real quantized model."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from host.errors import BadInputError, NotFoundError
-from host.quant.analysis import SQNR_CAP_DB, ErrorAccumulator, analyze, error_metrics
-from host.quant.calibdata import CalibrationData
+from edgetune.host.errors import BadInputError, NotFoundError
+from edgetune.host.quant.analysis import SQNR_CAP_DB, ErrorAccumulator, analyze, error_metrics
+from edgetune.host.quant.calibdata import CalibrationData
 
 
 # ---------------------------------------------------------------------- the formulas
@@ -151,7 +151,7 @@ def test_a_float_model_is_no_qdq_model(tmp_path: Path) -> None:
 def tiny_quantized(tmp_path_factory: pytest.TempPathFactory):
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from host import builders
+    from edgetune.host import builders
 
     work = tmp_path_factory.mktemp("tiny")
     fpath = builders.save(builders.tiny_cnn(), work / "tiny.onnx")
@@ -231,8 +231,8 @@ def test_int16_island_conversions_and_relu_ranges(tmp_path: Path) -> None:
     """An int8 model with an int16 island: every Q/DQ pair is found (the conversions at the
     island's borders too, each with its own label), and a Relu's input quantized with the
     Relu's output range (negatives clipped) is not reported as an error the Relu removes."""
-    from host.quant.pipeline import quantize
-    from host.quant.settings import CalibSource, QuantizeSettings
+    from edgetune.host.quant.pipeline import quantize
+    from edgetune.host.quant.settings import CalibSource, QuantizeSettings
 
     samples = Path(__file__).resolve().parent.parent / "host" / "samples"
     out = tmp_path / "island.onnx"

@@ -1,4 +1,4 @@
-"""host.quant.analysis split by what it holds (graph walking, error math, result types, the
+"""edgetune.host.quant.analysis split by what it holds (graph walking, error math, result types, the
 driver): every public name still imports from host.quant.analysis, and each module is small."""
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ ROOT = Path(__file__).resolve().parent.parent
 PUBLIC = ("AnalysisReport", "ErrorAccumulator", "ErrorMetrics", "Graph", "LayerScore",
           "NSR_CAP", "QDQ_OPS", "QdqPair", "QdqWeight", "SQNR_CAP_DB", "TensorError",
           "analyze", "dequantize_weight", "error_metrics", "find_qdq", "fused_activation")
-HOMES = {"host.quant.errmetrics": ("ErrorAccumulator", "ErrorMetrics", "NSR_CAP",
+HOMES = {"edgetune.host.quant.errmetrics": ("ErrorAccumulator", "ErrorMetrics", "NSR_CAP",
                                    "SQNR_CAP_DB", "error_metrics"),
-         "host.quant.graphwalk": ("Graph", "QDQ_OPS", "QdqPair", "QdqWeight",
+         "edgetune.host.quant.graphwalk": ("Graph", "QDQ_OPS", "QdqPair", "QdqWeight",
                                   "dequantize_weight", "find_qdq", "fused_activation"),
-         "host.quant.analysis_types": ("AnalysisReport", "LayerScore", "TensorError")}
+         "edgetune.host.quant.analysis_types": ("AnalysisReport", "LayerScore", "TensorError")}
 
 
 def test_public_names_are_re_exported():
-    analysis = importlib.import_module("host.quant.analysis")
+    analysis = importlib.import_module("edgetune.host.quant.analysis")
     for name in PUBLIC:
         assert hasattr(analysis, name), name
         assert name in analysis.__all__, name

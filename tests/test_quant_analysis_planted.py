@@ -9,19 +9,19 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from host.cli import main  # noqa: E402
-from host.quant.analysis import analyze  # noqa: E402
-from host.quant.calibdata import CalibrationData  # noqa: E402
-from host.quant.evaluate import LocalEvaluator  # noqa: E402
-from host.quant.planted import build_planted_model  # noqa: E402
+from edgetune.host.cli import main  # noqa: E402
+from edgetune.host.quant.analysis import analyze  # noqa: E402
+from edgetune.host.quant.calibdata import CalibrationData  # noqa: E402
+from edgetune.host.quant.evaluate import LocalEvaluator  # noqa: E402
+from edgetune.host.quant.planted import build_planted_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory):
-    from host.quant.pipeline import quantize
-    from host.quant.settings import CalibSource, QuantizeSettings
+    from edgetune.host.quant.pipeline import quantize
+    from edgetune.host.quant.settings import CalibSource, QuantizeSettings
 
     work = tmp_path_factory.mktemp("planted")
     pm = build_planted_model(work / "planted.onnx")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from host.cli import main
-from host.quant.analysis import analyze
-from host.quant.calibdata import CalibrationData
-from host.quant.report import PLOT_SKIPPED
+from edgetune.host.cli import main
+from edgetune.host.quant.analysis import analyze
+from edgetune.host.quant.calibdata import CalibrationData
+from edgetune.host.quant.report import PLOT_SKIPPED
 from tests.quant_fixtures import CALIB, DIGITS
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from host import builders
-from host.cli import build_parser, main
-from host.cli.quantize_flags import build_settings
-from host.errors import ExitStatus
+from edgetune.host import builders
+from edgetune.host.cli import build_parser, main
+from edgetune.host.cli.quantize_flags import build_settings
+from edgetune.host.errors import ExitStatus
 from tests.test_quant_cli_quantize import xquant_setup
 
 TOP = ("max_percentile 0.9999 is unused: calibration_type 'default' maps to minmax; "

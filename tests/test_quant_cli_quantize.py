@@ -1,4 +1,4 @@
-"""``edgetune quantize`` end to end, in-process through ``host.cli.main``."""
+"""``edgetune quantize`` end to end, in-process through ``edgetune.host.cli.main``."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from host import builders
-from host.cli import build_parser, main
-from host.cli.quantize_flags import build_settings
-from host.errors import ExitStatus
+from edgetune.host import builders
+from edgetune.host.cli import build_parser, main
+from edgetune.host.cli.quantize_flags import build_settings
+from edgetune.host.errors import ExitStatus
 from tests.test_quant_data_config import pegasus_model
 
 ROOT = Path(__file__).resolve().parent.parent

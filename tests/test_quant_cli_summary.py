@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from host.cli import main
-from host.errors import ExitStatus
+from edgetune.host.cli import main
+from edgetune.host.errors import ExitStatus
 
 SAMPLES = Path(__file__).resolve().parent.parent / "host" / "samples"
 DIGITS = SAMPLES / "digits_cnn.onnx"

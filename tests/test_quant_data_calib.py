@@ -11,11 +11,11 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from host import builders
-from host.errors import BadInputError, NotFoundError, UsageError
-from host.quant.calibdata import (CalibrationData, load_calibration, load_npz_feeds,
+from edgetune.host import builders
+from edgetune.host.errors import BadInputError, NotFoundError, UsageError
+from edgetune.host.quant.calibdata import (CalibrationData, load_calibration, load_npz_feeds,
                                   read_model_inputs)
-from host.quant.settings import CalibSource, Preprocess, QuantizeSettings
+from edgetune.host.quant.settings import CalibSource, Preprocess, QuantizeSettings
 
 SAMPLES = Path(__file__).resolve().parent.parent / "host" / "samples"
 

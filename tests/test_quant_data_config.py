@@ -10,10 +10,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from host.errors import BadInputError, NotFoundError, UsageError
-from host.quant.config import (TOML_KEYS, check_input_count, check_settings, load_config,
+from edgetune.host.errors import BadInputError, NotFoundError, UsageError
+from edgetune.host.quant.config import (TOML_KEYS, check_input_count, check_settings, load_config,
                                load_pegasus_layers, resolve_pegasus_layers)
-from host.quant.settings import CalibSource, Preprocess, QuantizeSettings, SubgraphOverride
+from edgetune.host.quant.settings import CalibSource, Preprocess, QuantizeSettings, SubgraphOverride
 
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from host.errors import BadInputError, UsageError
-from host.quant import preprocess as pp
-from host.quant.settings import Preprocess
+from edgetune.host.errors import BadInputError, UsageError
+from edgetune.host.quant import preprocess as pp
+from edgetune.host.quant.settings import Preprocess
 
 # A 2x2 RGB image: pixel (row, col) -> (R, G, B).
 PIXELS = np.array([[[10, 20, 30], [40, 50, 60]],

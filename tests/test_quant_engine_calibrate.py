@@ -9,12 +9,12 @@ import numpy as np
 import onnx
 import pytest
 
-from host import builders
-from host.quant.calibdata import CalibrationData
-from host.quant.calibrate import calibrate, tensors_to_calibrate
-from host.quant.histograms import RangeState, entropy_range, mse_range
-from host.quant.prepare import effective_op_types, prepare_model
-from host.quant.settings import QuantizeSettings
+from edgetune.host import builders
+from edgetune.host.quant.calibdata import CalibrationData
+from edgetune.host.quant.calibrate import calibrate, tensors_to_calibrate
+from edgetune.host.quant.histograms import RangeState, entropy_range, mse_range
+from edgetune.host.quant.prepare import effective_op_types, prepare_model
+from edgetune.host.quant.settings import QuantizeSettings
 
 
 def _settings(model: Path, tmp_path: Path, **kw) -> QuantizeSettings:
@@ -192,7 +192,7 @@ def test_extra_methods_come_from_the_same_passes(tiny, tmp_path):
 
 
 def test_data_that_does_not_fit_the_model_is_a_clear_error(tiny, tmp_path):
-    from host.errors import BadInputError
+    from edgetune.host.errors import BadInputError
 
     path, prepared, _ = tiny
     wrong = CountingData(np.zeros((4, 1, 16, 16), np.float32))      # 1 channel, model wants 3

@@ -11,11 +11,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from host import builders
-from host.errors import BadInputError
-from host.quant.calibdata import CalibrationData
-from host.quant.pipeline import quantize
-from host.quant.settings import QuantizeSettings, SubgraphOverride
+from edgetune.host import builders
+from edgetune.host.errors import BadInputError
+from edgetune.host.quant.calibdata import CalibrationData
+from edgetune.host.quant.pipeline import quantize
+from edgetune.host.quant.settings import QuantizeSettings, SubgraphOverride
 
 
 @pytest.fixture(scope="module")

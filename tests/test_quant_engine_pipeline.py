@@ -11,12 +11,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from host import builders
-from host.errors import BadInputError, UsageError
-from host.quant.calibdata import CalibrationData
-from host.quant.pipeline import output_paths, quantize
-from host.quant.record import read_qdq_params
-from host.quant.settings import CalibSource, QuantizeSettings
+from edgetune.host import builders
+from edgetune.host.errors import BadInputError, UsageError
+from edgetune.host.quant.calibdata import CalibrationData
+from edgetune.host.quant.pipeline import output_paths, quantize
+from edgetune.host.quant.record import read_qdq_params
+from edgetune.host.quant.settings import CalibSource, QuantizeSettings
 
 SAMPLES = Path(__file__).resolve().parent.parent / "host" / "samples"
 DIGITS = SAMPLES / "digits_cnn.onnx"
@@ -186,8 +186,8 @@ def test_multi_input_model_with_chunked_data(tmp_path):
 
 
 def test_stages_reused_for_variants_as_the_fallback_does(tmp_path):
-    from host.quant.calibrate import calibrate
-    from host.quant.prepare import prepare_model
+    from edgetune.host.quant.calibrate import calibrate
+    from edgetune.host.quant.prepare import prepare_model
 
     settings = _digits_settings(tmp_path, "base.onnx")
     data = CalibrationData.from_arrays({"input": np.load(SAMPLES / "digits_calib.npz")["input"]})

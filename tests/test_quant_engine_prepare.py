@@ -11,12 +11,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from host import builders
-from host.errors import BadInputError, NotFoundError
-from host.quant.calibdata import CalibrationData
-from host.quant.pipeline import quantize
-from host.quant.prepare import name_nodes, prepare_model
-from host.quant.settings import QuantizeSettings
+from edgetune.host import builders
+from edgetune.host.errors import BadInputError, NotFoundError
+from edgetune.host.quant.calibdata import CalibrationData
+from edgetune.host.quant.pipeline import quantize
+from edgetune.host.quant.prepare import name_nodes, prepare_model
+from edgetune.host.quant.settings import QuantizeSettings
 
 
 def _settings(model: Path, tmp_path: Path, **kw) -> QuantizeSettings:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from host import builders
-from host.cli import build_parser
-from host.cli.quantize_flags import build_settings
-from host.quant import fallback, settings
-from host.quant.config import load_config
-from host.quant.settings import FallbackSettings
+from edgetune.host import builders
+from edgetune.host.cli import build_parser
+from edgetune.host.cli.quantize_flags import build_settings
+from edgetune.host.quant import fallback, settings
+from edgetune.host.quant.config import load_config
+from edgetune.host.quant.settings import FallbackSettings
 
 
 def test_one_default_greedy_everywhere(tmp_path, capsys):

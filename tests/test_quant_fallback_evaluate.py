@@ -1,4 +1,4 @@
-"""host.quant.evaluate: top-1/top-5 with labels, fidelity to the float model without them,
+"""edgetune.host.quant.evaluate: top-1/top-5 with labels, fidelity to the float model without them,
 bad datasets; and the AgentEvaluator against a real agent (when the agent code is here)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from host.errors import BadInputError, NotFoundError, UsageError
-from host.quant.evaluate import LocalEvaluator, sample_cosines
+from edgetune.host.errors import BadInputError, NotFoundError, UsageError
+from edgetune.host.quant.evaluate import LocalEvaluator, sample_cosines
 from tests.quant_fixtures import DIGITS, TEST
 
 
@@ -82,7 +82,7 @@ def test_bad_datasets_and_options(tmp_path: Path) -> None:
 
 
 def test_fixed_batch_model_is_evaluated_sample_by_sample(tmp_path: Path) -> None:
-    from host import builders
+    from edgetune.host import builders
 
     model = builders.save(builders.tiny_cnn(dynamic_batch=False), tmp_path / "fixed.onnx")
     data = tmp_path / "d.npz"
@@ -96,9 +96,9 @@ def test_fixed_batch_model_is_evaluated_sample_by_sample(tmp_path: Path) -> None
 # ---------------------------------------------------------------------- on a real agent
 
 def test_agent_evaluator_matches_local(pki, tmp_path: Path, digits_q: Path) -> None:
-    pytest.importorskip("device.servicer")
-    from host.client import AgentClient
-    from host.quant.evaluate import AgentEvaluator
+    pytest.importorskip("edgetune.device.servicer")
+    from edgetune.host.client import AgentClient
+    from edgetune.host.quant.evaluate import AgentEvaluator
     from tests.agent_fixtures import start_agent
 
     agent = start_agent(pki, tmp_path / "store")

@@ -12,12 +12,12 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from host.cli import main  # noqa: E402
-from host.quant.calibdata import CalibrationData  # noqa: E402
-from host.quant.evaluate import LocalEvaluator  # noqa: E402
-from host.quant.fallback import run_fallback  # noqa: E402
-from host.quant.planted import build_planted_model  # noqa: E402
-from host.quant.settings import FallbackSettings, QuantizeSettings  # noqa: E402
+from edgetune.host.cli import main  # noqa: E402
+from edgetune.host.quant.calibdata import CalibrationData  # noqa: E402
+from edgetune.host.quant.evaluate import LocalEvaluator  # noqa: E402
+from edgetune.host.quant.fallback import run_fallback  # noqa: E402
+from edgetune.host.quant.planted import build_planted_model  # noqa: E402
+from edgetune.host.quant.settings import FallbackSettings, QuantizeSettings  # noqa: E402
 
 pytestmark = pytest.mark.slow
 MAX_DROP = 0.01

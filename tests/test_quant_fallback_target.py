@@ -10,11 +10,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from host.cli import main
-from host.errors import ExitStatus, TargetNotMetError, UsageError
-from host.quant.calibdata import CalibrationData
-from host.quant.fallback import run_fallback
-from host.quant.settings import FallbackSettings, QuantizeSettings
+from edgetune.host.cli import main
+from edgetune.host.errors import ExitStatus, TargetNotMetError, UsageError
+from edgetune.host.quant.calibdata import CalibrationData
+from edgetune.host.quant.fallback import run_fallback
+from edgetune.host.quant.settings import FallbackSettings, QuantizeSettings
 
 SAMPLES = Path(__file__).resolve().parent.parent / "host" / "samples"
 DIGITS = SAMPLES / "digits_cnn.onnx"

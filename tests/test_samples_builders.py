@@ -15,9 +15,9 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 
-from host import builders
-from host.builders import GraphBuilder, param_count, random_feeds, tensor_input
-from host.samples import DIGITS_CALIB, DIGITS_MODEL, DIGITS_TEST, SAMPLES_DIR
+from edgetune.host import builders
+from edgetune.host.builders import GraphBuilder, param_count, random_feeds, tensor_input
+from edgetune.host.samples import DIGITS_CALIB, DIGITS_MODEL, DIGITS_TEST, SAMPLES_DIR
 
 
 def session(model) -> ort.InferenceSession:
@@ -265,7 +265,7 @@ def test_cli_writes_models_and_refuses_to_overwrite(tmp_path, capsys):
 
 def test_cli_runs_as_a_module(tmp_path):
     out = tmp_path / "mbv2.onnx"
-    proc = subprocess.run([sys.executable, "-m", "host.builders", "mobilenetv2", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "edgetune.host.builders", "mobilenetv2", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"3,4\d\d,\d\d\d parameters", proc.stdout)

@@ -38,7 +38,7 @@ import onnxruntime as ort
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from host.builders import GraphBuilder, save, tensor_input
+from edgetune.host.builders import GraphBuilder, save, tensor_input
 
 SCALE = 16.0
 CALIB_COUNT = 200

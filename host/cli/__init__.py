@@ -15,16 +15,16 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from host import __version__
-from host.errors import EdgetuneError, ExitStatus
+from edgetune import __version__
+from edgetune.host.errors import EdgetuneError, ExitStatus
 
 # Order is the order of ``edgetune --help``.
 COMMAND_MODULES = (
-    "host.cli.demo_cmd",
-    "host.cli.certs_cmd",
-    "host.cli.agent_cmds",
-    "host.cli.quantize_cmd",
-    "host.cli.analyze_cmd",
+    "edgetune.host.cli.demo_cmd",
+    "edgetune.host.cli.certs_cmd",
+    "edgetune.host.cli.agent_cmds",
+    "edgetune.host.cli.quantize_cmd",
+    "edgetune.host.cli.analyze_cmd",
 )
 
 EXIT_CODES_HELP = "exit codes:\n" + "\n".join(

@@ -1,8 +1,8 @@
 """The board commands ``info``, ``bench`` and ``eval``; ``register`` also adds ``models``,
-``datasets`` (``host.cli.store_cmds``) and ``jobs`` (``host.cli.jobs_cmds``) in between, in
+``datasets`` (``edgetune.host.cli.store_cmds``) and ``jobs`` (``edgetune.host.cli.jobs_cmds``) in between, in
 the order of ``edgetune --help``.
 
-Each takes the connection flags of ``host.cli.common`` and ``--json``. Flags are checked (and
+Each takes the connection flags of ``edgetune.host.cli.common`` and ``--json``. Flags are checked (and
 turned into one frozen settings object) before any connection is made.
 """
 
@@ -13,13 +13,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from host.cli import jobs_cmds, store_cmds
-from host.cli.common import (add_connection_flags, add_json_flag, check_count, open_client,
+from edgetune.host.cli import jobs_cmds, store_cmds
+from edgetune.host.cli.common import (add_connection_flags, add_json_flag, check_count, open_client,
                              parse_list, parse_shape, resolve_target)
-from host.cli.jobs_cmds import duration_note, print_results, wait_jobs
-from host.cli.store_cmds import BlobRef, resolve_blob
-from host.errors import ExitStatus, UsageError
-from protos.messages import (EXECUTION_MODES, GRAPH_OPT_LEVELS, BenchmarkSpec, BlobKind,
+from edgetune.host.cli.jobs_cmds import duration_note, print_results, wait_jobs
+from edgetune.host.cli.store_cmds import BlobRef, resolve_blob
+from edgetune.host.errors import ExitStatus, UsageError
+from edgetune.protos.messages import (EXECUTION_MODES, GRAPH_OPT_LEVELS, BenchmarkSpec, BlobKind,
                              EvaluateSpec, SessionOptions)
 
 METRICS = ("top1", "top5", "fidelity", "miou")
@@ -90,7 +90,7 @@ def _label(ref: BlobRef, sha256: str) -> str:
 
 def run_jobs(args: argparse.Namespace, settings: JobSettings) -> int:
     """Upload what is local, submit one job per model, wait for them, print the results."""
-    from host import render
+    from edgetune.host import render
 
     target = resolve_target(args)
     with open_client(args, target) as client, render.ProgressView.auto(quiet=settings.json) as view:
@@ -138,7 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from host import render
+    from edgetune.host import render
 
     target = resolve_target(args)
     with open_client(args, target) as client:

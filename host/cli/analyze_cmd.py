@@ -13,8 +13,8 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict
 
-from host.cli.quantize_flags import add_calibration_flags, calib_sources_from_args
-from host.errors import UsageError
+from edgetune.host.cli.quantize_flags import add_calibration_flags, calib_sources_from_args
+from edgetune.host.errors import UsageError
 
 DEFAULT_COUNT = 32          # samples analyzed
 DEFAULT_BATCH = 2           # samples per run of both models
@@ -60,8 +60,8 @@ def register(subparsers: Any) -> None:
 
 def build_data(args: argparse.Namespace) -> Any:
     """The calibration samples the flags describe (host.quant.calibdata)."""
-    from host.quant.calibdata import load_calibration
-    from host.quant.settings import QuantizeSettings
+    from edgetune.host.quant.calibdata import load_calibration
+    from edgetune.host.quant.settings import QuantizeSettings
 
     settings = QuantizeSettings(model=args.float_model, output=args.quant_model,
                                 calib=calib_sources_from_args(args),
@@ -107,10 +107,10 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from host.quant.analysis import analyze
-    from host.quant.report import (PLOT_SKIPPED, analysis_dict, analysis_json, analysis_markdown,
+    from edgetune.host.quant.analysis import analyze
+    from edgetune.host.quant.report import (PLOT_SKIPPED, analysis_dict, analysis_json, analysis_markdown,
                                    write_text_atomic)
-    from host.render import StageProgress
+    from edgetune.host.render import StageProgress
 
     _check(args)
     data = build_data(args)
@@ -150,7 +150,7 @@ def _print_human(report: Any, top: int, written: Dict[str, str], plot_note: str)
     from rich.console import Console
     from rich.table import Table
 
-    from host.quant.report import TABLE_COLUMNS, table_rows
+    from edgetune.host.quant.report import TABLE_COLUMNS, table_rows
 
     console = Console()
     ranked = report.ranked()

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
-from host.errors import (AuthError, BadInputError, EdgetuneError, ExitStatus, NotFoundError,
+from edgetune.host.errors import (AuthError, BadInputError, EdgetuneError, ExitStatus, NotFoundError,
                          UsageError)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from certs import CertError, CertInfo, Identity
+    from edgetune.certs import CertError, CertInfo, Identity
 
 KEY_TYPES = ("rsa3072", "rsa4096", "ecdsa-p256")    # = certs.KEY_TYPES, without importing it
 CIPHERS = ("aes256", "aes128")
@@ -39,7 +39,7 @@ def add_passphrase_flag(parser: argparse.ArgumentParser) -> None:
 
 def host_error(exc: "CertError") -> EdgetuneError:
     """The CLI error (and so the exit code) for a ``certs`` error."""
-    from certs import errors as e
+    from edgetune.certs import errors as e
 
     message = str(exc)
     if isinstance(exc, (e.PassphrasePolicyError, e.CertOptionError, e.CertFileExistsError)):
@@ -60,7 +60,7 @@ def host_error(exc: "CertError") -> EdgetuneError:
 @contextlib.contextmanager
 def cert_errors() -> Iterator[None]:
     """Re-raise any ``certs`` error inside the block as the matching host error."""
-    from certs.errors import CertError
+    from edgetune.certs.errors import CertError
 
     try:
         yield
@@ -74,7 +74,7 @@ def _interactive() -> bool:
 
 def passphrase_from_args(passphrase_file: Optional[Path], *, confirm: bool) -> bytes:
     """The passphrase from ``--passphrase-file``, ``$EDGETUNE_PASSPHRASE`` or a prompt."""
-    from certs.passphrase import resolve_passphrase
+    from edgetune.certs.passphrase import resolve_passphrase
 
     with cert_errors():
         return resolve_passphrase(passphrase_file, confirm=confirm, interactive=_interactive())
@@ -84,9 +84,9 @@ def identity_from_args(ca: Path, cert: Path, key: Path,
                        passphrase_file: Optional[Path] = None) -> "Identity":
     """Load this host's identity for mutual TLS; asks for the passphrase only when the key is
     encrypted. Raises NotFoundError, BadInputError, AuthError or UsageError."""
-    from certs.files import read_file
-    from certs.identity import load_identity
-    from certs.keys import is_encrypted_pem
+    from edgetune.certs.files import read_file
+    from edgetune.certs.identity import load_identity
+    from edgetune.certs.keys import is_encrypted_pem
 
     with cert_errors():
         key_pem = read_file(Path(key), "private key")
@@ -217,9 +217,9 @@ def _add_key_options(parser: argparse.ArgumentParser) -> None:
 
 def run_init(args: argparse.Namespace) -> int:
     settings = InitSettings(keys=_key_settings(args), subject=args.subject)
-    from certs.describe import describe_certificate
-    from certs.files import cert_path, key_path, refuse_existing
-    from certs.pki import CertificateAuthority
+    from edgetune.certs.describe import describe_certificate
+    from edgetune.certs.files import cert_path, key_path, refuse_existing
+    from edgetune.certs.pki import CertificateAuthority
 
     keys = settings.keys
     with cert_errors():
@@ -239,11 +239,11 @@ def run_init(args: argparse.Namespace) -> int:
 def run_issue(args: argparse.Namespace) -> int:
     settings = IssueSettings(keys=_key_settings(args), profile=args.profile, name=args.name,
                              ips=tuple(args.ip), dns=tuple(args.dns))
-    from certs.describe import describe_certificate
-    from certs.files import cert_path, key_path, read_file, refuse_existing
-    from certs.keys import is_encrypted_pem
-    from certs.names import check_leaf_name, parse_dns, parse_ips
-    from certs.pki import CertificateAuthority
+    from edgetune.certs.describe import describe_certificate
+    from edgetune.certs.files import cert_path, key_path, read_file, refuse_existing
+    from edgetune.certs.keys import is_encrypted_pem
+    from edgetune.certs.names import check_leaf_name, parse_dns, parse_ips
+    from edgetune.certs.pki import CertificateAuthority
 
     keys = settings.keys
     with cert_errors():
@@ -332,8 +332,8 @@ def _expiry_message(info: "CertInfo") -> Optional[str]:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from certs.describe import describe_certificate
-    from certs.files import parse_certs_pem, read_file
+    from edgetune.certs.describe import describe_certificate
+    from edgetune.certs.files import parse_certs_pem, read_file
 
     with cert_errors():
         certificates = parse_certs_pem(read_file(args.file, "certificate"), str(args.file))
@@ -355,7 +355,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from certs.verify import encrypted_keys, verify_pki
+    from edgetune.certs.verify import encrypted_keys, verify_pki
 
     with cert_errors():
         passphrase = (passphrase_from_args(args.passphrase_file, confirm=False)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Tuple
 
-from host.errors import NotFoundError, UsageError
-from host.inventory import (CONFIG_NAME, Inventory, find_config, load_inventory, split_address)
+from edgetune.host.errors import NotFoundError, UsageError
+from edgetune.host.inventory import (CONFIG_NAME, Inventory, find_config, load_inventory, split_address)
 
 INT32_MAX = 2 ** 31 - 1
 NO_TARGET = "pass --device NAME or --address HOST:PORT with --ca/--cert/--key (or --pki DIR)"
@@ -151,7 +151,7 @@ def _default_identity(pki: Path) -> str:
         return "host"
     if not pki.is_dir():
         raise NotFoundError(f"PKI directory {pki} does not exist")
-    from certs import CertError, describe_certificate
+    from edgetune.certs import CertError, describe_certificate
 
     clients: List[str] = []
     for cert in sorted(pki.glob("*-cert.pem")):
@@ -171,14 +171,14 @@ def _default_identity(pki: Path) -> str:
 
 def load_target_identity(target: ConnectionTarget) -> Any:
     """Decrypt the key and check the identity (certs errors become host errors)."""
-    from host.cli.certs_cmd import identity_from_args
+    from edgetune.host.cli.certs_cmd import identity_from_args
 
     return identity_from_args(target.ca, target.cert, target.key, target.passphrase_file)
 
 
 def open_client(args: argparse.Namespace, target: Optional[ConnectionTarget] = None) -> Any:
     """An ``AgentClient`` for the board the flags name (not yet connected)."""
-    from host.client import AgentClient, ClientSettings
+    from edgetune.host.client import AgentClient, ClientSettings
 
     target = target or resolve_target(args)
     identity = load_target_identity(target)

@@ -6,7 +6,7 @@ board would be, then the tool's main job on the shipped digits CNN: quantize it 
 ``edgetune quantize``'s defaults, upload both models, benchmark both with the same options,
 evaluate both on the test set (top-1 and fidelity against the stored FP32 reference logits),
 and print one FP32 / INT8 / change table (a Markdown table, to paste into docs; the comparison
-is in ``host.cli.demo_compare``).
+is in ``edgetune.host.cli.demo_compare``).
 
 Ctrl-C at any moment stops the local agent and removes the throw-away directory (PKI, store,
 the INT8 model) before the command says so and exits 130, like the other commands.
@@ -29,15 +29,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
-from host.cli.common import add_json_flag
+from edgetune.host.cli.common import add_json_flag
 # comparison_rows: re-exported, importable from here as before the split.
-from host.cli.demo_compare import (PRECISIONS, comparison, comparison_rows,  # noqa: F401
+from edgetune.host.cli.demo_compare import (PRECISIONS, comparison, comparison_rows,  # noqa: F401
                                    print_comparison)
-from host.errors import AgentError, NotFoundError, UsageError
+from edgetune.host.errors import AgentError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
-    from host.quant.pipeline import QuantizeReport
-    from host.quant.settings import QuantizeSettings
+    from edgetune.host.quant.pipeline import QuantizeReport
+    from edgetune.host.quant.settings import QuantizeSettings
 
 KEY_TYPE = "ecdsa-p256"
 DEVICE = "demo-board"
@@ -88,9 +88,9 @@ def quantize_sample(model: Path, calib: Path, output: Path,
                     view: Any) -> Tuple["QuantizeSettings", "QuantizeReport"]:
     """``edgetune quantize MODEL -o OUTPUT --calib CALIB`` with every other option at its
     default: (QuantizeSettings, QuantizeReport)."""
-    from host.quant.calibdata import load_calibration
-    from host.quant.pipeline import quantize
-    from host.quant.settings import CalibSource, QuantizeSettings
+    from edgetune.host.quant.calibdata import load_calibration
+    from edgetune.host.quant.pipeline import quantize
+    from edgetune.host.quant.settings import CalibSource, QuantizeSettings
 
     settings = QuantizeSettings(model=model, output=output, calib=(CalibSource(path=calib),),
                                 source="edgetune demo")
@@ -118,7 +118,7 @@ def quantize_summary(settings: "QuantizeSettings", report: "QuantizeReport",
 def make_pki(directory: Path) -> Dict[str, Path]:
     """CA, device cert for 127.0.0.1/localhost and a host cert, keys encrypted with a random
     passphrase kept in ``directory/passphrase`` (0600)."""
-    from certs import CertificateAuthority
+    from edgetune.certs import CertificateAuthority
 
     directory.mkdir(parents=True, exist_ok=True)
     passphrase = secrets.token_urlsafe(24)
@@ -158,11 +158,11 @@ def run_demo(workdir: Path, as_json: bool,
              agents: Optional[List[subprocess.Popen]] = None) -> Dict[str, Any]:
     """The demo in ``workdir``; its results. ``agents`` gets the agent's process once it
     serves (the agent is stopped when this returns or raises)."""
-    from host import render
-    from host.cli.certs_cmd import identity_from_args
-    from host.client import AgentClient
-    from host.localagent import AgentFiles, LocalAgent
-    from protos.messages import BenchmarkSpec, BlobKind, EvaluateSpec, SessionOptions
+    from edgetune.host import render
+    from edgetune.host.cli.certs_cmd import identity_from_args
+    from edgetune.host.client import AgentClient
+    from edgetune.host.localagent import AgentFiles, LocalAgent
+    from edgetune.protos.messages import BenchmarkSpec, BlobKind, EvaluateSpec, SessionOptions
 
     started = time.monotonic()
     view = render.ProgressView.auto(quiet=as_json)
@@ -235,7 +235,7 @@ def run_demo(workdir: Path, as_json: bool,
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from host import render
+    from edgetune.host import render
 
     keep = args.keep
     if keep is not None:

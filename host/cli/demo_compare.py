@@ -107,7 +107,7 @@ def print_comparison(doc: Dict[str, Any], width: int = 100, *,
     stdout; the text wrapped at ``width`` columns. ``input_shape``: the benchmarks' input."""
     import textwrap
 
-    from host import render
+    from edgetune.host import render
 
     models, q = doc["models"], doc["models"]["int8"]["quantize"]
     bench = doc["bench"]["results"][0]

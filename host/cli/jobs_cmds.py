@@ -8,9 +8,9 @@ import argparse
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from host.cli.common import (add_connection_flags, add_json_flag, check_count, open_client,
+from edgetune.host.cli.common import (add_connection_flags, add_json_flag, check_count, open_client,
                              resolve_target)
-from host.errors import ExitStatus
+from edgetune.host.errors import ExitStatus
 
 
 def job_name(job: Any) -> str:
@@ -70,7 +70,7 @@ def _where_jobs_stand(pending: Sequence[str], states: Dict[str, str]) -> str:
 
 
 def print_results(kind: str, records: List[Dict[str, Any]], as_json: bool) -> int:
-    from host import render
+    from edgetune.host import render
 
     failed = [r for r in records if "error" in r]
     if as_json:
@@ -101,7 +101,7 @@ def duration_note(spec: Any, record: Dict[str, Any]) -> str:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from host import render
+    from edgetune.host import render
 
     action = args.jobs_action
     if action == "list":

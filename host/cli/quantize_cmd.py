@@ -2,8 +2,8 @@
 
 Flags become one frozen ``QuantizeSettings`` (defaults < ``--config`` file < explicit flags:
 every flag defaults to None so "given" can be told from "default"), then the pipeline runs
-(``host.quant.pipeline.quantize``), or the accuracy-driven fallback when ``--max-drop`` is
-given (``host.quant.fallback.run_fallback``). Nothing heavy is imported at module top.
+(``edgetune.host.quant.pipeline.quantize``), or the accuracy-driven fallback when ``--max-drop`` is
+given (``edgetune.host.quant.fallback.run_fallback``). Nothing heavy is imported at module top.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from host.cli.quantize_flags import add_calibration_flags, build_settings, model_inputs
-from host.errors import EdgetuneError, TargetNotMetError, UsageError
-from host.quant.settings import (ACT_TYPES, DEFAULT_FALLBACK_STRATEGY, FALLBACK_METRICS,
+from edgetune.host.cli.quantize_flags import add_calibration_flags, build_settings, model_inputs
+from edgetune.host.errors import EdgetuneError, TargetNotMetError, UsageError
+from edgetune.host.quant.settings import (ACT_TYPES, DEFAULT_FALLBACK_STRATEGY, FALLBACK_METRICS,
                                  FALLBACK_STRATEGIES, METHODS, WEIGHT_TYPES, FallbackSettings,
                                  QuantizeSettings)
 
@@ -110,7 +110,7 @@ def register(subparsers: Any) -> None:
 
 def _add_device_flags(parser: argparse.ArgumentParser) -> None:
     """``--device`` plus the shared connection flags (host.cli.common)."""
-    from host.cli.common import add_connection_flags
+    from edgetune.host.cli.common import add_connection_flags
     add_connection_flags(parser)
 
 
@@ -132,8 +132,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{output} already exists", hint="add --force to overwrite it")
     if layer is not None and layer.format == "xquant":
         output.parent.mkdir(parents=True, exist_ok=True)     # XQuant creates its working_dir
-    from host.quant.calibdata import CalibrationData, load_calibration, load_npz_feeds
-    from host.render import StageProgress
+    from edgetune.host.quant.calibdata import CalibrationData, load_calibration, load_npz_feeds
+    from edgetune.host.render import StageProgress
 
     started = time.perf_counter()
     data: Optional[CalibrationData] = None
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
                 result, not_met = exc.report, exc   # type: ignore[attr-defined]
             report = getattr(result, "report", None) or result
         else:
-            from host.quant.pipeline import quantize
+            from edgetune.host.quant.pipeline import quantize
             result = quantize(settings, data=data, progress=progress)
             report = result
         analysis_paths = _maybe_analysis(args, layer, settings, data, report, progress)
@@ -179,11 +179,11 @@ def run(args: argparse.Namespace) -> int:
 def _run_fallback(args: argparse.Namespace, settings: QuantizeSettings,
                   fallback: FallbackSettings, data: Any, progress: Callable[..., None]) -> Any:
     """Locally, or on the board named by --device/--address (the target's own kernels)."""
-    from host.quant.fallback import run_fallback
+    from edgetune.host.quant.fallback import run_fallback
     if fallback.device is None and getattr(args, "address", None) is None:
         return run_fallback(settings, fallback, data=data, progress=progress)
-    from host.quant.evaluate import AgentEvaluator
-    common = _optional_module("host.cli.common")
+    from edgetune.host.quant.evaluate import AgentEvaluator
+    common = _optional_module("edgetune.host.cli.common")
     if common is None or not hasattr(common, "open_client"):
         raise UsageError("evaluating on a board needs host.cli.common, which this "
                          "installation lacks", hint="evaluate locally (drop --device)")
@@ -207,9 +207,9 @@ def _maybe_analysis(args: argparse.Namespace, layer: Any, settings: QuantizeSett
         return {}
     if data is None:
         return {"skipped": "no calibration data to analyze with (--ranges only)"}
-    analysis = _optional_module("host.quant.analysis")
+    analysis = _optional_module("edgetune.host.quant.analysis")
     if analysis is None:
-        return {"skipped": "host.quant.analysis is not available in this installation"}
+        return {"skipped": "edgetune.host.quant.analysis is not available in this installation"}
     output = Path(getattr(report, "output", settings.output))
     try:
         result = analysis.analyze(Path(settings.model), output, data, progress=progress)

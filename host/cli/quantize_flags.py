@@ -16,8 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from host.errors import UsageError
-from host.quant.settings import (COLORS, DEFAULT_FALLBACK_STRATEGY, FALLBACK_METRICS,
+from edgetune.host.errors import UsageError
+from edgetune.host.quant.settings import (COLORS, DEFAULT_FALLBACK_STRATEGY, FALLBACK_METRICS,
                                  FALLBACK_STRATEGIES, FILE_TYPES, INTERPOLATIONS, LAYOUTS,
                                  CalibSource, FallbackSettings, Preprocess, QuantizeSettings,
                                  SubgraphOverride)
@@ -54,7 +54,7 @@ def parse_floats(text: str) -> Tuple[float, ...]:
 
 def parse_size(text: str) -> Tuple[int, int]:
     """argparse type: ``"224x224"`` (or ``"224"``) -> (H, W)."""
-    from host.quant.config import parse_size as parse
+    from edgetune.host.quant.config import parse_size as parse
     try:
         return parse(text, "--input-size", "flag")
     except UsageError as exc:
@@ -138,7 +138,7 @@ def _subgraphs(values: Optional[List[List[str]]]) -> Tuple[SubgraphOverride, ...
 def build_settings(args: argparse.Namespace) -> Tuple[QuantizeSettings, Optional[FallbackSettings],
                                                       Any]:
     """Defaults < config file < explicit flags. Returns (settings, fallback, config layer)."""
-    from host.quant import config as cfg
+    from edgetune.host.quant import config as cfg
 
     layer = cfg.load_config(args.config) if args.config else None
     values: Dict[str, Any] = dict(layer) if layer is not None else {}
@@ -201,7 +201,7 @@ def _any_flag(args: argparse.Namespace) -> bool:
 
 
 def model_inputs(model: Path) -> Any:
-    from host.quant.calibdata import read_model_inputs
+    from edgetune.host.quant.calibdata import read_model_inputs
     return read_model_inputs(model)
 
 

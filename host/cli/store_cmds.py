@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from host.cli.common import add_connection_flags, add_json_flag, open_client, resolve_target
-from host.errors import NotFoundError, UsageError
-from protos.messages import BlobKind
+from edgetune.host.cli.common import add_connection_flags, add_json_flag, open_client, resolve_target
+from edgetune.host.errors import NotFoundError, UsageError
+from edgetune.protos.messages import BlobKind
 
 HEX = re.compile(r"^[0-9a-f]{6,64}$")
 
@@ -75,7 +75,7 @@ def upload_file(client: Any, path: Path, kind: BlobKind, view: Any,
 
 
 def cmd_blobs(args: argparse.Namespace) -> int:
-    from host import render
+    from edgetune.host import render
 
     kind = BlobKind(args.blob_kind)
     action = args.blob_action

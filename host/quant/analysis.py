@@ -33,9 +33,9 @@ fallback knows which layers to raise to fix it.
 
 This module is the driver (loading and running both models, pairing tensors, measuring);
 the pieces live beside it and every public name is re-exported here:
-``host.quant.errmetrics`` (the error math: ``ErrorMetrics``, ``ErrorAccumulator``,
-``error_metrics``), ``host.quant.graphwalk`` (graph structure: ``Graph``, ``find_qdq``,
-``dequantize_weight``, ``fused_activation``, ...) and ``host.quant.analysis_types`` (the
+``edgetune.host.quant.errmetrics`` (the error math: ``ErrorMetrics``, ``ErrorAccumulator``,
+``error_metrics``), ``edgetune.host.quant.graphwalk`` (graph structure: ``Graph``, ``find_qdq``,
+``dequantize_weight``, ``fused_activation``, ...) and ``edgetune.host.quant.analysis_types`` (the
 results: ``TensorError``, ``LayerScore``, ``AnalysisReport``).
 """
 
@@ -48,12 +48,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from host.errors import BadInputError, NotFoundError
+from edgetune.host.errors import BadInputError, NotFoundError
 # Re-exported: host.quant.analysis stays the one import for every public name.
-from host.quant.analysis_types import AnalysisReport, LayerScore, TensorError
-from host.quant.errmetrics import (NSR_CAP, SQNR_CAP_DB, ErrorAccumulator, ErrorMetrics,
+from edgetune.host.quant.analysis_types import AnalysisReport, LayerScore, TensorError
+from edgetune.host.quant.errmetrics import (NSR_CAP, SQNR_CAP_DB, ErrorAccumulator, ErrorMetrics,
                                    error_metrics, flag_reasons)
-from host.quant.graphwalk import (QDQ_OPS, Graph, QdqPair, QdqWeight, channel_axis_activation,
+from edgetune.host.quant.graphwalk import (QDQ_OPS, Graph, QdqPair, QdqWeight, channel_axis_activation,
                                   consumer_activation, dequantize_weight, find_qdq,
                                   fused_activation, scalar_constant, touching_nodes)
 

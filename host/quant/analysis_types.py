@@ -1,8 +1,8 @@
-"""What ``host.quant.analysis.analyze`` returns: per-tensor errors, layer scores, the report.
+"""What ``edgetune.host.quant.analysis.analyze`` returns: per-tensor errors, layer scores, the report.
 
 ``AnalysisReport.ranked()`` orders the quantized tensors worst first, ``layer_scores()``
 turns that into layers (the fallback's ranking); rendering (Markdown, JSON, PNG) lives in
-``host.quant.report``. Part of ``host.quant.analysis`` (which re-exports these names).
+``edgetune.host.quant.report``. Part of ``edgetune.host.quant.analysis`` (which re-exports these names).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from host.quant.errmetrics import SQNR_CAP_DB, ErrorMetrics
+from edgetune.host.quant.errmetrics import SQNR_CAP_DB, ErrorMetrics
 
 
 @dataclass(frozen=True)
@@ -122,23 +122,23 @@ class AnalysisReport:
         return sorted(best.values(), key=lambda s: (s.score, order.get(s.node, len(order)), s.node))
 
     def as_dict(self) -> Dict[str, Any]:
-        from host.quant.report import analysis_dict
+        from edgetune.host.quant.report import analysis_dict
 
         return analysis_dict(self)
 
     def to_json(self, indent: int = 2) -> str:
-        from host.quant.report import analysis_json
+        from edgetune.host.quant.report import analysis_json
 
         return analysis_json(self, indent=indent)
 
     def to_markdown(self, top: Optional[int] = None) -> str:
-        from host.quant.report import analysis_markdown
+        from edgetune.host.quant.report import analysis_markdown
 
         return analysis_markdown(self, top=top)
 
     def to_png(self, path: Path, top: int = 30) -> Optional[Path]:
         """The bar chart; None (and a logged "plot skipped" line) without matplotlib."""
-        from host.quant.report import analysis_png
+        from edgetune.host.quant.report import analysis_png
 
         return analysis_png(self, Path(path), top=top)
 

@@ -17,10 +17,10 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from host.errors import BadInputError, NotFoundError, UsageError
-from host.quant.calibsources import (LABEL_KEYS, REFERENCE_KEYS, ArrayFeed, Feed, InputInfo,
+from edgetune.host.errors import BadInputError, NotFoundError, UsageError
+from edgetune.host.quant.calibsources import (LABEL_KEYS, REFERENCE_KEYS, ArrayFeed, Feed, InputInfo,
                                      build_feed, read_model_inputs)
-from host.quant.settings import CalibSource, QuantizeSettings
+from edgetune.host.quant.settings import CalibSource, QuantizeSettings
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from host.errors import BadInputError, UsageError
-from host.quant.histograms import (
+from edgetune.host.errors import BadInputError, UsageError
+from edgetune.host.quant.histograms import (
     HistogramState,
     RangeState,
     abs_histogram,
@@ -42,8 +42,8 @@ from host.quant.histograms import (
     percentile_range,
     signed_histogram,
 )
-from host.quant.prepare import FLOAT_TYPES, PreparedModel, effective_op_types
-from host.quant.settings import METHODS, QuantizeSettings
+from edgetune.host.quant.prepare import FLOAT_TYPES, PreparedModel, effective_op_types
+from edgetune.host.quant.settings import METHODS, QuantizeSettings
 
 log = logging.getLogger(__name__)
 

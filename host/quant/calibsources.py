@@ -1,6 +1,6 @@
 """Calibration sources -> per-input feeds: what each folder, list, array or raw file holds.
 
-Used by ``host.quant.calibdata`` (the public side: ``load_calibration``/``CalibrationData``).
+Used by ``edgetune.host.quant.calibdata`` (the public side: ``load_calibration``/``CalibrationData``).
 A feed knows how many samples its source holds and loads chosen ones on demand; images are
 decoded and ``.npy`` rows read (memory-mapped) only then.
 """
@@ -13,9 +13,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from host.errors import BadInputError, NotFoundError, UsageError
-from host.quant import preprocess as pp
-from host.quant.settings import CalibSource
+from edgetune.host.errors import BadInputError, NotFoundError, UsageError
+from edgetune.host.quant import preprocess as pp
+from edgetune.host.quant.settings import CalibSource
 
 NPY_EXTENSIONS = (".npy",)
 RAW_EXTENSIONS = (".raw", ".bin")

@@ -21,10 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from host.errors import BadInputError, NotFoundError, UsageError
-from host.quant.pegasus import (load_pegasus_layers, load_pegasus_layers_with_notes,
+from edgetune.host.errors import BadInputError, NotFoundError, UsageError
+from edgetune.host.quant.pegasus import (load_pegasus_layers, load_pegasus_layers_with_notes,
                                 parse_pegasus, resolve_pegasus_layers)
-from host.quant.settings import (ACT_TYPES, COLORS, FALLBACK_METRICS, FALLBACK_STRATEGIES,
+from edgetune.host.quant.settings import (ACT_TYPES, COLORS, FALLBACK_METRICS, FALLBACK_STRATEGIES,
                                  FILE_TYPES, INTERPOLATIONS, LAYOUTS, METHODS, WEIGHT_TYPES,
                                  CalibSource, Preprocess, QuantizeSettings, SubgraphOverride)
 
@@ -120,7 +120,7 @@ def load_config(path: Union[str, Path]) -> ConfigLayer:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise BadInputError(f"config file {path} is not valid JSON: {exc}") from None
-        from host.quant.xquant import from_xquant
+        from edgetune.host.quant.xquant import from_xquant
         return from_xquant(data, path)
     if suffix == ".quantize" or "customized_quantize_layers:" in text:
         layers, notes = parse_pegasus(text, path)

@@ -4,7 +4,7 @@ Streamed: ``ErrorAccumulator`` keeps running sums (per tensor, and per channel a
 axis), so a chunk of samples is added at a time and nothing is kept per sample; ``result()``
 turns the sums into ``ErrorMetrics``. ``error_metrics`` is the one-shot form. The SQNR
 definition is onnxruntime's (``compute_signal_to_quantization_noice_ratio``), capped at
-+/-``SQNR_CAP_DB`` instead of +/-inf. Part of ``host.quant.analysis`` (which re-exports it).
++/-``SQNR_CAP_DB`` instead of +/-inf. Part of ``edgetune.host.quant.analysis`` (which re-exports it).
 """
 
 from __future__ import annotations

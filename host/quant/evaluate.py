@@ -28,8 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from host.errors import AgentError, BadInputError, NotFoundError, UsageError
-from host.quant.calibsources import LABEL_KEYS
+from edgetune.host.errors import AgentError, BadInputError, NotFoundError, UsageError
+from edgetune.host.quant.calibsources import LABEL_KEYS
 
 METRICS = ("auto", "top1", "top5", "fidelity")
 
@@ -241,7 +241,7 @@ class LocalEvaluator(_Evaluator):
     """Evaluates models with onnxruntime on this PC.
 
     ``dataset_path`` / ``metric``: defaults for calls that do not name them. ``session``: a
-    ``protos.messages.SessionOptions`` (providers, threads, optimization level), the same
+    ``edgetune.protos.messages.SessionOptions`` (providers, threads, optimization level), the same
     options an agent takes. ``batch_size``: samples per run (a model's fixed batch wins).
     """
 
@@ -324,7 +324,7 @@ _RESULT_KEYS = {"top1": "top1", "top5": "top5", "fidelity": "cosine"}
 
 class AgentEvaluator(_Evaluator):
     """Evaluates models on a board: uploads the model (and once, the dataset) to its agent
-    through ``client`` (a ``host.client.AgentClient``) and runs an evaluation job there, so
+    through ``client`` (a ``edgetune.host.client.AgentClient``) and runs an evaluation job there, so
     the fallback is judged on the target's own kernels.
 
     For ``fidelity`` the float model's outputs are computed here once (onnxruntime on this PC)
@@ -346,7 +346,7 @@ class AgentEvaluator(_Evaluator):
         return f"agent at {getattr(self.client, 'address', '?')}"
 
     def _upload_dataset(self, path: Path, metric: str, float_model: Optional[Path]) -> str:
-        from protos.messages import BlobKind
+        from edgetune.protos.messages import BlobKind
 
         key = (path.resolve(), metric)
         if key in self._datasets:
@@ -371,7 +371,7 @@ class AgentEvaluator(_Evaluator):
         return target
 
     def _run(self, model_path: Path, dataset_sha: str, metric: str) -> float:
-        from protos.messages import BlobKind, EvaluateSpec, JobState, SessionOptions
+        from edgetune.protos.messages import BlobKind, EvaluateSpec, JobState, SessionOptions
 
         model_path = Path(model_path)
         if not model_path.is_file():

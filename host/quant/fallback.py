@@ -3,13 +3,13 @@ drop is within ``--max-drop``.
 
 1. Evaluate the float model (the baseline; for fidelity it also fixes the reference outputs).
 2. Calibrate ONCE and quantize everything to int8; evaluate. Within the target: done.
-3. Rank the quantizable layers by a cheap sensitivity proxy: ``host.quant.analysis`` on a few
+3. Rank the quantizable layers by a cheap sensitivity proxy: ``edgetune.host.quant.analysis`` on a few
    calibration samples (each layer scores the worst isolated error of the tensors it touches;
    the layers around one bad tensor tie, and are raised together, because a tensor stays
    quantized as long as any layer beside it is).
 4. Search, re-quantizing variants from the saved ranges (cheap: no calibration), each layer
    tried at int16 first and at float when int16 is not enough, with one of the strategies in
-   ``host.quant.strategies``: ``greedy`` (NNCF-style, the default: raise the worst group,
+   ``edgetune.host.quant.strategies``: ``greedy`` (NNCF-style, the default: raise the worst group,
    re-rank, repeat) or ``bisect`` (AMCT-style: the smallest top-k of the ranking that meets
    the target, at int16, else at float).
    ``bench/fallback_strategies.py`` compares the two on the planted-layer model (the metric
@@ -22,7 +22,7 @@ drop is within ``--max-drop``.
    attribute (the CLI prints the steps and the error together).
 
 This module holds the search state (``_Search``) and ``run_fallback``; the step and report
-types are in ``host.quant.fallback_report`` and re-exported here.
+types are in ``edgetune.host.quant.fallback_report`` and re-exported here.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
-from host.errors import BadInputError, TargetNotMetError, UsageError
-from host.quant import strategies
-from host.quant.fallback_report import FallbackReport, FallbackStep, fallback_record_path
-from host.quant.settings import (DEFAULT_FALLBACK_STRATEGY, FALLBACK_STRATEGIES,
+from edgetune.host.errors import BadInputError, TargetNotMetError, UsageError
+from edgetune.host.quant import strategies
+from edgetune.host.quant.fallback_report import FallbackReport, FallbackStep, fallback_record_path
+from edgetune.host.quant.settings import (DEFAULT_FALLBACK_STRATEGY, FALLBACK_STRATEGIES,
                                  FallbackSettings, QuantizeSettings)
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class _Search:
             sg.precision == "int16" for sg in s.subgraphs)
 
     def _prepared(self, s: QuantizeSettings) -> Any:
-        from host.quant.pipeline import prepare_model
+        from edgetune.host.quant.pipeline import prepare_model
 
         key = self._needs16(s)
         if key not in self.prepared:
@@ -116,7 +116,7 @@ class _Search:
                        exclude=tuple(s.exclude) + floats, ranges=None)
 
     def quantize(self, precision: Precision, output: Path, *, force: bool = True) -> Any:
-        from host.quant.pipeline import quantize
+        from edgetune.host.quant.pipeline import quantize
 
         s = replace(self.variant_settings(precision, output), force=force)
         key = self._needs16(s)
@@ -128,7 +128,7 @@ class _Search:
             if "ranges have no entry" not in exc.message or key in self.ranges \
                     or self.data is None:
                 raise
-            from host.quant.pipeline import calibrate
+            from edgetune.host.quant.pipeline import calibrate
 
             log.info("calibrating the opset-%d model for int16 variants", prepared.opset)
             self.ranges[key] = calibrate(prepared, self.data, self.settings, self.progress)
@@ -136,8 +136,8 @@ class _Search:
 
     def calibrate_all_int8(self) -> Any:
         """Step 1: prepare, calibrate once (or load ``settings.ranges``), quantize all int8."""
-        from host.quant.pipeline import quantize
-        from host.quant.ranges import load_ranges
+        from edgetune.host.quant.pipeline import quantize
+        from edgetune.host.quant.ranges import load_ranges
 
         t0 = time.perf_counter()
         output = self.work / "c1.onnx"
@@ -211,7 +211,7 @@ class _Search:
         return self.steps[self._evaluate(clean, report, action, t0)]
 
     def analyze(self, index: int) -> Any:
-        from host.quant.analysis import analyze
+        from edgetune.host.quant.analysis import analyze
 
         prepared = self.prepared.get(False) or next(iter(self.prepared.values()))
         return analyze(Path(prepared.path), self.models[index], self.data,
@@ -236,8 +236,8 @@ class _Search:
 
 def _eval_inputs(model: Path, dataset: Path) -> Any:
     """The evaluation set's inputs as calibration-style data (ranges-only runs rank with it)."""
-    from host.quant.calibdata import CalibrationData, read_model_inputs
-    from host.quant.evaluate import load_eval_dataset
+    from edgetune.host.quant.calibdata import CalibrationData, read_model_inputs
+    from edgetune.host.quant.evaluate import load_eval_dataset
 
     inputs = read_model_inputs(model)
     loaded = load_eval_dataset(dataset, [i.name for i in inputs])
@@ -254,9 +254,9 @@ def run_fallback(settings: QuantizeSettings, fb: FallbackSettings, *, data: Any,
     to ``settings.output`` (+ record, ranges, OUT.fallback.json) in every case; raises
     ``TargetNotMetError`` afterwards when no candidate met the target (its ``report``
     attribute holds this function's ``FallbackReport``)."""
-    from host.quant.evaluate import LocalEvaluator
-    from host.quant.pipeline import validate_settings
-    from host.quant.ranges import atomic_write_text
+    from edgetune.host.quant.evaluate import LocalEvaluator
+    from edgetune.host.quant.pipeline import validate_settings
+    from edgetune.host.quant.ranges import atomic_write_text
 
     check_fallback_settings(fb)
     validate_settings(settings)

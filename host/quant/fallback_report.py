@@ -1,7 +1,7 @@
 """The accuracy-driven fallback's results: one ``FallbackStep`` per evaluated candidate and the
 ``FallbackReport`` of the whole search (printed by the CLI, written as ``OUT.fallback.json``).
 
-``host.quant.fallback`` produces them and re-exports every public name defined here.
+``edgetune.host.quant.fallback`` produces them and re-exports every public name defined here.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from host.render import json_safe
+from edgetune.host.render import json_safe
 
 
 @dataclass(frozen=True)

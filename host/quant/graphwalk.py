@@ -5,7 +5,7 @@ constant DequantizeLinear (weights, biases) from the graph's structure, not by t
 suffix, so renamed pairs and int16 <-> 8-bit conversion chains are found too.
 ``touching_nodes`` maps a tensor back to the layers that touch it in the float and the
 quantized graph (looking through Q/DQ nodes and activations the quantizer fused away), so
-the fallback knows which layers to raise to fix it. Part of ``host.quant.analysis`` (which
+the fallback knows which layers to raise to fix it. Part of ``edgetune.host.quant.analysis`` (which
 re-exports the public names).
 """
 

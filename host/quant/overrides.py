@@ -20,10 +20,10 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
-from host.errors import BadInputError
-from host.quant.graphwalk import node_links
-from host.quant.prepare import close_matches, graph_tensor_names
-from host.quant.settings import QuantizeSettings, SubgraphOverride
+from edgetune.host.errors import BadInputError
+from edgetune.host.quant.graphwalk import node_links
+from edgetune.host.quant.prepare import close_matches, graph_tensor_names
+from edgetune.host.quant.settings import QuantizeSettings, SubgraphOverride
 
 PRECISIONS = ("int8", "int16", "float")
 

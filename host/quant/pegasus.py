@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
-from host.errors import BadInputError, NotFoundError
+from edgetune.host.errors import BadInputError, NotFoundError
 
 __all__ = ["PEGASUS_INT16", "parse_pegasus", "load_pegasus_layers",
            "load_pegasus_layers_with_notes", "resolve_pegasus_layers"]

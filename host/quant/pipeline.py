@@ -26,8 +26,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from host.errors import BadInputError, UsageError
-from host.quant.calibrate import (
+from edgetune.host.errors import BadInputError, UsageError
+from edgetune.host.quant.calibrate import (
     Range,
     Ranges,
     calibrate,
@@ -35,8 +35,8 @@ from host.quant.calibrate import (
     parse_label,
     tensors_to_calibrate,
 )
-from host.quant.overrides import ResolvedOverrides, int16_overrides, node_tensors, resolve_overrides
-from host.quant.prepare import (
+from edgetune.host.quant.overrides import ResolvedOverrides, int16_overrides, node_tensors, resolve_overrides
+from edgetune.host.quant.prepare import (
     Decision,
     PreparedModel,
     convert_opset,
@@ -47,9 +47,9 @@ from host.quant.prepare import (
     prepare_model,
     quantizable_nodes,
 )
-from host.quant.ranges import atomic_write_text, load_ranges, ranges_to_dict
-from host.quant.record import build_record, node_precisions, read_qdq_params, record_text
-from host.quant.settings import ACT_TYPES, METHODS, WEIGHT_TYPES, QuantizeSettings
+from edgetune.host.quant.ranges import atomic_write_text, load_ranges, ranges_to_dict
+from edgetune.host.quant.record import build_record, node_precisions, read_qdq_params, record_text
+from edgetune.host.quant.settings import ACT_TYPES, METHODS, WEIGHT_TYPES, QuantizeSettings
 
 Progress = Callable[[str, int, int], None]
 
@@ -88,7 +88,7 @@ class QuantizeReport:
         return self.output_bytes / self.input_bytes if self.input_bytes else 0.0
 
     def as_dict(self) -> Dict[str, Any]:
-        from host.quant.record import jsonable
+        from edgetune.host.quant.record import jsonable
 
         data = {name: jsonable(getattr(self, name)) for name in self.__dataclass_fields__}
         data["decisions"] = [d.as_dict() for d in self.decisions]
@@ -176,7 +176,7 @@ def _resolve_ranges(settings: QuantizeSettings, prepared: PreparedModel, model, 
         if not settings.calib:
             raise UsageError("no calibration data: give --calib SOURCE (or --ranges FILE "
                              "to reuse saved ranges)")
-        from host.quant.calibdata import load_calibration
+        from edgetune.host.quant.calibdata import load_calibration
 
         data = load_calibration(Path(settings.model), settings)
     return calibrate(prepared, data, settings, progress, extra_methods=extra_methods), True

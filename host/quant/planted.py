@@ -24,7 +24,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from host.errors import UsageError
+from edgetune.host.errors import UsageError
 
 
 @dataclass(frozen=True)

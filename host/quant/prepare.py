@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
-from host.errors import BadInputError, NotFoundError
-from host.quant.settings import QuantizeSettings
+from edgetune.host.errors import BadInputError, NotFoundError
+from edgetune.host.quant.settings import QuantizeSettings
 
 log = logging.getLogger(__name__)
 

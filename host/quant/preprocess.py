@@ -30,8 +30,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from host.errors import BadInputError, NotFoundError, UsageError
-from host.quant.settings import Preprocess
+from edgetune.host.errors import BadInputError, NotFoundError, UsageError
+from edgetune.host.quant.settings import Preprocess
 
 Dim = Union[int, str, None]
 

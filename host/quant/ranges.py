@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
 
-from host.errors import BadInputError, NotFoundError
-from host.quant.calibrate import Range, Ranges
+from edgetune.host.errors import BadInputError, NotFoundError
+from edgetune.host.quant.calibrate import Range, Ranges
 
 FORMAT = "edgetune-ranges"
 VERSION = 1

@@ -49,7 +49,7 @@ def tool_versions() -> Dict[str, str]:
     import onnx
     import onnxruntime
 
-    from host import __version__
+    from edgetune import __version__
 
     return {"edgetune": __version__, "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,

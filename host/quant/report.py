@@ -13,10 +13,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
-from host.render import json_safe
+from edgetune.host.render import json_safe
 
 if TYPE_CHECKING:  # pragma: no cover
-    from host.quant.analysis import AnalysisReport, TensorError
+    from edgetune.host.quant.analysis import AnalysisReport, TensorError
 
 log = logging.getLogger(__name__)
 

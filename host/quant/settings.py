@@ -1,9 +1,9 @@
 """Typed, frozen settings for quantization, built once at the edge (CLI flags, TOML, XQuant JSON).
 
-This module is the contract between the parts of ``host.quant``:
-- ``host.quant.config`` and ``host.cli.quantize_cmd`` build a ``QuantizeSettings``;
-- ``host.quant.calibdata`` turns ``CalibSource``/``Preprocess`` into model feeds;
-- ``host.quant.pipeline`` quantizes with it; ``host.quant.fallback`` derives variants with
+This module is the contract between the parts of ``edgetune.host.quant``:
+- ``edgetune.host.quant.config`` and ``edgetune.host.cli.quantize_cmd`` build a ``QuantizeSettings``;
+- ``edgetune.host.quant.calibdata`` turns ``CalibSource``/``Preprocess`` into model feeds;
+- ``edgetune.host.quant.pipeline`` quantizes with it; ``edgetune.host.quant.fallback`` derives variants with
   ``dataclasses.replace`` (other overrides, the same ranges file).
 Nothing here imports onnx or onnxruntime.
 """

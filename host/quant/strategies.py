@@ -9,7 +9,7 @@ tried at int16 first and at float when int16 is not enough:
   int16 meet the target (bisection on k); if even all layers at int16 do not, the same with
   float.
 
-Both drive a ``host.quant.fallback._Search`` (which quantizes, evaluates and records each
+Both drive a ``edgetune.host.quant.fallback._Search`` (which quantizes, evaluates and records each
 candidate and keeps the step budget) and return when the target is met or the budget is spent.
 """
 
@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
-from host.quant.fallback_report import FallbackStep
+from edgetune.host.quant.fallback_report import FallbackStep
 
 if TYPE_CHECKING:  # annotations only: host.quant.fallback imports this module
-    from host.quant.fallback import _Search
+    from edgetune.host.quant.fallback import _Search
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""SpacemiT XQuant-style JSON -> a ConfigLayer (accepted as is; part of ``host.quant.config``).
+"""SpacemiT XQuant-style JSON -> a ConfigLayer (accepted as is; part of ``edgetune.host.quant.config``).
 
 How each field is honoured (and recorded in the output's record as a note):
 
@@ -31,9 +31,9 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from host.errors import BadInputError
-from host.quant.config import ConfigLayer, resolve_function, resolve_path
-from host.quant.settings import CalibSource, Preprocess, SubgraphOverride
+from edgetune.host.errors import BadInputError
+from edgetune.host.quant.config import ConfigLayer, resolve_function, resolve_path
+from edgetune.host.quant.settings import CalibSource, Preprocess, SubgraphOverride
 
 log = logging.getLogger(__name__)
 
