@@ -2,7 +2,7 @@
 
     python bench/agent_footprint.py [--starts 5] [--idle-s 2] [--json]
 
-Each start launches ``python -m device serve`` exactly as ``edgetune.host.localagent.LocalAgent`` does
+Each start launches ``python -m edgetune.device serve`` exactly as ``edgetune.host.localagent.LocalAgent`` does
 (mutual TLS on 127.0.0.1 port 0, encrypted key with a passphrase file, a fresh store) and
 measures:
 

@@ -5,7 +5,7 @@ in the same run, and exit non-zero when a target is missed (``finish``). Everyth
 temporary folder; nothing is downloaded.
 
     pki = make_pki(tmp / "pki")                      # CA, board1 (device), laptop (host)
-    with local_agent(pki, tmp / "store") as agent:   # ``python -m device serve`` over mTLS
+    with local_agent(pki, tmp / "store") as agent:   # ``python -m edgetune.device serve`` over mTLS
         with AgentClient(agent.address, pki.host_identity()) as client:
             ...
 """

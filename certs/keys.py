@@ -115,7 +115,7 @@ def load_key_pem(pem: bytes, passphrase: Optional[bytes], *, source: str = "the 
     if encrypted and not passphrase:
         raise PassphraseError(f"{source} is encrypted and no passphrase was given ({PASSPHRASE_HINT})")
     if not encrypted:
-        log.warning("%s is not encrypted; re-issue it with edgetune certs to protect it", source)
+        log.warning("%s is not encrypted; re-issue it with `edgetune certs issue` to protect it", source)
     try:
         key = serialization.load_pem_private_key(pem, password=passphrase if encrypted else None)
     except ValueError as exc:

@@ -1,4 +1,4 @@
-"""``python -m device``: the same as ``edgetune-agent``."""
+"""``python -m edgetune.device``: the same as ``edgetune-agent``."""
 
 import sys
 

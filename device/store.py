@@ -295,7 +295,7 @@ class BlobStore:
                 raise ResourceExhausted(
                     f"not enough free space in the agent's store for this {kind.value}: "
                     f"{need} bytes needed, {free} free; delete blobs with `edgetune "
-                    f"{FOLDER[kind]} delete` or free space on the board")
+                    f"{FOLDER[kind]} rm` or free space on the board")
             writer = UploadWriter(self, kind, sha256, size, label, upload_id=upload_id)
             if offset == 0:
                 _write_json_atomic(self._part_meta_path(kind, part_key),

@@ -1,7 +1,7 @@
 """Run an edgetune agent on this PC as a subprocess, reached exactly as a board would be.
 
 The demo, the tests and the bench scripts use it; ``host`` never imports ``device``: the agent
-is started as ``python -m device serve ...`` with a ready file, over real mutual TLS.
+is started as ``python -m edgetune.device serve ...`` with a ready file, over real mutual TLS.
 
     files = AgentFiles.from_dir(pki_dir, "board1", passphrase_file)
     with LocalAgent() as agent:
@@ -67,7 +67,7 @@ class LocalAgent:
 
     def command(self, files: AgentFiles, store: Path, ready_file: Path,
                 extra_args: Sequence[str] = ()) -> List[str]:
-        return [self.python, "-m", "device", "serve", "--listen", self.listen,
+        return [self.python, "-m", "edgetune.device", "serve", "--listen", self.listen,
                 "--ca", str(files.ca), "--cert", str(files.cert), "--key", str(files.key),
                 "--passphrase-file", str(files.passphrase_file), "--store", str(store),
                 "--ready-file", str(ready_file), *extra_args]

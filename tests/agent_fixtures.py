@@ -1,5 +1,5 @@
 """A real agent for tests: in-process (a grpc.aio server in a background thread's event loop)
-or as a subprocess (``python -m device serve ... --ready-file``), plus tiny ONNX models and
+or as a subprocess (``python -m edgetune.device serve ... --ready-file``), plus tiny ONNX models and
 datasets built in code, and helpers for raw ``AgentStub`` calls.
 
 In-process:   ``agent = start_agent(pki, tmp_path)`` ... ``agent.stop()``
@@ -243,7 +243,7 @@ def top1_dataset(classes: int = 4, samples: int = 8, correct: int = 6, seed: int
 # ---------------------------------------------------------------------------- subprocess agent
 
 def agent_argv(pki: Any, store: Path, ready_file: Path, *extra: str) -> List[str]:
-    return [sys.executable, "-m", "device", "serve", "--listen", "127.0.0.1:0",
+    return [sys.executable, "-m", "edgetune.device", "serve", "--listen", "127.0.0.1:0",
             "--ca", str(pki.ca_cert), "--cert", str(pki.device.cert), "--key", str(pki.device.key),
             "--store", str(store), "--ready-file", str(ready_file), *extra]
 
@@ -277,7 +277,7 @@ def wait_ready(proc: subprocess.Popen, ready_file: Path, log_file: Path,
 
 def spawn_agent(pki: Any, store: Path, ready_file: Path, *extra: str,
                 log_file: Optional[Path] = None) -> Tuple[subprocess.Popen, str, Path]:
-    """Start ``python -m device serve`` and wait until it is SERVING.
+    """Start ``python -m edgetune.device serve`` and wait until it is SERVING.
 
     Returns (process, address from the ready file, the file that collects its log)."""
     if ready_file.exists():

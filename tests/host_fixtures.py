@@ -1,7 +1,7 @@
 """Fixtures and helpers shared by the tests/test_host_*.py modules (this module holds no tests).
 
 ``local_agent`` is module-scoped: each test module that imports it gets one real agent
-subprocess (``python -m device serve``, mutual TLS, port 0) for all its tests.
+subprocess (``python -m edgetune.device serve``, mutual TLS, port 0) for all its tests.
 """
 
 from __future__ import annotations

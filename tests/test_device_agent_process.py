@@ -1,4 +1,4 @@
-"""The agent as users run it: ``python -m device serve`` in its own process, found through
+"""The agent as users run it: ``python -m edgetune.device serve`` in its own process, found through
 its ready file, stopped with SIGTERM, or killed with SIGKILL and started again."""
 
 from __future__ import annotations

@@ -265,7 +265,7 @@ def test_we_refuse_agent_certificate_for_another_name(capsys: pytest.CaptureFixt
 
 def test_interrupted_watch_keeps_the_job_and_reattaches(capsys: pytest.CaptureFixture,
                                                         local_agent: RunningAgent) -> None:
-    cmd = [sys.executable, "-m", "host", "bench", str(DIGITS_MODEL), "--shape", ONE_DIGIT,
+    cmd = [sys.executable, "-m", "edgetune.host", "bench", str(DIGITS_MODEL), "--shape", ONE_DIGIT,
            "--duration", "2", *local_agent.conn()]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})

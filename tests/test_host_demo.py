@@ -183,13 +183,13 @@ def _processes_mentioning(text: str) -> List[int]:
 
 
 class DemoProcess:
-    """``python -m host demo`` in its own session (so a test can signal its whole process
+    """``python -m edgetune.host demo`` in its own session (so a test can signal its whole process
     group, as a terminal's Ctrl-C does), with TMPDIR in ``tmp``."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "host", "demo"], stdout=subprocess.PIPE,
+            [sys.executable, "-m", "edgetune.host", "demo"], stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp)})
         self.agent_pid = 0

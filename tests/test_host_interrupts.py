@@ -1,4 +1,4 @@
-"""Ctrl-C on the real command line: ``python -m host ...`` subprocesses sent SIGINT while they
+"""Ctrl-C on the real command line: ``python -m edgetune.host ...`` subprocesses sent SIGINT while they
 upload or wait, against one real agent subprocess (mutual TLS) shared by this module.
 
 A KeyboardInterrupt raised inside a grpc call could leave grpc's channel close waiting
@@ -45,7 +45,7 @@ def big_model(path: Path, mib: int) -> Path:
 
 
 def cli(*argv: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "host", *argv], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "edgetune.host", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 

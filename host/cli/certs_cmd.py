@@ -268,7 +268,8 @@ def run_issue(args: argparse.Namespace) -> int:
     info = describe_certificate(leaf.certificate)
     if settings.profile == "device":
         hints = [f"copy {cert_path(keys.directory, 'ca').name}, {cert_file.name} and "
-                 f"{key_file.name} to the board (edgetune deploy does it)"]
+                 f"{key_file.name} to the board (scp will do) and start the agent there with "
+                 f"`edgetune-agent serve --ca ... --cert {cert_file.name} --key {key_file.name}`"]
     else:
         hints = [f"use --pki {keys.directory} (ca-cert.pem, {cert_file.name}, {key_file.name}) "
                  "in this PC's edgetune.toml"]
