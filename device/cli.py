@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import enum
 import json
 import logging
 import os
@@ -21,16 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+from edgetune.exitcodes import ExitStatus, help_table  # one table for both CLIs
+
 log = logging.getLogger("edgetune.agent")
-
-
-class ExitStatus(enum.IntEnum):
-    OK = 0
-    ERROR = 1                # the agent failed (its log says why)
-    USAGE = 2                # bad flags
-    CONFIG = 3               # agent.toml or a flag value cannot be used
-    AUTH = 6                 # a certificate, key or passphrase problem
-    INTERRUPTED = 130
 
 
 def _version() -> str:
@@ -76,9 +68,9 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgetune-agent",
-        description="The edgetune board agent: stores models and datasets, benchmarks and "
+        description="The edgetune board agent: stores models and datasets, benchmarks and\n"
                     "evaluates them with onnxruntime, over mutual TLS only.",
-        epilog="exit codes: " + ", ".join(f"{s.value} {s.name.lower()}" for s in ExitStatus))
+        epilog=help_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = sub.add_parser("serve", help="run the agent until SIGTERM or Ctrl-C")
@@ -180,17 +172,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from edgetune.certs.errors import CertError, CertFileNotFoundError
     from edgetune.device.config import ConfigError
     from edgetune.device.server import ServerError
+    # Exit codes come with the errors (edgetune.exitcodes: the same as edgetune's).
     try:
         return int(_run(args))
     except ConfigError as exc:
         print(f"edgetune-agent: config error: {exc}", file=sys.stderr)
-        return ExitStatus.CONFIG
+        return int(exc.exit_status)
     except CertFileNotFoundError as exc:
         print(f"edgetune-agent: {exc}", file=sys.stderr)
-        return ExitStatus.CONFIG
+        return int(exc.exit_status)
     except CertError as exc:
         print(f"edgetune-agent: certificate error: {exc}", file=sys.stderr)
-        return ExitStatus.AUTH
+        return int(exc.exit_status)
     except ServerError as exc:
         print(f"edgetune-agent: {exc}", file=sys.stderr)
         return ExitStatus.ERROR

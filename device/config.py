@@ -34,6 +34,7 @@ else:  # pragma: no cover - boards with Python 3.9/3.10
     import tomli as tomllib
 
 from edgetune.device.limits import Limits
+from edgetune.exitcodes import ExitStatus
 
 DEFAULT_PORT = 50051
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
@@ -48,6 +49,14 @@ _MIB = 1 << 20
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the key or file and the fix."""
+
+    exit_status: ExitStatus = ExitStatus.BAD_INPUT
+
+
+class ConfigNotFoundError(ConfigError):
+    """The config file does not exist (exits as a missing certificate file does)."""
+
+    exit_status = ExitStatus.NOT_FOUND
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,7 @@ def read_toml(path: Path) -> Dict[str, Any]:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigNotFoundError(f"config file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:

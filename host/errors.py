@@ -1,4 +1,4 @@
-"""The host's exception hierarchy and the CLI's exit codes.
+"""The host's exception hierarchy; the exit codes are ``edgetune.exitcodes`` (both CLIs').
 
 Every error a user can cause is an ``EdgetuneError`` whose message names the cause and the
 fix; ``edgetune.host.cli.main`` prints it (or a JSON document with ``--json``) and exits with its code.
@@ -6,23 +6,7 @@ fix; ``edgetune.host.cli.main`` prints it (or a JSON document with ``--json``) a
 
 from __future__ import annotations
 
-import enum
-
-
-class ExitStatus(enum.IntEnum):
-    """Exit codes of ``edgetune`` (listed in ``edgetune --help``)."""
-
-    OK = 0
-    ERROR = 1                # an unexpected failure (a bug: please report it)
-    USAGE = 2                # bad flags or arguments
-    BAD_INPUT = 3            # an input file, model, dataset or config is invalid
-    NOT_FOUND = 4            # a file, model, dataset, job or device that does not exist
-    UNREACHABLE = 5          # the agent did not answer (address, port, network, agent down)
-    AUTH = 6                 # a certificate, key or passphrase was refused
-    TIMEOUT = 7              # a call did not finish in time
-    TARGET_NOT_MET = 8       # the command ran, but the requested target was not met
-    AGENT = 9                # the agent refused or failed the request (its message says why)
-    INTERRUPTED = 130        # Ctrl-C
+from edgetune.exitcodes import ExitStatus  # the one table of both CLIs
 
 
 class EdgetuneError(Exception):
@@ -69,3 +53,9 @@ class TargetNotMetError(EdgetuneError):
 
 class AgentError(EdgetuneError):
     exit_status = ExitStatus.AGENT
+
+
+class IncompatibleError(EdgetuneError):
+    """The agent sent a message this edgetune cannot read (a newer or older agent)."""
+
+    exit_status = ExitStatus.INCOMPATIBLE

@@ -141,7 +141,7 @@ def test_check_refuses_wrong_or_missing_passphrase_and_a_client_cert(
     cfg = _agent_toml(pki, tmp_path)
     monkeypatch.delenv("EDGETUNE_PASSPHRASE", raising=False)
     monkeypatch.setattr("sys.stdin", open(os.devnull))           # not a terminal
-    assert main(["check", "--config", str(cfg)]) == ExitStatus.AUTH
+    assert main(["check", "--config", str(cfg)]) == ExitStatus.USAGE  # no passphrase source
     assert "EDGETUNE_PASSPHRASE" in capsys.readouterr().err
 
     monkeypatch.setenv("EDGETUNE_PASSPHRASE", "not the passphrase")
@@ -153,8 +153,8 @@ def test_check_refuses_wrong_or_missing_passphrase_and_a_client_cert(
                  "--key", str(pki.host.key)]) == ExitStatus.AUTH
     assert "serverAuth" in capsys.readouterr().err
 
-    assert main(["check", "--config", str(tmp_path / "missing.toml")]) == ExitStatus.CONFIG
-    assert main(["check", "--ca", "x"]) == ExitStatus.CONFIG
+    assert main(["check", "--config", str(tmp_path / "missing.toml")]) == ExitStatus.NOT_FOUND
+    assert main(["check", "--ca", "x"]) == ExitStatus.BAD_INPUT
     assert "--ca/--cert/--key" in capsys.readouterr().err
 
 

@@ -16,6 +16,7 @@ import sys
 from typing import Optional, Sequence
 
 from edgetune import __version__
+from edgetune.exitcodes import help_table
 from edgetune.host.errors import EdgetuneError, ExitStatus
 
 # Order is the order of ``edgetune --help``.
@@ -27,8 +28,7 @@ COMMAND_MODULES = (
     "edgetune.host.cli.analyze_cmd",
 )
 
-EXIT_CODES_HELP = "exit codes:\n" + "\n".join(
-    f"  {status.value:<4} {status.name.lower().replace('_', ' ')}" for status in ExitStatus)
+EXIT_CODES_HELP = help_table()  # the same table as edgetune-agent --help
 
 
 def build_parser() -> argparse.ArgumentParser:

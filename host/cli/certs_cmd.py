@@ -38,23 +38,12 @@ def add_passphrase_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def host_error(exc: "CertError") -> EdgetuneError:
-    """The CLI error (and so the exit code) for a ``certs`` error."""
-    from edgetune.certs import errors as e
-
-    message = str(exc)
-    if isinstance(exc, (e.PassphrasePolicyError, e.CertOptionError, e.CertFileExistsError)):
-        return UsageError(message)
-    if isinstance(exc, e.CertFileNotFoundError):
-        return NotFoundError(message)
-    if isinstance(exc, e.CertFormatError):
-        return BadInputError(message)
-    if isinstance(exc, e.PassphraseError):
-        return AuthError(message)
-    if isinstance(exc, (e.KeyMismatchError, e.CertVerifyError)):
-        return AuthError(message)
-    if isinstance(exc, e.CertFileError):
-        return BadInputError(message)
-    return AuthError(message)
+    """The CLI error for a ``certs`` error: its class says the exit code (``exit_status``,
+    the table both CLIs share), this picks the host error with that code."""
+    classes = {ExitStatus.USAGE: UsageError, ExitStatus.NOT_FOUND: NotFoundError,
+               ExitStatus.BAD_INPUT: BadInputError, ExitStatus.AUTH: AuthError}
+    status = getattr(exc, "exit_status", ExitStatus.AUTH)
+    return classes.get(status, AuthError)(str(exc), hint=getattr(exc, "hint", "") or "")
 
 
 @contextlib.contextmanager
