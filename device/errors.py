@@ -3,17 +3,26 @@
 The store, the runner and the job queue raise these; the servicer turns them into a status
 with ``await context.abort(err.grpc_code, str(err))``. Messages name the cause and what to
 do about it, because they end up in front of a person on the host.
+
+The base is ``StatusError`` (not ``AgentError``: on the host, ``edgetune.host.errors.AgentError``
+is what the CLI raises when an agent refused a request). A class names its code by
+``status`` (a ``grpc.StatusCode`` name); grpc is imported only when ``grpc_code`` is read, so
+the pure modules that raise these (datasets, metrics users) import without grpc.
 """
 
 from __future__ import annotations
 
-import grpc
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import grpc
 
 
-class AgentError(Exception):
-    """Base of every error the agent reports to a caller (INTERNAL unless a subclass says)."""
+class StatusError(Exception):
+    """Base of every error the agent reports to a caller as a gRPC status (INTERNAL unless a
+    subclass says)."""
 
-    grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    status: str = "INTERNAL"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -22,44 +31,50 @@ class AgentError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    @property
+    def grpc_code(self) -> "grpc.StatusCode":
+        import grpc
 
-class InvalidArgument(AgentError):
+        return getattr(grpc.StatusCode, self.status)
+
+
+class InvalidArgument(StatusError):
     """Bad input: a malformed hash, an absurd count, a hostile model, a mismatched dataset."""
 
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    status = "INVALID_ARGUMENT"
 
 
-class NotFound(AgentError):
+class NotFound(StatusError):
     """An unknown model, dataset or job."""
 
-    grpc_code = grpc.StatusCode.NOT_FOUND
+    status = "NOT_FOUND"
 
 
-class AlreadyExists(AgentError):
+class AlreadyExists(StatusError):
     """The thing is there already (a complete blob uploaded again)."""
 
-    grpc_code = grpc.StatusCode.ALREADY_EXISTS
+    status = "ALREADY_EXISTS"
 
 
-class ResourceExhausted(AgentError):
+class ResourceExhausted(StatusError):
     """A configured limit is reached: blob size, queue length."""
 
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = "RESOURCE_EXHAUSTED"
 
 
-class FailedPrecondition(AgentError):
+class FailedPrecondition(StatusError):
     """The state forbids the call: wrong resume offset, a blob in use, an upload in progress."""
 
-    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    status = "FAILED_PRECONDITION"
 
 
-class DataLoss(AgentError):
+class DataLoss(StatusError):
     """The bytes received do not hash to what the uploader announced."""
 
-    grpc_code = grpc.StatusCode.DATA_LOSS
+    status = "DATA_LOSS"
 
 
-class Cancelled(AgentError):
+class Cancelled(StatusError):
     """A job was cancelled while it ran."""
 
-    grpc_code = grpc.StatusCode.CANCELLED
+    status = "CANCELLED"

@@ -44,7 +44,7 @@ def evaluate_session(session: Any, load_ms: float, dataset: Dataset, spec: Evalu
     """Evaluate ``dataset`` on a loaded onnxruntime ``session``.
 
     ``run(session, output_names, feeds)`` runs one batch (the runner's wrapper, which turns
-    onnxruntime errors into AgentError); ``rep`` reports progress and raises Cancelled.
+    onnxruntime errors into StatusError); ``rep`` reports progress and raises Cancelled.
     InvalidArgument when the dataset does not fit the model or a metric cannot be computed.
     """
     outputs = session.get_outputs()

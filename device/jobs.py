@@ -29,9 +29,8 @@ import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Set, Tuple
 
-import grpc
-
-from edgetune.device.errors import AgentError, Cancelled, FailedPrecondition, NotFound, ResourceExhausted
+from edgetune.device.errors import (Cancelled, FailedPrecondition, NotFound, ResourceExhausted,
+                                    StatusError)
 from edgetune.device.jobdb import INTERRUPTED_CRASH, JobDatabase
 from edgetune.protos.messages import BenchmarkSpec, EvaluateSpec, Job, JobEvent, JobState, Progress
 
@@ -45,10 +44,10 @@ __all__ = ["INTERRUPTED_CRASH", "INTERRUPTED_STOP", "MAX_LIST", "JobDatabase", "
            "ShuttingDown"]
 
 
-class ShuttingDown(AgentError):
+class ShuttingDown(StatusError):
     """The agent is stopping; the caller should come back when it is up again."""
 
-    grpc_code = grpc.StatusCode.UNAVAILABLE
+    status = "UNAVAILABLE"
 
 
 class _Mailbox:
@@ -284,7 +283,7 @@ class JobQueue:
                     if self._stopping:
                         raise ShuttingDown("the agent is shutting down; watch the job again "
                                            "when it is back (it is kept)")
-                    raise AgentError("the agent's job queue failed while handling this job; "
+                    raise StatusError("the agent's job queue failed while handling this job; "
                                      "its log has the details")
                 yield event
                 if event.state.finished:
@@ -347,7 +346,7 @@ class JobQueue:
             if self._stopping:
                 return _ended(job, JobState.INTERRUPTED, INTERRUPTED_STOP)
             return _ended(job, JobState.CANCELLED, str(exc) or "cancelled while running")
-        except AgentError as exc:
+        except StatusError as exc:
             return _ended(job, JobState.FAILED, str(exc))
         except Exception as exc:
             log.exception("job %s failed unexpectedly", job.id)

@@ -32,7 +32,7 @@ import numpy as np
 
 from edgetune.device import sysinfo
 from edgetune.device.datasets import ORT_DTYPES, MatchedDataset, load_dataset, match_to_model
-from edgetune.device.errors import AgentError, Cancelled, InvalidArgument, ResourceExhausted
+from edgetune.device.errors import Cancelled, InvalidArgument, ResourceExhausted, StatusError
 from edgetune.device.evaluate import evaluate_session
 from edgetune.device.limits import Limits
 from edgetune.device.store import BlobStore
@@ -186,7 +186,7 @@ def _run(session: Any, names: List[str], feeds: Feeds) -> List[np.ndarray]:
     try:
         return session.run(names, feeds)
     except Exception as exc:
-        raise AgentError(f"onnxruntime failed while running the model: {exc}") from None
+        raise StatusError(f"onnxruntime failed while running the model: {exc}") from None
 
 
 class Runner:
@@ -277,7 +277,7 @@ class Runner:
                 try:
                     run(names, feed)
                 except Exception as exc:
-                    raise AgentError(f"onnxruntime failed while running the model: {exc}") \
+                    raise StatusError(f"onnxruntime failed while running the model: {exc}") \
                         from None
                 t1 = clock()
                 append(t1 - t0)

@@ -24,7 +24,7 @@ import grpc
 import grpc.aio
 
 from edgetune.device.auth import peer_name
-from edgetune.device.errors import AgentError, FailedPrecondition, InvalidArgument
+from edgetune.device.errors import FailedPrecondition, InvalidArgument, StatusError
 from edgetune.device.jobs import JobQueue
 from edgetune.device.limits import Limits, validate_benchmark, validate_evaluate
 from edgetune.device.store import BlobStore, UploadState, safe_label
@@ -48,8 +48,8 @@ _UPLOAD_STATES = {UploadState.ABSENT: pb.UPLOAD_STATE_ABSENT,
 T = TypeVar("T")
 
 
-class NotReady(AgentError):
-    grpc_code = grpc.StatusCode.UNAVAILABLE
+class NotReady(StatusError):
+    status = "UNAVAILABLE"
 
 
 def _blob_kind(value: int, *, optional: bool = False) -> Optional[BlobKind]:
@@ -80,7 +80,7 @@ def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     async def wrapper(self: "AgentServicer", request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
             return await method(self, request, context)
-        except AgentError as exc:
+        except StatusError as exc:
             await context.abort(exc.grpc_code, str(exc))
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
@@ -313,7 +313,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             _, queue = self._ready()
             async for event in queue.watch(request.job_id):
                 yield event.as_pb2()
-        except AgentError as exc:
+        except StatusError as exc:
             await context.abort(exc.grpc_code, str(exc))
         except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
             raise

@@ -31,8 +31,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Protocol
 
-from edgetune.device.errors import (AgentError, DataLoss, FailedPrecondition, InvalidArgument,
-                           ResourceExhausted)
+from edgetune.device.errors import (DataLoss, FailedPrecondition, InvalidArgument,
+                                    ResourceExhausted, StatusError)
 from edgetune.device.limits import Limits, check_hex
 from edgetune.protos.messages import BlobInfo, BlobKind
 
@@ -123,7 +123,7 @@ class BackgroundHash:
         """The hash of every chunk passed to ``update``."""
         self._join()
         if self._error is not None:
-            raise AgentError(f"hashing the upload failed: {self._error}")
+            raise StatusError(f"hashing the upload failed: {self._error}")
         return self._hasher.hexdigest()
 
     def stop(self) -> None:
@@ -253,7 +253,7 @@ class UploadWriter:
                 raise ResourceExhausted(
                     f"the board's disk is full after {self.committed} of {self.size} bytes; "
                     "free space (or delete blobs) and resume the upload") from None
-            raise AgentError(f"writing the upload to the store failed: {exc}") from None
+            raise StatusError(f"writing the upload to the store failed: {exc}") from None
         self._hash.update(data)
         self.committed += n
         self._unsynced += n
@@ -347,7 +347,7 @@ class UploadWriter:
             part = store._part_path(self.kind, key)
             try:
                 VALIDATORS[self.kind](part, store.limits)
-            except AgentError:
+            except StatusError:
                 store._drop_partial(self.kind, key)
                 raise
             except Exception as exc:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import edgetune.device.upload as upload
-from edgetune.device.errors import AgentError, DataLoss
+from edgetune.device.errors import DataLoss, StatusError
 from edgetune.device.limits import Limits
 from edgetune.device.store import BlobStore
 from edgetune.device.upload import BackgroundHash
@@ -124,7 +124,7 @@ def test_a_failing_hash_is_reported_and_never_blocks_the_writer() -> None:
 
     threading.Thread(target=feed, daemon=True).start()
     assert done.wait(WAIT_S), "update blocked after the hash failed"
-    with pytest.raises(AgentError, match="hashing the upload failed: no room"):
+    with pytest.raises(StatusError, match="hashing the upload failed: no room"):
         bg.hexdigest()
 
 
