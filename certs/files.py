@@ -144,7 +144,3 @@ def parse_certs_pem(pem: bytes, source: str = "the certificate") -> List[x509.Ce
 def parse_cert_pem(pem: bytes, source: str = "the certificate") -> x509.Certificate:
     """The first certificate of a PEM file."""
     return parse_certs_pem(pem, source)[0]
-
-
-def load_cert_file(path: Path, what: str = "certificate") -> x509.Certificate:
-    return parse_cert_pem(read_file(path, what), str(path))

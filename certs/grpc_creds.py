@@ -26,7 +26,3 @@ def channel_credentials(ca_pem: bytes, cert_pem: bytes, key_pem_decrypted: bytes
 
 def identity_server_credentials(identity: Identity) -> grpc.ServerCredentials:
     return server_credentials(identity.ca_pem, identity.cert_pem, identity.key_pem)
-
-
-def identity_channel_credentials(identity: Identity) -> grpc.ChannelCredentials:
-    return channel_credentials(identity.ca_pem, identity.cert_pem, identity.key_pem)

@@ -192,9 +192,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return ExitStatus.INTERRUPTED
 
 
-def entry() -> None:  # pragma: no cover - console script
-    sys.exit(main())
-
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

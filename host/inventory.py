@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from edgetune.host.errors import BadInputError, NotFoundError
 
@@ -74,11 +74,6 @@ class Inventory:
             f"no device named {name!r}{where} (known devices: {known})",
             hint=f"add a [devices.{name}] section with address = \"IP:PORT\", "
                  "or pass --address HOST:PORT")
-
-    def with_tags(self, tags: Iterable[str]) -> Tuple[Device, ...]:
-        """The devices carrying every one of ``tags`` (all devices when ``tags`` is empty)."""
-        wanted = set(tags)
-        return tuple(d for d in self.devices if wanted.issubset(d.tags))
 
 
 def find_config(explicit: Optional[Path] = None, *, env: Optional[Mapping[str, str]] = None,

@@ -276,10 +276,6 @@ class EvaluateResult:
                    load_ms=d.get("load_ms", 0.0), elapsed_s=d.get("elapsed_s", 0.0))
 
 
-JobSpecKind = Any  # BenchmarkSpec or EvaluateSpec
-JobResult = Any    # BenchmarkResult, EvaluateResult or None
-
-
 @dataclass(frozen=True)
 class Job:
     id: str

@@ -55,8 +55,8 @@ tags = ["riscv", "lab"]
     assert inv.host.cert == Path("/abs/laptop-cert.pem") and inv.host.passphrase_file is None
     rk1 = inv.device("rk1")
     assert rk1.address == "192.168.1.20:50051" and rk1.server_name == "rk1.local"
-    assert [d.name for d in inv.with_tags(["lab"])] == ["rk1", "k1"]
-    assert [d.name for d in inv.with_tags(["riscv"])] == ["k1"]
+    assert [d.name for d in inv.devices] == ["rk1", "k1"]
+    assert inv.device("k1").tags == ("riscv", "lab")
     with pytest.raises(NotFoundError, match=r"no device named 'x3'.*known devices: rk1, k1"):
         inv.device("x3")
 

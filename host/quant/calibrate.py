@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 Range = Tuple[float, float]
-HIST_METHODS = ("percentile", "entropy", "mse", "distribution")
 _IN_MEMORY_LIMIT = 1 << 30      # bigger models go through a file (protobuf's 2 GB limit)
 
 

@@ -79,14 +79,6 @@ class PreparedModel:
         self.close()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_onnx(path: Path, what: str = "MODEL"):  # -> onnx.ModelProto
     """Loads ``path`` as ONNX or raises NotFoundError / BadInputError naming the cause."""
     return load_onnx_with_digest(path, what)[0]

@@ -65,10 +65,6 @@ class ImageSpec:
         return (self.height, self.width, self.channels)
 
 
-def is_image_path(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
 def infer_layout(shape: Sequence[Dim]) -> str:
     """NCHW when dim 1 looks like channels (1 or 3), NHWC when the last one does."""
     if len(shape) != 4:

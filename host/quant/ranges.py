@@ -60,11 +60,6 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def save_ranges(ranges: Ranges, path: Path) -> Path:
-    atomic_write_text(Path(path), json.dumps(ranges_to_dict(ranges), indent=1) + "\n")
-    return Path(path)
-
-
 def _read_pairs(raw: Any, where: str, path: Path) -> Dict[str, Range]:
     if not isinstance(raw, dict):
         raise BadInputError(f"ranges file {path}: '{where}' is not an object")
