@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.pki_fixtures", "tests.quant_fixtures"]
+pytest_plugins = ["tests.pki_fixtures", "tests.quant_fixtures", "tests.results_fixtures"]
 
 
 @pytest.fixture(scope="session", autouse=True)

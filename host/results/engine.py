@@ -1,0 +1,126 @@
+"""Opening a results database by URL: SQLite files made safe for many writers, servers
+reached with a clear error, and nothing ever overwritten that is not a results database.
+
+SQLite: WAL journal (readers never wait for a writer), a 30 s busy timeout, and every write
+transaction opened with ``BEGIN IMMEDIATE``, so concurrent writers queue for the write lock
+instead of failing with "database is locked" when a deferred reader tries to upgrade.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from edgetune.host.errors import BadInputError, UnreachableError
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+BUSY_TIMEOUT_MS = 30_000
+WRITE = {"edgetune_write": True}     # execution option: open the transaction for writing
+
+# The extra (or package) that brings each dialect's driver.
+_DRIVER_HINTS = {
+    "postgresql": "pip install 'edgetune[postgres]' (psycopg 3), and use postgresql+psycopg://",
+    "mysql": "edgetune supports SQLite and PostgreSQL",
+}
+
+
+def safe_url(url: str) -> str:
+    """The URL as it may be shown to a person: never with its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def sqlite_path(url: str) -> Optional[Path]:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Refuse a file that is not a SQLite database (never overwrite someone's file)."""
+    if path.is_dir():
+        raise BadInputError(f"{path} is a directory, not a results database",
+                            hint="pass --db sqlite:///FILE with a file name")
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as fh:
+        header = fh.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        raise BadInputError(
+            f"{path} is not a SQLite database (it does not start with the SQLite header); "
+            "refusing to use or overwrite it",
+            hint="point --db (or EDGETUNE_DB) at another file, or move this one away")
+
+
+def create_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise BadInputError(f"cannot read the database URL {safe_url(url)!r}: {exc}",
+                            hint="use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB") from exc
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise BadInputError(f"unsupported database {safe_url(url)!r}",
+                            hint="edgetune keeps results in SQLite or PostgreSQL")
+    path = sqlite_path(url)
+    if path is not None:
+        check_sqlite_file(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if backend == "sqlite":
+            engine = sa.create_engine(url, json_serializer=_dumps,
+                                      connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+            _make_sqlite_safe(engine)
+        else:
+            engine = sa.create_engine(url, pool_pre_ping=True, json_serializer=_dumps,
+                                      connect_args={"connect_timeout": 10})
+    except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
+        hint = _DRIVER_HINTS.get(backend, "install the database driver")
+        raise BadInputError(f"no driver for {safe_url(url)!r} is installed ({exc})",
+                            hint=hint) from exc
+    return engine
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+
+
+def _make_sqlite_safe(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None           # transactions are begun below
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        write = conn.get_execution_options().get("edgetune_write")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def connection_error(url: str, exc: Exception) -> Exception:
+    """What a failed connection means to a person, as an EdgetuneError."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    if sqlite_path(url) is not None:
+        return BadInputError(
+            f"the results database {safe_url(url)} cannot be used: {text}",
+            hint="if the file is damaged, move it away (a new one is made); nothing was written")
+    return UnreachableError(f"cannot reach the results database {safe_url(url)}: {text}",
+                            hint="check the server, the URL and credentials, or pass "
+                                 "--no-record / --db sqlite:///FILE")

@@ -1,0 +1,55 @@
+"""The results database's tables (SQLAlchemy Core).
+
+One row per measured model in ``results``; the raw latency samples (which can be thousands of
+numbers) live in ``result_samples`` so that listing and exporting never read them unless asked.
+Everything a record knows about its provenance that is not filtered on is kept in JSON columns
+(``options``, ``device``, ``board_state``, ``host``, ``metrics``), so a new metric or board field
+needs no migration; what is filtered or joined on has a column and an index.
+
+The migrations in ``migrations/versions`` create exactly this schema; tests check that the two
+agree (a migrated database and ``metadata`` compare equal).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+# Alembic's bookkeeping table, named for us: the same database may hold an Optuna study
+# (Optuna keeps its own Alembic history in ``alembic_version``).
+VERSION_TABLE = "edgetune_alembic_version"
+
+metadata = sa.MetaData()
+
+results = sa.Table(
+    "results", metadata,
+    sa.Column("id", sa.String(26), primary_key=True),            # ULID
+    sa.Column("kind", sa.String(32), nullable=False),            # bench, eval, quantize, compare
+    sa.Column("created", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("label", sa.String(200), nullable=False, server_default=""),
+    sa.Column("run_id", sa.String(26), nullable=True),           # a fleet run, a tuning study
+    sa.Column("model_sha256", sa.String(64), nullable=False),
+    sa.Column("model_name", sa.String(400), nullable=False, server_default=""),
+    sa.Column("model_size", sa.BigInteger, nullable=True),
+    sa.Column("parent_sha256", sa.String(64), nullable=True),    # quantized from this model
+    sa.Column("dataset_sha256", sa.String(64), nullable=True),
+    sa.Column("device_name", sa.String(200), nullable=True),     # inventory name or address
+    sa.Column("job_id", sa.String(64), nullable=True),           # the board's job id
+    sa.Column("options", sa.JSON, nullable=False),
+    sa.Column("device", sa.JSON, nullable=False),
+    sa.Column("board_state", sa.JSON, nullable=False),
+    sa.Column("host", sa.JSON, nullable=False),
+    sa.Column("metrics", sa.JSON, nullable=False),
+    sa.Index("ix_results_created", "created"),
+    sa.Index("ix_results_kind", "kind"),
+    sa.Index("ix_results_model_sha256", "model_sha256"),
+    sa.Index("ix_results_device_name", "device_name"),
+    sa.Index("ix_results_run_id", "run_id"),
+    sa.Index("ix_results_label", "label"),
+)
+
+result_samples = sa.Table(
+    "result_samples", metadata,
+    sa.Column("result_id", sa.String(26),
+              sa.ForeignKey("results.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("samples_ms", sa.JSON, nullable=False),
+)
