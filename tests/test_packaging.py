@@ -428,6 +428,15 @@ def test_wheel_installed_without_e_runs_the_demo_and_the_agent(
     agent_help = _run([str(bin_dir / "edgetune-agent"), "--help"], timeout=60, cwd=outside)
     assert "serve" in agent_help.stdout
 
-    demo = _run([str(bin_dir / "edgetune"), "demo", "--json"], timeout=300, cwd=outside)
+    # The whole loop from the wheel alone: shipped samples, a local agent started as
+    # `python -m edgetune.device`, quantize, bench and eval of both models.
+    env = _clean_env()
+    env["TMPDIR"] = str(outside)                           # the demo's throw-away directory
+    demo = _run([str(bin_dir / "edgetune"), "demo", "--json"], timeout=300, cwd=outside, env=env)
     doc = json.loads(demo.stdout)
-    assert doc["results"], doc
+    assert doc["info"]["agent_version"] == version()
+    assert [r["model"] for r in doc["bench"]["results"]] == ["digits_cnn.onnx",
+                                                             "digits_cnn.int8.onnx"]
+    assert all(r["latency_ms"]["p50"] > 0 for r in doc["bench"]["results"])
+    assert [r["samples"] for r in doc["eval"]["results"]] == [450, 450]
+    assert all(r["metrics"]["top1"] >= 0.97 for r in doc["eval"]["results"])
