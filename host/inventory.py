@@ -11,6 +11,10 @@
     tags = ["riscv", "lab"]
     server_name = "board1"             # optional: a name in the board certificate's SAN
 
+    [results]
+    db = "results.db"                  # optional: a SQLite file (relative to this file) or a
+                                       # URL such as "postgresql+psycopg://user@server/edgetune"
+
 The file is found through ``--inventory FILE``, then ``$EDGETUNE_CONFIG``, then
 ``./edgetune.toml``, then ``~/.config/edgetune/edgetune.toml``. Unknown keys are an error
 naming the key (a typo must not silently fall back to a default).
@@ -62,6 +66,7 @@ class Inventory:
     path: Optional[Path]
     host: Optional[HostIdentityFiles]
     devices: Tuple[Device, ...] = ()
+    results_db: Optional[str] = None      # [results] db: a database URL (files made absolute)
 
     def device(self, name: str) -> Device:
         """The device called ``name``; NotFoundError listing the known ones otherwise."""
@@ -113,7 +118,7 @@ def load_inventory(path: Path) -> Inventory:
 
 
 def parse_inventory(data: Mapping[str, Any], path: Path) -> Inventory:
-    _check_keys(data, ("host", "devices"), path, "")
+    _check_keys(data, ("host", "devices", "results"), path, "")
     base = path.resolve().parent
     host = None
     if "host" in data:
@@ -148,7 +153,25 @@ def parse_inventory(data: Mapping[str, Any], path: Path) -> Inventory:
         server_name = _string(section, "server_name", path, where) if "server_name" in section else None
         devices.append(Device(name=name, address=address, tags=tuple(tags),
                               server_name=server_name or None))
-    return Inventory(path=path, host=host, devices=tuple(devices))
+    return Inventory(path=path, host=host, devices=tuple(devices),
+                     results_db=_results_db(data, base, path))
+
+
+def _results_db(data: Mapping[str, Any], base: Path, path: Path) -> Optional[str]:
+    if "results" not in data:
+        return None
+    section = _table(data["results"], path, "results")
+    _check_keys(section, ("db",), path, "results.")
+    if "db" not in section:
+        return None
+    value = _string(section, "db", path, "results").strip()
+    if not value:
+        raise BadInputError(f"{path}: results.db is empty",
+                            hint='set it to a file ("results.db") or a database URL')
+    if "://" in value:
+        return value
+    file = Path(value).expanduser()
+    return f"sqlite:///{file if file.is_absolute() else base / file}"
 
 
 def split_address(address: str) -> Tuple[str, int]:
