@@ -11,7 +11,7 @@ from edgetune.certs.describe import CertInfo, describe_certificate, has_client_a
 from edgetune.certs.errors import (CertError, CertFileError, CertFileExistsError, CertFileNotFoundError,
                           CertFormatError, CertOptionError, CertVerifyError, KeyMismatchError,
                           PassphraseError, PassphrasePolicyError)
-from edgetune.certs.identity import Identity, load_identity
+from edgetune.certs.identity import Identity, load_identity, open_identity
 from edgetune.certs.keys import CIPHERS, DEFAULT_CIPHER, DEFAULT_KEY_TYPE, KEY_TYPES, is_encrypted_pem
 from edgetune.certs.passphrase import ENV_VAR, MIN_LENGTH, resolve_passphrase
 from edgetune.certs.pki import DEFAULT_DAYS, CertificateAuthority, IssuedCert
@@ -22,5 +22,5 @@ __all__ = [
     "CertFormatError", "CertInfo", "CertOptionError", "CertVerifyError", "CertificateAuthority",
     "Identity", "IssuedCert", "KeyMismatchError", "PassphraseError", "PassphrasePolicyError",
     "describe_certificate", "has_client_auth", "has_server_auth", "is_encrypted_pem",
-    "load_identity", "resolve_passphrase",
+    "load_identity", "open_identity", "resolve_passphrase",
 ]

@@ -91,23 +91,12 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def load_identity(config: Any) -> Any:
-    """Load CA, certificate and key (asking for the passphrase only if the key is encrypted);
-    refuse a certificate that cannot serve TLS (no serverAuth usage)."""
-    import edgetune.certs
-    from edgetune.certs.errors import CertFileError, CertVerifyError
-    from edgetune.certs.files import read_file
-    key_pem = read_file(config.key, "private key")
-    passphrase: Optional[bytes] = None
-    if edgetune.certs.is_encrypted_pem(key_pem):
-        passphrase = edgetune.certs.resolve_passphrase(config.passphrase_file, confirm=False)
-    identity = edgetune.certs.load_identity(config.ca, config.cert, config.key, passphrase)
-    if not edgetune.certs.has_server_auth(identity.cert_pem):
-        raise CertVerifyError(
-            f"{config.cert} lacks the serverAuth usage (a host certificate?); the agent needs a "
-            "device certificate: `edgetune certs issue device NAME --ip BOARD_IP`")
-    if not identity.common_name:
-        raise CertFileError(f"{config.cert} has no common name; issue it with a NAME")
-    return identity
+    """Load CA, certificate and key with the one identity loader both sides use (the
+    passphrase asked only if the key is encrypted); refuse a certificate that cannot serve
+    TLS (no serverAuth usage) or has no name."""
+    from edgetune.certs.identity import open_identity
+    return open_identity(config.ca, config.cert, config.key, config.passphrase_file,
+                         usage="serverAuth", require_name=True)
 
 
 def _drop_stale_ready_file(path: Optional[Path]) -> None:
