@@ -9,7 +9,8 @@ from typing import Any, List
 
 import pytest
 
-from edgetune.host.cli.common import add_connection_flags, parse_shape, resolve_target
+from edgetune.host.cli.common import add_connection_flags, parse_shape
+from edgetune.host.target import resolve_target
 from edgetune.host.errors import BadInputError, NotFoundError, UsageError
 from edgetune.host.inventory import find_config, load_inventory, split_address
 

@@ -96,7 +96,6 @@ def test_fixed_batch_model_is_evaluated_sample_by_sample(tmp_path: Path) -> None
 # ---------------------------------------------------------------------- on a real agent
 
 def test_agent_evaluator_matches_local(pki, tmp_path: Path, digits_q: Path) -> None:
-    pytest.importorskip("edgetune.device.servicer")
     from edgetune.host.client import AgentClient
     from edgetune.host.quant.evaluate import AgentEvaluator
     from tests.agent_fixtures import start_agent

@@ -1,8 +1,8 @@
 """``edgetune certs``: make the PKI (init, issue device/host), show a certificate, verify a PKI.
 
-Also the helpers other host commands use to load their own identity with the passphrase
-sources: ``add_passphrase_flag(parser)``, ``identity_from_args(...)``, and ``host_error`` /
-``cert_errors()`` that turn ``certs`` errors into the CLI's exit codes.
+Also ``add_passphrase_flag(parser)``, and ``host_error`` / ``cert_errors()`` that turn
+``certs`` errors into the CLI's exit codes (a host loads its own identity with
+``edgetune.host.target.load_host_identity``).
 Nothing heavy at import time: ``certs`` (cryptography) loads when a command runs.
 """
 
@@ -67,21 +67,6 @@ def passphrase_from_args(passphrase_file: Optional[Path], *, confirm: bool) -> b
 
     with cert_errors():
         return resolve_passphrase(passphrase_file, confirm=confirm, interactive=_interactive())
-
-
-def identity_from_args(ca: Path, cert: Path, key: Path,
-                       passphrase_file: Optional[Path] = None) -> "Identity":
-    """Load this host's identity for mutual TLS; asks for the passphrase only when the key is
-    encrypted. Raises NotFoundError, BadInputError, AuthError or UsageError."""
-    from edgetune.certs.files import read_file
-    from edgetune.certs.identity import load_identity
-    from edgetune.certs.keys import is_encrypted_pem
-
-    with cert_errors():
-        key_pem = read_file(Path(key), "private key")
-        passphrase = (passphrase_from_args(passphrase_file, confirm=False)
-                      if is_encrypted_pem(key_pem) else None)
-        return load_identity(Path(ca), Path(cert), Path(key), passphrase)
 
 
 # --- settings --------------------------------------------------------------------------------

@@ -324,26 +324,30 @@ _RESULT_KEYS = {"top1": "top1", "top5": "top5", "fidelity": "cosine"}
 
 class AgentEvaluator(_Evaluator):
     """Evaluates models on a board: uploads the model (and once, the dataset) to its agent
-    through ``client`` (a ``edgetune.host.client.AgentClient``) and runs an evaluation job there, so
-    the fallback is judged on the target's own kernels.
+    through ``board`` (a ``edgetune.host.board.BoardSession``, or an ``AgentClient`` that one
+    is made over) and runs an evaluation job there, so the fallback is judged on the target's
+    own kernels.
 
     For ``fidelity`` the float model's outputs are computed here once (onnxruntime on this PC)
     and uploaded inside the dataset as reference outputs; the float baseline itself is then
     evaluated on the board like any candidate.
     """
 
-    def __init__(self, client: Any, dataset_path: Optional[Path] = None, metric: str = "auto",
+    def __init__(self, board: Any, dataset_path: Optional[Path] = None, metric: str = "auto",
                  session: Any = None, batch_size: int = 1, label: str = "edgetune fallback"
                  ) -> None:
+        from edgetune.host.board import BoardSession
+
         super().__init__(dataset_path, metric, session, batch_size)
-        self.client = client
+        self.board = board if isinstance(board, BoardSession) else BoardSession(board)
+        self.last_run: Any = None                            # the last typed EvaluationRun
         self.label = label
         self._datasets: Dict[Tuple[Path, str], str] = {}     # (dataset, metric) -> sha256
         self._tmp: Optional[tempfile.TemporaryDirectory] = None
 
     @property
     def where(self) -> str:
-        return f"agent at {getattr(self.client, 'address', '?')}"
+        return f"agent at {self.board.address}"
 
     def _upload_dataset(self, path: Path, metric: str, float_model: Optional[Path]) -> str:
         from edgetune.protos.messages import BlobKind
@@ -354,7 +358,7 @@ class AgentEvaluator(_Evaluator):
         upload = path
         if metric == "fidelity" and float_model is not None:
             upload = self._with_references(path, Path(float_model))
-        outcome = self.client.upload(upload, BlobKind.DATASET, name=path.name)
+        outcome = self.board.upload(upload, BlobKind.DATASET, name=path.name)
         self._datasets[key] = outcome.blob.sha256
         return outcome.blob.sha256
 
@@ -371,25 +375,27 @@ class AgentEvaluator(_Evaluator):
         return target
 
     def _run(self, model_path: Path, dataset_sha: str, metric: str) -> float:
-        from edgetune.protos.messages import BlobKind, EvaluateSpec, JobState, SessionOptions
+        from edgetune.host.board import BlobRef
+        from edgetune.protos.messages import BlobKind, EvaluateSpec, SessionOptions
 
         model_path = Path(model_path)
         if not model_path.is_file():
             raise NotFoundError(f"model {model_path} does not exist")
-        blob = self.client.upload(model_path, BlobKind.MODEL, name=model_path.name).blob
-        spec = EvaluateSpec(model_sha256=blob.sha256, dataset_sha256=dataset_sha,
+        spec = EvaluateSpec(model_sha256="", dataset_sha256="",
                             session=self.session or SessionOptions(), metrics=(metric,),
                             batch_size=self.batch_size)
-        job = self.client.run(spec, None, label=f"{self.label}: {model_path.name}")
-        if job.state is not JobState.SUCCEEDED or job.result is None:
+        run = self.board.evaluate(model_path, BlobRef("", BlobKind.DATASET, sha256=dataset_sha),
+                                  spec, label=f"{self.label}: {model_path.name}")
+        if not run.ok or run.result is None:
             raise AgentError(f"the evaluation of {model_path.name} on {self.where} ended "
-                             f"{job.state.value}: {job.error or 'no result'}",
-                             hint=f"see the agent's log; job {job.id}")
-        metrics = job.result.metric_dict()
+                             f"{run.state.value}: {run.error or 'no result'}",
+                             hint=f"see the agent's log; job {run.job_id}")
+        self.last_run = run
+        metrics = run.result.metric_dict()
         self.last_details = dict(metrics)
         self.evaluations += 1
-        samples = max(1, int(job.result.samples))
-        self.last_latency_ms = 1000.0 * float(job.result.elapsed_s) / samples
+        samples = max(1, int(run.result.samples))
+        self.last_latency_ms = 1000.0 * float(run.result.elapsed_s) / samples
         key = _RESULT_KEYS[metric]
         if key in metrics:
             return float(metrics[key])
