@@ -1,7 +1,12 @@
-"""Accuracy and fidelity metrics, pure numpy.
+"""Accuracy and fidelity metrics, pure numpy: the truth of what a board measures.
 
 Each metric has a one-shot function and a streaming accumulator (``update`` per batch,
 ``result`` at the end) so an evaluation never has to keep every output in memory.
+
+The host imports this module for its own local evaluation (``edgetune.host.quant.evaluate``)
+and its SQNR definition (``edgetune.host.quant.errmetrics``), so "top-1" or "SQNR" mean the
+same on the PC as on a board. It must stay importable with numpy alone: no grpc, no
+onnxruntime, no other device module (tests/test_metrics_shared.py checks).
 """
 
 from __future__ import annotations
@@ -65,6 +70,37 @@ def _cap_db(value: float, cap: float) -> float:
     return max(-cap, min(cap, value))
 
 
+def sqnr_from_sums(signal: float, noise: float, cap: float = SQNR_CAP_DB) -> float:
+    """10*log10(signal / noise) from sum(ref^2) and sum((ref-out)^2), capped at +/-``cap``:
+    no noise at all is +cap (also for an all-zero reference), no signal is -cap."""
+    if noise <= 0.0:
+        return cap
+    if signal <= 0.0:
+        return -cap
+    return _cap_db(10.0 * math.log10(signal / noise), cap)
+
+
+def cosine_from_sums(dot: float, ref_sq: float, out_sq: float) -> float:
+    """sum(ref*out) / (|ref| |out|) in [-1, 1]; 1 when both are all zero, 0 when one is."""
+    denom = math.sqrt(ref_sq) * math.sqrt(out_sq)
+    if denom > 0:
+        return max(-1.0, min(1.0, dot / denom))
+    return 1.0 if ref_sq == out_sq == 0.0 else 0.0
+
+
+def sample_cosines(reference: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """The cosine similarity of each sample (first axis) flattened, in float64: 1 when both
+    are all zero. ``Fidelity``'s ``cosine`` is their mean."""
+    ref = np.asarray(reference, np.float64)
+    out = np.asarray(output, np.float64)
+    if ref.shape != out.shape:
+        raise ValueError(f"reference shape {ref.shape} differs from output shape {out.shape}")
+    n = ref.shape[0] if ref.ndim else 1
+    ref2, out2 = ref.reshape(n, -1), out.reshape(n, -1)
+    return _cosines(np.einsum("ij,ij->i", ref2, out2), np.einsum("ij,ij->i", ref2, ref2),
+                    np.einsum("ij,ij->i", out2, out2), ref2, out2)
+
+
 def sqnr_db(reference: np.ndarray, output: np.ndarray, cap: float = SQNR_CAP_DB) -> float:
     """10*log10(sum(ref^2) / sum((ref-out)^2)), capped at +/-``cap`` dB (identical: +cap)."""
     acc = Fidelity(cap=cap)
@@ -119,21 +155,10 @@ class Fidelity:
             self.max_abs = max(self.max_abs, float(np.abs(err).max()))
 
     def result(self) -> Dict[str, float]:
-        if self.err_sq == 0.0:
-            sqnr = self.cap
-        elif self.ref_sq == 0.0:
-            sqnr = -self.cap
-        else:
-            sqnr = _cap_db(10.0 * math.log10(self.ref_sq / self.err_sq), self.cap)
-        denom = math.sqrt(self.ref_sq) * math.sqrt(self.out_sq)
-        if denom > 0:
-            cos_global = self.dot / denom
-        else:
-            cos_global = 1.0 if self.ref_sq == self.out_sq == 0.0 else 0.0
         return {
             "cosine": self.cos_sum / self.samples if self.samples else 0.0,
-            "cosine_global": cos_global,
-            "sqnr_db": sqnr,
+            "cosine_global": cosine_from_sums(self.dot, self.ref_sq, self.out_sq),
+            "sqnr_db": sqnr_from_sums(self.ref_sq, self.err_sq, self.cap),
             "max_abs_error": self.max_abs,
         }
 

@@ -5,17 +5,24 @@ axis), so a chunk of samples is added at a time and nothing is kept per sample; 
 turns the sums into ``ErrorMetrics``. ``error_metrics`` is the one-shot form. The SQNR
 definition is onnxruntime's (``compute_signal_to_quantization_noice_ratio``), capped at
 +/-``SQNR_CAP_DB`` instead of +/-inf. Part of ``edgetune.host.quant.analysis`` (which re-exports it).
+
+SQNR and the cosine from the sums are the board's own (``edgetune.device.metrics``:
+``sqnr_from_sums``, ``cosine_from_sums``, the same cap), so an SQNR here means what a board's
+evaluation reports. What differs, on purpose: this cosine is tensor-wide (the board's
+``cosine_global``, not its per-sample mean ``cosine``), and products are formed in the
+tensors' own precision (float32) rather than float64, because analysis streams every
+intermediate tensor of a model; identical tensors report exactly 1.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-SQNR_CAP_DB = 200.0          # reported instead of +inf (no error at all) and -inf (no signal)
+from edgetune.device.metrics import SQNR_CAP_DB, cosine_from_sums, sqnr_from_sums
+
 NSR_CAP = 10.0 ** (SQNR_CAP_DB / 10.0)
 
 
@@ -35,11 +42,8 @@ class ErrorMetrics:
 
 
 def sqnr_db(signal: float, noise: float) -> float:
-    if noise <= 0.0:
-        return SQNR_CAP_DB
-    if signal <= 0.0:
-        return -SQNR_CAP_DB
-    return max(-SQNR_CAP_DB, min(SQNR_CAP_DB, 10.0 * math.log10(signal / noise)))
+    """SQNR in dB from sum(x^2) and sum((x-y)^2), capped at +/-``SQNR_CAP_DB`` (the board's)."""
+    return sqnr_from_sums(signal, noise, SQNR_CAP_DB)
 
 
 class ErrorAccumulator:
@@ -108,13 +112,10 @@ class ErrorAccumulator:
             nsr = min(NSR_CAP, self.err_sq / self.ref_sq)
         else:
             nsr = 0.0 if self.err_sq == 0.0 else NSR_CAP
-        denom = math.sqrt(self.ref_sq) * math.sqrt(self.test_sq)
         if self.err_sq == 0.0:
             cosine = 1.0                        # identical (also when both are all zero)
-        elif denom > 0.0:
-            cosine = max(-1.0, min(1.0, self.dot / denom))
         else:
-            cosine = 1.0 if self.ref_sq == self.test_sq == 0.0 else 0.0
+            cosine = cosine_from_sums(self.dot, self.ref_sq, self.test_sq)
         channel: Optional[float] = None
         if self.ch_ref is not None and self.ch_err is not None:
             live = self.ch_ref > 0.0
