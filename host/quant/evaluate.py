@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from edgetune.device.metrics import Fidelity, TopK, as_class_scores, sample_cosines, topk_correct
 from edgetune.host.errors import AgentError, BadInputError, NotFoundError, UsageError
 from edgetune.host.quant.calibsources import LABEL_KEYS
 
@@ -110,35 +111,15 @@ def load_eval_dataset(path: Path, input_names: Sequence[str],
 
 
 # ---------------------------------------------------------------------- metrics
+# The board's own definitions (edgetune.device.metrics, pure numpy), so a local top-1 or
+# cosine is the number a board would report for the same outputs: one implementation.
 
-def class_scores(output: np.ndarray) -> Optional[np.ndarray]:
-    """``output`` as [N, C] when it is class-shaped ([N, C], [N, 1, C], [N, C, 1, 1]...)."""
-    if output.ndim < 2:
-        return None
-    rest = [d for d in output.shape[1:] if d != 1]
-    if len(rest) > 1:
-        return None
-    return output.reshape(output.shape[0], rest[0] if rest else 1)
+class_scores = as_class_scores      # the name this module has always exported
 
 
-def topk_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> int:
-    k = min(k, scores.shape[1])
-    if k == 1:
-        return int(np.count_nonzero(np.argmax(scores, axis=1) == labels))
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    return int(np.count_nonzero((top == labels[:, None]).any(axis=1)))
-
-
-def sample_cosines(reference: np.ndarray, output: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each sample (first axis) flattened: 1 when both are all zero."""
-    ref = np.asarray(reference, np.float64).reshape(len(reference), -1)
-    out = np.asarray(output, np.float64).reshape(len(output), -1)
-    dots = np.einsum("ij,ij->i", ref, out)
-    denom = np.sqrt(np.einsum("ij,ij->i", ref, ref)) * np.sqrt(np.einsum("ij,ij->i", out, out))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = np.where(denom > 0, dots / np.where(denom > 0, denom, 1.0), 0.0)
-    both_zero = (np.abs(ref).sum(axis=1) == 0) & (np.abs(out).sum(axis=1) == 0)
-    return np.clip(np.where(both_zero, 1.0, cos), -1.0, 1.0)
+def _batches(samples: int, batch: int) -> List[Tuple[int, int]]:
+    """(begin, end) of each batch, as the board's evaluation loop walks them."""
+    return [(b, min(b + batch, samples)) for b in range(0, samples, batch)]
 
 
 # ---------------------------------------------------------------------- local
@@ -165,11 +146,13 @@ def _session_options(session: Any) -> Tuple[Any, List[str]]:
     return options, providers
 
 
-def run_on_dataset(model_path: Path, path: Path, session: Any = None, batch_size: int = 64
+def run_on_dataset(model_path: Path, path: Path, session: Any = None, batch_size: int = 64,
+                   used: Optional[Dict[str, int]] = None
                    ) -> Tuple[EvalDataset, List[str], Dict[str, np.ndarray], float]:
     """Run ``model_path`` over the dataset at ``path``: (the dataset, output names, every
     output stacked, seconds spent in ``session.run``). A fixed batch dimension is honoured
-    (the last batch padded with its last sample)."""
+    (the last batch padded with its last sample); ``used["batch"]`` is set to the batch
+    size run."""
     import onnxruntime as ort
 
     model_path = Path(model_path)
@@ -188,6 +171,8 @@ def run_on_dataset(model_path: Path, path: Path, session: Any = None, batch_size
         if arg.shape and isinstance(arg.shape[0], int) and arg.shape[0] > 0:
             fixed = arg.shape[0]
     batch = fixed or batch_size
+    if used is not None:
+        used["batch"] = batch
     parts: Dict[str, List[np.ndarray]] = {n: [] for n in names}
     run_s = 0.0
     for begin in range(0, dataset.samples, batch):
@@ -253,19 +238,25 @@ class LocalEvaluator(_Evaluator):
         if batch_size < 1:
             raise UsageError("the evaluation batch size must be at least 1")
         self._float_outputs: Dict[Path, Dict[str, np.ndarray]] = {}
+        self._last_batch: Optional[int] = None          # the batch size of the last run
 
     def _run(self, model_path: Path, path: Path
              ) -> Tuple[EvalDataset, List[str], Dict[str, np.ndarray]]:
         """One run over the dataset, counted, its mean time per sample kept."""
+        used: Dict[str, int] = {}
         dataset, names, outputs, seconds = run_on_dataset(model_path, path, self.session,
-                                                          self.batch_size)
+                                                          self.batch_size, used=used)
+        self._last_batch = used["batch"]
         self.last_latency_ms = 1000.0 * seconds / dataset.samples
         self.evaluations += 1
         return dataset, names, outputs
 
     def _score(self, metric: str, dataset: EvalDataset, names: Sequence[str],
                outputs: Dict[str, np.ndarray], references: Dict[str, np.ndarray]) -> float:
+        """The board's metrics (``edgetune.device.metrics`` accumulators, fed batch by batch
+        as the board's loop feeds them, so the float sums add up in the same order)."""
         details: Dict[str, float] = {}
+        batches = _batches(dataset.samples, self._last_batch or self.batch_size)
         if dataset.labels is not None:
             found = [n for n in names if class_scores(outputs[n]) is not None
                      and class_scores(outputs[n]).shape[1] > 1]  # type: ignore[union-attr]
@@ -273,8 +264,11 @@ class LocalEvaluator(_Evaluator):
                 scores = class_scores(outputs[found[0]])
                 for k in (1, 5):
                     if scores.shape[1] > k:  # type: ignore[union-attr]
-                        details[f"top{k}"] = topk_correct(scores, dataset.labels,  # type: ignore
-                                                          k) / dataset.samples
+                        topk = TopK(k)
+                        for begin, end in batches:
+                            topk.update(scores[begin:end],  # type: ignore[index]
+                                        dataset.labels[begin:end])
+                        details[f"top{k}"] = topk.result()
             elif metric in ("top1", "top5"):
                 shapes = ", ".join(f"{n} {list(outputs[n].shape)}" for n in names)
                 raise BadInputError(f"{metric} needs an output shaped [N, classes]; the model's "
@@ -286,7 +280,10 @@ class LocalEvaluator(_Evaluator):
                     raise BadInputError(
                         f"reference output {name!r} has shape {list(ref.shape)} but the model "
                         f"produced {list(outputs[name].shape)}")
-                cosines.append(float(np.mean(sample_cosines(ref, outputs[name]))))
+                fidelity = Fidelity()
+                for begin, end in batches:
+                    fidelity.update(ref[begin:end], outputs[name][begin:end])
+                cosines.append(fidelity.result()["cosine"])
             details["fidelity"] = float(np.mean(cosines))
         self.last_details = details
         if metric not in details:
@@ -425,4 +422,4 @@ class AgentEvaluator(_Evaluator):
 
 __all__ = ["AgentEvaluator", "EvalDataset", "LocalEvaluator", "METRICS", "class_scores",
            "dataset_keys", "load_eval_dataset", "resolve_metric", "run_on_dataset",
-           "sample_cosines"]
+           "sample_cosines", "topk_correct"]
