@@ -1,5 +1,8 @@
 """What the board commands show: JSON documents, rich tables, and progress on stderr.
 
+It renders the typed results of ``edgetune.host.board`` (``result_record``, the tables); no
+other code reads what it builds.
+
 Results go to stdout (a table for people, one JSON document with ``--json``); progress goes to
 stderr (a rich bar on a terminal, plain lines otherwise) so a pipe gets clean results.
 rich is imported only when something is drawn.
@@ -11,9 +14,13 @@ import json
 import math
 import sys
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO, Tuple
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO,
+                    Tuple)
 
 from edgetune.protos.messages import BenchmarkResult, BlobInfo, EvaluateResult, Job, JobEvent
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgetune.host.board import BoardRun
 
 LATENCY_KEYS = ("min", "mean", "std", "p50", "p90", "p95", "p99", "max")
 
@@ -48,10 +55,11 @@ def options_record(spec: Any) -> Dict[str, Any]:
     return options
 
 
-def job_record(job: Job, model: str, device: str, *, samples: bool = False) -> Dict[str, Any]:
-    """One entry of ``{"results": [...]}`` for a benchmark or evaluation job."""
-    record: Dict[str, Any] = {"model": model, "sha256": job.spec.model_sha256, "device": device}
-    result = job.result
+def result_record(run: "BoardRun", *, samples: bool = False) -> Dict[str, Any]:
+    """One entry of ``{"results": [...]}``: a typed benchmark or evaluation result as JSON."""
+    record: Dict[str, Any] = {"model": run.model, "sha256": run.model_sha256,
+                              "device": run.board.name}
+    result = run.result
     if isinstance(result, BenchmarkResult):
         lat = result.latency
         record.update({
@@ -60,19 +68,54 @@ def job_record(job: Job, model: str, device: str, *, samples: bool = False) -> D
             "first_run_ms": result.first_run_ms, "peak_rss_mb": result.peak_rss_mb,
             "iterations": result.iterations, "warmup": result.warmup,
             "measured_s": result.measured_s, "providers": list(result.providers),
-            "options": options_record(job.spec),
+            "options": options_record(run.options),
             "cpu_freq_mhz": result.cpu_freq_mhz, "temperature_c": result.temperature_c,
         })
         if samples:
             record["samples_ms"] = list(result.samples_ms)
     elif isinstance(result, EvaluateResult):
-        record.update({"dataset_sha256": job.spec.dataset_sha256, "samples": result.samples,
+        record.update({"dataset_sha256": run.options.dataset_sha256, "samples": result.samples,
                        "metrics": result.metric_dict(), "load_ms": result.load_ms,
-                       "elapsed_s": result.elapsed_s, "options": options_record(job.spec)})
+                       "elapsed_s": result.elapsed_s, "options": options_record(run.options)})
     else:
-        record.update({"state": job.state.value, "error": job.error or f"the job {job.state.value}"})
-    record["job_id"] = job.id
+        record.update({"state": run.state.value, "error": run.error})
+    record["job_id"] = run.job_id
+    if run.note:
+        record["note"] = run.note
     return record
+
+
+def job_record(job: Job, model: str, device: str, *, samples: bool = False) -> Dict[str, Any]:
+    """``result_record`` of a job's typed result, the board named ``device``."""
+    from edgetune.host.board import BoardInfo, run_from_job
+
+    return result_record(run_from_job(job, model, BoardInfo(device, "")), samples=samples)
+
+
+def _records(runs: Sequence[Any]) -> List[Dict[str, Any]]:
+    """Typed results as their JSON records (records pass through)."""
+    return [r if isinstance(r, dict) else result_record(r) for r in runs]
+
+
+def print_results(kind: str, runs: Sequence["BoardRun"], as_json: bool, *,
+                  samples: bool = False) -> int:
+    """Typed results on stdout (a table, or ``{"results": [...]}``); failures and notes on
+    stderr. Returns how many jobs failed."""
+    records = [result_record(r, samples=samples) for r in runs]
+    if as_json:
+        print_json({"results": records})
+    else:
+        console = stdout_console()
+        console.print(bench_table(runs, console.width) if kind == "benchmark"
+                      else eval_table(runs))
+        for run in runs:
+            if not run.ok:
+                print(f"edgetune: job {run.job_id} ({run.model}) {run.state.value}: {run.error}",
+                      file=sys.stderr)
+        for run in runs:
+            if run.note:
+                print(f"edgetune: warning: {run.model}: {run.note}", file=sys.stderr)
+    return sum(1 for r in runs if not r.ok)
 
 
 # ---------------------------------------------------------------------- tables
@@ -122,8 +165,10 @@ BENCH_COLUMNS = (("p50 ms", "p50"), ("mean ms", "mean"), ("std ms", "std"), ("p9
 COMPACT_BENCH = ("model", "device", "p50 ms", "p99 ms", "mean ms", "inf/s", "iters")
 
 
-def bench_table(records: Sequence[Dict[str, Any]], width: int = 200) -> Any:
-    """One row per model; below 150 columns of terminal, only the essential columns."""
+def bench_table(runs: Sequence[Any], width: int = 200) -> Any:
+    """One row per model (typed results); below 150 columns of terminal, only the essential
+    columns."""
+    records = _records(runs)
     columns = ("model", "device", *(c for c, _ in BENCH_COLUMNS), "inf/s", "load ms", "first ms",
                "RSS MB", "iters")
     rows = []
@@ -142,7 +187,9 @@ def bench_table(records: Sequence[Dict[str, Any]], width: int = 200) -> Any:
     return _table("benchmark", columns, rows, right=columns[2:])
 
 
-def eval_table(records: Sequence[Dict[str, Any]]) -> Any:
+def eval_table(runs: Sequence[Any]) -> Any:
+    """One row per model (typed results), a column per metric."""
+    records = _records(runs)
     names: List[str] = []
     for r in records:
         names += [k for k in r.get("metrics", {}) if k not in names]
@@ -413,3 +460,9 @@ class StageProgress:
         if self._last.get(stage) != quarter:   # a line per stage at 0, 25, 50, 75, 100 %
             self._last[stage] = quarter
             print(f"{self.plain}: {stage} {done}/{total}", file=sys.stderr, flush=True)
+
+
+def plain_table(title: Optional[str], columns: Sequence[str], rows: Iterable[Sequence[str]],
+                right: Sequence[str] = ()) -> Any:
+    """A rich table of plain-text cells; the columns named in ``right`` right-aligned."""
+    return _table(title, columns, rows, right)

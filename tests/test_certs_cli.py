@@ -11,7 +11,7 @@ import pytest
 
 from edgetune.certs import describe_certificate, load_identity
 from edgetune.host.cli import main
-from edgetune.host.cli.certs_cmd import identity_from_args
+from edgetune.host.target import load_host_identity as identity_from_args
 from edgetune.host.errors import AuthError, ExitStatus, NotFoundError
 
 PASS = "cli test passphrase"

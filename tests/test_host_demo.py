@@ -115,9 +115,21 @@ def test_demo_keep_prints_the_comparison_and_writes_a_usable_inventory(
     assert again.code == ExitStatus.USAGE and "new or empty directory" in again.err
 
 
-def _records(p50: Tuple[float, float]) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-    bench = [{"latency_ms": {"p50": v}, "throughput_ips": 1 / v} for v in p50]
-    evaluation = [{"metrics": {"top1": t, "cosine": c}} for t, c in ((0.99, 1.0), (0.98, 0.995))]
+def _records(p50: Tuple[float, float]) -> Tuple[List[Any], List[Any]]:
+    """Typed bench and eval results (FP32, INT8) as BoardSession returns them."""
+    from edgetune.host.board import BenchmarkRun, BoardInfo, EvaluationRun
+    from edgetune.protos.messages import (BenchmarkResult, BenchmarkSpec, EvaluateResult,
+                                          EvaluateSpec, JobState, LatencyStats)
+    board = BoardInfo("b", "127.0.0.1:1")
+    bench = [BenchmarkRun("j", "m", "", board, BenchmarkSpec(model_sha256=""), JobState.SUCCEEDED,
+                          BenchmarkResult(latency=LatencyStats(v, v, 0, v, v, v, v, v),
+                                          throughput_ips=1 / v, load_ms=0, first_run_ms=0,
+                                          peak_rss_mb=0, iterations=1, warmup=0, measured_s=0))
+             for v in p50]
+    evaluation = [EvaluationRun("j", "m", "", board, EvaluateSpec(model_sha256="", dataset_sha256=""),
+                                JobState.SUCCEEDED,
+                                EvaluateResult(samples=1, metrics=(("cosine", c), ("top1", t))))
+                  for t, c in ((0.99, 1.0), (0.98, 0.995))]
     return bench, evaluation
 
 

@@ -13,12 +13,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
+from edgetune.host.board import BlobRef
 from edgetune.host.cli import jobs_cmds, store_cmds
-from edgetune.host.cli.common import (add_connection_flags, add_json_flag, check_count, open_client,
-                             parse_list, parse_shape, resolve_target)
-from edgetune.host.cli.jobs_cmds import duration_note, print_results, wait_jobs
-from edgetune.host.cli.store_cmds import BlobRef, resolve_blob
+from edgetune.host.cli.common import (add_connection_flags, add_json_flag, check_count, parse_list,
+                                      parse_shape)
 from edgetune.host.errors import ExitStatus, UsageError
+from edgetune.host.target import open_session, resolve_target
 from edgetune.protos.messages import (EXECUTION_MODES, GRAPH_OPT_LEVELS, BenchmarkSpec, BlobKind,
                              EvaluateSpec, SessionOptions)
 
@@ -93,34 +93,31 @@ def run_jobs(args: argparse.Namespace, settings: JobSettings) -> int:
     from edgetune.host import render
 
     target = resolve_target(args)
-    with open_client(args, target) as client, render.ProgressView.auto(quiet=settings.json) as view:
-        dataset_sha = resolve_blob(client, settings.dataset, view) if settings.dataset else ""
-        shas = [resolve_blob(client, ref, view) for ref in settings.models]
+    with open_session(args, target) as board, \
+            render.ProgressView.auto(quiet=settings.json) as view:
+        dataset_sha = board.resolve(settings.dataset, view) if settings.dataset else ""
+        shas = [board.resolve(ref, view) for ref in settings.models]
         submitted: List[Tuple[str, str]] = []
         states: Dict[str, str] = {}
         try:
             for ref, sha in zip(settings.models, shas):
                 spec = _spec(settings.template, sha, dataset_sha)
-                job, _ = client.submit(spec, label=settings.label or _label(ref, sha))
+                job, _ = board.submit(spec, label=settings.label or _label(ref, sha))
                 submitted.append((job.id, _label(ref, sha)))
                 states[job.id] = job.state.value
         except BaseException:
             for job_id, _ in submitted:   # the command failed as a whole: do not leave them
                 try:
-                    client.cancel_job(job_id)
+                    board.cancel(job_id)
                 except Exception:  # noqa: BLE001 - best effort
                     pass
             raise
-        jobs = wait_jobs(client, submitted, view, states)
+        jobs = board.wait_all(submitted, view, states)
         if jobs is None:
             return int(ExitStatus.INTERRUPTED)
-    records = [render.job_record(job, ref.text, target.device, samples=settings.samples)
-               for job, ref in zip(jobs, settings.models)]
-    for record in records:
-        note = duration_note(settings.template, record)
-        if note:
-            record["note"] = note
-    return print_results(settings.kind, records, settings.json)
+        runs = [board.result(job, ref.text) for job, ref in zip(jobs, settings.models)]
+    failed = render.print_results(settings.kind, runs, settings.json, samples=settings.samples)
+    return int(ExitStatus.AGENT) if failed else 0
 
 
 def _spec(template: Any, model_sha: str, dataset_sha: str) -> Any:
@@ -141,8 +138,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     from edgetune.host import render
 
     target = resolve_target(args)
-    with open_client(args, target) as client:
-        info = client.info()
+    with open_session(args, target) as board:
+        info = board.board.agent
+    assert info is not None
     doc = {"device": target.device, "address": target.address, **info.as_dict()}
     if args.json:
         render.print_json(doc)

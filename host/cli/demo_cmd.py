@@ -36,6 +36,7 @@ from edgetune.host.cli.demo_compare import (PRECISIONS, comparison, comparison_r
 from edgetune.host.errors import AgentError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
+    from edgetune.host.board import BenchmarkRun, EvaluationRun
     from edgetune.host.quant.pipeline import QuantizeReport
     from edgetune.host.quant.settings import QuantizeSettings
 
@@ -154,14 +155,25 @@ def write_inventory(workdir: Path, address: str) -> Path:
     return path
 
 
+@dataclasses.dataclass(frozen=True)
+class DemoOutcome:
+    """What the demo measured: the JSON document, and the typed results it was made from
+    (in the order FP32, INT8)."""
+
+    doc: Dict[str, Any]
+    bench: Tuple["BenchmarkRun", ...]
+    evaluation: Tuple["EvaluationRun", ...]
+
+
 def run_demo(workdir: Path, as_json: bool,
-             agents: Optional[List[subprocess.Popen]] = None) -> Dict[str, Any]:
+             agents: Optional[List[subprocess.Popen]] = None) -> DemoOutcome:
     """The demo in ``workdir``; its results. ``agents`` gets the agent's process once it
     serves (the agent is stopped when this returns or raises)."""
     from edgetune.host import render
-    from edgetune.host.cli.certs_cmd import identity_from_args
+    from edgetune.host.board import BlobRef, BoardSession
     from edgetune.host.client import AgentClient
     from edgetune.host.localagent import AgentFiles, LocalAgent
+    from edgetune.host.target import load_host_identity
     from edgetune.protos.messages import BenchmarkSpec, BlobKind, EvaluateSpec, SessionOptions
 
     started = time.monotonic()
@@ -175,8 +187,9 @@ def run_demo(workdir: Path, as_json: bool,
         if agents is not None and agent.process is not None:
             agents.append(agent.process)
         view.line(f"demo: local agent (pid {agent.process.pid}) serves at {address}")
-        identity = identity_from_args(pki["ca"], pki["host_cert"], pki["host_key"],
+        identity = load_host_identity(pki["ca"], pki["host_cert"], pki["host_key"],
                                       pki["passphrase_file"])
+        device = f"{DEVICE} ({address})"
         with view:
             int8_path = workdir / int8_name(samples.model)
             view.line(f"demo: quantizing {samples.model.name} to {int8_path.name} with edgetune "
@@ -186,52 +199,50 @@ def run_demo(workdir: Path, as_json: bool,
                       f"({report.size_ratio:.2f}x), {report.n_int8_nodes} of "
                       f"{len(report.quantizable_nodes)} nodes int8, in {report.elapsed_s:.1f} s")
             models = dict(zip(PRECISIONS, (samples.model, int8_path)))
-            with AgentClient(address, identity) as client:
-                info = client.info()
+            with BoardSession(AgentClient(address, identity), device, view=view) as board:
+                info = board.board.agent
                 uploaded: Dict[Path, Any] = {}
                 for path, kind in ((samples.model, BlobKind.MODEL), (int8_path, BlobKind.MODEL),
                                    (samples.dataset, BlobKind.DATASET)):
-                    outcome = client.upload(path, kind, progress=view.upload_callback(
-                        path.name, path.stat().st_size))
-                    view.upload_done(path.name, outcome)
-                    uploaded[path] = outcome.blob
+                    uploaded[path] = board.upload(path, kind).blob
+                stored = {path: BlobRef(path.name, blob.kind, sha256=blob.sha256)
+                          for path, blob in uploaded.items()}      # sent once, named by hash
                 one_image = SessionOptions(intra_op_threads=BENCH_THREADS,
                                            input_shapes=(("input", INPUT_SHAPE),))
-                jobs: Dict[Tuple[str, str], Any] = {}
+                bench: List[BenchmarkRun] = []
+                evaluation: List[EvaluationRun] = []
                 for precision, path in models.items():     # same options for both models
-                    jobs["bench", precision] = client.run(
-                        BenchmarkSpec(model_sha256=uploaded[path].sha256, session=one_image,
-                                      iterations=BENCH_ITERATIONS, warmup=BENCH_WARMUP),
-                        view.job_callback(f"{precision.upper()} benchmark"),
-                        label=f"demo benchmark {precision}")
+                    bench.append(board.benchmark(
+                        stored[path], BenchmarkSpec(model_sha256="", session=one_image,
+                                            iterations=BENCH_ITERATIONS, warmup=BENCH_WARMUP),
+                        label=f"demo benchmark {precision}",
+                        on_event=view.job_callback(f"{precision.upper()} benchmark")))
                 for precision, path in models.items():
-                    jobs["eval", precision] = client.run(
-                        EvaluateSpec(model_sha256=uploaded[path].sha256,
-                                     dataset_sha256=uploaded[samples.dataset].sha256,
+                    evaluation.append(board.evaluate(
+                        stored[path], stored[samples.dataset],
+                        EvaluateSpec(model_sha256="", dataset_sha256="",
                                      metrics=("top1", "fidelity")),
-                        view.job_callback(f"{precision.upper()} evaluation"),
-                        label=f"demo evaluation {precision}")
-        for job in jobs.values():
-            if job.result is None:
-                raise AgentError(f"the demo's {job.kind} job {job.state.value}: {job.error}",
+                        label=f"demo evaluation {precision}",
+                        on_event=view.job_callback(f"{precision.upper()} evaluation")))
+        for run in (*bench, *evaluation):
+            if not run.ok:
+                raise AgentError(f"the demo's {run.kind} job {run.state.value}: {run.error}",
                                  hint=f"the agent's log:\n{agent.output()}")
         inventory = write_inventory(workdir, address)
-    device = f"{DEVICE} ({address})"
-    bench = [render.job_record(jobs["bench", p], models[p].name, device) for p in PRECISIONS]
-    evaluation = [render.job_record(jobs["eval", p], models[p].name, device) for p in PRECISIONS]
     described = {p: {"file": models[p].name, "sha256": uploaded[models[p]].sha256,
                      "size_bytes": uploaded[models[p]].size_bytes} for p in PRECISIONS}
     described["int8"]["quantize"] = quantize_summary(settings, report, samples.calib)
-    return {
+    doc = {
         "device": device, "address": address, "key_type": KEY_TYPE,
-        "info": info.as_dict(), "inventory": str(inventory),
+        "info": info.as_dict() if info is not None else {}, "inventory": str(inventory),
         "models": described,
-        "bench": {"results": bench},
-        "eval": {"results": evaluation},
+        "bench": {"results": [render.result_record(run) for run in bench]},
+        "eval": {"results": [render.result_record(run) for run in evaluation]},
         "comparison": comparison([described[p]["size_bytes"] for p in PRECISIONS],
                                  bench, evaluation),
         "elapsed_s": round(time.monotonic() - started, 2),
     }
+    return DemoOutcome(doc, tuple(bench), tuple(evaluation))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -250,7 +261,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started: List[subprocess.Popen] = []
     interrupted = False
     try:
-        doc = run_demo(workdir, args.json, started)
+        outcome = run_demo(workdir, args.json, started)
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -263,6 +274,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if interrupted:
                 print(f"\nedgetune: demo interrupted; {_cleanup_note(started, workdir, keep)}",
                       file=sys.stderr)
+    doc = outcome.doc
     doc["kept"] = str(workdir) if keep is not None else None
     if keep is None:
         doc.pop("inventory")
@@ -270,7 +282,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         render.print_json(doc)
         return 0
     width = shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
-    print_comparison(doc, min(width, 100), input_shape=INPUT_SHAPE)
+    print_comparison(doc, outcome.bench, outcome.evaluation, min(width, 100),
+                     input_shape=INPUT_SHAPE)
     print(f"\ndemo finished in {doc['elapsed_s']:.1f} s; agent stopped.")
     if keep is not None:
         import textwrap

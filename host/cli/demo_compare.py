@@ -1,5 +1,6 @@
-"""The FP32 vs INT8 comparison that ends ``edgetune demo``: the ``comparison`` object of the
-JSON document (each metric for both models and its change), the note on what the measured
+"""The FP32 vs INT8 comparison that ends ``edgetune demo``, from the typed results of
+``edgetune.host.board``: the ``comparison`` object of the JSON document (each metric for both
+models and its change), the note on what the measured
 latency change means, and the printed FP32 / INT8 / change table (Markdown, to paste into docs).
 """
 
@@ -7,7 +8,10 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgetune.host.board import BenchmarkRun, EvaluationRun
 
 PRECISIONS = ("fp32", "int8")
 
@@ -18,20 +22,21 @@ def _ratio(before: float, after: float) -> float:
     return after / before
 
 
-def comparison(sizes: Sequence[int], bench: Sequence[Dict[str, Any]],
-               evaluation: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """FP32 vs INT8 from the two models' sizes and their bench and eval records (each given
-    in the order FP32, INT8). Each metric is ``{"fp32", "int8"}`` plus its change: ``ratio``
-    (INT8 / FP32), ``points`` (percentage points, INT8 - FP32) or ``delta`` (INT8 - FP32)."""
-    def metric(record: Dict[str, Any], name: str) -> float:
-        value = record.get("metrics", {}).get(name)
+def comparison(sizes: Sequence[int], bench: Sequence["BenchmarkRun"],
+               evaluation: Sequence["EvaluationRun"]) -> Dict[str, Any]:
+    """FP32 vs INT8 from the two models' sizes and their typed bench and eval results (each
+    given in the order FP32, INT8). Each metric is ``{"fp32", "int8"}`` plus its change:
+    ``ratio`` (INT8 / FP32), ``points`` (percentage points, INT8 - FP32) or ``delta``
+    (INT8 - FP32)."""
+    def metric(run: "EvaluationRun", name: str) -> float:
+        value = run.result.metric_dict().get(name) if run.result is not None else None
         return math.nan if value is None else float(value)
 
     def pair(values: Sequence[float]) -> Dict[str, Any]:
         return dict(zip(PRECISIONS, values))
 
-    p50 = [float(r["latency_ms"]["p50"]) for r in bench]
-    ips = [float(r["throughput_ips"]) for r in bench]
+    p50 = [r.result.latency.p50_ms if r.result is not None else math.nan for r in bench]
+    ips = [r.result.throughput_ips if r.result is not None else math.nan for r in bench]
     top1 = [metric(r, "top1") for r in evaluation]
     cosine = [metric(r, "cosine") for r in evaluation]
     doc: Dict[str, Any] = {
@@ -101,28 +106,31 @@ def comparison_rows(c: Dict[str, Any]) -> List[Tuple[str, str, str, str]]:
     ]
 
 
-def print_comparison(doc: Dict[str, Any], width: int = 100, *,
+def print_comparison(doc: Dict[str, Any], bench: Sequence["BenchmarkRun"],
+                     evaluation: Sequence["EvaluationRun"], width: int = 100, *,
                      input_shape: Sequence[int]) -> None:
     """The FP32 / INT8 / change table (Markdown), what was compared, and the latency note, on
-    stdout; the text wrapped at ``width`` columns. ``input_shape``: the benchmarks' input."""
+    stdout; the text wrapped at ``width`` columns. ``doc``: the demo's models and comparison;
+    ``bench``/``evaluation``: the typed results; ``input_shape``: the benchmarks' input."""
     import textwrap
 
     from edgetune.host import render
 
     models, q = doc["models"], doc["models"]["int8"]["quantize"]
-    bench = doc["bench"]["results"][0]
-    threads = bench["options"].get("intra_op_threads", 0)
-    test_samples = doc["eval"]["results"][0]["samples"]
+    measured = bench[0].result
+    assert measured is not None and evaluation[0].result is not None
+    threads = bench[0].options.session.intra_op_threads
+    test_samples = evaluation[0].result.samples
     channel = "per-channel" if q["per_channel"] else "per-tensor"
     paragraphs = [
         f"FP32: {models['fp32']['file']}. INT8: {models['int8']['file']}, made with edgetune "
         f"quantize's defaults ({q['method']}, {q['act_type']} activations, "
         f"{q['weight_type']} {channel} weights, {q['calib_samples']} calibration images from "
         f"{q['calib']}): {q['int8_nodes']} of {q['quantizable_nodes']} nodes int8.",
-        f"Both measured on the board with the same options: {bench['iterations']} timed runs "
-        f"after {bench['warmup']} warm-up, one {'x'.join(map(str, input_shape))} image, "
+        f"Both measured on the board with the same options: {measured.iterations} timed runs "
+        f"after {measured.warmup} warm-up, one {'x'.join(map(str, input_shape))} image, "
         f"{threads or 'default'} intra-op thread{'s' if threads != 1 else ''}, "
-        f"{', '.join(bench['providers']) or 'CPUExecutionProvider'}. Throughput counts every "
+        f"{', '.join(measured.providers) or 'CPUExecutionProvider'}. Throughput counts every "
         "run, so a stall on a busy machine moves it more than the p50. Top-1 and cosine on "
         f"the {test_samples} test images of digits_test.npz; cosine against the FP32 "
         "reference logits stored in it.",

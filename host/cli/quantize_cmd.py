@@ -183,14 +183,11 @@ def _run_fallback(args: argparse.Namespace, settings: QuantizeSettings,
     if fallback.device is None and getattr(args, "address", None) is None:
         return run_fallback(settings, fallback, data=data, progress=progress)
     from edgetune.host.quant.evaluate import AgentEvaluator
-    common = _optional_module("edgetune.host.cli.common")
-    if common is None or not hasattr(common, "open_client"):
-        raise UsageError("evaluating on a board needs host.cli.common, which this "
-                         "installation lacks", hint="evaluate locally (drop --device)")
+    from edgetune.host.target import open_session
     conn = argparse.Namespace(**vars(args))
     conn.device = fallback.device
-    with common.open_client(conn) as client:
-        evaluator = AgentEvaluator(client, fallback.eval_dataset, fallback.metric)
+    with open_session(conn) as board:
+        evaluator = AgentEvaluator(board, fallback.eval_dataset, fallback.metric)
         try:
             return run_fallback(settings, fallback, data=data, evaluator=evaluator,
                                 progress=progress)

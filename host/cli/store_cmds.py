@@ -1,77 +1,17 @@
 """``edgetune models`` and ``edgetune datasets``: list, upload and remove the blobs stored on a
-board; and how the other commands name one (``BlobRef``), upload one (``upload_file``, with
-a resume hint after Ctrl-C) or expand a hash prefix (``resolve_blob``).
+board (through ``edgetune.host.board.BoardSession``).
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Optional
 
-from edgetune.host.cli.common import add_connection_flags, add_json_flag, open_client, resolve_target
+from edgetune.host.board import HEX, BlobRef
+from edgetune.host.cli.common import add_connection_flags, add_json_flag
 from edgetune.host.errors import NotFoundError, UsageError
+from edgetune.host.target import open_session, resolve_target
 from edgetune.protos.messages import BlobKind
-
-HEX = re.compile(r"^[0-9a-f]{6,64}$")
-
-
-@dataclass(frozen=True)
-class BlobRef:
-    """A model or dataset named on the command line: a local file, or a hash on the board."""
-
-    text: str
-    kind: BlobKind
-    path: Optional[Path] = None
-    sha256: str = ""                   # full or a prefix of at least 6 hex digits
-
-    @classmethod
-    def parse(cls, text: str, kind: BlobKind) -> "BlobRef":
-        path = Path(text).expanduser()
-        if path.is_file():
-            return cls(text=text, kind=kind, path=path)
-        if HEX.match(text.lower()):
-            return cls(text=text, kind=kind, sha256=text.lower())
-        raise NotFoundError(f"{text} is neither a file nor the sha256 of a {kind.value} on the "
-                            "board", hint=f"check the path, or list the board's {kind.value}s "
-                                          f"with `edgetune {kind.value}s list`")
-
-
-def resolve_blob(client: Any, ref: BlobRef, view: Any) -> str:
-    """The full sha256 of ``ref`` on the board: uploads a local file (dedup and resume are the
-    client's), expands a hash prefix."""
-    if ref.path is not None:
-        return upload_file(client, ref.path, ref.kind, view).blob.sha256
-    if len(ref.sha256) == 64:
-        return ref.sha256
-    matches = [b.sha256 for b in client.list_blobs(ref.kind) if b.sha256.startswith(ref.sha256)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise NotFoundError(f"no {ref.kind.value} on the board starts with {ref.sha256}",
-                            hint=f"list them with `edgetune {ref.kind.value}s list`")
-    raise UsageError(f"{ref.sha256} matches {len(matches)} {ref.kind.value}s on the board; "
-                     "give more digits")
-
-
-RESUME_HINT = "run the same command again to resume from the bytes the board kept"
-
-
-def upload_file(client: Any, path: Path, kind: BlobKind, view: Any,
-                name: Optional[str] = None) -> Any:
-    """``client.upload`` with progress; after Ctrl-C, says how to resume (and re-raises)."""
-    try:
-        outcome = client.upload(path, kind, name=name,
-                                progress=view.upload_callback(path.name, path.stat().st_size))
-    except KeyboardInterrupt:
-        view.__exit__(None, None, None)
-        print(f"\nedgetune: upload of {path} interrupted; {RESUME_HINT}", file=sys.stderr)
-        raise
-    view.upload_done(path.name, outcome)
-    return outcome
 
 
 def cmd_blobs(args: argparse.Namespace) -> int:
@@ -90,9 +30,9 @@ def cmd_blobs(args: argparse.Namespace) -> int:
             if not HEX.match(ref.sha256):
                 raise UsageError(f"{ref.text} is not a sha256 (or a prefix of 6+ hex digits)")
     target = resolve_target(args)
-    with open_client(args, target) as client:
+    with open_session(args, target) as board:
         if action == "list":
-            blobs = client.list_blobs(kind)
+            blobs = board.list_blobs(kind)
             if args.json:
                 render.print_json({f"{kind.value}s": [b.as_dict() for b in blobs]})
             else:
@@ -104,7 +44,7 @@ def cmd_blobs(args: argparse.Namespace) -> int:
                 for ref in files:
                     name = args.name if args.name and len(files) == 1 else None
                     assert ref.path is not None
-                    outcome = upload_file(client, ref.path, kind, view, name=name)
+                    outcome = board.upload(ref.path, kind, name=name, view=view)
                     entry = {"file": ref.text, **outcome.blob.as_dict(),
                              "sent_bytes": outcome.sent_bytes,
                              "already_present": outcome.already_present,
@@ -126,8 +66,8 @@ def cmd_blobs(args: argparse.Namespace) -> int:
         deleted = []
         with render.ProgressView("off") as view:
             for ref in refs:
-                sha = resolve_blob(client, ref, view)
-                client.delete_blob(kind, sha)
+                sha = board.resolve(ref, view)
+                board.delete_blob(kind, sha)
                 deleted.append(sha)
     if args.json:
         render.print_json({"deleted": deleted})

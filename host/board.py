@@ -1,0 +1,384 @@
+"""The board session: the one path from a file on this PC to a typed result from a board.
+
+    upload (dedup, resume) -> submit -> watch (re-attach) -> typed result
+
+``bench``, ``eval``, ``jobs watch``, ``models/datasets upload``, ``demo`` and the fallback's
+on-board evaluator all go through ``BoardSession``; nothing else on the host uploads, submits
+or waits (a test scans for it). The results are frozen dataclasses (``BenchmarkRun``,
+``EvaluationRun``) holding the board's info, the job id, the model's name and sha256, the
+options used and the board's numbers; ``edgetune.host.render`` only renders them. Every result
+passes through ``BoardSession._record``, the one place a results store hooks in (``recorder``).
+
+    with BoardSession(AgentClient(address, identity), "board1") as board:
+        run = board.benchmark(Path("model.onnx"), BenchmarkSpec(model_sha256="", iterations=200))
+        print(run.result.latency.p50_ms, run.board.agent.agent_name)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+from edgetune.host.errors import NotFoundError, UsageError
+from edgetune.protos.messages import (AgentInfo, BenchmarkResult, BenchmarkSpec, BlobInfo, BlobKind,
+                                      EvaluateResult, EvaluateSpec, Job, JobEvent, JobState)
+
+HEX = re.compile(r"^[0-9a-f]{6,64}$")
+RESUME_HINT = "run the same command again to resume from the bytes the board kept"
+EventCallback = Callable[[JobEvent], None]
+
+
+# ---------------------------------------------------------------------- typed results
+
+@dataclass(frozen=True)
+class BoardInfo:
+    """Which board measured: how results name it (inventory name or address), where it is,
+    and what it said about itself (None until asked: ``BoardSession.board``)."""
+
+    name: str
+    address: str
+    agent: Optional[AgentInfo] = None
+
+
+@dataclass(frozen=True)
+class BenchmarkRun:
+    """One benchmark job's outcome. ``result`` is None when the job did not succeed
+    (``state`` and ``error`` say why). ``note``: what the user should know (e.g. a
+    ``--duration`` run stopped early by the agent's limit), "" when nothing."""
+
+    job_id: str
+    model: str                              # how the model was named: a path as given, a hash
+    model_sha256: str
+    board: BoardInfo
+    options: BenchmarkSpec
+    state: JobState
+    result: Optional[BenchmarkResult]
+    error: str = ""
+    label: str = ""
+    note: str = ""
+
+    kind = "benchmark"
+
+    @property
+    def ok(self) -> bool:
+        return self.state is JobState.SUCCEEDED and self.result is not None
+
+
+@dataclass(frozen=True)
+class EvaluationRun:
+    """One evaluation job's outcome (see ``BenchmarkRun``); ``result.metric_dict()`` holds
+    the metrics the board computed."""
+
+    job_id: str
+    model: str
+    model_sha256: str
+    board: BoardInfo
+    options: EvaluateSpec
+    state: JobState
+    result: Optional[EvaluateResult]
+    error: str = ""
+    label: str = ""
+    note: str = ""
+
+    kind = "evaluate"
+
+    @property
+    def ok(self) -> bool:
+        return self.state is JobState.SUCCEEDED and self.result is not None
+
+    @property
+    def dataset_sha256(self) -> str:
+        return self.options.dataset_sha256
+
+
+BoardRun = Union[BenchmarkRun, EvaluationRun]
+Recorder = Callable[[BoardRun], None]
+
+
+def duration_note(spec: Any, result: Any) -> str:
+    """What to tell the user when a ``--duration`` run ended early: the board also stops it
+    at its max_iterations limit (the only reason a successful run measures less time)."""
+    wanted = getattr(spec, "min_duration_s", 0.0)
+    if not wanted or not isinstance(result, BenchmarkResult) or result.measured_s >= wanted:
+        return ""
+    return (f"stopped after {result.iterations} iterations at {result.measured_s:.1f} s of the "
+            f"{wanted:g} s asked: the agent's max_iterations limit ([limits] max_iterations "
+            "in its agent.toml); raise it to measure longer")
+
+
+def run_from_job(job: Job, model: str, board: BoardInfo) -> BoardRun:
+    """The typed result of a finished (or failed) job. ``model``: how to name the model."""
+    cls = BenchmarkRun if isinstance(job.spec, BenchmarkSpec) else EvaluationRun
+    expected = BenchmarkResult if cls is BenchmarkRun else EvaluateResult
+    result = job.result if isinstance(job.result, expected) else None
+    error = "" if result is not None else (job.error or f"the job {job.state.value}")
+    return cls(job_id=job.id, model=model, model_sha256=job.spec.model_sha256, board=board,
+               options=job.spec, state=job.state, result=result, error=error,
+               label=job.label, note=duration_note(job.spec, result))
+
+
+def job_name(job: Job) -> str:
+    """How progress lines and results name a job: its label, else its model's short hash."""
+    return job.label or job.spec.model_sha256[:12]
+
+
+# ---------------------------------------------------------------------- naming blobs
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A model or dataset named on the command line: a local file, or a hash on the board."""
+
+    text: str
+    kind: BlobKind
+    path: Optional[Path] = None
+    sha256: str = ""                   # full or a prefix of at least 6 hex digits
+
+    @classmethod
+    def parse(cls, text: str, kind: BlobKind) -> "BlobRef":
+        path = Path(text).expanduser()
+        if path.is_file():
+            return cls(text=text, kind=kind, path=path)
+        if HEX.match(text.lower()):
+            return cls(text=text, kind=kind, sha256=text.lower())
+        raise NotFoundError(f"{text} is neither a file nor the sha256 of a {kind.value} on the "
+                            "board", hint=f"check the path, or list the board's {kind.value}s "
+                                          f"with `edgetune {kind.value}s list`")
+
+    @classmethod
+    def of(cls, where: Union["BlobRef", Path, str], kind: BlobKind) -> "BlobRef":
+        """``where`` as a BlobRef: a Path is a local file, a str is parsed."""
+        if isinstance(where, BlobRef):
+            return where
+        if isinstance(where, Path):
+            return cls(text=str(where), kind=kind, path=where)
+        return cls.parse(where, kind)
+
+    @property
+    def display(self) -> str:
+        """How progress lines and job listings name it: its file name, else its short hash."""
+        return self.path.name if self.path is not None else self.sha256[:12]
+
+
+# ---------------------------------------------------------------------- the session
+
+class _NoView:
+    """What ``BoardSession`` calls when no progress view is given: nothing is shown."""
+
+    def upload_callback(self, label: str, size: int) -> None:
+        return None
+
+    def upload_done(self, label: str, outcome: Any) -> None:
+        pass
+
+    def job_callback(self, label: str) -> EventCallback:
+        return lambda event: None
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class BoardSession:
+    """One board reached through one ``AgentClient`` (``client``; closed with the session).
+
+    ``name``: how results name the board (default: the client's address). ``recorder``:
+    called with every typed result this session produces (the results store's hook).
+    ``view``: a ``edgetune.host.render.ProgressView`` for upload and job progress, or None.
+    """
+
+    def __init__(self, client: Any, name: str = "", *, recorder: Optional[Recorder] = None,
+                 view: Any = None) -> None:
+        self.client = client
+        self.name = name or client.address
+        self.recorder = recorder
+        self.view = view
+        self._board: Optional[BoardInfo] = None
+
+    def __enter__(self) -> "BoardSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.client.close()
+
+    @property
+    def address(self) -> str:
+        return self.client.address
+
+    @property
+    def board(self) -> BoardInfo:
+        """The board's info (asked once per session)."""
+        if self._board is None:
+            self._board = BoardInfo(self.name, self.address, self.client.info())
+        return self._board
+
+    def _view(self, view: Any) -> Any:
+        return view or self.view or _NoView()
+
+    # ------------------------------------------------------------------ blobs
+    def upload(self, path: Path, kind: BlobKind, name: Optional[str] = None,
+               view: Any = None) -> Any:
+        """Store ``path`` on the board unless it is there (dedup by hash; a partial upload
+        resumes): an ``UploadOutcome``. After Ctrl-C, says how to resume and re-raises."""
+        path = Path(path)
+        view = self._view(view)
+        try:
+            outcome = self.client.upload(path, kind, name=name, progress=view.upload_callback(
+                path.name, path.stat().st_size))
+        except KeyboardInterrupt:
+            view.__exit__(None, None, None)
+            print(f"\nedgetune: upload of {path} interrupted; {RESUME_HINT}", file=sys.stderr)
+            raise
+        view.upload_done(path.name, outcome)
+        return outcome
+
+    def resolve(self, ref: BlobRef, view: Any = None) -> str:
+        """The full sha256 of ``ref`` on the board: uploads a local file, expands a prefix."""
+        if ref.path is not None:
+            return self.upload(ref.path, ref.kind, view=view).blob.sha256
+        if len(ref.sha256) == 64:
+            return ref.sha256
+        matches = [b.sha256 for b in self.client.list_blobs(ref.kind)
+                   if b.sha256.startswith(ref.sha256)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise NotFoundError(f"no {ref.kind.value} on the board starts with {ref.sha256}",
+                                hint=f"list them with `edgetune {ref.kind.value}s list`")
+        raise UsageError(f"{ref.sha256} matches {len(matches)} {ref.kind.value}s on the board; "
+                         "give more digits")
+
+    def list_blobs(self, kind: Optional[BlobKind] = None) -> List[BlobInfo]:
+        return self.client.list_blobs(kind)
+
+    def delete_blob(self, kind: BlobKind, sha256: str) -> bool:
+        return self.client.delete_blob(kind, sha256)
+
+    # ------------------------------------------------------------------ jobs
+    def submit(self, spec: Any, label: str = "") -> Tuple[Job, int]:
+        """Queue a BenchmarkSpec or EvaluateSpec: (the job, its queue position)."""
+        return self.client.submit(spec, label)
+
+    def wait(self, job_id: str, on_event: Optional[EventCallback] = None) -> Job:
+        """Watch the job to its end, re-attaching a dropped watch (``AgentClient.wait``)."""
+        return self.client.wait(job_id, on_event)
+
+    def wait_all(self, jobs: Sequence[Tuple[str, str]], view: Any = None,
+                 states: Optional[Dict[str, str]] = None) -> Optional[List[Job]]:
+        """Wait for each (job id, label) in turn; None after Ctrl-C, once the user was told
+        where the jobs stand on the board (running or queued) and how to re-attach. A label
+        "" names the job as the board knows it (``job_name``). ``states``: the jobs' states
+        when submitted (job id -> "queued"/"running"), updated from their events."""
+        view = self._view(view)
+        done: List[Job] = []
+        states = dict(states or {})
+        try:
+            for job_id, label in jobs:
+                shows: List[Any] = []           # the progress callback, made at the 1st event
+
+                def on_event(event: JobEvent, label: str = label, shows: List[Any] = shows) -> None:
+                    states[event.job_id] = event.state.value
+                    if not shows:
+                        name = label or (job_name(event.job) if event.job is not None
+                                         else event.job_id)
+                        shows.append(view.job_callback(name))
+                    shows[0](event)
+
+                done.append(self.wait(job_id, on_event))
+        except KeyboardInterrupt:
+            view.__exit__(None, None, None)
+            pending = [job_id for job_id, _ in jobs[len(done):]]
+            print(f"\nedgetune: interrupted; {_where_jobs_stand(pending, states)}. Re-attach "
+                  f"with `edgetune jobs watch {pending[0]}` (or cancel it with "
+                  f"`edgetune jobs cancel {pending[0]}`)", file=sys.stderr)
+            return None
+        return done
+
+    def cancel(self, job_id: str) -> Job:
+        return self.client.cancel_job(job_id)
+
+    def get_job(self, job_id: str) -> Job:
+        return self.client.get_job(job_id)
+
+    def list_jobs(self, limit: int = 0) -> List[Job]:
+        return self.client.list_jobs(limit)
+
+    # ------------------------------------------------------------------ typed results
+    def result(self, job: Job, model: str = "") -> BoardRun:
+        """The typed result of a finished job (``model``: how to name the model; default the
+        job's label or short hash), recorded."""
+        run = run_from_job(job, model or job_name(job), self.board)
+        self._record(run)
+        return run
+
+    def _record(self, run: BoardRun) -> None:
+        """Every typed result passes here: the one hook for a results store (which should
+        key by board and job id: ``jobs show`` of a recorded job passes again)."""
+        if self.recorder is not None:
+            self.recorder(run)
+
+    def run(self, spec: Any, model: str = "", *, label: str = "",
+            on_event: Optional[EventCallback] = None) -> BoardRun:
+        """Submit ``spec`` (its hashes filled in), wait for its end, return its typed result."""
+        job, position = self.submit(spec, label)
+        if on_event is not None:
+            on_event(JobEvent(job_id=job.id, state=job.state, queue_position=position, job=job))
+        return self.result(self.wait(job.id, on_event), model or label)
+
+    def benchmark(self, model: Union[BlobRef, Path, str], spec: BenchmarkSpec, *,
+                  label: str = "", on_event: Optional[EventCallback] = None,
+                  view: Any = None) -> BenchmarkRun:
+        """Upload ``model`` (unless stored), benchmark it with ``spec`` (its model_sha256 is
+        replaced; a dataset in ``spec`` must be on the board already)."""
+        ref = BlobRef.of(model, BlobKind.MODEL)
+        sha = self.resolve(ref, view)
+        spec = dataclasses.replace(spec, model_sha256=sha)
+        run = self.run(spec, ref.text, label=label or ref.display, on_event=on_event)
+        assert isinstance(run, BenchmarkRun)
+        return run
+
+    def evaluate(self, model: Union[BlobRef, Path, str], dataset: Union[BlobRef, Path, str],
+                 spec: EvaluateSpec, *, label: str = "", dataset_name: Optional[str] = None,
+                 on_event: Optional[EventCallback] = None, view: Any = None) -> EvaluationRun:
+        """Upload ``model`` and ``dataset`` (unless stored; ``dataset_name``: the dataset's
+        label on the board), evaluate with ``spec`` (its hashes are replaced)."""
+        data = BlobRef.of(dataset, BlobKind.DATASET)
+        if data.path is not None:
+            dataset_sha = self.upload(data.path, BlobKind.DATASET, name=dataset_name,
+                                      view=view).blob.sha256
+        else:
+            dataset_sha = self.resolve(data, view)
+        ref = BlobRef.of(model, BlobKind.MODEL)
+        sha = self.resolve(ref, view)
+        spec = dataclasses.replace(spec, model_sha256=sha, dataset_sha256=dataset_sha)
+        run = self.run(spec, ref.text, label=label or ref.display, on_event=on_event)
+        assert isinstance(run, EvaluationRun)
+        return run
+
+
+def _where_jobs_stand(pending: Sequence[str], states: Dict[str, str]) -> str:
+    """"job X keeps running on the board; job Y stays queued on the board (...)" from the last
+    known states (a job not seen yet behind the one being watched waits in the queue)."""
+    known = {j: states.get(j, "" if i == 0 else "queued") for i, j in enumerate(pending)}
+    groups = (([j for j in pending if known[j] == "running"], "keep{s} running on the board"),
+              ([j for j in pending if known[j] not in ("running", "queued")],
+               "{are} still on the board"),
+              ([j for j in pending if known[j] == "queued"],
+               "stay{s} queued on the board ({they} when {their} turn comes)"))
+    parts = []
+    for ids, text in groups:
+        if ids:
+            many = len(ids) > 1
+            parts.append(f"job{'s' if many else ''} {', '.join(ids)} " + text.format(
+                s="" if many else "s", are="are" if many else "is",
+                they="they run" if many else "it runs", their="their" if many else "its"))
+    return "; ".join(parts)
+
+
+__all__ = ["BenchmarkRun", "BlobRef", "BoardInfo", "BoardRun", "BoardSession", "EvaluationRun",
+           "Recorder", "duration_note", "job_name", "run_from_job"]
