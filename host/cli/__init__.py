@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "edgetune.host.cli.agent_cmds",
     "edgetune.host.cli.quantize_cmd",
     "edgetune.host.cli.analyze_cmd",
+    "edgetune.host.cli.results_cmd",
 )
 
 EXIT_CODES_HELP = help_table()  # the same table as edgetune-agent --help

@@ -1,0 +1,174 @@
+"""What the results commands show: list rows, a side-by-side comparison with its change
+columns, and the CSV / JSON / Markdown exports. Pure functions of records; the commands print.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from edgetune.host.render import json_safe, markdown_table
+from edgetune.host.results.records import Record
+
+LIST_COLUMNS = ("id", "created", "kind", "model", "device", "label", "p50 ms", "top1")
+
+
+def _number(value: Any) -> Optional[float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return None
+
+
+def p50_ms(record: Record) -> Optional[float]:
+    latency = record.metrics.get("latency_ms")
+    return _number(latency.get("p50")) if isinstance(latency, Mapping) else None
+
+
+def metric(record: Record, name: str) -> Optional[float]:
+    return _number(record.metrics.get(name))
+
+
+def _fmt(value: Optional[float], digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def model_label(record: Record) -> str:
+    name = record.model.name.replace("\\", "/").rsplit("/", 1)[-1]
+    return f"{name} ({record.model.sha256[:8]})" if name else record.model.sha256[:12]
+
+
+def list_row(record: Record) -> Tuple[str, ...]:
+    created = record.created.astimezone().strftime("%Y-%m-%d %H:%M") if record.created else "-"
+    # Full ids: several records made in one millisecond share all but the last characters
+    # (the ids are monotonic, so they sort in the order they were made).
+    return (record.id, created, record.kind, model_label(record),
+            record.device_name or "-", record.label or "", _fmt(p50_ms(record), 4),
+            _fmt(metric(record, "top1"), 4))
+
+
+# ---------------------------------------------------------------------- comparison
+
+def _ratio(before: Optional[float], after: Optional[float]) -> Optional[float]:
+    if before is None or after is None or before == 0:
+        return None
+    return after / before
+
+
+def change(a: Record, b: Record) -> Dict[str, Optional[float]]:
+    """B against A: ratios for size, latency and throughput; percentage points for accuracy."""
+    def pts(name: str) -> Optional[float]:
+        x, y = metric(a, name), metric(b, name)
+        return None if x is None or y is None else 100.0 * (y - x)
+
+    lat_a, lat_b = a.metrics.get("latency_ms") or {}, b.metrics.get("latency_ms") or {}
+    return {
+        "size_ratio": _ratio(_number(a.model.size_bytes), _number(b.model.size_bytes)),
+        "latency_p50_ratio": _ratio(p50_ms(a), p50_ms(b)),
+        "latency_p90_ratio": _ratio(_number(lat_a.get("p90")), _number(lat_b.get("p90"))),
+        "throughput_ratio": _ratio(metric(a, "throughput_ips"), metric(b, "throughput_ips")),
+        "top1_delta_pts": pts("top1"),
+        "top5_delta_pts": pts("top5"),
+        "cosine_delta": (None if metric(a, "cosine") is None or metric(b, "cosine") is None
+                         else metric(b, "cosine") - metric(a, "cosine")),  # type: ignore[operator]
+    }
+
+
+def _ratio_text(ratio: Optional[float]) -> str:
+    if ratio is None:
+        return "-"
+    return f"{ratio:.2f}x ({100 * (ratio - 1) + 0.0:+.0f}%)"
+
+
+def _pts_text(value: Optional[float], suffix: str = " pts", digits: int = 2) -> str:
+    return "-" if value is None else f"{round(value, digits) + 0.0:+.{digits}f}{suffix}"
+
+
+_ROWS: Tuple[Tuple[str, Any, Any], ...] = (
+    ("model", lambda r: model_label(r), None),
+    ("device", lambda r: r.device_name or "-", None),
+    ("kind", lambda r: r.kind, None),
+    ("size (KiB)", lambda r: _fmt(None if r.model.size_bytes is None
+                                  else r.model.size_bytes / 1024, 1),
+     lambda c: _ratio_text(c["size_ratio"])),
+    ("top-1", lambda r: _fmt(None if metric(r, "top1") is None
+                             else 100 * metric(r, "top1"), 2),  # type: ignore[operator]
+     lambda c: _pts_text(c["top1_delta_pts"])),
+    ("top-5", lambda r: _fmt(None if metric(r, "top5") is None
+                             else 100 * metric(r, "top5"), 2),  # type: ignore[operator]
+     lambda c: _pts_text(c["top5_delta_pts"])),
+    ("cosine", lambda r: _fmt(metric(r, "cosine"), 4),
+     lambda c: _pts_text(c["cosine_delta"], "", 4)),
+    ("p50 ms", lambda r: _fmt(p50_ms(r), 4), lambda c: _ratio_text(c["latency_p50_ratio"])),
+    ("p90 ms", lambda r: _fmt(_number((r.metrics.get("latency_ms") or {}).get("p90")), 4),
+     lambda c: _ratio_text(c["latency_p90_ratio"])),
+    ("throughput (inf/s)", lambda r: _fmt(metric(r, "throughput_ips"), 0),
+     lambda c: _ratio_text(c["throughput_ratio"])),
+)
+
+
+def compare_table(records: Sequence[Record]) -> Tuple[List[str], List[List[str]]]:
+    """Columns: one per record, then the change of every later record against the first."""
+    first = records[0]
+    changes = [change(first, other) for other in records[1:]]
+    columns = ["", *(r.id for r in records),
+               *(f"{r.id} vs {first.id}" if len(records) > 2 else "change"
+                 for r in records[1:])]
+    rows = []
+    for title, cell, delta in _ROWS:
+        rows.append([title, *(cell(r) for r in records),
+                     *((delta(c) if delta else "") for c in changes)])
+    return columns, rows
+
+
+def compare_json(records: Sequence[Record]) -> Dict[str, Any]:
+    first = records[0]
+    return {"results": [r.as_json(samples=False) for r in records],
+            "changes": [{"a": first.id, "b": r.id, **change(first, r)} for r in records[1:]]}
+
+
+# ---------------------------------------------------------------------- exports
+
+def _flatten(prefix: str, value: Any, out: Dict[str, Any]) -> None:
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, out)
+    elif isinstance(value, (list, tuple)):
+        out[prefix] = json.dumps(json_safe(list(value)))
+    else:
+        out[prefix] = value
+
+
+def flat_row(record: Record) -> Dict[str, Any]:
+    doc = record.as_json(samples=False)
+    out: Dict[str, Any] = {}
+    _flatten("", doc, out)
+    return out
+
+
+def export_csv(records: Iterable[Record]) -> str:
+    rows = [flat_row(r) for r in records]
+    columns: List[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def export_json(records: Iterable[Record]) -> str:
+    doc = {"results": [r.as_json() for r in records]}
+    return json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n"
+
+
+def export_markdown(records: Iterable[Record]) -> str:
+    return markdown_table(LIST_COLUMNS, [list_row(r) for r in records]) + "\n"
+
+
+EXPORTERS = {"csv": export_csv, "json": export_json, "md": export_markdown}
