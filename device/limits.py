@@ -18,6 +18,7 @@ from typing import Any
 from edgetune.device.errors import InvalidArgument
 from edgetune.protos.messages import (EXECUTION_MODES, GRAPH_OPT_LEVELS, BenchmarkSpec, BlobKind,
                              EvaluateSpec, SessionOptions)
+from edgetune.protos.shapes import format_dims
 
 GiB = 1 << 30
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -113,7 +114,7 @@ def validate_session(options: SessionOptions, limits: Limits) -> None:
             raise InvalidArgument(f"shape of input '{name}' is empty; pass --shape {name}=1x3x224x224")
         for dim in dims:
             if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
-                shown = "x".join(str(d) for d in dims)
+                shown = format_dims(dims)
                 raise InvalidArgument(
                     f"shape of input '{name}' ({shown}) has a dimension outside 1..{MAX_DIM}; "
                     f"every dimension must be a positive size such as --shape {name}=1x3x224x224")

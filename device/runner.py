@@ -38,6 +38,7 @@ from edgetune.device.limits import Limits
 from edgetune.device.store import BlobStore
 from edgetune.protos.messages import (BenchmarkResult, BenchmarkSpec, BlobKind, EvaluateResult,
                              EvaluateSpec, LatencyStats, Progress, SessionOptions)
+from edgetune.protos.shapes import shape_flag
 
 log = logging.getLogger("edgetune.agent.runner")
 
@@ -101,8 +102,7 @@ def create_session(model_path: Any, options: SessionOptions) -> Tuple[Any, float
 
 
 def _shape_hint(name: str, shape: Sequence[Any]) -> str:
-    dims = [d if isinstance(d, int) and d > 0 else 1 for d in shape]
-    return f"--shape {name}={'x'.join(str(d) for d in dims)}"
+    return shape_flag(name, [d if isinstance(d, int) and d > 0 else 1 for d in shape])
 
 
 def resolve_shapes(inputs: Sequence[Any], options: SessionOptions) -> Dict[str, Tuple[int, ...]]:
@@ -122,7 +122,7 @@ def resolve_shapes(inputs: Sequence[Any], options: SessionOptions) -> Dict[str, 
                 isinstance(m, int) and m > 0 and m != d for m, d in zip(model_shape, dims))
             if conflict and model_shape:
                 raise InvalidArgument(
-                    f"--shape {node.name}={'x'.join(map(str, dims))} does not fit the model's input "
+                    f"{shape_flag(node.name, dims)} does not fit the model's input "
                     f"'{node.name}' of shape {model_shape}; e.g. {_shape_hint(node.name, model_shape)}")
             shapes[node.name] = dims
         elif all(isinstance(d, int) and d > 0 for d in model_shape):

@@ -66,18 +66,14 @@ def check_count(flag: str, value: Optional[int], *, minimum: int = 1,
 
 
 def parse_shape(text: str) -> Tuple[str, Tuple[int, ...]]:
-    """"NAME=1x3x224x224" -> ("NAME", (1, 3, 224, 224)); UsageError showing the form."""
-    name, sep, dims_text = text.partition("=")
-    example = "pass --shape NAME=1x3x224x224 (input name, '=', positive sizes joined by 'x')"
-    if not sep or not name.strip() or not dims_text:
-        raise UsageError(f"--shape {text!r} is not NAME=DIMS", hint=example)
+    """"NAME=1x3x224x224" -> ("NAME", (1, 3, 224, 224)) (``edgetune.protos.shapes``, the
+    parser the board's messages match); UsageError showing the form."""
+    from edgetune.protos.shapes import ShapeError, parse_shape as parse
+
     try:
-        dims = tuple(int(d) for d in dims_text.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"--shape {text!r}: the sizes must be whole numbers", hint=example) from None
-    if not dims or any(d < 1 or d > INT32_MAX for d in dims):
-        raise UsageError(f"--shape {text!r}: every size must be at least 1", hint=example)
-    return name.strip(), dims
+        return parse(text)
+    except ShapeError as exc:
+        raise UsageError(exc.message, hint=exc.hint) from None
 
 
 def parse_list(text: Optional[str]) -> Tuple[str, ...]:

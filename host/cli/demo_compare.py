@@ -115,6 +115,7 @@ def print_comparison(doc: Dict[str, Any], bench: Sequence["BenchmarkRun"],
     import textwrap
 
     from edgetune.host import render
+    from edgetune.protos.shapes import format_dims
 
     models, q = doc["models"], doc["models"]["int8"]["quantize"]
     measured = bench[0].result
@@ -128,7 +129,7 @@ def print_comparison(doc: Dict[str, Any], bench: Sequence["BenchmarkRun"],
         f"{q['weight_type']} {channel} weights, {q['calib_samples']} calibration images from "
         f"{q['calib']}): {q['int8_nodes']} of {q['quantizable_nodes']} nodes int8.",
         f"Both measured on the board with the same options: {measured.iterations} timed runs "
-        f"after {measured.warmup} warm-up, one {'x'.join(map(str, input_shape))} image, "
+        f"after {measured.warmup} warm-up, one {format_dims(input_shape)} image, "
         f"{threads or 'default'} intra-op thread{'s' if threads != 1 else ''}, "
         f"{', '.join(measured.providers) or 'CPUExecutionProvider'}. Throughput counts every "
         "run, so a stall on a busy machine moves it more than the p50. Top-1 and cosine on "

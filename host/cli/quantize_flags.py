@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from edgetune.host.errors import UsageError
-from edgetune.host.quant.settings import (COLORS, DEFAULT_FALLBACK_STRATEGY, FALLBACK_METRICS,
-                                 FALLBACK_STRATEGIES, FILE_TYPES, INTERPOLATIONS, LAYOUTS,
-                                 CalibSource, FallbackSettings, Preprocess, QuantizeSettings,
-                                 SubgraphOverride)
+from edgetune.host.quant.settings import (COLORS, DEFAULT_FALLBACK_STRATEGY, FILE_TYPES,
+                                 INTERPOLATIONS, LAYOUTS, CalibSource, FallbackSettings,
+                                 Preprocess, QuantizeSettings, SubgraphOverride)
+from edgetune.protos.shapes import ShapeError, parse_dims
 
 __all__ = ["add_calibration_flags", "build_settings", "calib_sources_from_args",
            "model_inputs", "parse_floats", "parse_size", "unused_percentile_notes"]
@@ -112,12 +112,12 @@ def _shapes(values: Optional[List[str]]) -> Dict[Optional[str], Tuple[int, ...]]
     for value in values or []:
         name, text = _named(value)
         try:
-            dims = tuple(int(d) for d in text.lower().replace(",", "x").split("x"))
-        except ValueError:
-            raise UsageError(f"--input-shape {value!r} is not [NAME=]D1xD2x...",
-                             hint="e.g. --input-shape data=1x3x224x224") from None
-        if not dims or any(d <= 0 for d in dims):
-            raise UsageError(f"--input-shape {value!r} has a dimension <= 0")
+            dims = parse_dims(text, separators="x,")        # the parser --shape uses too
+        except ShapeError as exc:
+            if exc.reason == "whole":
+                raise UsageError(f"--input-shape {value!r} is not [NAME=]D1xD2x...",
+                                 hint="e.g. --input-shape data=1x3x224x224") from None
+            raise UsageError(f"--input-shape {value!r} has a dimension <= 0") from None
         shapes[name] = dims
     return shapes
 
@@ -257,16 +257,15 @@ def _fallback(args: argparse.Namespace, layer: Any) -> Optional[FallbackSettings
     if given.get("eval") is None:
         raise UsageError("--max-drop needs an evaluation set",
                          hint="give --eval D.npz (inputs named like the model's, optional labels)")
-    if given["max_drop"] < 0:
-        raise UsageError(f"--max-drop {given['max_drop']} is negative")
-    for key, options in (("metric", FALLBACK_METRICS), ("strategy", FALLBACK_STRATEGIES)):
-        if key in given and given[key] not in options:
-            raise UsageError(f"unknown {key} {given[key]!r}", hint=f"one of {', '.join(options)}")
-    return FallbackSettings(max_drop=float(given["max_drop"]), eval_dataset=Path(given["eval"]),
-                            metric=given.get("metric", "auto"),
-                            strategy=given.get("strategy", DEFAULT_FALLBACK_STRATEGY),
-                            max_steps=int(given.get("max_steps", 32)),
-                            device=given.get("device"))
+    from edgetune.host.quant.fallback import check_fallback_settings
+
+    fallback = FallbackSettings(max_drop=float(given["max_drop"]), eval_dataset=Path(given["eval"]),
+                                metric=given.get("metric", "auto"),
+                                strategy=given.get("strategy", DEFAULT_FALLBACK_STRATEGY),
+                                max_steps=int(given.get("max_steps", 32)),
+                                device=given.get("device"))
+    check_fallback_settings(fallback)    # the library's check: a config file's values too
+    return fallback
 
 
 # --- a percentile that no calibration uses -------------------------------------------------
