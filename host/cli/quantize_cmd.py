@@ -128,10 +128,10 @@ def _optional_module(name: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     settings, fallback, layer = build_settings(args)
     output = Path(settings.output)
-    if output.exists() and not settings.force:
-        raise UsageError(f"{output} already exists", hint="add --force to overwrite it")
     if layer is not None and layer.format == "xquant":
         output.parent.mkdir(parents=True, exist_ok=True)     # XQuant creates its working_dir
+    from edgetune.host.quant.pipeline import validate_settings
+    validate_settings(settings)          # the output checks too, before any data is read
     from edgetune.host.quant.calibdata import CalibrationData, load_calibration, load_npz_feeds
     from edgetune.host.render import StageProgress
 

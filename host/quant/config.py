@@ -15,6 +15,7 @@ an error that names it, never silently ignored.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from edgetune.host.errors import BadInputError, NotFoundError, UsageError
 from edgetune.host.quant.pegasus import (load_pegasus_layers, load_pegasus_layers_with_notes,
                                 parse_pegasus, resolve_pegasus_layers)
-from edgetune.host.quant.settings import (ACT_TYPES, COLORS, FALLBACK_METRICS, FALLBACK_STRATEGIES,
+from edgetune.host.quant.settings import (ACT_TYPES, COLORS,
                                  FILE_TYPES, INTERPOLATIONS, LAYOUTS, METHODS, WEIGHT_TYPES,
                                  CalibSource, Preprocess, QuantizeSettings, SubgraphOverride)
 
@@ -38,8 +39,6 @@ __all__ = ["ConfigLayer", "load_config", "check_settings", "check_input_count", 
            "load_pegasus_layers_with_notes", "resolve_pegasus_layers", "TOML_KEYS"]
 
 PRECISIONS = ("int8", "int16", "float")
-METRICS = FALLBACK_METRICS
-STRATEGIES = FALLBACK_STRATEGIES      # the default is settings.DEFAULT_FALLBACK_STRATEGY
 
 # TOML key -> (QuantizeSettings field, kind). Kinds are checked by _convert.
 SETTINGS_KEYS: Dict[str, Tuple[str, str]] = {
@@ -321,7 +320,9 @@ def _subgraph_entry(entry: Any, path: Path) -> SubgraphOverride:
 # --- checks shared by every way of building settings ----------------------------------------
 
 def check_settings(settings: QuantizeSettings) -> None:
-    """Reject values no part of the pipeline accepts (UsageError, naming the fix)."""
+    """Reject values no part of the pipeline accepts (UsageError, naming the fix). The one
+    check of a QuantizeSettings' values: the CLI calls it as soon as it has built them, and
+    ``pipeline.validate_settings`` (which adds the output file checks) for API callers."""
     def choice(value: str, options: Sequence[str], what: str) -> None:
         if value not in options:
             raise UsageError(f"unknown {what} {value!r}",
@@ -329,6 +330,9 @@ def check_settings(settings: QuantizeSettings) -> None:
     choice(settings.method, METHODS, "method")
     choice(settings.act_type, ACT_TYPES, "activation type")
     choice(settings.weight_type, WEIGHT_TYPES, "weight type")
+    if settings.act_type == "int8" and settings.weight_type == "uint8":
+        raise UsageError("int8 activations with uint8 weights is not a combination "
+                         "onnxruntime supports", hint="use --weight int8")
     if not 0.0 < settings.percentile <= 100.0:
         raise UsageError(f"percentile {settings.percentile} is out of (0, 100]",
                          hint="e.g. --percentile 99.99")
@@ -340,7 +344,12 @@ def check_settings(settings: QuantizeSettings) -> None:
                          f"{settings.quantized_bins} are not usable",
                          hint="need bins >= 16 and 2 <= quantized bins <= bins (e.g. 2048 / 255)")
     model, output = Path(settings.model), Path(settings.output)
-    if output.resolve() == model.resolve():
+    try:
+        same = output.resolve() == model.resolve() or (
+            output.exists() and model.exists() and os.path.samefile(model, output))
+    except OSError:
+        same = False
+    if same:
         raise UsageError(f"the output {output} is the input model",
                          hint="write the quantized model to another path (-o OUT.onnx)")
     for source in settings.calib:

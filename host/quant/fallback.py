@@ -40,7 +40,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tupl
 from edgetune.host.errors import BadInputError, TargetNotMetError, UsageError
 from edgetune.host.quant import strategies
 from edgetune.host.quant.fallback_report import FallbackReport, FallbackStep, fallback_record_path
-from edgetune.host.quant.settings import (DEFAULT_FALLBACK_STRATEGY, FALLBACK_STRATEGIES,
+from edgetune.host.quant.settings import (DEFAULT_FALLBACK_STRATEGY, FALLBACK_METRICS, FALLBACK_STRATEGIES,
                                  FallbackSettings, QuantizeSettings)
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,15 @@ Precision = Mapping[str, str]    # node -> "int16" | "float" (absent: int8)
 
 
 def check_fallback_settings(fb: FallbackSettings) -> None:
+    """The one check of a FallbackSettings (UsageError): ``run_fallback`` calls it, and
+    ``edgetune quantize`` as soon as it has built them from flags and config."""
     if not (isinstance(fb.max_drop, (int, float)) and math.isfinite(fb.max_drop)
             and fb.max_drop >= 0):
         raise UsageError(f"--max-drop must be a number >= 0, got {fb.max_drop}",
                          hint="in the metric's own unit: 0.01 is one point of top-1")
+    if fb.metric not in FALLBACK_METRICS:
+        raise UsageError(f"unknown metric {fb.metric!r}",
+                         hint=f"choose one of: {', '.join(FALLBACK_METRICS)}")
     if fb.strategy not in STRATEGIES:
         raise UsageError(f"unknown fallback strategy {fb.strategy!r}",
                          hint=f"choose one of: {', '.join(STRATEGIES)}")

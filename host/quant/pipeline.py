@@ -35,6 +35,7 @@ from edgetune.host.quant.calibrate import (
     parse_label,
     tensors_to_calibrate,
 )
+from edgetune.host.quant.config import check_settings
 from edgetune.host.quant.overrides import ResolvedOverrides, int16_overrides, node_tensors, resolve_overrides
 from edgetune.host.quant.prepare import (
     Decision,
@@ -49,7 +50,7 @@ from edgetune.host.quant.prepare import (
 )
 from edgetune.host.quant.ranges import atomic_write_text, load_ranges, ranges_to_dict
 from edgetune.host.quant.record import build_record, node_precisions, read_qdq_params, record_text
-from edgetune.host.quant.settings import ACT_TYPES, METHODS, WEIGHT_TYPES, QuantizeSettings
+from edgetune.host.quant.settings import QuantizeSettings, output_paths
 
 Progress = Callable[[str, int, int], None]
 
@@ -97,13 +98,6 @@ class QuantizeReport:
         return data
 
 
-def output_paths(output: Path) -> Tuple[Path, Path]:
-    """(ranges path, record path) beside ``output``: OUT.ranges.json, OUT.record.json."""
-    output = Path(output)
-    stem = output.name[:-5] if output.name.endswith(".onnx") else output.name
-    return output.with_name(stem + ".ranges.json"), output.with_name(stem + ".record.json")
-
-
 def _qtype(name: str):
     from onnxruntime.quantization.quant_utils import QuantType
 
@@ -112,31 +106,11 @@ def _qtype(name: str):
 
 
 def validate_settings(settings: QuantizeSettings) -> None:
-    """Checks that cost nothing, before any work (UsageError / NotFoundError)."""
-    model = Path(settings.model)
+    """Checks that cost nothing, before any work (UsageError): the values
+    (``config.check_settings``), then the output file. ``quantize`` and ``run_fallback`` call
+    it; so does ``edgetune quantize`` before it loads any calibration data."""
+    check_settings(settings)
     output = Path(settings.output)
-    if settings.method not in METHODS:
-        raise UsageError(f"unknown method {settings.method!r}",
-                         hint=f"choose one of: {', '.join(METHODS)}")
-    if settings.act_type not in ACT_TYPES:
-        raise UsageError(f"unknown activation type {settings.act_type!r}",
-                         hint=f"choose one of: {', '.join(ACT_TYPES)}")
-    if settings.weight_type not in WEIGHT_TYPES:
-        raise UsageError(f"unknown weight type {settings.weight_type!r}",
-                         hint=f"choose one of: {', '.join(WEIGHT_TYPES)}")
-    if settings.act_type == "int8" and settings.weight_type == "uint8":
-        raise UsageError("int8 activations with uint8 weights is not a combination "
-                         "onnxruntime supports", hint="use --weight int8")
-    if settings.calib_batch < 1:
-        raise UsageError("the calibration batch must be at least 1")
-    try:
-        same = model.resolve() == output.resolve() or (
-            output.exists() and model.exists() and os.path.samefile(model, output))
-    except OSError:
-        same = False
-    if same:
-        raise UsageError(f"the output path is the input model ({output})",
-                         hint="write the quantized model to another file (-o OUT.onnx)")
     if output.exists() and not settings.force:
         raise UsageError(f"{output} already exists", hint="pass --force to overwrite it")
     if output.suffix != ".onnx":
