@@ -105,3 +105,11 @@ class FallbackSettings:
     strategy: str = DEFAULT_FALLBACK_STRATEGY          # one of FALLBACK_STRATEGIES
     max_steps: int = 32
     device: Optional[str] = None                       # evaluate on this board instead of locally
+
+
+def output_paths(output: Path) -> Tuple[Path, Path]:
+    """(ranges path, record path) beside a quantized model: OUT.ranges.json, OUT.record.json
+    (also how the results store finds the float model a quantized one was made from)."""
+    output = Path(output)
+    stem = output.name[:-5] if output.name.endswith(".onnx") else output.name
+    return output.with_name(stem + ".ranges.json"), output.with_name(stem + ".record.json")

@@ -147,6 +147,13 @@ class ResultsStore:
         with self.engine.connect() as conn:
             return [_record(row, None) for row in conn.execute(query)]
 
+    def find_job(self, device: str, job_id: str) -> Optional[str]:
+        """The id of the record of a board's job, if it was recorded."""
+        query = (sa.select(results.c.id).where(results.c.device_name == device)
+                 .where(results.c.job_id == job_id).limit(1))
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(results)).scalar())

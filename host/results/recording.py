@@ -1,0 +1,128 @@
+"""From a typed board result to a result record, and the recorder the board session calls.
+
+The board-session layer (``edgetune.host.board.BoardSession``) hands every typed result to its
+``recorder``; ``StoreRecorder`` turns it into a ``Record`` with its provenance (the board and
+what it said about itself, the options, the board's state, this host) and adds it to the
+results store. A job recorded once is not recorded again (``jobs show`` of a recorded job).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from edgetune import __version__
+from edgetune.host.results.records import ModelRef, Record
+from edgetune.protos.messages import BenchmarkResult, EvaluateResult
+
+_AGENT_FIELDS = ("agent_name", "hostname", "os", "arch", "cpu_model", "cpu_cores",
+                 "memory_total_bytes", "python_version", "onnxruntime_version", "agent_version")
+
+
+def host_doc() -> Dict[str, Any]:
+    return {"edgetune_version": __version__, "hostname": socket.gethostname()}
+
+
+def device_doc(board: Any) -> Dict[str, Any]:
+    """The board as a record keeps it: its name and address, and what its agent reported
+    (``agent_name`` is the CN of the agent's certificate)."""
+    doc: Dict[str, Any] = {"name": board.name, "address": board.address}
+    agent = board.agent
+    if agent is not None:
+        doc.update({k: getattr(agent, k) for k in _AGENT_FIELDS})
+        doc["providers"] = list(agent.available_providers)
+    return doc
+
+
+def model_ref(model: str, sha256: str) -> ModelRef:
+    """The model as named on the command line; a local file adds its size and, when it was
+    made by ``edgetune quantize``, the sha256 of the model it was made from."""
+    path = Path(model)
+    if not path.is_file():
+        return ModelRef(sha256=sha256, name=model if len(model) != 64 else "")
+    return ModelRef(sha256=sha256, name=path.name, size_bytes=path.stat().st_size,
+                    parent_sha256=parent_sha256(path, sha256))
+
+
+def parent_sha256(path: Path, sha256: str) -> Optional[str]:
+    """The input model's sha256 from OUT.record.json beside a quantized model, if that record
+    describes this very file (its output_sha256 matches)."""
+    from edgetune.host.quant.settings import output_paths
+
+    record_path = output_paths(path)[1]
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("output_sha256") != sha256:
+        return None
+    parent = record.get("input_sha256")
+    return parent if isinstance(parent, str) and len(parent) == 64 else None
+
+
+def _known(value: float) -> Optional[float]:
+    """The board reports 0 for what it cannot read (no cpufreq, no thermal zone)."""
+    return value if value and math.isfinite(value) else None
+
+
+def record_from_run(run: Any, *, label: str = "", run_id: Optional[str] = None,
+                    kind: Optional[str] = None) -> Optional[Record]:
+    """The record of a successful board run (None for a job that did not succeed: it
+    measured nothing)."""
+    from edgetune.host.render import LATENCY_KEYS, options_record
+
+    result = run.result
+    if result is None:
+        return None
+    common: Dict[str, Any] = dict(
+        model=model_ref(run.model, run.model_sha256), options=options_record(run.options),
+        device=device_doc(run.board), host=host_doc(), job_id=run.job_id,
+        label=label or run.label, run_id=run_id)
+    if isinstance(result, BenchmarkResult):
+        lat = result.latency
+        metrics = {"latency_ms": {k: getattr(lat, f"{k}_ms") for k in LATENCY_KEYS},
+                   "throughput_ips": result.throughput_ips, "load_ms": result.load_ms,
+                   "first_run_ms": result.first_run_ms, "peak_rss_mb": result.peak_rss_mb,
+                   "iterations": result.iterations, "warmup": result.warmup,
+                   "measured_s": result.measured_s, "providers": list(result.providers)}
+        return Record(kind=kind or "bench", metrics=metrics,
+                      board_state={"cpu_freq_mhz": _known(result.cpu_freq_mhz),
+                                   "temperature_c": _known(result.temperature_c)},
+                      samples_ms=tuple(result.samples_ms) or None, **common)
+    if isinstance(result, EvaluateResult):
+        metrics = {**result.metric_dict(), "samples": result.samples,
+                   "load_ms": result.load_ms, "elapsed_s": result.elapsed_s}
+        return Record(kind=kind or "eval", metrics=metrics,
+                      dataset_sha256=run.options.dataset_sha256 or None, **common)
+    return None
+
+
+class StoreRecorder:
+    """A ``BoardSession`` recorder writing to a ``ResultsStore``: ``ids`` maps each recorded
+    (board, job id) to its result id, so a command can print ``result_id``."""
+
+    def __init__(self, store: Any, *, label: str = "", run_id: Optional[str] = None,
+                 kind: Optional[str] = None) -> None:
+        self.store = store
+        self.label = label
+        self.run_id = run_id
+        self.kind = kind
+        self.ids: Dict[Tuple[str, str], str] = {}
+
+    def __call__(self, run: Any) -> None:
+        key = (run.board.name, run.job_id)
+        if key in self.ids:
+            return
+        existing = self.store.find_job(run.board.name, run.job_id)
+        if existing is not None:
+            self.ids[key] = existing
+            return
+        record = record_from_run(run, label=self.label, run_id=self.run_id, kind=self.kind)
+        if record is not None:
+            self.ids[key] = self.store.add(record).id
+
+    def result_id(self, run: Any) -> Optional[str]:
+        return self.ids.get((run.board.name, run.job_id))

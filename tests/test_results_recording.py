@@ -1,0 +1,94 @@
+"""Board results recorded in the results store through the board session's one hook: a real
+agent subprocess over mutual TLS, a real SQLite file."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgetune.host.board import BoardSession
+from edgetune.host.client import AgentClient
+from edgetune.host.hashcache import file_sha256
+from edgetune.host.results.recording import StoreRecorder, parent_sha256, record_from_run
+from edgetune.host.results.store import ResultsStore
+from edgetune.protos.messages import BenchmarkSpec, EvaluateSpec, SessionOptions
+from tests.host_fixtures import DIGITS_MODEL, DIGITS_TEST, RunningAgent, local_agent  # noqa: F401
+
+ONE = SessionOptions(input_shapes=(("input", (1, 1, 8, 8)),))
+
+
+@pytest.fixture()
+def recorded(local_agent: RunningAgent, tmp_path: Path) -> Any:
+    store = ResultsStore.open(f"sqlite:///{tmp_path / 'results.db'}")
+    recorder = StoreRecorder(store, label="nightly")
+    client = AgentClient(local_agent.address, local_agent.pki.host.identity)
+    with BoardSession(client, "board1", recorder=recorder) as session:
+        yield session, recorder, store
+    store.close()
+
+
+def test_a_benchmark_lands_with_its_provenance(recorded: Any) -> None:
+    session, recorder, store = recorded
+    spec = BenchmarkSpec(model_sha256="", session=ONE, iterations=15, warmup=2,
+                         return_samples=True)
+    run = session.benchmark(DIGITS_MODEL, spec)
+    record = store.get(recorder.result_id(run))
+    assert record.kind == "bench" and record.label == "nightly" and record.job_id == run.job_id
+    assert record.model.sha256 == run.model_sha256 == file_sha256(DIGITS_MODEL)[0]
+    assert record.model.name == DIGITS_MODEL.name
+    assert record.model.size_bytes == DIGITS_MODEL.stat().st_size
+    assert record.metrics["latency_ms"]["p50"] == run.result.latency.p50_ms
+    assert record.metrics["iterations"] == 15
+    assert record.options["iterations"] == 15 and record.options["input_shapes"]
+    assert record.device["name"] == "board1" and record.device["agent_name"] == "board1"
+    assert record.device["onnxruntime_version"] and record.device["arch"]
+    assert record.host["edgetune_version"]
+    assert record.samples_ms is not None and len(record.samples_ms) == 15
+
+
+def test_an_evaluation_lands_with_its_dataset(recorded: Any) -> None:
+    session, recorder, store = recorded
+    run = session.evaluate(DIGITS_MODEL, DIGITS_TEST,
+                           EvaluateSpec(model_sha256="", dataset_sha256="", metrics=("top1",)))
+    record = store.get(recorder.result_id(run))
+    assert record.kind == "eval" and record.dataset_sha256 == file_sha256(DIGITS_TEST)[0]
+    assert record.metrics["top1"] == run.result.metric_dict()["top1"]
+    assert record.metrics["samples"] == 450
+
+
+def test_a_job_seen_again_is_not_recorded_twice(recorded: Any) -> None:
+    session, recorder, store = recorded
+    run = session.benchmark(DIGITS_MODEL, BenchmarkSpec(model_sha256="", session=ONE,
+                                                        iterations=5))
+    again = session.result(session.get_job(run.job_id))
+    other = StoreRecorder(store)            # another command run later, same board and job
+    other(again)
+    assert other.result_id(again) == recorder.result_id(run)
+    assert store.count() == 1
+
+
+def test_a_quantized_model_names_its_parent(tmp_path: Path) -> None:
+    from edgetune.host.quant.settings import output_paths
+    model = tmp_path / "m.int8.onnx"
+    shutil.copyfile(DIGITS_MODEL, model)
+    sha = file_sha256(model)[0]
+    record_path = output_paths(model)[1]
+    assert record_path.name == "m.int8.record.json"
+    record_path.write_text('{"input_sha256": "%s", "output_sha256": "%s"}' % ("f" * 64, sha))
+    assert parent_sha256(model, sha) == "f" * 64
+    record_path.write_text('{"input_sha256": "%s", "output_sha256": "%s"}' % ("f" * 64, "0" * 64))
+    assert parent_sha256(model, sha) is None          # the record describes another file
+    record_path.write_text("{broken")
+    assert parent_sha256(model, sha) is None
+
+
+def test_a_failed_job_is_not_a_measurement(recorded: Any) -> None:
+    session, recorder, store = recorded
+    bad = BenchmarkSpec(model_sha256="", session=SessionOptions(
+        input_shapes=(("input", (1, 1, 9, 9)),)), iterations=3)
+    run = session.benchmark(DIGITS_MODEL, bad)
+    assert not run.ok and record_from_run(run) is None
+    assert recorder.result_id(run) is None and store.count() == 0
