@@ -30,8 +30,9 @@ from edgetune.device.limits import Limits, validate_benchmark, validate_evaluate
 from edgetune.device.store import BlobStore, UploadState, safe_label
 from edgetune.protos import agent_pb2 as pb
 from edgetune.protos import agent_pb2_grpc
-from edgetune.protos.messages import (AgentInfo, BenchmarkResult, BenchmarkSpec, BlobKind, EvaluateSpec,
-                             Job, job_spec_from_pb2)
+from edgetune.protos.messages import (INCOMPATIBLE_METADATA, VERSION_METADATA, AgentInfo,
+                                      BenchmarkResult, BenchmarkSpec, BlobKind, EvaluateSpec, Job,
+                                      UnknownToThisVersion, job_spec_from_pb2)
 
 log = logging.getLogger("edgetune.agent.servicer")
 
@@ -54,7 +55,9 @@ class NotReady(StatusError):
 
 def _blob_kind(value: int, *, optional: bool = False) -> Optional[BlobKind]:
     kind = BlobKind.from_pb2(value)
-    if kind is None and not (optional and value == pb.BLOB_KIND_UNSPECIFIED):
+    if kind is None and value != pb.BLOB_KIND_UNSPECIFIED:
+        raise UnknownToThisVersion(f"blob kind {value}")
+    if kind is None and not optional:
         raise InvalidArgument("kind must be BLOB_KIND_MODEL or BLOB_KIND_DATASET")
     return kind
 
@@ -80,6 +83,8 @@ def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     async def wrapper(self: "AgentServicer", request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
             return await method(self, request, context)
+        except UnknownToThisVersion as exc:
+            await abort_incompatible(context, exc)
         except StatusError as exc:
             await context.abort(exc.grpc_code, str(exc))
         except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -241,6 +246,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         store, queue = self._ready()
         try:
             spec = with_defaults(job_spec_from_pb2(request.spec))
+        except UnknownToThisVersion:
+            raise
         except ValueError as exc:
             raise InvalidArgument(f"{exc}: set spec.benchmark or spec.evaluate") from None
         if isinstance(spec, BenchmarkSpec):
@@ -375,6 +382,35 @@ def _streaming(method: Any) -> Tuple[bool, bool]:
     proto = descriptor_pb2.MethodDescriptorProto()
     method.CopyToProto(proto)
     return proto.client_streaming, proto.server_streaming
+
+
+def peer_version(context: Any) -> str:
+    """The edgetune version the caller sent (``x-edgetune-version``), "" when it sent none
+    (hosts before 0.1.0 did not); anything but a plain version string is ignored."""
+    for key, value in context.invocation_metadata() or ():
+        if key == VERSION_METADATA:
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+            ok = 0 < len(text) <= 40 and all(c.isalnum() or c in ".+-_" for c in text)
+            return text if ok else ""
+    return ""
+
+
+async def abort_incompatible(context: Any, exc: UnknownToThisVersion) -> None:
+    """INVALID_ARGUMENT naming both versions and what to upgrade (a newer host sent what this
+    agent cannot read), flagged with ``x-edgetune-incompatible`` so the host exits 10."""
+    from edgetune import __version__
+
+    theirs = peer_version(context)
+    host = (f"the host runs edgetune {theirs}" if theirs
+            else "the host did not say its version")
+    log.warning("refused a request from %s holding %s (host edgetune %s)", peer_name(context),
+                exc.what, theirs or "unknown")
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"this agent (edgetune {__version__}) cannot read the request: it holds {exc.what}; "
+        f"{host}: upgrade the agent on the board (pip install -U edgetune there)",
+        trailing_metadata=((INCOMPATIBLE_METADATA, __version__),
+                           (VERSION_METADATA, __version__)))
 
 
 def _internal(exc: BaseException) -> str:

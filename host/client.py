@@ -16,22 +16,29 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Tuple, TypeVar, Union
 
 import grpc
 
-from edgetune.host.errors import AgentError, AuthError, BadInputError, TimeoutError_, UnreachableError
+from edgetune import __version__
+from edgetune.host.errors import (AgentError, AuthError, BadInputError, EdgetuneError,
+                                  IncompatibleError, TimeoutError_, UnreachableError)
 from edgetune.host.hashcache import HashCache, file_sha256, finish_upload, plan_upload
 from edgetune.host.interrupts import GATE, SigintGate
 from edgetune.host.rpcerrors import RpcContext, translate_rpc_error
 from edgetune.protos import agent_pb2 as pb
 from edgetune.protos import agent_pb2_grpc
-from edgetune.protos.messages import AgentInfo, BenchmarkSpec, BlobInfo, BlobKind, Job, JobEvent
+from edgetune.protos.messages import (VERSION_METADATA, AgentInfo, BenchmarkSpec, BlobInfo,
+                                      BlobKind, Job, JobEvent, UnknownToThisVersion)
 
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 ProgressCallback = Callable[[int, int], None]     # (bytes done, bytes total)
+# Every call says which edgetune is calling, so an agent refusing what it cannot read can
+# name both versions (a compatible addition: agents that do not look ignore it).
+CALL_METADATA = ((VERSION_METADATA, __version__),)
+T = TypeVar("T")
 EventCallback = Callable[[JobEvent], None]
 KindLike = Union[BlobKind, str]
 
@@ -181,7 +188,8 @@ class AgentClient:
 
     def _unary(self, method: str, request: Any, timeout: float) -> Any:
         with GATE.deferred():
-            future = getattr(self._stub, method).future(request, timeout=timeout)
+            future = getattr(self._stub, method).future(request, timeout=timeout,
+                                                        metadata=CALL_METADATA)
             GATE.on_interrupt(future.cancel)
             try:
                 return future.result()
@@ -190,13 +198,37 @@ class AgentClient:
             except grpc.FutureCancelledError:
                 raise AgentError(f"the call {method} to {self.address} was cancelled") from None
 
+    # ------------------------------------------------------------------ reading replies
+    def _read(self, convert: Callable[[Any], T], message: Any) -> T:
+        """``convert(message)``; what this version cannot read (a newer agent's job state or
+        result) becomes an IncompatibleError naming both versions, not a traceback."""
+        try:
+            return convert(message)
+        except UnknownToThisVersion as exc:
+            raise self._incompatible(exc) from None
+
+    def _incompatible(self, exc: UnknownToThisVersion) -> IncompatibleError:
+        theirs = ""
+        try:
+            theirs = self._unary("GetInfo", pb.GetInfoRequest(),
+                                 min(5.0, self.settings.timeout_s)).agent_version
+        except EdgetuneError:
+            pass
+        agent = f"the agent at {self.address}" + (f" (edgetune {theirs})" if theirs else "")
+        message = (f"{agent} sent {exc.what}, which this edgetune ({__version__}) cannot read")
+        if theirs and _version_key(theirs) <= _version_key(__version__):
+            return IncompatibleError(message, hint=f"upgrade edgetune-agent on the board to "
+                                                   f"{__version__} (pip install -U edgetune)")
+        return IncompatibleError(message, hint="upgrade edgetune on this PC "
+                                               "(pip install -U edgetune)")
+
     # ------------------------------------------------------------------ info and store
     def info(self) -> AgentInfo:
-        return AgentInfo.from_pb2(self._call("GetInfo", pb.GetInfoRequest()))
+        return self._read(AgentInfo.from_pb2, self._call("GetInfo", pb.GetInfoRequest()))
 
     def list_blobs(self, kind: Optional[KindLike] = None) -> List[BlobInfo]:
         request = pb.ListBlobsRequest(kind=_blob_kind(kind).as_pb2() if kind else 0)
-        return [BlobInfo.from_pb2(b) for b in self._call("ListBlobs", request).blobs]
+        return [self._read(BlobInfo.from_pb2, b) for b in self._call("ListBlobs", request).blobs]
 
     def delete_blob(self, kind: KindLike, sha256: str) -> bool:
         request = pb.DeleteBlobRequest(kind=_blob_kind(kind).as_pb2(), sha256=sha256)
@@ -264,7 +296,8 @@ class AgentClient:
         self.connect()
         deadline = self.settings.timeout_s + (size - offset) / self.settings.upload_min_rate_bytes_s
         with GATE.deferred():                   # Ctrl-C: cancel, then KeyboardInterrupt
-            call = self._upload_blob.future(requests(), timeout=deadline)
+            call = self._upload_blob.future(requests(), timeout=deadline,
+                                            metadata=CALL_METADATA)
             call_box.append(call)
             started.set()
             GATE.on_interrupt(call.cancel)
@@ -280,7 +313,7 @@ class AgentClient:
                 raise AgentError(f"the upload of {path} was cancelled") from None
         if failure:
             raise failure[0]
-        outcome = UploadOutcome(blob=BlobInfo.from_pb2(reply.blob), sent_bytes=sent[0],
+        outcome = UploadOutcome(blob=self._read(BlobInfo.from_pb2, reply.blob), sent_bytes=sent[0],
                                 already_present=bool(reply.already_present), resumed_from=offset)
         finish_upload(plan, path, outcome.blob.sha256, cache)
         log.info("%s %s (%s): sent %d bytes%s", kind.value, outcome.blob.sha256[:12], label,
@@ -296,23 +329,26 @@ class AgentClient:
         else:
             message.evaluate.CopyFrom(spec.as_pb2())
         reply = self._call("SubmitJob", pb.SubmitJobRequest(spec=message))
-        return Job.from_pb2(reply.job), reply.queue_position
+        return self._read(Job.from_pb2, reply.job), reply.queue_position
 
     def get_job(self, job_id: str) -> Job:
-        return Job.from_pb2(self._call("GetJob", pb.GetJobRequest(job_id=job_id)).job)
+        return self._read(Job.from_pb2, self._call("GetJob", pb.GetJobRequest(job_id=job_id)).job)
 
     def list_jobs(self, limit: int = 0) -> List[Job]:
-        return [Job.from_pb2(j) for j in self._call("ListJobs", pb.ListJobsRequest(limit=limit)).jobs]
+        return [self._read(Job.from_pb2, j)
+                for j in self._call("ListJobs", pb.ListJobsRequest(limit=limit)).jobs]
 
     def cancel_job(self, job_id: str) -> Job:
-        return Job.from_pb2(self._call("CancelJob", pb.CancelJobRequest(job_id=job_id)).job)
+        return self._read(Job.from_pb2,
+                          self._call("CancelJob", pb.CancelJobRequest(job_id=job_id)).job)
 
     def _watch_raw(self, job_id: str) -> Iterator[JobEvent]:
         """JobEvents of one WatchJob stream; raises grpc.RpcError untranslated."""
         self.connect()
         with GATE.deferred():
             call = self._stub.WatchJob(pb.WatchJobRequest(job_id=job_id),
-                                       timeout=self.settings.watch_timeout_s)
+                                       timeout=self.settings.watch_timeout_s,
+                                       metadata=CALL_METADATA)
         try:
             while True:
                 with GATE.deferred():           # Ctrl-C while grpc waits: cancel, then raise
@@ -320,7 +356,7 @@ class AgentClient:
                     message = next(call, None)
                 if message is None:
                     return
-                yield JobEvent.from_pb2(message)
+                yield self._read(JobEvent.from_pb2, message)
         finally:
             with GATE.deferred():
                 call.cancel()
@@ -379,6 +415,17 @@ class AgentClient:
         if on_event is not None:
             on_event(JobEvent(job_id=job.id, state=job.state, queue_position=position, job=job))
         return self.wait(job.id, on_event)
+
+
+def _version_key(version: str) -> Tuple[int, ...]:
+    """"0.2.0rc1" -> (0, 2, 0): the leading numbers, enough to tell which side is older."""
+    key: List[int] = []
+    for part in version.split("."):
+        number = part[:len(part) - len(part.lstrip("0123456789"))]
+        if not number:
+            break
+        key.append(int(number))
+    return tuple(key)
 
 
 def check_own_certificate(cert_pem: bytes, name: str, warning_days: int) -> None:

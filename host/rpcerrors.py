@@ -16,8 +16,9 @@ from typing import Any, Optional, Tuple
 
 import grpc
 
-from edgetune.host.errors import (AgentError, AuthError, BadInputError, EdgetuneError, NotFoundError,
-                         TimeoutError_, UnreachableError)
+from edgetune.host.errors import (AgentError, AuthError, BadInputError, EdgetuneError,
+                                  IncompatibleError, NotFoundError, TimeoutError_, UnreachableError)
+from edgetune.protos.messages import INCOMPATIBLE_METADATA
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,12 @@ def translate_rpc_error(err: grpc.RpcError, ctx: RpcContext) -> EdgetuneError:
     details = (err.details() if hasattr(err, "details") else "") or ""
     debug = getattr(err, "debug_error_string", lambda: "")() or ""
     addr = ctx.address
+    trailing = getattr(err, "trailing_metadata", lambda: None)() or ()
+    incompatible = [value for key, value in trailing if key == INCOMPATIBLE_METADATA]
+    if incompatible:  # the agent could not read what this (newer) edgetune sent
+        return IncompatibleError(f"the agent at {addr} refused the request: {details}",
+                                 hint="upgrade edgetune-agent on the board to this PC's "
+                                      "edgetune (pip install -U edgetune there)")
     if code is grpc.StatusCode.UNAVAILABLE:
         return _unavailable(f"{details} {debug}", details, ctx)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -17,6 +17,37 @@ from typing import Any, Dict, Optional, Tuple
 
 from edgetune.protos import agent_pb2 as pb
 
+# gRPC metadata naming the edgetune version of the side that sends it: the host sends it on
+# every call (older hosts send none), the agent on an INCOMPATIBLE_METADATA refusal. A
+# compatible addition: no .proto change.
+VERSION_METADATA = "x-edgetune-version"
+INCOMPATIBLE_METADATA = "x-edgetune-incompatible"
+
+
+class UnknownToThisVersion(ValueError):
+    """A message holds what this version of edgetune does not know: an enum value, a job
+    kind or a job result that a newer (or other) peer added. ``what`` names it; the edges
+    (servicer, client) turn it into an error naming both versions and what to upgrade."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}, unknown to this version of edgetune")
+        self.what = what
+
+
+def has_unknown_fields(msg: Any) -> bool:
+    """Whether ``msg`` (or a message inside it) carries fields this version's schema lacks."""
+    known = type(msg)()
+    known.CopyFrom(msg)
+    known.DiscardUnknownFields()
+    return known.ByteSize() != msg.ByteSize()
+
+
+def _enum_name(enum_type: Any, value: int, what: str) -> str:
+    try:
+        return enum_type.Name(value)
+    except ValueError:
+        raise UnknownToThisVersion(f"{what} {value}") from None
+
 
 class BlobKind(str, enum.Enum):
     MODEL = "model"
@@ -47,7 +78,7 @@ class JobState(str, enum.Enum):
 
     @classmethod
     def from_pb2(cls, value: int) -> "JobState":
-        name = pb.JobState.Name(value)
+        name = _enum_name(pb.JobState, value, "job state")
         if name == "JOB_STATE_UNSPECIFIED":
             raise ValueError("job state is unspecified")
         return cls[name[len("JOB_STATE_"):]]
@@ -85,8 +116,10 @@ class SessionOptions:
 
     @classmethod
     def from_pb2(cls, msg: pb.SessionOptions) -> "SessionOptions":
-        opt = pb.GraphOptimizationLevel.Name(msg.graph_optimization)[len("GRAPH_OPT_"):].lower()
-        mode = pb.ExecutionMode.Name(msg.execution_mode)[len("EXECUTION_MODE_"):].lower()
+        opt = _enum_name(pb.GraphOptimizationLevel, msg.graph_optimization,
+                         "graph optimization level")[len("GRAPH_OPT_"):].lower()
+        mode = _enum_name(pb.ExecutionMode, msg.execution_mode,
+                          "execution mode")[len("EXECUTION_MODE_"):].lower()
         return cls(
             providers=tuple(msg.providers),
             intra_op_threads=msg.intra_op_threads,
@@ -317,6 +350,8 @@ class Job:
             result = BenchmarkResult.from_pb2(msg.benchmark)
         elif which == "evaluate":
             result = EvaluateResult.from_pb2(msg.evaluate)
+        elif msg.state == pb.JOB_STATE_SUCCEEDED and has_unknown_fields(msg):
+            raise UnknownToThisVersion(f"a job result of a new kind (job {msg.id})")
         return cls(id=msg.id, state=JobState.from_pb2(msg.state), spec=spec, label=msg.spec.label,
                    created_unix=msg.created_unix, started_unix=msg.started_unix,
                    finished_unix=msg.finished_unix, error=msg.error, client=msg.client,
@@ -345,12 +380,15 @@ class Job:
 
 
 def job_spec_from_pb2(msg: pb.JobSpec) -> Any:
-    """BenchmarkSpec or EvaluateSpec; ValueError when the oneof is empty."""
+    """BenchmarkSpec or EvaluateSpec; ValueError when the oneof is empty,
+    UnknownToThisVersion when it holds a kind of job this version does not know."""
     which = msg.WhichOneof("kind")
     if which == "benchmark":
         return BenchmarkSpec.from_pb2(msg.benchmark)
     if which == "evaluate":
         return EvaluateSpec.from_pb2(msg.evaluate)
+    if has_unknown_fields(msg):
+        raise UnknownToThisVersion("a new kind of job")
     raise ValueError("job spec names neither a benchmark nor an evaluation")
 
 
@@ -409,6 +447,8 @@ class BlobInfo:
     @classmethod
     def from_pb2(cls, msg: pb.BlobInfo) -> "BlobInfo":
         kind = BlobKind.from_pb2(msg.kind)
+        if kind is None and msg.kind != pb.BLOB_KIND_UNSPECIFIED:
+            raise UnknownToThisVersion(f"blob kind {msg.kind}")
         if kind is None:
             raise ValueError("blob kind is unspecified")
         return cls(kind=kind, sha256=msg.sha256, size_bytes=msg.size_bytes, name=msg.name,
