@@ -98,10 +98,13 @@ def _records(runs: Sequence[Any]) -> List[Dict[str, Any]]:
 
 
 def print_results(kind: str, runs: Sequence["BoardRun"], as_json: bool, *,
-                  samples: bool = False) -> int:
-    """Typed results on stdout (a table, or ``{"results": [...]}``); failures and notes on
-    stderr. Returns how many jobs failed."""
-    records = [result_record(r, samples=samples) for r in runs]
+                  samples: bool = False,
+                  result_id: Optional[Callable[["BoardRun"], Optional[str]]] = None) -> int:
+    """Typed results on stdout (a table, or ``{"results": [...]}``, each entry with the
+    ``result_id`` of its record in the results database, null when not recorded); failures
+    and notes on stderr. Returns how many jobs failed."""
+    records = [{**result_record(r, samples=samples),
+                "result_id": result_id(r) if result_id is not None else None} for r in runs]
     if as_json:
         print_json({"results": records})
     else:

@@ -21,3 +21,16 @@ def _private_hash_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
         os.environ.pop("EDGETUNE_HASH_CACHE", None)
     else:
         os.environ["EDGETUNE_HASH_CACHE"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_results_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Results the tests record go to a temp database, never the user's (also for the CLI
+    subprocesses the tests start). Tests about the database's location unset it."""
+    old = os.environ.get("EDGETUNE_DB")
+    os.environ["EDGETUNE_DB"] = str(tmp_path_factory.mktemp("results") / "results.db")
+    yield
+    if old is None:
+        os.environ.pop("EDGETUNE_DB", None)
+    else:
+        os.environ["EDGETUNE_DB"] = old

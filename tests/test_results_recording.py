@@ -92,3 +92,53 @@ def test_a_failed_job_is_not_a_measurement(recorded: Any) -> None:
     run = session.benchmark(DIGITS_MODEL, bad)
     assert not run.ok and record_from_run(run) is None
     assert recorder.result_id(run) is None and store.count() == 0
+
+
+# ---------------------------------------------------------------------- the commands record
+
+def _results(capsys: Any, db: str) -> list:
+    from tests.host_fixtures import run_cli
+    return run_cli(capsys, "results", "list", "--db", db, "--json").json["results"]
+
+
+def test_bench_and_eval_record_and_print_result_ids(capsys: Any, local_agent: RunningAgent,
+                                                    tmp_path: Path) -> None:
+    from tests.host_fixtures import run_cli
+    db = str(tmp_path / "cli.db")
+    bench = run_cli(capsys, "bench", str(DIGITS_MODEL), "--shape", "input=1x1x8x8",
+                    "--iterations", "5", "--label", "cli run", *local_agent.conn(),
+                    "--db", db, "--json")
+    assert bench.code == 0, bench.err
+    result_id = bench.json["results"][0]["result_id"]
+    shown = run_cli(capsys, "results", "show", result_id, "--db", db, "--json").json["result"]
+    assert shown["label"] == "cli run" and shown["kind"] == "bench"
+    assert shown["job_id"] == bench.json["results"][0]["job_id"]
+    assert shown["metrics"]["latency_ms"] == bench.json["results"][0]["latency_ms"]
+    watched = run_cli(capsys, "jobs", "watch", shown["job_id"], *local_agent.conn(),
+                      "--db", db, "--json")
+    assert watched.json["results"][0]["result_id"] == result_id      # not recorded twice
+    ev = run_cli(capsys, "eval", str(DIGITS_MODEL), "--dataset", str(DIGITS_TEST),
+                 "--metric", "top1", *local_agent.conn(), "--db", db, "--json")
+    assert ev.code == 0, ev.err
+    assert [r["id"] for r in _results(capsys, db)] == [ev.json["results"][0]["result_id"],
+                                                      result_id]
+
+
+def test_no_record_keeps_nothing(capsys: Any, local_agent: RunningAgent, tmp_path: Path) -> None:
+    from tests.host_fixtures import run_cli
+    db = str(tmp_path / "none.db")
+    bench = run_cli(capsys, "bench", str(DIGITS_MODEL), "--shape", "input=1x1x8x8",
+                    "--iterations", "3", *local_agent.conn(), "--db", db, "--no-record", "--json")
+    assert bench.code == 0 and bench.json["results"][0]["result_id"] is None
+    assert not Path(db).exists()
+
+
+def test_a_database_that_cannot_be_used_stops_bench_before_it_measures(
+        capsys: Any, local_agent: RunningAgent, tmp_path: Path) -> None:
+    from tests.host_fixtures import run_cli
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a database")
+    r = run_cli(capsys, "bench", str(DIGITS_MODEL), "--shape", "input=1x1x8x8",
+                "--iterations", "3", *local_agent.conn(), "--db", str(bad))
+    assert r.code == 3 and "not a SQLite database" in r.err and "--db" in r.err
+    assert r.out == "" and "sent" not in r.err and bad.read_text() == "not a database"

@@ -15,9 +15,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from edgetune.host.board import BlobRef
 from edgetune.host.cli import jobs_cmds, store_cmds
-from edgetune.host.cli.common import (add_connection_flags, add_json_flag, check_count, parse_list,
-                                      parse_shape)
+from edgetune.host.cli.common import (add_connection_flags, add_json_flag, add_record_flags,
+                                      check_count, parse_list, parse_shape)
 from edgetune.host.errors import ExitStatus, UsageError
+from edgetune.host.results.location import recording
 from edgetune.host.target import open_session, resolve_target
 from edgetune.protos.messages import (EXECUTION_MODES, GRAPH_OPT_LEVELS, BenchmarkSpec, BlobKind,
                              EvaluateSpec, SessionOptions)
@@ -93,7 +94,8 @@ def run_jobs(args: argparse.Namespace, settings: JobSettings) -> int:
     from edgetune.host import render
 
     target = resolve_target(args)
-    with open_session(args, target) as board, \
+    with recording(args, label=settings.label) as recorder, \
+            open_session(args, target, recorder=recorder) as board, \
             render.ProgressView.auto(quiet=settings.json) as view:
         dataset_sha = board.resolve(settings.dataset, view) if settings.dataset else ""
         shas = [board.resolve(ref, view) for ref in settings.models]
@@ -116,7 +118,8 @@ def run_jobs(args: argparse.Namespace, settings: JobSettings) -> int:
         if jobs is None:
             return int(ExitStatus.INTERRUPTED)
         runs = [board.result(job, ref.text) for job, ref in zip(jobs, settings.models)]
-    failed = render.print_results(settings.kind, runs, settings.json, samples=settings.samples)
+    failed = render.print_results(settings.kind, runs, settings.json, samples=settings.samples,
+                                  result_id=recorder.result_id if recorder else None)
     return int(ExitStatus.AGENT) if failed else 0
 
 
@@ -186,6 +189,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--samples", action="store_true", help="also return every timing (samples_ms)")
     _session_flags(b)
     add_connection_flags(b)
+    add_record_flags(b)
     add_json_flag(b)
     b.set_defaults(func=cmd_bench)
 
@@ -198,5 +202,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--batch", type=int, metavar="N", help="samples per run (default 1)")
     _session_flags(e)
     add_connection_flags(e)
+    add_record_flags(e)
     add_json_flag(e)
     e.set_defaults(func=cmd_eval)

@@ -52,6 +52,19 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
                        help="deadline of each call in seconds (default 30)")
 
 
+DB_HELP = ("the results database: a SQLite file, or a URL such as "
+           "postgresql+psycopg://user@server/edgetune (default: $EDGETUNE_DB, [results] db in "
+           "edgetune.toml, .edgetune/results.db beside it, else the user data directory)")
+
+
+def add_record_flags(parser: argparse.ArgumentParser) -> None:
+    """--db and --no-record: where a command keeps what it measured (or that it does not)."""
+    group = parser.add_argument_group("results database")
+    group.add_argument("--db", metavar="URL", help=DB_HELP)
+    group.add_argument("--no-record", action="store_true",
+                       help="keep nothing of this run in the results database")
+
+
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document on stdout instead of tables")

@@ -5,10 +5,13 @@ are ``edgetune.host.board``'s, printing ``edgetune.host.render``'s).
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from edgetune.host.board import job_name
-from edgetune.host.cli.common import add_connection_flags, add_json_flag, check_count
+from edgetune.host.cli.common import (add_connection_flags, add_json_flag, add_record_flags,
+                                      check_count)
 from edgetune.host.errors import ExitStatus
+from edgetune.host.results.location import recording
 from edgetune.host.target import open_session, resolve_target
 
 
@@ -19,7 +22,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if action == "list":
         check_count("--limit", args.limit, minimum=0)
     target = resolve_target(args)
-    with open_session(args, target) as board:
+    # A job watched to its end is a measurement like bench's own (recorded once per job).
+    keep = recording(args) if action == "watch" else contextlib.nullcontext(None)
+    with keep as recorder, open_session(args, target, recorder=recorder) as board:
         if action == "list":
             jobs = board.list_jobs(args.limit or 0)
             if args.json:
@@ -50,7 +55,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             return 0
         run = board.result(job, job_name(job))
     failed = render.print_results(job.kind, [run], args.json,
-                                  samples=bool(getattr(job.spec, "return_samples", False)))
+                                  samples=bool(getattr(job.spec, "return_samples", False)),
+                                  result_id=recorder.result_id if recorder else None)
     return int(ExitStatus.AGENT) if failed else 0
 
 
@@ -65,6 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        ("cancel", "cancel a queued or running job")):
         q = actions.add_parser(name, help=text)
         q.add_argument("job_id", metavar="ID")
+        if name == "watch":
+            add_record_flags(q)
         parsers.append(q)
     for q in parsers:
         q.set_defaults(func=cmd_jobs)

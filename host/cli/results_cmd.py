@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from edgetune.host.cli.common import add_json_flag, check_count
+from edgetune.host.cli.common import DB_HELP, add_json_flag, check_count
 from edgetune.host.errors import UsageError
 
 KINDS = ("bench", "eval", "quantize", "compare", "demo")
@@ -32,24 +32,14 @@ _HEX = re.compile(r"^[0-9a-fA-F]{4,64}$")
 
 def add_db_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("results database")
-    group.add_argument("--db", metavar="URL",
-                       help="the results database: a SQLite file or URL such as "
-                            "postgresql+psycopg://user@server/edgetune (default: $EDGETUNE_DB, "
-                            "[results] db in edgetune.toml, .edgetune/results.db beside it, "
-                            "else the user data directory)")
+    group.add_argument("--db", metavar="URL", help=DB_HELP)
     group.add_argument("--inventory", metavar="FILE", type=Path,
                        help="the edgetune.toml whose results database to use")
 
 
 def open_store(args: argparse.Namespace) -> Any:
-    from edgetune.host.inventory import find_config, load_inventory
-    from edgetune.host.results.location import resolve_location
-    from edgetune.host.results.store import ResultsStore
-
-    inventory_path = None if args.db else find_config(getattr(args, "inventory", None))
-    inventory_db = load_inventory(inventory_path).results_db if inventory_path else None
-    location = resolve_location(args.db, os.environ, inventory_path, inventory_db)
-    return ResultsStore.open(location.url)
+    from edgetune.host.results.location import open_results_store
+    return open_results_store(args.db, getattr(args, "inventory", None))
 
 
 def parse_since(text: str, now: Optional[dt.datetime] = None) -> dt.datetime:

@@ -8,9 +8,14 @@ command from writing at all.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgetune.host.results.recording import StoreRecorder
+    from edgetune.host.results.store import ResultsStore
 
 DB_ENV = "EDGETUNE_DB"
 
@@ -35,6 +40,36 @@ def resolve_location(flag: Optional[str], env: Mapping[str, str],
     import platformdirs
     data = Path(platformdirs.user_data_dir("edgetune", appauthor=False))
     return ResultsLocation(f"sqlite:///{data / 'results.db'}", "the user data directory")
+
+
+def open_results_store(db: Optional[str], inventory: Optional[Path]) -> "ResultsStore":
+    """The results store the flags (``--db``, ``--inventory``) and the environment name."""
+    import os
+
+    from edgetune.host.inventory import find_config, load_inventory
+    from edgetune.host.results.store import ResultsStore
+
+    inventory_path = None if db or os.environ.get(DB_ENV) else find_config(inventory)
+    inventory_db = load_inventory(inventory_path).results_db if inventory_path else None
+    return ResultsStore.open(resolve_location(db, os.environ, inventory_path, inventory_db).url)
+
+
+@contextlib.contextmanager
+def recording(args: Any, *, label: str = "", kind: Optional[str] = None,
+              run_id: Optional[str] = None) -> Iterator[Optional["StoreRecorder"]]:
+    """The recorder a board session hands its results to, on the store the flags name (opened
+    before anything is measured, so a database that cannot be used stops the command before
+    it costs a measurement); None with ``--no-record``."""
+    if getattr(args, "no_record", False):
+        yield None
+        return
+    from edgetune.host.results.recording import StoreRecorder
+
+    store = open_results_store(getattr(args, "db", None), getattr(args, "inventory", None))
+    try:
+        yield StoreRecorder(store, label=label, kind=kind, run_id=run_id)
+    finally:
+        store.close()
 
 
 def _as_url(text: str) -> str:
