@@ -142,3 +142,30 @@ def test_a_database_that_cannot_be_used_stops_bench_before_it_measures(
                 "--iterations", "3", *local_agent.conn(), "--db", str(bad))
     assert r.code == 3 and "not a SQLite database" in r.err and "--db" in r.err
     assert r.out == "" and "sent" not in r.err and bad.read_text() == "not a database"
+
+
+def test_quantize_records_its_model_and_bench_of_it_names_the_parent(
+        capsys: Any, local_agent: RunningAgent, tmp_path: Path) -> None:
+    from tests.host_fixtures import run_cli
+    db = str(tmp_path / "q.db")
+    out = tmp_path / "digits.int8.onnx"
+    calib = DIGITS_MODEL.with_name("digits_calib.npz")
+    q = run_cli(capsys, "quantize", str(DIGITS_MODEL), "-o", str(out), "--calib", str(calib),
+                "--db", db, "--json")
+    assert q.code == 0, q.err
+    shown = run_cli(capsys, "results", "show", q.json["result_id"], "--db", db, "--json")
+    record = shown.json["result"]
+    float_sha = file_sha256(DIGITS_MODEL)[0]
+    assert record["kind"] == "quantize" and record["model"]["name"] == out.name
+    assert record["model"]["sha256"] == file_sha256(out)[0]
+    assert record["model"]["parent_sha256"] == float_sha
+    assert record["metrics"]["size_ratio"] < 0.5 and record["options"]["method"] == "minmax"
+    bench = run_cli(capsys, "bench", str(out), "--shape", "input=1x1x8x8", "--iterations", "3",
+                    *local_agent.conn(), "--db", db, "--json")
+    assert bench.code == 0, bench.err
+    benched = run_cli(capsys, "results", "show", bench.json["results"][0]["result_id"],
+                      "--db", db, "--json").json["result"]
+    assert benched["model"]["parent_sha256"] == float_sha
+    children = run_cli(capsys, "results", "list", "--db", db, "--model", benched["model"]["sha256"],
+                       "--json").json["results"]
+    assert {r["kind"] for r in children} == {"quantize", "bench"}

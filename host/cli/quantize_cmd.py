@@ -105,6 +105,8 @@ def register(subparsers: Any) -> None:
                         f"{DEFAULT_FALLBACK_STRATEGY}")
     f.add_argument("--max-steps", type=int, help="evaluation budget (32)")
     _add_device_flags(p)
+    from edgetune.host.cli.common import add_record_flags
+    add_record_flags(p)
     p.set_defaults(func=run)
 
 
@@ -127,6 +129,18 @@ def _optional_module(name: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     settings, fallback, layer = build_settings(args)
+    from edgetune.host.results.location import open_results_store
+    # Opened first: a results database that cannot be used stops before any work is done.
+    store = None if args.no_record else open_results_store(args.db, getattr(args, "inventory", None))
+    try:
+        return _run(args, settings, fallback, layer, store)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _run(args: argparse.Namespace, settings: QuantizeSettings,
+         fallback: Optional[FallbackSettings], layer: Any, store: Any) -> int:
     output = Path(settings.output)
     if layer is not None and layer.format == "xquant":
         output.parent.mkdir(parents=True, exist_ok=True)     # XQuant creates its working_dir
@@ -164,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         analysis_paths = _maybe_analysis(args, layer, settings, data, report, progress)
     summary = _summary(settings, report, result if fallback is not None else None,
                        analysis_paths, time.perf_counter() - started)
+    summary["result_id"] = _record(store, summary, report)
     if not_met is not None:
         summary["error"] = {"type": type(not_met).__name__, "message": not_met.message,
                             "hint": not_met.hint, "exit_status": int(not_met.exit_status)}
@@ -174,6 +189,28 @@ def run(args: argparse.Namespace) -> int:
         if not_met is not None:
             print(f"edgetune: error: {not_met}", file=sys.stderr)
     return int(not_met.exit_status) if not_met is not None else 0
+
+
+def _record(store: Any, summary: Dict[str, Any], report: Any) -> Optional[str]:
+    """Keep the quantization in the results store (None: --no-record): the quantized model,
+    named by its sha256 with the float model's as its parent, the options and the outcome."""
+    if store is None or not getattr(report, "output_sha256", ""):
+        return None
+    from edgetune.host.results.recording import host_doc
+    from edgetune.host.results.records import ModelRef, Record
+
+    plain = json.loads(json.dumps(summary, default=str))
+    options = {k: plain[k] for k in ("method", "activations", "weights", "per_channel", "notes")}
+    metrics = {"size_ratio": plain["size_bytes"]["ratio"], "input_bytes": report.input_bytes,
+               "output_bytes": report.output_bytes, "nodes": plain["nodes"],
+               "elapsed_s": plain["elapsed_s"], "n_samples": report.n_samples}
+    if "fallback" in plain:
+        metrics["fallback"] = plain["fallback"]
+    record = Record(kind="quantize", model=ModelRef(
+        sha256=report.output_sha256, name=Path(plain["output"]).name,
+        size_bytes=report.output_bytes, parent_sha256=report.input_sha256 or None),
+        options=options, metrics=metrics, host=host_doc())
+    return store.add(record).id
 
 
 def _run_fallback(args: argparse.Namespace, settings: QuantizeSettings,
