@@ -17,8 +17,8 @@ import functools
 import logging
 import time
 from pathlib import Path
-from typing import (Any, AsyncIterator, Awaitable, Callable, Deque, Dict, Optional, Tuple, TypeVar,
-                    Union)
+from typing import (Any, AsyncIterator, Awaitable, Callable, Deque, Dict, Optional, Sequence, Tuple,
+                    TypeVar, Union)
 
 import grpc
 import grpc.aio
@@ -74,6 +74,22 @@ def with_defaults(spec: Any) -> Any:
     if isinstance(spec, EvaluateSpec) and spec.batch_size == 0:
         return dataclasses.replace(spec, batch_size=1)
     return spec
+
+
+def free_batch_dim(shape: Optional[Sequence[Any]]) -> Optional[str]:
+    """The model's name for ``shape``'s free batch dimension ("" when unnamed), or None when
+    it has none. A free batch dimension is the first one, symbolic or unknown, of an input of
+    rank 2 or more whose other dimensions are all fixed: benchmark tools take 1 for it. Any
+    other free dimension (an image size, a sequence length, a 1-D input's only one) needs a
+    shape from the user: guessing it would mislead."""
+    if not shape or len(shape) < 2:
+        return None
+    first, rest = shape[0], shape[1:]
+    if isinstance(first, int) and first > 0:
+        return None
+    if not all(isinstance(d, int) and d > 0 for d in rest):
+        return None
+    return first if isinstance(first, str) else ""
 
 
 def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -257,14 +273,16 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         model_path = await self._thread(store.path, BlobKind.MODEL, spec.model_sha256)
         if spec.dataset_sha256:
             await self._thread(store.path, BlobKind.DATASET, spec.dataset_sha256)
-        await self._check_inputs(spec, model_path)
+        spec = await self._check_inputs(spec, model_path)
         job, position = queue.submit(spec, label=safe_label(request.spec.label),
                                      client=peer_name(context))
         return pb.SubmitJobResponse(job=job.as_pb2(), queue_position=position)
 
-    async def _check_inputs(self, spec: Any, model_path: Path) -> None:
+    async def _check_inputs(self, spec: Any, model_path: Path) -> Any:
         """Refuse at submit time what would fail the job at once: input shapes naming inputs the
-        model lacks, and (random inputs only) dynamic dimensions left without a shape."""
+        model lacks, and (random inputs only) dynamic dimensions left without a shape, except
+        a free batch dimension, which is set to 1 (``free_batch_dim``) as onnxruntime_perf_test
+        does. Returns the spec to run: with those shapes and ``free_batch_dims`` filled in."""
         summary = self._summaries.get(spec.model_sha256)
         if summary is None:
             from edgetune.device.onnx_safety import inspect_model
@@ -280,10 +298,18 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             if name not in names:
                 raise InvalidArgument(f"a shape is given for input '{name}' but the model's "
                                       f"inputs are {names}; name one of those")
-        if not isinstance(spec, BenchmarkSpec) or spec.dataset_sha256:
-            return  # inputs come from a dataset
+        if not isinstance(spec, BenchmarkSpec):
+            return spec
+        if spec.dataset_sha256:  # inputs come from a dataset
+            return dataclasses.replace(spec, free_batch_dims=())
+        free: Dict[str, str] = {}
         for value in summary.inputs:
             if value.name in shapes:
+                continue
+            batch = free_batch_dim(value.shape)
+            if batch is not None and value.shape is not None:
+                free[value.name] = batch
+                shapes[value.name] = (1, *(int(d) for d in value.shape[1:]))
                 continue
             if value.shape is None or any(not isinstance(d, int) or d <= 0 for d in value.shape):
                 shown = "unknown" if value.shape is None else \
@@ -294,6 +320,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                 raise InvalidArgument(
                     f"input '{value.name}' has dynamic dimensions {shown}; pass --shape "
                     f"{value.name}={example} (session input_shapes) to fix them")
+        session = dataclasses.replace(spec.session, input_shapes=tuple(sorted(shapes.items())))
+        return dataclasses.replace(spec, session=session, free_batch_dims=tuple(sorted(free.items())))
 
     @_rpc
     async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.GetJobResponse:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from edgetune.host.errors import NotFoundError, UsageError
 from edgetune.protos.messages import (AgentInfo, BenchmarkResult, BenchmarkSpec, BlobInfo, BlobKind,
                                       EvaluateResult, EvaluateSpec, Job, JobEvent, JobState)
+from edgetune.protos.shapes import shape_flag
 
 HEX = re.compile(r"^[0-9a-f]{6,64}$")
 RESUME_HINT = "run the same command again to resume from the bytes the board kept"
@@ -110,6 +111,19 @@ def duration_note(spec: Any, result: Any) -> str:
             "in its agent.toml); raise it to measure longer")
 
 
+def free_batch_note(spec: Any) -> str:
+    """What to tell the user when the agent set a free batch dimension to 1 (no --shape
+    given for that input; ``BenchmarkSpec.free_batch_dims``), and how to choose another."""
+    shapes = spec.session.shapes()
+    notes = []
+    for name, dim in getattr(spec, "free_batch_dims", ()):
+        called = f" '{dim}'" if dim else ""
+        dims = shapes.get(name)
+        choose = f" ({shape_flag(name, dims)} to choose)" if dims else ""
+        notes.append(f"{name}: free batch dimension{called} set to 1{choose}")
+    return "; ".join(notes)
+
+
 def run_from_job(job: Job, model: str, board: BoardInfo) -> BoardRun:
     """The typed result of a finished (or failed) job. ``model``: how to name the model."""
     cls = BenchmarkRun if isinstance(job.spec, BenchmarkSpec) else EvaluationRun
@@ -118,7 +132,8 @@ def run_from_job(job: Job, model: str, board: BoardInfo) -> BoardRun:
     error = "" if result is not None else (job.error or f"the job {job.state.value}")
     return cls(job_id=job.id, model=model, model_sha256=job.spec.model_sha256, board=board,
                options=job.spec, state=job.state, result=result, error=error,
-               label=job.label, note=duration_note(job.spec, result))
+               label=job.label, note="; ".join(n for n in (free_batch_note(job.spec),
+                                                           duration_note(job.spec, result)) if n))
 
 
 def job_name(job: Job) -> str:

@@ -239,7 +239,14 @@ class SessionOptions(_message.Message):
     def __init__(self, providers: _Optional[_Iterable[str]] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., graph_optimization: _Optional[_Union[GraphOptimizationLevel, str]] = ..., execution_mode: _Optional[_Union[ExecutionMode, str]] = ..., input_shapes: _Optional[_Mapping[str, Shape]] = ...) -> None: ...
 
 class BenchmarkSpec(_message.Message):
-    __slots__ = ("model_sha256", "session", "warmup", "iterations", "min_duration_s", "seed", "dataset_sha256", "return_samples")
+    __slots__ = ("model_sha256", "session", "warmup", "iterations", "min_duration_s", "seed", "dataset_sha256", "return_samples", "free_batch_dims")
+    class FreeBatchDimsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +255,7 @@ class BenchmarkSpec(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     DATASET_SHA256_FIELD_NUMBER: _ClassVar[int]
     RETURN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    FREE_BATCH_DIMS_FIELD_NUMBER: _ClassVar[int]
     model_sha256: str
     session: SessionOptions
     warmup: int
@@ -256,7 +264,8 @@ class BenchmarkSpec(_message.Message):
     seed: int
     dataset_sha256: str
     return_samples: bool
-    def __init__(self, model_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., warmup: _Optional[int] = ..., iterations: _Optional[int] = ..., min_duration_s: _Optional[float] = ..., seed: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., return_samples: bool = ...) -> None: ...
+    free_batch_dims: _containers.ScalarMap[str, str]
+    def __init__(self, model_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., warmup: _Optional[int] = ..., iterations: _Optional[int] = ..., min_duration_s: _Optional[float] = ..., seed: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., return_samples: bool = ..., free_batch_dims: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class EvaluateSpec(_message.Message):
     __slots__ = ("model_sha256", "dataset_sha256", "session", "metrics", "batch_size")

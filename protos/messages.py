@@ -153,12 +153,16 @@ class BenchmarkSpec:
     seed: int = 0
     dataset_sha256: str = ""
     return_samples: bool = False
+    # set by the agent: sorted (input, the model's name for its free batch dimension) pairs
+    # of the inputs it ran with batch 1 because no shape was given ("" when unnamed)
+    free_batch_dims: Tuple[Tuple[str, str], ...] = ()
 
     def as_pb2(self) -> pb.BenchmarkSpec:
         return pb.BenchmarkSpec(
             model_sha256=self.model_sha256, session=self.session.as_pb2(), warmup=self.warmup,
             iterations=self.iterations, min_duration_s=self.min_duration_s, seed=self.seed,
-            dataset_sha256=self.dataset_sha256, return_samples=self.return_samples)
+            dataset_sha256=self.dataset_sha256, return_samples=self.return_samples,
+            free_batch_dims=dict(self.free_batch_dims))
 
     @classmethod
     def from_pb2(cls, msg: pb.BenchmarkSpec) -> "BenchmarkSpec":
@@ -166,17 +170,24 @@ class BenchmarkSpec:
         return cls(
             model_sha256=msg.model_sha256, session=SessionOptions.from_pb2(msg.session),
             warmup=msg.warmup, iterations=msg.iterations, min_duration_s=msg.min_duration_s,
-            seed=msg.seed, dataset_sha256=msg.dataset_sha256, return_samples=msg.return_samples)
+            seed=msg.seed, dataset_sha256=msg.dataset_sha256, return_samples=msg.return_samples,
+            free_batch_dims=tuple(sorted(msg.free_batch_dims.items())))
 
     def as_dict(self) -> Dict[str, Any]:
+        """Plain JSON types; ``free_batch_dims`` ({input: dimension name}) only when set."""
         d = dataclasses.asdict(self)
         d["session"] = self.session.as_dict()
+        if self.free_batch_dims:
+            d["free_batch_dims"] = dict(self.free_batch_dims)
+        else:
+            del d["free_batch_dims"]
         return d
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "BenchmarkSpec":
         d = dict(d)
         d["session"] = SessionOptions.from_dict(d.get("session", {}))
+        d["free_batch_dims"] = tuple(sorted(d.get("free_batch_dims", {}).items()))
         return cls(**d)
 
 

@@ -190,6 +190,21 @@ def mlp_model(*, inputs: int = 16, hidden: int = 64, outputs: int = 10, batch: A
     return model.SerializeToString()
 
 
+def relu_model(shape: Sequence[Any]) -> bytes:
+    """``x -> y`` (Relu) with input and output of ``shape``: ints, symbolic names or None
+    (unknown), to try what the agent does with each kind of dimension."""
+    import onnx
+    from onnx import TensorProto, helper
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")], "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
 def identity_model(classes: int = 4) -> bytes:
     """``x [1, classes] -> y [1, classes]`` (Identity): logits in = logits out."""
     import onnx

@@ -17,9 +17,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from edgetune.protos import agent_pb2 as pb
 from edgetune.protos import agent_pb2_grpc
 from tests.agent_fixtures import (TIMEOUT, channel, identity_model, mlp_model,
-                                  model_with_external_data, npz_bytes, sha256_hex, start_agent,
-                                  submit_benchmark, top1_dataset, upload, upload_dataset,
-                                  upload_model, upload_requests, wait_job)
+                                  model_with_external_data, npz_bytes, relu_model, sha256_hex,
+                                  start_agent, submit_benchmark, top1_dataset, upload,
+                                  upload_dataset, upload_model, upload_requests, wait_job)
 
 SERVICE = "edgetune.agent.v1.Agent"
 
@@ -374,16 +374,45 @@ def test_bad_counts_are_invalid_argument(client: Client, model_sha: str, fields:
     assert_alive(client)
 
 
-def test_dynamic_dims_need_a_shape_at_submit(client: Client) -> None:
+def test_a_free_batch_dimension_is_set_to_1_and_recorded(client: Client) -> None:
     sha = upload_model(client.stub, mlp_model(batch="batch"), name="dynamic")
+    # no shape given: the agent runs batch 1, and the job's spec says so (what was run and why)
+    job = bench_job(client, sha, iterations=5).job
+    assert dict(job.spec.benchmark.free_batch_dims) == {"x": "batch"}
+    assert list(job.spec.benchmark.session.input_shapes["x"].dims) == [1, 16]
+    done = wait_job(client.stub, job.id)
+    assert done.state == pb.JOB_STATE_SUCCEEDED
+    assert dict(done.spec.benchmark.free_batch_dims) == {"x": "batch"}
+    # an unnamed (unknown) first dimension is a free batch dimension too
+    unnamed = upload_model(client.stub, relu_model([None, 3, 4]), name="unnamed")
+    job = bench_job(client, unnamed, iterations=5).job
+    assert dict(job.spec.benchmark.free_batch_dims) == {"x": ""}
+    assert list(job.spec.benchmark.session.input_shapes["x"].dims) == [1, 3, 4]
+    assert wait_job(client.stub, job.id).state == pb.JOB_STATE_SUCCEEDED
+    # a shape given is used as it is, and a client cannot claim the agent chose it
+    job = bench_job(client, sha, iterations=5, shapes={"x": [3, 16]},
+                    free_batch_dims={"x": "made up"}).job
+    assert dict(job.spec.benchmark.free_batch_dims) == {}
+    assert list(job.spec.benchmark.session.input_shapes["x"].dims) == [3, 16]
+    assert wait_job(client.stub, job.id).state == pb.JOB_STATE_SUCCEEDED
+    assert_alive(client)
+
+
+@pytest.mark.parametrize("shape,shown,hint", [
+    (["batch", 3, "height", "width"], "['batch', 3, 'height', 'width']", "--shape x=1x3x1x1"),
+    ([1, "seq"], "[1, 'seq']", "--shape x=1x1"),
+    (["n"], "['n']", "--shape x=1"),                  # a 1-D input's only dimension: no batch
+    ([None, None], "[?, ?]", "--shape x=1x1"),
+])
+def test_other_free_dimensions_need_a_shape_at_submit(client: Client, shape: List[Any],
+                                                      shown: str, hint: str) -> None:
+    sha = upload_model(client.stub, relu_model(shape), name="dynamic")
     err = rpc_error(bench_job, client, sha, iterations=5)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "input 'x' has dynamic dimensions ['batch', 16]" in err.details()
-    assert "--shape x=1x16" in err.details()
+    assert f"input 'x' has dynamic dimensions {shown}" in err.details()
+    assert hint in err.details()
     err = rpc_error(bench_job, client, sha, iterations=5, shapes={"nope": [1, 16]})
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'nope'" in err.details()
-    job = bench_job(client, sha, iterations=5, shapes={"x": [3, 16]}).job
-    assert wait_job(client.stub, job.id).state == pb.JOB_STATE_SUCCEEDED
     assert_alive(client)
 
 

@@ -195,13 +195,48 @@ def test_unknown_model_sha_is_not_found(capsys: pytest.CaptureFixture,
     assert missing.code == ExitStatus.NOT_FOUND and "neither a file nor" in missing.err
 
 
-def test_dynamic_dims_need_shape(capsys: pytest.CaptureFixture, local_agent: RunningAgent) -> None:
-    r = run_cli(capsys, "bench", str(DIGITS_MODEL), "--iterations", "5", *local_agent.conn())
+BATCH_NOTE = "input: free batch dimension 'batch' set to 1 (--shape input=1x1x8x8 to choose)"
+
+
+def test_free_batch_dimension_is_1_and_said(capsys: pytest.CaptureFixture,
+                                            local_agent: RunningAgent) -> None:
+    # the digits CNN's only free dimension is its batch: benched as batch 1, with a note
+    r = run_cli(capsys, "bench", str(DIGITS_MODEL), "--iterations", "5", *local_agent.conn(),
+                "--json")
+    assert r.code == 0, r.err
+    (result,) = r.json["results"]
+    assert result["options"]["input_shapes"] == {"input": [1, 1, 8, 8]}
+    assert result["options"]["free_batch_dims"] == {"input": "batch"}
+    assert result["note"] == BATCH_NOTE and result["iterations"] == 5
+    shown = run_cli(capsys, "jobs", "show", result["job_id"], *local_agent.conn(), "--json")
+    assert shown.json["job"]["spec"]["free_batch_dims"] == {"input": "batch"}
+    shown = run_cli(capsys, "jobs", "show", result["job_id"], *local_agent.conn())
+    assert BATCH_NOTE in shown.err                   # the job's record says it later too
+    table = run_cli(capsys, "bench", str(DIGITS_MODEL), "--iterations", "5", *local_agent.conn())
+    assert table.code == 0 and "p50 ms" in table.out
+    assert [line for line in table.err.splitlines() if "free batch" in line] == [
+        f"edgetune: warning: {DIGITS_MODEL}: {BATCH_NOTE}"]
+    # a shape given is used as it is, and nothing is said
+    given = run_cli(capsys, "bench", str(DIGITS_MODEL), "--iterations", "5", "--shape",
+                    "input=2x1x8x8", *local_agent.conn(), "--json")
+    (result,) = given.json["results"]
+    assert result["options"]["input_shapes"] == {"input": [2, 1, 8, 8]}
+    assert "free_batch_dims" not in result["options"] and "note" not in result
+
+
+def test_other_free_dimensions_need_shape(capsys: pytest.CaptureFixture, tmp_path: Path,
+                                          local_agent: RunningAgent) -> None:
+    from tests.agent_fixtures import relu_model
+
+    model = tmp_path / "images.onnx"
+    model.write_bytes(relu_model(["batch", 3, "height", "width"]))   # image size: no guess
+    r = run_cli(capsys, "bench", str(model), "--iterations", "5", *local_agent.conn())
     assert r.code == ExitStatus.BAD_INPUT
-    assert "dynamic dimensions" in r.err and "--shape input=1x1x8x8" in r.err
-    ok = run_cli(capsys, "bench", str(DIGITS_MODEL), "--iterations", "5", "--shape", ONE_DIGIT,
+    assert "dynamic dimensions ['batch', 3, 'height', 'width']" in r.err
+    assert "--shape x=1x3x1x1" in r.err
+    ok = run_cli(capsys, "bench", str(model), "--iterations", "5", "--shape", "x=1x3x4x4",
                  *local_agent.conn())
-    assert ok.code == 0 and "digits_cnn.onnx" in ok.out and "p50 ms" in ok.out
+    assert ok.code == 0 and "images.onnx" in ok.out and "p50 ms" in ok.out
 
 
 @pytest.mark.parametrize("flags, message", [
