@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import logging
 import sys
@@ -114,15 +113,6 @@ def _add_device_flags(parser: argparse.ArgumentParser) -> None:
     """``--device`` plus the shared connection flags (host.cli.common)."""
     from edgetune.host.cli.common import add_connection_flags
     add_connection_flags(parser)
-
-
-def _optional_module(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            return None
-        raise
 
 
 # --- running ---------------------------------------------------------------------------------
@@ -241,9 +231,7 @@ def _maybe_analysis(args: argparse.Namespace, layer: Any, settings: QuantizeSett
         return {}
     if data is None:
         return {"skipped": "no calibration data to analyze with (--ranges only)"}
-    analysis = _optional_module("edgetune.host.quant.analysis")
-    if analysis is None:
-        return {"skipped": "edgetune.host.quant.analysis is not available in this installation"}
+    from edgetune.host.quant import analysis
     output = Path(getattr(report, "output", settings.output))
     try:
         result = analysis.analyze(Path(settings.model), output, data, progress=progress)
