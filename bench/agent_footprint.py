@@ -37,7 +37,7 @@ from bench.common import (check, connect, finish, log_progress, machine,  # noqa
                           make_pki, median, rss_mb, status_kb)
 
 IMPORTS_ONLY = ("import sys, pathlib, grpc, numpy, onnxruntime, cryptography.x509, "
-                "google.protobuf; import protos.agent_pb2_grpc; "
+                "google.protobuf; import edgetune.protos.agent_pb2_grpc; "
                 "pathlib.Path(sys.argv[1]).write_text('ready'); import time; time.sleep(3600)")
 BARE = "import sys, pathlib; pathlib.Path(sys.argv[1]).write_text('ready'); " \
        "import time; time.sleep(3600)"

@@ -61,6 +61,7 @@ class BenchmarkRun:
     error: str = ""
     label: str = ""
     note: str = ""
+    model_path: Optional[Path] = None       # the local file measured, when there was one
 
     kind = "benchmark"
 
@@ -84,6 +85,7 @@ class EvaluationRun:
     error: str = ""
     label: str = ""
     note: str = ""
+    model_path: Optional[Path] = None
 
     kind = "evaluate"
 
@@ -124,8 +126,10 @@ def free_batch_note(spec: Any) -> str:
     return "; ".join(notes)
 
 
-def run_from_job(job: Job, model: str, board: BoardInfo) -> BoardRun:
-    """The typed result of a finished (or failed) job. ``model``: how to name the model."""
+def run_from_job(job: Job, model: str, board: BoardInfo,
+                 model_path: Optional[Path] = None) -> BoardRun:
+    """The typed result of a finished (or failed) job. ``model``: how to name the model;
+    ``model_path``: the local file it was uploaded from, if known."""
     cls = BenchmarkRun if isinstance(job.spec, BenchmarkSpec) else EvaluationRun
     expected = BenchmarkResult if cls is BenchmarkRun else EvaluateResult
     result = job.result if isinstance(job.result, expected) else None
@@ -133,7 +137,8 @@ def run_from_job(job: Job, model: str, board: BoardInfo) -> BoardRun:
     return cls(job_id=job.id, model=model, model_sha256=job.spec.model_sha256, board=board,
                options=job.spec, state=job.state, result=result, error=error,
                label=job.label, note="; ".join(n for n in (free_batch_note(job.spec),
-                                                           duration_note(job.spec, result)) if n))
+                                                           duration_note(job.spec, result)) if n),
+               model_path=model_path)
 
 
 def job_name(job: Job) -> str:
@@ -253,11 +258,12 @@ class BoardSession:
         return outcome
 
     def resolve(self, ref: BlobRef, view: Any = None) -> str:
-        """The full sha256 of ``ref`` on the board: uploads a local file, expands a prefix."""
-        if ref.path is not None:
-            return self.upload(ref.path, ref.kind, view=view).blob.sha256
+        """The full sha256 of ``ref`` on the board: a full hash as it is (a file already sent
+        this session, named by its hash), else uploads a local file or expands a prefix."""
         if len(ref.sha256) == 64:
             return ref.sha256
+        if ref.path is not None:
+            return self.upload(ref.path, ref.kind, view=view).blob.sha256
         matches = [b.sha256 for b in self.client.list_blobs(ref.kind)
                    if b.sha256.startswith(ref.sha256)]
         if len(matches) == 1:
@@ -324,10 +330,10 @@ class BoardSession:
         return self.client.list_jobs(limit)
 
     # ------------------------------------------------------------------ typed results
-    def result(self, job: Job, model: str = "") -> BoardRun:
+    def result(self, job: Job, model: str = "", model_path: Optional[Path] = None) -> BoardRun:
         """The typed result of a finished job (``model``: how to name the model; default the
-        job's label or short hash), recorded."""
-        run = run_from_job(job, model or job_name(job), self.board)
+        job's label or short hash; ``model_path``: its local file, if any), recorded."""
+        run = run_from_job(job, model or job_name(job), self.board, model_path)
         self._record(run)
         return run
 
@@ -338,12 +344,13 @@ class BoardSession:
             self.recorder(run)
 
     def run(self, spec: Any, model: str = "", *, label: str = "",
-            on_event: Optional[EventCallback] = None) -> BoardRun:
+            on_event: Optional[EventCallback] = None,
+            model_path: Optional[Path] = None) -> BoardRun:
         """Submit ``spec`` (its hashes filled in), wait for its end, return its typed result."""
         job, position = self.submit(spec, label)
         if on_event is not None:
             on_event(JobEvent(job_id=job.id, state=job.state, queue_position=position, job=job))
-        return self.result(self.wait(job.id, on_event), model or label)
+        return self.result(self.wait(job.id, on_event), model or label, model_path)
 
     def benchmark(self, model: Union[BlobRef, Path, str], spec: BenchmarkSpec, *,
                   label: str = "", on_event: Optional[EventCallback] = None,
@@ -353,7 +360,8 @@ class BoardSession:
         ref = BlobRef.of(model, BlobKind.MODEL)
         sha = self.resolve(ref, view)
         spec = dataclasses.replace(spec, model_sha256=sha)
-        run = self.run(spec, ref.text, label=label or ref.display, on_event=on_event)
+        run = self.run(spec, ref.text, label=label or ref.display, on_event=on_event,
+                       model_path=ref.path)
         assert isinstance(run, BenchmarkRun)
         return run
 
@@ -371,7 +379,8 @@ class BoardSession:
         ref = BlobRef.of(model, BlobKind.MODEL)
         sha = self.resolve(ref, view)
         spec = dataclasses.replace(spec, model_sha256=sha, dataset_sha256=dataset_sha)
-        run = self.run(spec, ref.text, label=label or ref.display, on_event=on_event)
+        run = self.run(spec, ref.text, label=label or ref.display, on_event=on_event,
+                       model_path=ref.path)
         assert isinstance(run, EvaluationRun)
         return run
 

@@ -97,14 +97,22 @@ def _records(runs: Sequence[Any]) -> List[Dict[str, Any]]:
     return [r if isinstance(r, dict) else result_record(r) for r in runs]
 
 
+def result_entries(runs: Sequence["BoardRun"], *, samples: bool = False,
+                   result_id: Optional[Callable[["BoardRun"], Optional[str]]] = None
+                   ) -> List[Dict[str, Any]]:
+    """The entries of ``{"results": [...]}``: each run's ``result_record`` with the
+    ``result_id`` of its record in the results database (null when not recorded)."""
+    return [{**result_record(r, samples=samples),
+             "result_id": result_id(r) if result_id is not None else None} for r in runs]
+
+
 def print_results(kind: str, runs: Sequence["BoardRun"], as_json: bool, *,
                   samples: bool = False,
                   result_id: Optional[Callable[["BoardRun"], Optional[str]]] = None) -> int:
     """Typed results on stdout (a table, or ``{"results": [...]}``, each entry with the
     ``result_id`` of its record in the results database, null when not recorded); failures
     and notes on stderr. Returns how many jobs failed."""
-    records = [{**result_record(r, samples=samples),
-                "result_id": result_id(r) if result_id is not None else None} for r in runs]
+    records = result_entries(runs, samples=samples, result_id=result_id)
     if as_json:
         print_json({"results": records})
     else:

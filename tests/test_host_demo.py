@@ -72,6 +72,25 @@ def test_demo_json(capsys: pytest.CaptureFixture, tmp_path: Path,
     assert f"p50 {c['p50_ms']['ratio']:.2f}x" in c["note"] and "tiny" in c["note"]
     assert list(tmp_path.iterdir()) == []                       # the temp dir is gone
 
+    # Every board result is kept in the results database, as one demo run.
+    from edgetune.host.results.store import ResultsStore
+    ids = [r["result_id"] for r in (fp32_bench, int8_bench, fp32_eval, int8_eval)]
+    assert all(ids) and len(set(ids)) == 4 and doc["results_db"]
+    with ResultsStore.open(os.environ["EDGETUNE_DB"]) as store:
+        records = [store.get(i) for i in ids]
+    assert {r.label for r in records} == {"demo"} and len({r.run_id for r in records}) == 1
+    assert [r.kind for r in records] == ["bench", "bench", "eval", "eval"]
+    assert records[1].model.parent_sha256 == models["fp32"]["sha256"]
+    assert records[0].metrics["latency_ms"] == fp32_bench["latency_ms"]
+
+
+def test_demo_no_record(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    db = tmp_path / "never.db"
+    r = run_cli(capsys, "demo", "--json", "--db", str(db), "--no-record")
+    assert r.code == 0, r.err
+    assert r.json["results_db"] is None and r.json["bench"]["results"][0]["result_id"] is None
+    assert not db.exists()
+
 
 def _table_rows(out: str) -> Dict[str, List[str]]:
     """The demo's Markdown table: its cells by the first one (the header under "")."""

@@ -117,7 +117,7 @@ def run_jobs(args: argparse.Namespace, settings: JobSettings) -> int:
         jobs = board.wait_all(submitted, view, states)
         if jobs is None:
             return int(ExitStatus.INTERRUPTED)
-        runs = [board.result(job, ref.text) for job, ref in zip(jobs, settings.models)]
+        runs = [board.result(job, ref.text, ref.path) for job, ref in zip(jobs, settings.models)]
     failed = render.print_results(settings.kind, runs, settings.json, samples=settings.samples,
                                   result_id=recorder.result_id if recorder else None)
     return int(ExitStatus.AGENT) if failed else 0

@@ -29,11 +29,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
-from edgetune.host.cli.common import add_json_flag
+from edgetune.host.cli.common import add_json_flag, add_record_flags
 # comparison_rows: re-exported, importable from here as before the split.
 from edgetune.host.cli.demo_compare import (PRECISIONS, comparison, comparison_rows,  # noqa: F401
                                    print_comparison)
 from edgetune.host.errors import AgentError, NotFoundError, UsageError
+from edgetune.host.results.location import recording
 
 if TYPE_CHECKING:
     from edgetune.host.board import BenchmarkRun, EvaluationRun
@@ -68,7 +69,7 @@ def sample_files() -> Iterator[Samples]:
     zipped install."""
     import importlib.resources
 
-    root = importlib.resources.files("host") / "samples"
+    root = importlib.resources.files("edgetune.host") / "samples"
     names = ("digits_cnn.onnx", "digits_test.npz", "digits_calib.npz")
     with contextlib.ExitStack() as stack:
         paths = [Path(stack.enter_context(importlib.resources.as_file(root / n))) for n in names]
@@ -166,9 +167,11 @@ class DemoOutcome:
 
 
 def run_demo(workdir: Path, as_json: bool,
-             agents: Optional[List[subprocess.Popen]] = None) -> DemoOutcome:
+             agents: Optional[List[subprocess.Popen]] = None,
+             recorder: Optional["StoreRecorder"] = None) -> DemoOutcome:
     """The demo in ``workdir``; its results. ``agents`` gets the agent's process once it
-    serves (the agent is stopped when this returns or raises)."""
+    serves (the agent is stopped when this returns or raises); ``recorder`` keeps every
+    board result in the results store."""
     from edgetune.host import render
     from edgetune.host.board import BlobRef, BoardSession
     from edgetune.host.client import AgentClient
@@ -199,13 +202,14 @@ def run_demo(workdir: Path, as_json: bool,
                       f"({report.size_ratio:.2f}x), {report.n_int8_nodes} of "
                       f"{len(report.quantizable_nodes)} nodes int8, in {report.elapsed_s:.1f} s")
             models = dict(zip(PRECISIONS, (samples.model, int8_path)))
-            with BoardSession(AgentClient(address, identity), device, view=view) as board:
+            with BoardSession(AgentClient(address, identity), device, view=view,
+                              recorder=recorder) as board:
                 info = board.board.agent
                 uploaded: Dict[Path, Any] = {}
                 for path, kind in ((samples.model, BlobKind.MODEL), (int8_path, BlobKind.MODEL),
                                    (samples.dataset, BlobKind.DATASET)):
                     uploaded[path] = board.upload(path, kind).blob
-                stored = {path: BlobRef(path.name, blob.kind, sha256=blob.sha256)
+                stored = {path: BlobRef(path.name, blob.kind, path=path, sha256=blob.sha256)
                           for path, blob in uploaded.items()}      # sent once, named by hash
                 one_image = SessionOptions(intra_op_threads=BENCH_THREADS,
                                            input_shapes=(("input", INPUT_SHAPE),))
@@ -229,6 +233,7 @@ def run_demo(workdir: Path, as_json: bool,
                 raise AgentError(f"the demo's {run.kind} job {run.state.value}: {run.error}",
                                  hint=f"the agent's log:\n{agent.output()}")
         inventory = write_inventory(workdir, address)
+    result_id = recorder.result_id if recorder is not None else None
     described = {p: {"file": models[p].name, "sha256": uploaded[models[p]].sha256,
                      "size_bytes": uploaded[models[p]].size_bytes} for p in PRECISIONS}
     described["int8"]["quantize"] = quantize_summary(settings, report, samples.calib)
@@ -236,8 +241,8 @@ def run_demo(workdir: Path, as_json: bool,
         "device": device, "address": address, "key_type": KEY_TYPE,
         "info": info.as_dict() if info is not None else {}, "inventory": str(inventory),
         "models": described,
-        "bench": {"results": [render.result_record(run) for run in bench]},
-        "eval": {"results": [render.result_record(run) for run in evaluation]},
+        "bench": {"results": render.result_entries(bench, result_id=result_id)},
+        "eval": {"results": render.result_entries(evaluation, result_id=result_id)},
         "comparison": comparison([described[p]["size_bytes"] for p in PRECISIONS],
                                  bench, evaluation),
         "elapsed_s": round(time.monotonic() - started, 2),
@@ -260,8 +265,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         workdir = Path(tempfile.mkdtemp(prefix="edgetune-demo-"))
     started: List[subprocess.Popen] = []
     interrupted = False
+    from ulid import ULID
     try:
-        outcome = run_demo(workdir, args.json, started)
+        with recording(args, label="demo", run_id=str(ULID())) as recorder:
+            outcome = run_demo(workdir, args.json, started, recorder)
+            results_db = recorder.store.where if recorder is not None else None
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -276,6 +284,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                       file=sys.stderr)
     doc = outcome.doc
     doc["kept"] = str(workdir) if keep is not None else None
+    doc["results_db"] = results_db
     if keep is None:
         doc.pop("inventory")
     if args.json:
@@ -285,6 +294,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print_comparison(doc, outcome.bench, outcome.evaluation, min(width, 100),
                      input_shape=INPUT_SHAPE)
     print(f"\ndemo finished in {doc['elapsed_s']:.1f} s; agent stopped.")
+    if results_db is not None:
+        print(f"results kept in {results_db} (see `edgetune results list`; --no-record keeps "
+              "none)")
     if keep is not None:
         import textwrap
 
@@ -350,5 +362,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", type=Path, metavar="DIR",
                    help="keep the PKI, the store, the INT8 model and an edgetune.toml in DIR "
                         "(new or empty)")
+    add_record_flags(p)
     add_json_flag(p)
     p.set_defaults(func=cmd_demo)

@@ -30,6 +30,14 @@ _DRIVER_HINTS = {
 }
 
 
+def as_url(text: str) -> str:
+    """A database URL as given, or a plain file path as a SQLite URL."""
+    text = text.strip()
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
 def safe_url(url: str) -> str:
     """The URL as it may be shown to a person: never with its password."""
     try:

@@ -28,10 +28,12 @@ class ResultsLocation:
 
 def resolve_location(flag: Optional[str], env: Mapping[str, str],
                      inventory_path: Optional[Path], inventory_db: Optional[str]) -> ResultsLocation:
+    from edgetune.host.results.engine import as_url
+
     if flag:
-        return ResultsLocation(_as_url(flag), "--db")
+        return ResultsLocation(as_url(flag), "--db")
     if env.get(DB_ENV):
-        return ResultsLocation(_as_url(env[DB_ENV]), f"${DB_ENV}")
+        return ResultsLocation(as_url(env[DB_ENV]), f"${DB_ENV}")
     if inventory_db:
         return ResultsLocation(inventory_db, f"[results] db in {inventory_path}")
     if inventory_path is not None:
@@ -70,11 +72,3 @@ def recording(args: Any, *, label: str = "", kind: Optional[str] = None,
         yield StoreRecorder(store, label=label, kind=kind, run_id=run_id)
     finally:
         store.close()
-
-
-def _as_url(text: str) -> str:
-    """A URL as given, or a plain file path as a SQLite URL."""
-    text = text.strip()
-    if "://" in text:
-        return text
-    return f"sqlite:///{Path(text).expanduser().resolve()}"

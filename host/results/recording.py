@@ -37,10 +37,11 @@ def device_doc(board: Any) -> Dict[str, Any]:
     return doc
 
 
-def model_ref(model: str, sha256: str) -> ModelRef:
-    """The model as named on the command line; a local file adds its size and, when it was
-    made by ``edgetune quantize``, the sha256 of the model it was made from."""
-    path = Path(model)
+def model_ref(model: str, sha256: str, path: Optional[Path] = None) -> ModelRef:
+    """The model as named on the command line; its local file (``path``, else ``model`` when
+    that is a file) adds its size and, when it was made by ``edgetune quantize``, the sha256
+    of the model it was made from."""
+    path = path if path is not None else Path(model)
     if not path.is_file():
         return ModelRef(sha256=sha256, name=model if len(model) != 64 else "")
     return ModelRef(sha256=sha256, name=path.name, size_bytes=path.stat().st_size,
@@ -78,7 +79,8 @@ def record_from_run(run: Any, *, label: str = "", run_id: Optional[str] = None,
     if result is None:
         return None
     common: Dict[str, Any] = dict(
-        model=model_ref(run.model, run.model_sha256), options=options_record(run.options),
+        model=model_ref(run.model, run.model_sha256, run.model_path),
+        options=options_record(run.options),
         device=device_doc(run.board), host=host_doc(), job_id=run.job_id,
         label=label or run.label, run_id=run_id)
     if isinstance(result, BenchmarkResult):

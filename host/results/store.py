@@ -23,7 +23,8 @@ from ulid import ULID
 from edgetune.host.errors import NotFoundError, UsageError
 from edgetune.host.render import json_safe
 from edgetune.host.results import migrate
-from edgetune.host.results.engine import WRITE, connection_error, create_engine, safe_url
+from edgetune.host.results.engine import (WRITE, as_url, connection_error, create_engine,
+                                          safe_url)
 from edgetune.host.results.records import ModelRef, Record
 from edgetune.host.results.schema import result_samples, results
 
@@ -49,6 +50,8 @@ class ResultsStore:
 
     @classmethod
     def open(cls, url: str) -> "ResultsStore":
+        """The store at ``url`` (a plain path is a SQLite file), upgraded to this schema."""
+        url = as_url(url)
         engine = create_engine(url)
         try:
             migrate.ensure_current(engine, url)
