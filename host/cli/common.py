@@ -1,14 +1,6 @@
-"""The flags every command that talks to a board shares, and the checks of flag values.
-How they resolve to a board and an identity is ``edgetune.host.target``.
-
-    --device NAME                 a board named in edgetune.toml (with its [host] identity)
-    --address HOST:PORT           any board, with
-        --ca F --cert F --key F   this PC's CA bundle, certificate and encrypted key, or
-        --pki DIR [--identity N]  DIR/ca-cert.pem, DIR/N-cert.pem, DIR/N-key.pem; N defaults to
-                                  "host", else the only host (clientAuth) certificate in DIR
-
-Explicit --ca/--cert/--key/--pki win over the inventory's [host]; the key's passphrase comes from
---passphrase-file, the inventory's passphrase_file, $EDGETUNE_PASSPHRASE, or a prompt.
+"""The flags every command that talks to a board shares (--device, --address with
+--ca/--cert/--key or --pki, --passphrase-file, ...), and the checks of flag values. How they
+resolve to a board and an identity, and in which order, is ``edgetune.host.target``.
 """
 
 from __future__ import annotations

@@ -207,37 +207,31 @@ def register(sub: argparse._SubParsersAction) -> None:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = parser.add_subparsers(dest="results_action", metavar="ACTION", required=True)
 
-    p = actions.add_parser("list", help="results, newest first")
+    def action(name: str, text: str, func: Any, *, json: bool = True) -> argparse.ArgumentParser:
+        p = actions.add_parser(name, help=text)
+        p.set_defaults(func=func)
+        if json:
+            add_json_flag(p)
+        add_db_flags(p)
+        return p
+
+    p = action("list", "results, newest first", cmd_list)
     _filters(p)
     p.add_argument("--limit", type=int, default=50, metavar="N",
                    help="at most N results (default 50)")
-    p.set_defaults(func=cmd_list)
-    add_json_flag(p)
-    add_db_flags(p)
 
-    p = actions.add_parser("show", help="one result, whole")
+    p = action("show", "one result, whole", cmd_show)
     p.add_argument("id", metavar="ID", help="a result id or any unique prefix of it")
-    p.set_defaults(func=cmd_show)
-    add_json_flag(p)
-    add_db_flags(p)
 
-    p = actions.add_parser("compare", help="results side by side, with the change column")
+    p = action("compare", "results side by side, with the change column", cmd_compare)
     p.add_argument("ids", nargs="+", metavar="ID", help="two or more result ids (prefixes)")
-    p.set_defaults(func=cmd_compare)
-    add_json_flag(p)
-    add_db_flags(p)
 
-    p = actions.add_parser("export", help="results as CSV, JSON or a Markdown table")
+    p = action("export", "results as CSV, JSON or a Markdown table", cmd_export, json=False)
     _filters(p)
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N results")
     p.add_argument("--format", choices=FORMATS, required=True)
     p.add_argument("-o", "--output", type=Path, metavar="FILE",
                    help="write here (atomically) instead of stdout")
-    p.set_defaults(func=cmd_export)
-    add_db_flags(p)
 
-    p = actions.add_parser("rm", help="remove results")
+    p = action("rm", "remove results", cmd_rm)
     p.add_argument("ids", nargs="+", metavar="ID", help="result ids (prefixes)")
-    p.set_defaults(func=cmd_rm)
-    add_json_flag(p)
-    add_db_flags(p)
