@@ -6,7 +6,13 @@ fix; ``edgetune.host.cli.main`` prints it (or a JSON document with ``--json``) a
 
 from __future__ import annotations
 
+import contextlib
+from typing import TYPE_CHECKING, Iterator
+
 from edgetune.exitcodes import ExitStatus  # the one table of both CLIs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgetune.certs import CertError
 
 
 class EdgetuneError(Exception):
@@ -59,3 +65,23 @@ class IncompatibleError(EdgetuneError):
     """The agent sent a message this edgetune cannot read (a newer or older agent)."""
 
     exit_status = ExitStatus.INCOMPATIBLE
+
+
+def host_error(exc: "CertError") -> EdgetuneError:
+    """The host error for a ``certs`` error: its class says the exit code (``exit_status``,
+    the table both CLIs share), this picks the host error with that code."""
+    classes = {ExitStatus.USAGE: UsageError, ExitStatus.NOT_FOUND: NotFoundError,
+               ExitStatus.BAD_INPUT: BadInputError, ExitStatus.AUTH: AuthError}
+    status = getattr(exc, "exit_status", ExitStatus.AUTH)
+    return classes.get(status, AuthError)(str(exc), hint=getattr(exc, "hint", "") or "")
+
+
+@contextlib.contextmanager
+def cert_errors() -> Iterator[None]:
+    """Re-raise any ``certs`` error inside the block as the matching host error."""
+    from edgetune.certs.errors import CertError
+
+    try:
+        yield
+    except CertError as exc:
+        raise host_error(exc) from exc

@@ -40,7 +40,7 @@ def load_host_identity(ca: Path, cert: Path, key: Path,
     (``edgetune.certs.open_identity``, clientAuth required); the passphrase is asked only when
     the key is encrypted. Raises NotFoundError, BadInputError, AuthError or UsageError."""
     from edgetune.certs.identity import open_identity
-    from edgetune.host.cli.certs_cmd import cert_errors     # certs errors -> exit codes
+    from edgetune.host.errors import cert_errors     # certs errors -> exit codes
 
     with cert_errors():
         return open_identity(Path(ca), Path(cert), Path(key), passphrase_file,

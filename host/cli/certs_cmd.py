@@ -1,7 +1,7 @@
 """``edgetune certs``: make the PKI (init, issue device/host), show a certificate, verify a PKI.
 
-Also ``add_passphrase_flag(parser)``, and ``host_error`` / ``cert_errors()`` that turn
-``certs`` errors into the CLI's exit codes (a host loads its own identity with
+Also ``add_passphrase_flag(parser)`` (``certs`` errors become the CLI's exit codes through
+``edgetune.host.errors.cert_errors``; a host loads its own identity with
 ``edgetune.host.target.load_host_identity``).
 Nothing heavy at import time: ``certs`` (cryptography) loads when a command runs.
 """
@@ -9,18 +9,16 @@ Nothing heavy at import time: ``certs`` (cryptography) loads when a command runs
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from edgetune.host.errors import (AuthError, BadInputError, EdgetuneError, ExitStatus, NotFoundError,
-                         UsageError)
+from edgetune.host.errors import AuthError, ExitStatus, UsageError, cert_errors
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edgetune.certs import CertError, CertInfo, Identity
+    from edgetune.certs import CertInfo
 
 KEY_TYPES = ("rsa3072", "rsa4096", "ecdsa-p256")    # = certs.KEY_TYPES, without importing it
 CIPHERS = ("aes256", "aes128")
@@ -35,26 +33,6 @@ PASSPHRASE_HELP = (
 def add_passphrase_flag(parser: argparse.ArgumentParser) -> None:
     """Add ``--passphrase-file FILE`` (dest ``passphrase_file``, a Path or None)."""
     parser.add_argument("--passphrase-file", type=Path, metavar="FILE", help=PASSPHRASE_HELP)
-
-
-def host_error(exc: "CertError") -> EdgetuneError:
-    """The CLI error for a ``certs`` error: its class says the exit code (``exit_status``,
-    the table both CLIs share), this picks the host error with that code."""
-    classes = {ExitStatus.USAGE: UsageError, ExitStatus.NOT_FOUND: NotFoundError,
-               ExitStatus.BAD_INPUT: BadInputError, ExitStatus.AUTH: AuthError}
-    status = getattr(exc, "exit_status", ExitStatus.AUTH)
-    return classes.get(status, AuthError)(str(exc), hint=getattr(exc, "hint", "") or "")
-
-
-@contextlib.contextmanager
-def cert_errors() -> Iterator[None]:
-    """Re-raise any ``certs`` error inside the block as the matching host error."""
-    from edgetune.certs.errors import CertError
-
-    try:
-        yield
-    except CertError as exc:
-        raise host_error(exc) from exc
 
 
 def _interactive() -> bool:
@@ -225,8 +203,8 @@ def run_issue(args: argparse.Namespace) -> int:
         parse_ips(settings.ips)
         parse_dns(settings.dns)
         if settings.profile == "device" and not (settings.ips or settings.dns):
-            raise UsageError(f"a device certificate needs at least one --ip (or --dns): the host "
-                             f"checks the board's address against it, e.g. --ip 192.168.1.20")
+            raise UsageError("a device certificate needs at least one --ip (or --dns): the host "
+                             "checks the board's address against it, e.g. --ip 192.168.1.20")
         refuse_existing([cert_path(keys.directory, settings.name),
                          key_path(keys.directory, settings.name)], keys.force)
         ca_key = read_file(key_path(keys.directory, "ca"), "CA key")

@@ -38,6 +38,7 @@ from edgetune.host.results.location import recording
 
 if TYPE_CHECKING:
     from edgetune.host.board import BenchmarkRun, EvaluationRun
+    from edgetune.host.results.recording import StoreRecorder
     from edgetune.host.quant.pipeline import QuantizeReport
     from edgetune.host.quant.settings import QuantizeSettings
 

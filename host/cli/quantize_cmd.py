@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from edgetune.host.cli.quantize_flags import add_calibration_flags, build_settings, model_inputs
-from edgetune.host.errors import EdgetuneError, TargetNotMetError, UsageError
+from edgetune.host.errors import EdgetuneError, TargetNotMetError
 from edgetune.host.quant.settings import (ACT_TYPES, DEFAULT_FALLBACK_STRATEGY, FALLBACK_METRICS,
                                  FALLBACK_STRATEGIES, METHODS, WEIGHT_TYPES, FallbackSettings,
                                  QuantizeSettings)

@@ -147,7 +147,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from edgetune.host.results import view
-    from edgetune.host.results.store import ResultFilter
 
     check_count("--limit", args.limit, minimum=1)
     where = build_filter(args)
