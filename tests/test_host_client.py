@@ -224,10 +224,22 @@ def test_unknown_model_and_job_are_not_found(client: AgentClient) -> None:
         client.cancel_job("no-such-job")
 
 
-def test_dynamic_dims_without_shape_is_bad_input(client: AgentClient) -> None:
-    sha = client.upload(DIGITS_MODEL, BlobKind.MODEL).blob.sha256
-    with pytest.raises(BadInputError, match="input=1x1x8x8"):
+def test_free_image_size_without_shape_is_bad_input(client: AgentClient,
+                                                    tmp_path: Path) -> None:
+    """A free batch dimension alone is taken as 1 (the digits CNN); free image sizes are not
+    guessed: the agent's refusal reaches the caller as BadInputError with the --shape hint."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, "height", "width"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1, "height", "width"])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g", [x], [y])
+    path = tmp_path / "free_hw.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    sha = client.upload(path, BlobKind.MODEL).blob.sha256
+    with pytest.raises(BadInputError, match=r"--shape x=1x1x1x1"):
         client.submit(BenchmarkSpec(model_sha256=sha))
+    digits = client.upload(DIGITS_MODEL, BlobKind.MODEL).blob.sha256
+    job, _ = client.submit(BenchmarkSpec(model_sha256=digits, iterations=2, warmup=0))
+    assert dict(job.spec.free_batch_dims) == {"input": "batch"}
+    assert client.wait(job.id).state is JobState.SUCCEEDED
 
 
 def test_nobody_listening_is_unreachable(pki: Any) -> None:
