@@ -359,7 +359,7 @@ class EvaluateResult(_message.Message):
     def __init__(self, samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., load_ms: _Optional[float] = ..., elapsed_s: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "spec", "created_unix", "started_unix", "finished_unix", "error", "client", "benchmark", "evaluate")
+    __slots__ = ("id", "state", "spec", "created_unix", "started_unix", "finished_unix", "error", "client", "benchmark", "evaluate", "signed")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -370,6 +370,7 @@ class Job(_message.Message):
     CLIENT_FIELD_NUMBER: _ClassVar[int]
     BENCHMARK_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: JobState
     spec: JobSpec
@@ -380,7 +381,20 @@ class Job(_message.Message):
     client: str
     benchmark: BenchmarkResult
     evaluate: EvaluateResult
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ..., error: _Optional[str] = ..., client: _Optional[str] = ..., benchmark: _Optional[_Union[BenchmarkResult, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateResult, _Mapping]] = ...) -> None: ...
+    signed: SignedResult
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ..., error: _Optional[str] = ..., client: _Optional[str] = ..., benchmark: _Optional[_Union[BenchmarkResult, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateResult, _Mapping]] = ..., signed: _Optional[_Union[SignedResult, _Mapping]] = ...) -> None: ...
+
+class SignedResult(_message.Message):
+    __slots__ = ("payload", "signature", "algorithm", "agent_cert_pem")
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    AGENT_CERT_PEM_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    signature: bytes
+    algorithm: str
+    agent_cert_pem: str
+    def __init__(self, payload: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., algorithm: _Optional[str] = ..., agent_cert_pem: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec",)
