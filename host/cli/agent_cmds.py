@@ -130,7 +130,13 @@ def _spec(template: Any, model_sha: str, dataset_sha: str) -> Any:
 # ---------------------------------------------------------------------- commands
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    return run_jobs(args, bench_settings(args))
+    settings = bench_settings(args)
+    repeat = getattr(args, "repeat", None)
+    check_count("--repeat", repeat, maximum=1000)
+    if repeat is not None and repeat > 1:
+        from edgetune.host.cli.bench_repeat import run_repeated
+        return run_repeated(args, settings, repeat)
+    return run_jobs(args, settings)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -187,6 +193,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--seed", type=int, metavar="N", help="seed of the random inputs (default 0)")
     b.add_argument("--dataset", metavar="D.npz", help="take inputs from a dataset (file or sha256)")
     b.add_argument("--samples", action="store_true", help="also return every timing (samples_ms)")
+    b.add_argument("--repeat", type=int, metavar="N", help="measure each model N times, each a "
+                   "fresh session (a job of its own), models interleaved; prints the median p50 "
+                   "with its run-to-run spread and flags board-state changes")
     _session_flags(b)
     add_connection_flags(b)
     add_record_flags(b)

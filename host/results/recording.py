@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -113,6 +114,16 @@ class StoreRecorder:
         self.run_id = run_id
         self.kind = kind
         self.ids: Dict[Tuple[str, str], str] = {}
+        self._notes: Dict[Tuple[str, str], Dict[str, Any]] = {}
+
+    def annotate(self, board: str, job_id: str, *, run_id: Optional[str] = None,
+                 options: Optional[Dict[str, Any]] = None,
+                 board_state: Optional[Dict[str, Any]] = None) -> None:
+        """What the command knows of a job beyond the board's result, added to its record
+        when it is recorded (``bench --repeat``: the set's run_id, the repetition in
+        ``options``, the board-state flags in ``board_state``)."""
+        self._notes[(board, job_id)] = {"run_id": run_id, "options": options or {},
+                                        "board_state": board_state or {}}
 
     def __call__(self, run: Any) -> None:
         key = (run.board.name, run.job_id)
@@ -123,6 +134,11 @@ class StoreRecorder:
             self.ids[key] = existing
             return
         record = record_from_run(run, label=self.label, run_id=self.run_id, kind=self.kind)
+        note = self._notes.pop(key, None)
+        if record is not None and note is not None:
+            record = replace(record, run_id=note["run_id"] or record.run_id,
+                             options={**record.options, **note["options"]},
+                             board_state={**record.board_state, **note["board_state"]})
         if record is not None:
             self.ids[key] = self.store.add(record).id
 
