@@ -1,8 +1,12 @@
 """The job queue's SQLite persistence: the ``jobs`` table in ``jobs.db``.
 
 - Every job is a row (WAL journal): id, kind, state, spec and result as JSON (the
-  ``edgetune.protos.messages`` dicts), label, the submitter's certificate name, times, error. Results
+  ``edgetune.protos.messages`` dicts), label, the submitter's certificate name, times, error,
+  and the agent's signature of a succeeded job (``signed``, JSON, bytes as base64). Results
   therefore survive a restart of the agent.
+- Columns added after the first release (``signed``) are added to an existing database with
+  ``ALTER TABLE ... ADD COLUMN`` when it is opened (NULL in old rows: unsigned); an older
+  agent names its columns in every query, so it still reads and writes such a database.
 - ``JobDatabase.recover`` runs at start: rows left ``running`` by an agent that died are marked
   ``interrupted``; rows left ``queued`` are returned to be queued again (a row this version
   cannot read is marked ``failed`` instead).
@@ -42,8 +46,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 """
+# Columns added since the first schema, with their type: added to an older database on open.
+_ADDED_COLUMNS = (("signed", "TEXT"),)
 _COLUMNS = ("id", "kind", "state", "label", "client", "spec", "created_unix", "started_unix",
-            "finished_unix", "error", "result")
+            "finished_unix", "error", "result", "signed")
 
 
 class JobDatabase:
@@ -57,6 +63,14 @@ class JobDatabase:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        present = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in present:
+                self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+                log.info("added the %s column to the job database %s", name, self.path)
 
     def close(self) -> None:
         self._conn.close()
@@ -105,6 +119,7 @@ def _row(job: Job) -> Dict[str, Any]:
     d = job.as_dict()
     d["spec"] = json.dumps(d["spec"], sort_keys=True)
     d["result"] = None if d["result"] is None else json.dumps(d["result"], sort_keys=True)
+    d["signed"] = None if d["signed"] is None else json.dumps(d["signed"], sort_keys=True)
     return d
 
 
@@ -112,6 +127,7 @@ def _job(row: Tuple[Any, ...]) -> Job:
     d = dict(zip(_COLUMNS, row))
     d["spec"] = json.loads(d["spec"])
     d["result"] = None if d["result"] is None else json.loads(d["result"])
+    d["signed"] = None if d["signed"] is None else json.loads(d["signed"])
     return Job.from_dict(d)
 
 

@@ -109,12 +109,17 @@ class JobQueue:
     ``run_evaluate(spec, progress, cancelled)``: blocking calls that report ``Progress``
     through ``progress`` (from their thread), return a result dataclass, and raise
     ``edgetune.device.errors.Cancelled`` when ``cancelled`` (a ``threading.Event``) is set.
+
+    ``signer`` (``edgetune.device.signing.ResultSigner``, holding the agent's key), when given,
+    signs every succeeded job before it is recorded, so the signature is kept with the job.
     """
 
-    def __init__(self, db_path: Path, runner: Any, capacity: int = 16) -> None:
+    def __init__(self, db_path: Path, runner: Any, capacity: int = 16, *,
+                 signer: Any = None) -> None:
         self.db_path = Path(db_path)
         self.runner = runner
         self.capacity = capacity
+        self.signer = signer
         self._db: Optional[JobDatabase] = None
         self._pending: Deque[str] = collections.deque()
         self._active: Dict[str, _Active] = {}
@@ -352,7 +357,21 @@ class JobQueue:
             log.exception("job %s failed unexpectedly", job.id)
             return _ended(job, JobState.FAILED, f"internal error in the agent: "
                                                 f"{type(exc).__name__}: {exc}")
-        return dataclasses.replace(_ended(job, JobState.SUCCEEDED, ""), result=result)
+        done = dataclasses.replace(_ended(job, JobState.SUCCEEDED, ""), result=result)
+        return await self._sign(done)
+
+    async def _sign(self, job: Job) -> Job:
+        """``job`` with the agent's signature (made in the job thread: an RSA signature takes
+        milliseconds on a slow board); unsigned, and logged, if signing fails."""
+        if self.signer is None:
+            return job
+        assert self._loop is not None
+        try:
+            signed = await self._loop.run_in_executor(self._executor, self.signer.sign, job)
+        except Exception:
+            log.exception("could not sign the result of job %s; it is kept unsigned", job.id)
+            return job
+        return dataclasses.replace(job, signed=signed)
 
     def _progress_callback(self, active: _Active) -> Any:
         loop = self._loop

@@ -211,7 +211,8 @@ class AgentServer:
                               "; pass a writable --store DIR") from None
         runner = await loop.run_in_executor(self._io, self._make_runner, store)
         info = await loop.run_in_executor(self._io, self._info)   # imports onnxruntime
-        queue = JobQueue(Path(config.store) / "jobs.db", runner, config.limits.queue_capacity)
+        queue = JobQueue(Path(config.store) / "jobs.db", runner, config.limits.queue_capacity,
+                         signer=self._signer(info))
         try:
             await queue.start()
         except sqlite3.Error as exc:
@@ -226,6 +227,22 @@ class AgentServer:
         self._servicer.attach(store, queue, system_info)
         log.info("onnxruntime %s, providers: %s", info.get("onnxruntime_version", "?"),
                  ", ".join(info.get("available_providers", ())))
+
+    def _signer(self, info: Dict[str, Any]) -> Any:
+        """What signs succeeded jobs: the agent's own key (RSA or ECDSA P-256). Another key
+        type leaves results unsigned (said once here), rather than the agent not starting."""
+        from edgetune.certs.signing import SignatureError
+        from edgetune.device.signing import ResultSigner
+
+        versions = {"agent_version": agent_version(), "python_version": platform.python_version(),
+                    "onnxruntime_version": str(info.get("onnxruntime_version", ""))}
+        try:
+            signer = ResultSigner.from_identity(self.identity, versions)
+        except (SignatureError, ValueError, TypeError) as exc:
+            log.warning("results will not be signed: %s", exc)
+            return None
+        log.info("results are signed with this agent's key (%s)", signer.algorithm)
+        return signer
 
     def _make_runner(self, store: BlobStore) -> Any:
         from edgetune.device.runner import Runner

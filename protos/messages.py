@@ -10,6 +10,7 @@ Kept importable on Python 3.9 (boards): no ``X | Y`` at runtime, no 3.10+ module
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import enum
 from dataclasses import dataclass, field
@@ -321,6 +322,38 @@ class EvaluateResult:
 
 
 @dataclass(frozen=True)
+class SignedResult:
+    """A finished job's signature by the agent (``edgetune.certs.signing``): ``payload`` is the
+    exact bytes signed, ``agent_cert_pem`` the certificate whose key signed them."""
+
+    payload: bytes
+    signature: bytes
+    algorithm: str
+    agent_cert_pem: str
+
+    def as_pb2(self) -> pb.SignedResult:
+        return pb.SignedResult(payload=self.payload, signature=self.signature,
+                               algorithm=self.algorithm, agent_cert_pem=self.agent_cert_pem)
+
+    @classmethod
+    def from_pb2(cls, msg: pb.SignedResult) -> "SignedResult":
+        return cls(payload=bytes(msg.payload), signature=bytes(msg.signature),
+                   algorithm=msg.algorithm, agent_cert_pem=msg.agent_cert_pem)
+
+    def as_dict(self) -> Dict[str, Any]:
+        """Bytes as base64."""
+        return {"payload": base64.b64encode(self.payload).decode("ascii"),
+                "signature": base64.b64encode(self.signature).decode("ascii"),
+                "algorithm": self.algorithm, "agent_cert_pem": self.agent_cert_pem}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "SignedResult":
+        return cls(payload=base64.b64decode(d["payload"]),
+                   signature=base64.b64decode(d["signature"]), algorithm=d["algorithm"],
+                   agent_cert_pem=d["agent_cert_pem"])
+
+
+@dataclass(frozen=True)
 class Job:
     id: str
     state: JobState
@@ -332,6 +365,7 @@ class Job:
     error: str = ""
     client: str = ""
     result: Any = None                              # BenchmarkResult | EvaluateResult | None
+    signed: Optional[SignedResult] = None           # the agent's signature of a succeeded job
 
     @property
     def kind(self) -> str:
@@ -350,6 +384,8 @@ class Job:
             msg.benchmark.CopyFrom(self.result.as_pb2())
         elif isinstance(self.result, EvaluateResult):
             msg.evaluate.CopyFrom(self.result.as_pb2())
+        if self.signed is not None:
+            msg.signed.CopyFrom(self.signed.as_pb2())
         return msg
 
     @classmethod
@@ -366,7 +402,8 @@ class Job:
         return cls(id=msg.id, state=JobState.from_pb2(msg.state), spec=spec, label=msg.spec.label,
                    created_unix=msg.created_unix, started_unix=msg.started_unix,
                    finished_unix=msg.finished_unix, error=msg.error, client=msg.client,
-                   result=result)
+                   result=result,
+                   signed=SignedResult.from_pb2(msg.signed) if msg.HasField("signed") else None)
 
     def as_dict(self) -> Dict[str, Any]:
         return {
@@ -375,6 +412,7 @@ class Job:
             "started_unix": self.started_unix, "finished_unix": self.finished_unix,
             "error": self.error, "client": self.client,
             "result": None if self.result is None else self.result.as_dict(),
+            "signed": None if self.signed is None else self.signed.as_dict(),
         }
 
     @classmethod
@@ -387,7 +425,8 @@ class Job:
         return cls(id=d["id"], state=JobState(d["state"]), spec=spec, label=d.get("label", ""),
                    created_unix=d.get("created_unix", 0.0), started_unix=d.get("started_unix", 0.0),
                    finished_unix=d.get("finished_unix", 0.0), error=d.get("error", ""),
-                   client=d.get("client", ""), result=result)
+                   client=d.get("client", ""), result=result,
+                   signed=SignedResult.from_dict(d["signed"]) if d.get("signed") else None)
 
 
 def job_spec_from_pb2(msg: pb.JobSpec) -> Any:
