@@ -9,6 +9,7 @@
     [devices.board1]
     address = "192.168.1.20:50051"
     tags = ["riscv", "lab"]
+    attributes = { kind = "k1", room = "lab2" }   # optional free attributes (strings)
     server_name = "board1"             # optional: a name in the board certificate's SAN
 
     [results]
@@ -26,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from edgetune.host.errors import BadInputError, NotFoundError
 
@@ -40,7 +41,7 @@ CONFIG_NAME = "edgetune.toml"
 DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 _HOST_KEYS = ("ca", "cert", "key", "passphrase_file")
-_DEVICE_KEYS = ("address", "tags", "server_name")
+_DEVICE_KEYS = ("address", "tags", "server_name", "attributes")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class Device:
     address: str                          # "host:port"
     tags: Tuple[str, ...] = ()
     server_name: Optional[str] = None     # overrides the name checked against the cert's SAN
+    attributes: Tuple[Tuple[str, str], ...] = ()   # free (key, value) pairs, sorted by key
+
+    def attribute(self, key: str) -> Optional[str]:
+        return dict(self.attributes).get(key)
 
 
 @dataclass(frozen=True)
@@ -151,8 +156,15 @@ def parse_inventory(data: Mapping[str, Any], path: Path) -> Inventory:
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise BadInputError(f"{path}: {where}.tags must be a list of strings")
         server_name = _string(section, "server_name", path, where) if "server_name" in section else None
+        attributes = section.get("attributes", {})
+        if not isinstance(attributes, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()):
+            raise BadInputError(f"{path}: {where}.attributes must be a table of strings",
+                                hint='e.g. attributes = { kind = "atlas", room = "lab2" }')
         devices.append(Device(name=name, address=address, tags=tuple(tags),
-                              server_name=server_name or None))
+                              server_name=server_name or None,
+                              attributes=tuple(sorted(attributes.items()))))
+    _check_unique_addresses(devices, path)
     return Inventory(path=path, host=host, devices=tuple(devices),
                      results_db=_results_db(data, base, path))
 
@@ -172,6 +184,16 @@ def _results_db(data: Mapping[str, Any], base: Path, path: Path) -> Optional[str
         return value
     file = Path(value).expanduser()
     return f"sqlite:///{file if file.is_absolute() else base / file}"
+
+
+def _check_unique_addresses(devices: List[Device], path: Path) -> None:
+    seen: Dict[str, str] = {}
+    for device in devices:
+        other = seen.setdefault(device.address, device.name)
+        if other != device.name:
+            raise BadInputError(f"{path}: devices {other} and {device.name} have the same "
+                                f"address {device.address}",
+                                hint="each board is listed once; remove or correct one of them")
 
 
 def split_address(address: str) -> Tuple[str, int]:

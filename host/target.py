@@ -64,39 +64,43 @@ class ConnectionTarget:
     timeout_s: float = 30.0
 
 
-def resolve_target(args: argparse.Namespace, env: Optional[Mapping[str, str]] = None) -> ConnectionTarget:
-    """The board and identity files the flags (and the inventory) name. No file is read but
-    the inventory; missing files are reported by name."""
-    env = os.environ if env is None else env
-    if args.timeout is not None and not args.timeout > 0:
-        raise UsageError(f"--timeout must be a positive number of seconds (got {args.timeout})")
-    inventory: Optional[Inventory] = None
+class _InventoryOnce:
+    """The inventory, read the first time a flag needs it (and only then)."""
 
-    def need_inventory(why: str) -> Inventory:
-        nonlocal inventory
-        if inventory is None:
-            path = find_config(args.inventory, env=env)
+    def __init__(self, args: argparse.Namespace, env: Mapping[str, str]) -> None:
+        self.args = args
+        self.env = env
+        self.loaded: Optional[Inventory] = None
+
+    def __call__(self, why: str) -> Inventory:
+        if self.loaded is None:
+            path = find_config(self.args.inventory, env=self.env)
             if path is None:
                 raise NotFoundError(
                     f"{why}, but there is no inventory: no --inventory, no $EDGETUNE_CONFIG, no "
                     f"./{CONFIG_NAME}, no ~/.config/edgetune/{CONFIG_NAME}",
                     hint=f"create {CONFIG_NAME} (see `edgetune demo --keep DIR`), or {NO_TARGET}")
-            inventory = load_inventory(path)
-        return inventory
+            self.loaded = load_inventory(path)
+        return self.loaded
 
-    if args.device and args.address:
-        raise UsageError("pass either --device NAME or --address HOST:PORT, not both")
-    server_name = args.server_name
-    if args.device:
-        device = need_inventory(f"--device {args.device} needs edgetune.toml").device(args.device)
-        address, label = device.address, device.name
-        server_name = server_name or device.server_name
-    elif args.address:
-        split_address(args.address)
-        address, label = args.address, args.address
-    else:
-        raise UsageError(f"which board? {NO_TARGET}")
 
+@dataclass(frozen=True)
+class IdentityFiles:
+    """This PC's CA, certificate, key and passphrase file, as the flags or [host] name them."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    passphrase_file: Optional[Path] = None
+
+    def load(self) -> "Identity":
+        return load_host_identity(self.ca, self.cert, self.key, self.passphrase_file)
+
+
+def resolve_identity_files(args: argparse.Namespace, inventory: _InventoryOnce) -> IdentityFiles:
+    """--pki DIR [--identity N], --ca/--cert/--key, else the inventory's [host]; the key's
+    passphrase file from --passphrase-file, else [host] passphrase_file. Missing files are
+    reported by name (nothing else is read)."""
     explicit = {"ca": args.ca, "cert": args.cert, "key": args.key}
     origin = "from the flags"
     if args.pki is not None:
@@ -111,25 +115,61 @@ def resolve_target(args: argparse.Namespace, env: Optional[Mapping[str, str]] = 
         missing = ", ".join(f"--{k}" for k, v in explicit.items() if v is None)
         raise UsageError(f"{missing} missing: pass all of --ca, --cert and --key (or --pki DIR)")
     else:
-        inv = need_inventory("no --ca/--cert/--key or --pki given")
+        inv = inventory("no --ca/--cert/--key or --pki given")
         if inv.host is None:
             raise UsageError(f"{inv.path} has no [host] section naming this PC's certificates",
                              hint="add [host] ca/cert/key, or pass --pki DIR or --ca/--cert/--key")
         files = {"ca": inv.host.ca, "cert": inv.host.cert, "key": inv.host.key}
         origin = f"from [host] in {inv.path}"
     passphrase_file = args.passphrase_file
-    if passphrase_file is None and inventory is not None and inventory.host is not None \
-            and files["cert"] == inventory.host.cert:
-        passphrase_file = inventory.host.passphrase_file
+    loaded = inventory.loaded
+    if passphrase_file is None and loaded is not None and loaded.host is not None \
+            and files["cert"] == loaded.host.cert:
+        passphrase_file = loaded.host.passphrase_file
     for what, path in (("CA certificate", files["ca"]), ("certificate", files["cert"]),
                        ("key", files["key"]), ("passphrase file", passphrase_file)):
         if path is not None and not Path(path).is_file():
             raise NotFoundError(f"{what} {path} ({origin}) does not exist",
                                 hint="make it with `edgetune certs`, or point the flag at it")
-    return ConnectionTarget(address=address, device=label, ca=Path(files["ca"]),
-                            cert=Path(files["cert"]), key=Path(files["key"]),
-                            passphrase_file=passphrase_file, server_name=server_name,
-                            timeout_s=args.timeout)
+    return IdentityFiles(ca=Path(files["ca"]), cert=Path(files["cert"]), key=Path(files["key"]),
+                         passphrase_file=passphrase_file)
+
+
+def check_timeout(args: argparse.Namespace) -> None:
+    if args.timeout is not None and not args.timeout > 0:
+        raise UsageError(f"--timeout must be a positive number of seconds (got {args.timeout})")
+
+
+def resolve_target(args: argparse.Namespace, env: Optional[Mapping[str, str]] = None) -> ConnectionTarget:
+    """The board and identity files the flags (and the inventory) name. No file is read but
+    the inventory; missing files are reported by name."""
+    check_timeout(args)
+    need_inventory = _InventoryOnce(args, os.environ if env is None else env)
+    if args.device and args.address:
+        raise UsageError("pass either --device NAME or --address HOST:PORT, not both")
+    server_name = args.server_name
+    if args.device:
+        device = need_inventory(f"--device {args.device} needs edgetune.toml").device(args.device)
+        address, label = device.address, device.name
+        server_name = server_name or device.server_name
+    elif args.address:
+        split_address(args.address)
+        address, label = args.address, args.address
+    else:
+        raise UsageError(f"which board? {NO_TARGET}")
+    files = resolve_identity_files(args, need_inventory)
+    return ConnectionTarget(address=address, device=label, ca=files.ca, cert=files.cert,
+                            key=files.key, passphrase_file=files.passphrase_file,
+                            server_name=server_name, timeout_s=args.timeout)
+
+
+def resolve_fleet(args: argparse.Namespace, env: Optional[Mapping[str, str]] = None
+                  ) -> "tuple[Inventory, IdentityFiles]":
+    """The inventory (fleet commands select boards from it) and this PC's identity files."""
+    check_timeout(args)
+    inventory = _InventoryOnce(args, os.environ if env is None else env)
+    loaded = inventory("fleet commands select boards from edgetune.toml")
+    return loaded, resolve_identity_files(args, inventory)
 
 
 def _default_identity(pki: Path) -> str:

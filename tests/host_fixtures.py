@@ -45,10 +45,11 @@ class RunningAgent:
 
 
 def start_agent(pki: Any, workdir: Path, *, cert: Optional[Path] = None,
-                key: Optional[Path] = None, extra_args: Sequence[str] = ()) -> RunningAgent:
+                key: Optional[Path] = None, ca: Optional[Path] = None,
+                extra_args: Sequence[str] = ()) -> RunningAgent:
     workdir.mkdir(parents=True, exist_ok=True)
     passphrase_file = write_passphrase_file(workdir / "passphrase", pki.passphrase)
-    files = AgentFiles(ca=pki.ca_cert, cert=cert or pki.device.cert, key=key or pki.device.key,
+    files = AgentFiles(ca=ca or pki.ca_cert, cert=cert or pki.device.cert, key=key or pki.device.key,
                        passphrase_file=passphrase_file)
     agent = LocalAgent(ready_timeout_s=60)
     address = agent.start(files, workdir / "store", extra_args)

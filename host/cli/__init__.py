@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "edgetune.host.cli.quantize_cmd",
     "edgetune.host.cli.analyze_cmd",
     "edgetune.host.cli.results_cmd",
+    "edgetune.host.cli.fleet_cmd",
 )
 
 EXIT_CODES_HELP = help_table()  # the same table as edgetune-agent --help

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from edgetune.host.errors import UsageError
 from edgetune.host.inventory import CONFIG_NAME
@@ -25,6 +25,17 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
         "--ca/--cert/--key or --pki")
     group.add_argument("--device", metavar="NAME", help="a board named in edgetune.toml")
     group.add_argument("--address", metavar="HOST:PORT", help="the agent's address")
+    add_identity_flags(group)
+    group.add_argument("--server-name", metavar="NAME",
+                       help="the name to expect in the agent certificate's SAN instead of the "
+                            "address's host")
+    group.add_argument("--timeout", metavar="S", type=float, default=30.0,
+                       help="deadline of each call in seconds (default 30)")
+
+
+def add_identity_flags(group: Any) -> None:
+    """This PC's identity: --inventory (with its [host]), --pki DIR [--identity N], or
+    --ca/--cert/--key; --passphrase-file. ``group``: a parser or an argument group."""
     group.add_argument("--inventory", metavar="FILE", type=Path,
                        help=f"the inventory (default: $EDGETUNE_CONFIG, ./{CONFIG_NAME}, "
                             f"~/.config/edgetune/{CONFIG_NAME})")
@@ -37,11 +48,6 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cert", metavar="FILE", type=Path, help="this PC's certificate")
     group.add_argument("--key", metavar="FILE", type=Path, help="this PC's (encrypted) key")
     group.add_argument("--passphrase-file", type=Path, metavar="FILE", help=PASSPHRASE_HELP)
-    group.add_argument("--server-name", metavar="NAME",
-                       help="the name to expect in the agent certificate's SAN instead of the "
-                            "address's host")
-    group.add_argument("--timeout", metavar="S", type=float, default=30.0,
-                       help="deadline of each call in seconds (default 30)")
 
 
 DB_HELP = ("the results database: a SQLite file, or a URL such as "

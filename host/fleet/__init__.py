@@ -1,0 +1,1 @@
+"""Many boards from one host: selecting them, their status, fleet runs, quarantine."""
