@@ -13,7 +13,7 @@ from typing import Mapping, Optional, Sequence
 from edgetune.host.errors import BadInputError, NotFoundError, UsageError
 from edgetune.host.inventory import DEVICE_NAME, parse_inventory, split_address
 
-NEW_FILE = "# edgetune inventory: this PC's identity ([host]) and the boards ([devices.NAME]).\n"
+NEW_FILE = "# edgetune.toml: this PC's identity ([host]) and the boards ([devices.NAME]).\n"
 
 
 def _load(path: Path):  # type: ignore[no-untyped-def]
