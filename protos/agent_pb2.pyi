@@ -239,7 +239,7 @@ class SessionOptions(_message.Message):
     def __init__(self, providers: _Optional[_Iterable[str]] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., graph_optimization: _Optional[_Union[GraphOptimizationLevel, str]] = ..., execution_mode: _Optional[_Union[ExecutionMode, str]] = ..., input_shapes: _Optional[_Mapping[str, Shape]] = ...) -> None: ...
 
 class BenchmarkSpec(_message.Message):
-    __slots__ = ("model_sha256", "session", "warmup", "iterations", "min_duration_s", "seed", "dataset_sha256", "return_samples", "free_batch_dims")
+    __slots__ = ("model_sha256", "session", "warmup", "iterations", "min_duration_s", "seed", "dataset_sha256", "return_samples", "free_batch_dims", "thermal")
     class FreeBatchDimsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +256,7 @@ class BenchmarkSpec(_message.Message):
     DATASET_SHA256_FIELD_NUMBER: _ClassVar[int]
     RETURN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     FREE_BATCH_DIMS_FIELD_NUMBER: _ClassVar[int]
+    THERMAL_FIELD_NUMBER: _ClassVar[int]
     model_sha256: str
     session: SessionOptions
     warmup: int
@@ -265,7 +266,87 @@ class BenchmarkSpec(_message.Message):
     dataset_sha256: str
     return_samples: bool
     free_batch_dims: _containers.ScalarMap[str, str]
-    def __init__(self, model_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., warmup: _Optional[int] = ..., iterations: _Optional[int] = ..., min_duration_s: _Optional[float] = ..., seed: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., return_samples: bool = ..., free_batch_dims: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    thermal: ThermalGate
+    def __init__(self, model_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., warmup: _Optional[int] = ..., iterations: _Optional[int] = ..., min_duration_s: _Optional[float] = ..., seed: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., return_samples: bool = ..., free_batch_dims: _Optional[_Mapping[str, str]] = ..., thermal: _Optional[_Union[ThermalGate, _Mapping]] = ...) -> None: ...
+
+class ThermalGate(_message.Message):
+    __slots__ = ("max_temp_c", "max_wait_s")
+    MAX_TEMP_C_FIELD_NUMBER: _ClassVar[int]
+    MAX_WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    max_temp_c: float
+    max_wait_s: float
+    def __init__(self, max_temp_c: _Optional[float] = ..., max_wait_s: _Optional[float] = ...) -> None: ...
+
+class ThermalReport(_message.Message):
+    __slots__ = ("max_temp_c", "no_sensor", "waited_s", "start_temp_c")
+    MAX_TEMP_C_FIELD_NUMBER: _ClassVar[int]
+    NO_SENSOR_FIELD_NUMBER: _ClassVar[int]
+    WAITED_S_FIELD_NUMBER: _ClassVar[int]
+    START_TEMP_C_FIELD_NUMBER: _ClassVar[int]
+    max_temp_c: float
+    no_sensor: bool
+    waited_s: float
+    start_temp_c: float
+    def __init__(self, max_temp_c: _Optional[float] = ..., no_sensor: bool = ..., waited_s: _Optional[float] = ..., start_temp_c: _Optional[float] = ...) -> None: ...
+
+class CompareSpec(_message.Message):
+    __slots__ = ("model_a_sha256", "model_b_sha256", "session", "rounds", "warmup", "iterations", "min_duration_s", "seed", "return_samples", "dataset_sha256", "metrics", "thermal", "free_batch_dims")
+    class FreeBatchDimsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_A_SHA256_FIELD_NUMBER: _ClassVar[int]
+    MODEL_B_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    MIN_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    RETURN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    DATASET_SHA256_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    THERMAL_FIELD_NUMBER: _ClassVar[int]
+    FREE_BATCH_DIMS_FIELD_NUMBER: _ClassVar[int]
+    model_a_sha256: str
+    model_b_sha256: str
+    session: SessionOptions
+    rounds: int
+    warmup: int
+    iterations: int
+    min_duration_s: float
+    seed: int
+    return_samples: bool
+    dataset_sha256: str
+    metrics: _containers.RepeatedScalarFieldContainer[str]
+    thermal: ThermalGate
+    free_batch_dims: _containers.ScalarMap[str, str]
+    def __init__(self, model_a_sha256: _Optional[str] = ..., model_b_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., rounds: _Optional[int] = ..., warmup: _Optional[int] = ..., iterations: _Optional[int] = ..., min_duration_s: _Optional[float] = ..., seed: _Optional[int] = ..., return_samples: bool = ..., dataset_sha256: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., thermal: _Optional[_Union[ThermalGate, _Mapping]] = ..., free_batch_dims: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CompareRound(_message.Message):
+    __slots__ = ("a", "b", "b_first")
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    B_FIRST_FIELD_NUMBER: _ClassVar[int]
+    a: BenchmarkResult
+    b: BenchmarkResult
+    b_first: bool
+    def __init__(self, a: _Optional[_Union[BenchmarkResult, _Mapping]] = ..., b: _Optional[_Union[BenchmarkResult, _Mapping]] = ..., b_first: bool = ...) -> None: ...
+
+class CompareResult(_message.Message):
+    __slots__ = ("rounds", "evaluate_a", "evaluate_b", "peak_rss_mb")
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_A_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_B_FIELD_NUMBER: _ClassVar[int]
+    PEAK_RSS_MB_FIELD_NUMBER: _ClassVar[int]
+    rounds: _containers.RepeatedCompositeFieldContainer[CompareRound]
+    evaluate_a: EvaluateResult
+    evaluate_b: EvaluateResult
+    peak_rss_mb: float
+    def __init__(self, rounds: _Optional[_Iterable[_Union[CompareRound, _Mapping]]] = ..., evaluate_a: _Optional[_Union[EvaluateResult, _Mapping]] = ..., evaluate_b: _Optional[_Union[EvaluateResult, _Mapping]] = ..., peak_rss_mb: _Optional[float] = ...) -> None: ...
 
 class EvaluateSpec(_message.Message):
     __slots__ = ("model_sha256", "dataset_sha256", "session", "metrics", "batch_size")
@@ -282,14 +363,16 @@ class EvaluateSpec(_message.Message):
     def __init__(self, model_sha256: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., metrics: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("benchmark", "evaluate", "label")
+    __slots__ = ("benchmark", "evaluate", "compare", "label")
     BENCHMARK_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
+    COMPARE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     benchmark: BenchmarkSpec
     evaluate: EvaluateSpec
+    compare: CompareSpec
     label: str
-    def __init__(self, benchmark: _Optional[_Union[BenchmarkSpec, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateSpec, _Mapping]] = ..., label: _Optional[str] = ...) -> None: ...
+    def __init__(self, benchmark: _Optional[_Union[BenchmarkSpec, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateSpec, _Mapping]] = ..., compare: _Optional[_Union[CompareSpec, _Mapping]] = ..., label: _Optional[str] = ...) -> None: ...
 
 class LatencyStats(_message.Message):
     __slots__ = ("min_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms")
@@ -312,7 +395,7 @@ class LatencyStats(_message.Message):
     def __init__(self, min_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., std_ms: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., max_ms: _Optional[float] = ...) -> None: ...
 
 class BenchmarkResult(_message.Message):
-    __slots__ = ("latency", "throughput_ips", "load_ms", "first_run_ms", "peak_rss_mb", "iterations", "warmup", "samples_ms", "cpu_freq_mhz", "temperature_c", "providers", "measured_s")
+    __slots__ = ("latency", "throughput_ips", "load_ms", "first_run_ms", "peak_rss_mb", "iterations", "warmup", "samples_ms", "cpu_freq_mhz", "temperature_c", "providers", "measured_s", "thermal")
     LATENCY_FIELD_NUMBER: _ClassVar[int]
     THROUGHPUT_IPS_FIELD_NUMBER: _ClassVar[int]
     LOAD_MS_FIELD_NUMBER: _ClassVar[int]
@@ -325,6 +408,7 @@ class BenchmarkResult(_message.Message):
     TEMPERATURE_C_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     MEASURED_S_FIELD_NUMBER: _ClassVar[int]
+    THERMAL_FIELD_NUMBER: _ClassVar[int]
     latency: LatencyStats
     throughput_ips: float
     load_ms: float
@@ -337,7 +421,8 @@ class BenchmarkResult(_message.Message):
     temperature_c: float
     providers: _containers.RepeatedScalarFieldContainer[str]
     measured_s: float
-    def __init__(self, latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., throughput_ips: _Optional[float] = ..., load_ms: _Optional[float] = ..., first_run_ms: _Optional[float] = ..., peak_rss_mb: _Optional[float] = ..., iterations: _Optional[int] = ..., warmup: _Optional[int] = ..., samples_ms: _Optional[_Iterable[float]] = ..., cpu_freq_mhz: _Optional[float] = ..., temperature_c: _Optional[float] = ..., providers: _Optional[_Iterable[str]] = ..., measured_s: _Optional[float] = ...) -> None: ...
+    thermal: ThermalReport
+    def __init__(self, latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., throughput_ips: _Optional[float] = ..., load_ms: _Optional[float] = ..., first_run_ms: _Optional[float] = ..., peak_rss_mb: _Optional[float] = ..., iterations: _Optional[int] = ..., warmup: _Optional[int] = ..., samples_ms: _Optional[_Iterable[float]] = ..., cpu_freq_mhz: _Optional[float] = ..., temperature_c: _Optional[float] = ..., providers: _Optional[_Iterable[str]] = ..., measured_s: _Optional[float] = ..., thermal: _Optional[_Union[ThermalReport, _Mapping]] = ...) -> None: ...
 
 class EvaluateResult(_message.Message):
     __slots__ = ("samples", "metrics", "load_ms", "elapsed_s")
@@ -359,7 +444,7 @@ class EvaluateResult(_message.Message):
     def __init__(self, samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., load_ms: _Optional[float] = ..., elapsed_s: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "spec", "created_unix", "started_unix", "finished_unix", "error", "client", "benchmark", "evaluate", "signed")
+    __slots__ = ("id", "state", "spec", "created_unix", "started_unix", "finished_unix", "error", "client", "benchmark", "evaluate", "compare", "signed")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -370,6 +455,7 @@ class Job(_message.Message):
     CLIENT_FIELD_NUMBER: _ClassVar[int]
     BENCHMARK_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
+    COMPARE_FIELD_NUMBER: _ClassVar[int]
     SIGNED_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: JobState
@@ -381,8 +467,9 @@ class Job(_message.Message):
     client: str
     benchmark: BenchmarkResult
     evaluate: EvaluateResult
+    compare: CompareResult
     signed: SignedResult
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ..., error: _Optional[str] = ..., client: _Optional[str] = ..., benchmark: _Optional[_Union[BenchmarkResult, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateResult, _Mapping]] = ..., signed: _Optional[_Union[SignedResult, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ..., error: _Optional[str] = ..., client: _Optional[str] = ..., benchmark: _Optional[_Union[BenchmarkResult, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateResult, _Mapping]] = ..., compare: _Optional[_Union[CompareResult, _Mapping]] = ..., signed: _Optional[_Union[SignedResult, _Mapping]] = ...) -> None: ...
 
 class SignedResult(_message.Message):
     __slots__ = ("payload", "signature", "algorithm", "agent_cert_pem")

@@ -104,7 +104,7 @@ class AgentServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def SubmitJob(self, request, context):
-        """Queue a benchmark or evaluation; it runs whether or not anyone watches it.
+        """Queue a benchmark, evaluation or comparison; it runs whether or not anyone watches it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

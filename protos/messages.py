@@ -145,6 +145,54 @@ class SessionOptions:
 
 
 @dataclass(frozen=True)
+class ThermalGate:
+    """Wait before each measured session until the hottest thermal zone is below
+    ``max_temp_c``, for at most ``max_wait_s`` (0: the agent's default)."""
+
+    max_temp_c: float = 0.0                         # 0: no gating
+    max_wait_s: float = 0.0
+
+    def as_pb2(self) -> pb.ThermalGate:
+        return pb.ThermalGate(max_temp_c=self.max_temp_c, max_wait_s=self.max_wait_s)
+
+    @classmethod
+    def from_pb2(cls, msg: pb.ThermalGate) -> Optional["ThermalGate"]:
+        """None when no limit is set (the wire's zero message)."""
+        return cls(msg.max_temp_c, msg.max_wait_s) if msg.max_temp_c else None
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Optional[Dict[str, Any]]) -> Optional["ThermalGate"]:
+        return cls(**d) if d else None
+
+
+@dataclass(frozen=True)
+class ThermalReport:
+    """What thermal gating did before one measured session."""
+
+    max_temp_c: float
+    no_sensor: bool = False                         # no thermal zone: nothing was waited
+    waited_s: float = 0.0
+    start_temp_c: float = 0.0                       # the hottest zone when the session started
+
+    def as_pb2(self) -> pb.ThermalReport:
+        return pb.ThermalReport(**dataclasses.asdict(self))
+
+    @classmethod
+    def from_pb2(cls, msg: pb.ThermalReport) -> "ThermalReport":
+        return cls(**{f.name: getattr(msg, f.name) for f in dataclasses.fields(cls)})
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Optional[Dict[str, Any]]) -> Optional["ThermalReport"]:
+        return cls(**d) if d else None
+
+
+@dataclass(frozen=True)
 class BenchmarkSpec:
     model_sha256: str
     session: SessionOptions = field(default_factory=SessionOptions)
@@ -157,13 +205,17 @@ class BenchmarkSpec:
     # set by the agent: sorted (input, the model's name for its free batch dimension) pairs
     # of the inputs it ran with batch 1 because no shape was given ("" when unnamed)
     free_batch_dims: Tuple[Tuple[str, str], ...] = ()
+    thermal: Optional[ThermalGate] = None
 
     def as_pb2(self) -> pb.BenchmarkSpec:
-        return pb.BenchmarkSpec(
+        msg = pb.BenchmarkSpec(
             model_sha256=self.model_sha256, session=self.session.as_pb2(), warmup=self.warmup,
             iterations=self.iterations, min_duration_s=self.min_duration_s, seed=self.seed,
             dataset_sha256=self.dataset_sha256, return_samples=self.return_samples,
             free_batch_dims=dict(self.free_batch_dims))
+        if self.thermal is not None:
+            msg.thermal.CopyFrom(self.thermal.as_pb2())
+        return msg
 
     @classmethod
     def from_pb2(cls, msg: pb.BenchmarkSpec) -> "BenchmarkSpec":
@@ -172,16 +224,20 @@ class BenchmarkSpec:
             model_sha256=msg.model_sha256, session=SessionOptions.from_pb2(msg.session),
             warmup=msg.warmup, iterations=msg.iterations, min_duration_s=msg.min_duration_s,
             seed=msg.seed, dataset_sha256=msg.dataset_sha256, return_samples=msg.return_samples,
-            free_batch_dims=tuple(sorted(msg.free_batch_dims.items())))
+            free_batch_dims=tuple(sorted(msg.free_batch_dims.items())),
+            thermal=ThermalGate.from_pb2(msg.thermal))
 
     def as_dict(self) -> Dict[str, Any]:
-        """Plain JSON types; ``free_batch_dims`` ({input: dimension name}) only when set."""
+        """Plain JSON types; ``free_batch_dims`` ({input: dimension name}) and ``thermal``
+        only when set."""
         d = dataclasses.asdict(self)
         d["session"] = self.session.as_dict()
         if self.free_batch_dims:
             d["free_batch_dims"] = dict(self.free_batch_dims)
         else:
             del d["free_batch_dims"]
+        if self.thermal is None:
+            del d["thermal"]
         return d
 
     @classmethod
@@ -189,6 +245,7 @@ class BenchmarkSpec:
         d = dict(d)
         d["session"] = SessionOptions.from_dict(d.get("session", {}))
         d["free_batch_dims"] = tuple(sorted(d.get("free_batch_dims", {}).items()))
+        d["thermal"] = ThermalGate.from_dict(d.get("thermal"))
         return cls(**d)
 
 
@@ -259,14 +316,18 @@ class BenchmarkResult:
     cpu_freq_mhz: float = 0.0                       # 0: not exposed by the board
     temperature_c: float = 0.0                      # 0: not exposed by the board
     providers: Tuple[str, ...] = ()
+    thermal: Optional[ThermalReport] = None         # set when thermal gating was asked
 
     def as_pb2(self) -> pb.BenchmarkResult:
-        return pb.BenchmarkResult(
+        msg = pb.BenchmarkResult(
             latency=self.latency.as_pb2(), throughput_ips=self.throughput_ips,
             load_ms=self.load_ms, first_run_ms=self.first_run_ms, peak_rss_mb=self.peak_rss_mb,
             iterations=self.iterations, warmup=self.warmup, samples_ms=list(self.samples_ms),
             cpu_freq_mhz=self.cpu_freq_mhz, temperature_c=self.temperature_c,
             providers=list(self.providers), measured_s=self.measured_s)
+        if self.thermal is not None:
+            msg.thermal.CopyFrom(self.thermal.as_pb2())
+        return msg
 
     @classmethod
     def from_pb2(cls, msg: pb.BenchmarkResult) -> "BenchmarkResult":
@@ -275,12 +336,15 @@ class BenchmarkResult:
             load_ms=msg.load_ms, first_run_ms=msg.first_run_ms, peak_rss_mb=msg.peak_rss_mb,
             iterations=msg.iterations, warmup=msg.warmup, measured_s=msg.measured_s,
             samples_ms=tuple(msg.samples_ms), cpu_freq_mhz=msg.cpu_freq_mhz,
-            temperature_c=msg.temperature_c, providers=tuple(msg.providers))
+            temperature_c=msg.temperature_c, providers=tuple(msg.providers),
+            thermal=ThermalReport.from_pb2(msg.thermal) if msg.HasField("thermal") else None)
 
     def as_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["samples_ms"] = list(self.samples_ms)
         d["providers"] = list(self.providers)
+        if self.thermal is None:
+            del d["thermal"]
         return d
 
     @classmethod
@@ -289,6 +353,7 @@ class BenchmarkResult:
         d["latency"] = LatencyStats(**d["latency"])
         d["samples_ms"] = tuple(d.get("samples_ms", ()))
         d["providers"] = tuple(d.get("providers", ()))
+        d["thermal"] = ThermalReport.from_dict(d.get("thermal"))
         return cls(**d)
 
 
@@ -357,33 +422,28 @@ class SignedResult:
 class Job:
     id: str
     state: JobState
-    spec: Any                                       # BenchmarkSpec | EvaluateSpec
+    spec: Any                                       # BenchmarkSpec | EvaluateSpec | CompareSpec
     label: str = ""
     created_unix: float = 0.0
     started_unix: float = 0.0
     finished_unix: float = 0.0
     error: str = ""
     client: str = ""
-    result: Any = None                              # BenchmarkResult | EvaluateResult | None
+    result: Any = None                              # the spec kind's result, or None
     signed: Optional[SignedResult] = None           # the agent's signature of a succeeded job
 
     @property
     def kind(self) -> str:
-        return "benchmark" if isinstance(self.spec, BenchmarkSpec) else "evaluate"
+        return next(k for k, (spec, _) in JOB_KINDS.items() if isinstance(self.spec, spec))
 
     def as_pb2(self) -> pb.Job:
         spec = pb.JobSpec(label=self.label)
-        if isinstance(self.spec, BenchmarkSpec):
-            spec.benchmark.CopyFrom(self.spec.as_pb2())
-        else:
-            spec.evaluate.CopyFrom(self.spec.as_pb2())
+        getattr(spec, self.kind).CopyFrom(self.spec.as_pb2())
         msg = pb.Job(id=self.id, state=self.state.as_pb2(), spec=spec,
                      created_unix=self.created_unix, started_unix=self.started_unix,
                      finished_unix=self.finished_unix, error=self.error, client=self.client)
-        if isinstance(self.result, BenchmarkResult):
-            msg.benchmark.CopyFrom(self.result.as_pb2())
-        elif isinstance(self.result, EvaluateResult):
-            msg.evaluate.CopyFrom(self.result.as_pb2())
+        if isinstance(self.result, JOB_KINDS[self.kind][1]):
+            getattr(msg, self.kind).CopyFrom(self.result.as_pb2())
         if self.signed is not None:
             msg.signed.CopyFrom(self.signed.as_pb2())
         return msg
@@ -393,10 +453,8 @@ class Job:
         spec = job_spec_from_pb2(msg.spec)
         which = msg.WhichOneof("result")
         result: Any = None
-        if which == "benchmark":
-            result = BenchmarkResult.from_pb2(msg.benchmark)
-        elif which == "evaluate":
-            result = EvaluateResult.from_pb2(msg.evaluate)
+        if which in JOB_KINDS:
+            result = JOB_KINDS[which][1].from_pb2(getattr(msg, which))
         elif msg.state == pb.JOB_STATE_SUCCEEDED and has_unknown_fields(msg):
             raise UnknownToThisVersion(f"a job result of a new kind (job {msg.id})")
         return cls(id=msg.id, state=JobState.from_pb2(msg.state), spec=spec, label=msg.spec.label,
@@ -417,11 +475,11 @@ class Job:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Job":
-        bench = d["kind"] == "benchmark"
-        spec = (BenchmarkSpec if bench else EvaluateSpec).from_dict(d["spec"])
+        spec_type, result_type = JOB_KINDS[d["kind"]]
+        spec = spec_type.from_dict(d["spec"])
         result = None
         if d.get("result") is not None:
-            result = (BenchmarkResult if bench else EvaluateResult).from_dict(d["result"])
+            result = result_type.from_dict(d["result"])
         return cls(id=d["id"], state=JobState(d["state"]), spec=spec, label=d.get("label", ""),
                    created_unix=d.get("created_unix", 0.0), started_unix=d.get("started_unix", 0.0),
                    finished_unix=d.get("finished_unix", 0.0), error=d.get("error", ""),
@@ -430,13 +488,11 @@ class Job:
 
 
 def job_spec_from_pb2(msg: pb.JobSpec) -> Any:
-    """BenchmarkSpec or EvaluateSpec; ValueError when the oneof is empty,
+    """BenchmarkSpec, EvaluateSpec or CompareSpec; ValueError when the oneof is empty,
     UnknownToThisVersion when it holds a kind of job this version does not know."""
     which = msg.WhichOneof("kind")
-    if which == "benchmark":
-        return BenchmarkSpec.from_pb2(msg.benchmark)
-    if which == "evaluate":
-        return EvaluateSpec.from_pb2(msg.evaluate)
+    if which in JOB_KINDS:
+        return JOB_KINDS[which][0].from_pb2(getattr(msg, which))
     if has_unknown_fields(msg):
         raise UnknownToThisVersion("a new kind of job")
     raise ValueError("job spec names neither a benchmark nor an evaluation")
@@ -548,3 +604,162 @@ class AgentInfo:
         d = dataclasses.asdict(self)
         d["available_providers"] = list(self.available_providers)
         return d
+
+
+# ---------------------------------------------------------------- comparisons
+
+@dataclass(frozen=True)
+class CompareSpec:
+    """An interleaved A/B comparison run as one job: ``rounds`` rounds, A then B in even
+    rounds and B then A in odd ones (A B B A A B ...), each session fresh and of the same
+    length (``iterations`` or ``min_duration_s``) for both, on the same inputs; then, with a
+    dataset, an evaluation of both."""
+
+    model_a_sha256: str
+    model_b_sha256: str
+    session: SessionOptions = field(default_factory=SessionOptions)
+    rounds: int = 5
+    warmup: int = 10
+    iterations: int = 100                           # per session; 0 when min_duration_s is set
+    min_duration_s: float = 0.0
+    seed: int = 0
+    return_samples: bool = False
+    dataset_sha256: str = ""
+    metrics: Tuple[str, ...] = ()
+    thermal: Optional[ThermalGate] = None
+    free_batch_dims: Tuple[Tuple[str, str], ...] = ()   # set by the agent (BenchmarkSpec's)
+
+    @property
+    def model_sha256(self) -> str:
+        """Model A, the baseline: how listings name the job."""
+        return self.model_a_sha256
+
+    @property
+    def models(self) -> Tuple[str, str]:
+        return (self.model_a_sha256, self.model_b_sha256)
+
+    def benchmark(self, model_sha256: str) -> BenchmarkSpec:
+        """One measured session of ``model_sha256`` as this comparison runs it."""
+        return BenchmarkSpec(
+            model_sha256=model_sha256, session=self.session, warmup=self.warmup,
+            iterations=self.iterations, min_duration_s=self.min_duration_s, seed=self.seed,
+            return_samples=self.return_samples, free_batch_dims=self.free_batch_dims,
+            thermal=self.thermal)
+
+    def evaluation(self, model_sha256: str) -> EvaluateSpec:
+        return EvaluateSpec(model_sha256=model_sha256, dataset_sha256=self.dataset_sha256,
+                            session=self.session, metrics=self.metrics, batch_size=1)
+
+    def as_pb2(self) -> pb.CompareSpec:
+        msg = pb.CompareSpec(
+            model_a_sha256=self.model_a_sha256, model_b_sha256=self.model_b_sha256,
+            session=self.session.as_pb2(), rounds=self.rounds, warmup=self.warmup,
+            iterations=self.iterations, min_duration_s=self.min_duration_s, seed=self.seed,
+            return_samples=self.return_samples, dataset_sha256=self.dataset_sha256,
+            metrics=list(self.metrics), free_batch_dims=dict(self.free_batch_dims))
+        if self.thermal is not None:
+            msg.thermal.CopyFrom(self.thermal.as_pb2())
+        return msg
+
+    @classmethod
+    def from_pb2(cls, msg: pb.CompareSpec) -> "CompareSpec":
+        """Raw wire values; the agent fills in defaults and validates (device.limits)."""
+        return cls(
+            model_a_sha256=msg.model_a_sha256, model_b_sha256=msg.model_b_sha256,
+            session=SessionOptions.from_pb2(msg.session), rounds=msg.rounds, warmup=msg.warmup,
+            iterations=msg.iterations, min_duration_s=msg.min_duration_s, seed=msg.seed,
+            return_samples=msg.return_samples, dataset_sha256=msg.dataset_sha256,
+            metrics=tuple(msg.metrics), thermal=ThermalGate.from_pb2(msg.thermal),
+            free_batch_dims=tuple(sorted(msg.free_batch_dims.items())))
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["session"] = self.session.as_dict()
+        d["metrics"] = list(self.metrics)
+        d["free_batch_dims"] = dict(self.free_batch_dims)
+        d["thermal"] = None if self.thermal is None else self.thermal.as_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "CompareSpec":
+        d = dict(d)
+        d["session"] = SessionOptions.from_dict(d.get("session", {}))
+        d["metrics"] = tuple(d.get("metrics", ()))
+        d["free_batch_dims"] = tuple(sorted(d.get("free_batch_dims", {}).items()))
+        d["thermal"] = ThermalGate.from_dict(d.get("thermal"))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class CompareRound:
+    """One round: a fresh session of each model, ``b_first`` when B's ran first."""
+
+    a: BenchmarkResult
+    b: BenchmarkResult
+    b_first: bool = False
+
+    def as_pb2(self) -> pb.CompareRound:
+        return pb.CompareRound(a=self.a.as_pb2(), b=self.b.as_pb2(), b_first=self.b_first)
+
+    @classmethod
+    def from_pb2(cls, msg: pb.CompareRound) -> "CompareRound":
+        return cls(a=BenchmarkResult.from_pb2(msg.a), b=BenchmarkResult.from_pb2(msg.b),
+                   b_first=msg.b_first)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"a": self.a.as_dict(), "b": self.b.as_dict(), "b_first": self.b_first}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "CompareRound":
+        return cls(a=BenchmarkResult.from_dict(d["a"]), b=BenchmarkResult.from_dict(d["b"]),
+                   b_first=bool(d.get("b_first", False)))
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    rounds: Tuple[CompareRound, ...]
+    evaluate_a: Optional[EvaluateResult] = None     # set when a dataset was given
+    evaluate_b: Optional[EvaluateResult] = None
+    peak_rss_mb: float = 0.0
+
+    def as_pb2(self) -> pb.CompareResult:
+        msg = pb.CompareResult(rounds=[r.as_pb2() for r in self.rounds],
+                               peak_rss_mb=self.peak_rss_mb)
+        if self.evaluate_a is not None:
+            msg.evaluate_a.CopyFrom(self.evaluate_a.as_pb2())
+        if self.evaluate_b is not None:
+            msg.evaluate_b.CopyFrom(self.evaluate_b.as_pb2())
+        return msg
+
+    @classmethod
+    def from_pb2(cls, msg: pb.CompareResult) -> "CompareResult":
+        return cls(rounds=tuple(CompareRound.from_pb2(r) for r in msg.rounds),
+                   evaluate_a=EvaluateResult.from_pb2(msg.evaluate_a)
+                   if msg.HasField("evaluate_a") else None,
+                   evaluate_b=EvaluateResult.from_pb2(msg.evaluate_b)
+                   if msg.HasField("evaluate_b") else None,
+                   peak_rss_mb=msg.peak_rss_mb)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"rounds": [r.as_dict() for r in self.rounds],
+                "evaluate_a": None if self.evaluate_a is None else self.evaluate_a.as_dict(),
+                "evaluate_b": None if self.evaluate_b is None else self.evaluate_b.as_dict(),
+                "peak_rss_mb": self.peak_rss_mb}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "CompareResult":
+        def evaluation(doc: Any) -> Optional[EvaluateResult]:
+            return EvaluateResult.from_dict(doc) if doc else None
+        return cls(rounds=tuple(CompareRound.from_dict(r) for r in d.get("rounds", ())),
+                   evaluate_a=evaluation(d.get("evaluate_a")),
+                   evaluate_b=evaluation(d.get("evaluate_b")),
+                   peak_rss_mb=d.get("peak_rss_mb", 0.0))
+
+
+# Each kind of job: its JobSpec oneof name (the same name in Job's result oneof), its spec and
+# its result dataclass.
+JOB_KINDS: Dict[str, Tuple[Any, Any]] = {
+    "benchmark": (BenchmarkSpec, BenchmarkResult),
+    "evaluate": (EvaluateSpec, EvaluateResult),
+    "compare": (CompareSpec, CompareResult),
+}

@@ -128,7 +128,7 @@ def test_messages_name_what_this_version_cannot_read() -> None:
         Job.from_pb2(pb.Job.FromString(_job_bytes(9)))
     with pytest.raises(UnknownToThisVersion, match="job state 9"):
         JobEvent.from_pb2(pb.JobEvent(job_id="j1", state=9))
-    newer_result = _field(11, _field(1, b"a result of 0.2"))
+    newer_result = _field(20, _field(1, b"a result of 0.2"))  # a kind 0.2 adds
     with pytest.raises(UnknownToThisVersion, match="a job result of a new kind"):
         Job.from_pb2(pb.Job.FromString(_job_bytes(pb.JOB_STATE_SUCCEEDED, newer_result)))
     with pytest.raises(UnknownToThisVersion, match="a new kind of job"):
@@ -154,7 +154,7 @@ def test_the_host_reading_a_newer_agents_job_gets_a_clear_error(
     with AgentClient(agent.address, pki.host.identity) as client:
         for message in (pb.Job.FromString(_job_bytes(9)),
                         pb.Job.FromString(_job_bytes(pb.JOB_STATE_SUCCEEDED,
-                                                     _field(11, b"\x0a\x00")))):
+                                                     _field(20, b"\x0a\x00")))):
             with pytest.raises(IncompatibleError) as err:
                 client._read(Job.from_pb2, message)
             text = str(err.value)
