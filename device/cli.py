@@ -63,6 +63,9 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
                                              "default: any certificate of the CA)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                         help="default info")
+    parser.add_argument("--sysfs-root", type=Path, metavar="DIR",
+                        help="where the board's CPU frequency and thermal zones are read "
+                             "(default /sys; a test points it at a fake tree)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +89,7 @@ def _config(args: argparse.Namespace) -> Any:
     from edgetune.device.config import build_config
     overrides = {k: getattr(args, k) for k in (
         "listen", "ca", "cert", "key", "passphrase_file", "store", "ready_file",
-        "allowed_clients", "log_level")}
+        "allowed_clients", "log_level", "sysfs_root")}
     return build_config(args.config, overrides)
 
 

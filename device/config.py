@@ -11,6 +11,7 @@ agent.toml (every key optional; flags override it; relative paths are relative t
     ready_file = "/run/edgetune/ready" # written with the bound host:port once SERVING
     allowed_clients = ["laptop"]       # certificate names allowed to call; empty: any
     log_level = "info"
+    sysfs_root = "/sys"                # where CPU frequency and thermal zones are read
 
     [limits]                           # see device.limits.Limits for every key
     max_model_mb = 512
@@ -42,8 +43,9 @@ DEFAULT_STORE = "edgetune-store"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _TOP_KEYS = ("listen", "ca", "cert", "key", "passphrase_file", "store", "ready_file",
-             "allowed_clients", "log_level", "limits")
-_PATH_KEYS = ("ca", "cert", "key", "passphrase_file", "store", "ready_file")
+             "allowed_clients", "log_level", "limits", "sysfs_root")
+_PATH_KEYS = ("ca", "cert", "key", "passphrase_file", "store", "ready_file", "sysfs_root")
+DEFAULT_SYSFS_ROOT = "/sys"
 _MIB = 1 << 20
 
 
@@ -71,6 +73,7 @@ class AgentConfig:
     allowed_clients: Tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
     log_level: str = "info"
+    sysfs_root: Path = Path(DEFAULT_SYSFS_ROOT)  # class/thermal, devices/system/cpu below it
     source: Optional[Path] = None          # the agent.toml this came from, if any
 
     @property
@@ -92,6 +95,7 @@ class AgentConfig:
             "ready_file": str(self.ready_file) if self.ready_file else None,
             "allowed_clients": list(self.allowed_clients) or "any client certificate of the CA",
             "limits": dataclasses.asdict(self.limits), "log_level": self.log_level,
+            "sysfs_root": str(self.sysfs_root),
         }
 
 
@@ -155,7 +159,7 @@ def build_config(config_file: Optional[Path] = None,
     """The one place settings are merged: the TOML file, then the flags that were given.
 
     ``overrides`` holds flag values (None means "not given"): listen, ca, cert, key,
-    passphrase_file, store, ready_file, allowed_clients (a sequence), log_level. Flag paths
+    passphrase_file, store, ready_file, allowed_clients (a sequence), log_level, sysfs_root. Flag paths
     are taken as given (relative to the working directory); file paths relative to the file.
     """
     values: Dict[str, Any] = {}

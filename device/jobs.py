@@ -32,7 +32,8 @@ from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Set, Tuple
 from edgetune.device.errors import (Cancelled, FailedPrecondition, NotFound, ResourceExhausted,
                                     StatusError)
 from edgetune.device.jobdb import INTERRUPTED_CRASH, JobDatabase
-from edgetune.protos.messages import BenchmarkSpec, EvaluateSpec, Job, JobEvent, JobState, Progress
+from edgetune.protos.messages import (BenchmarkSpec, CompareSpec, EvaluateSpec, Job, JobEvent,
+                                      JobState, Progress)
 
 log = logging.getLogger("edgetune.agent.jobs")
 
@@ -95,7 +96,8 @@ class _Active:
 
     def uses(self, sha256: str) -> bool:
         spec = self.job.spec
-        return sha256 in (spec.model_sha256, getattr(spec, "dataset_sha256", ""))
+        models = getattr(spec, "models", (spec.model_sha256,))
+        return sha256 in (*models, getattr(spec, "dataset_sha256", ""))
 
     def broadcast(self, event: JobEvent) -> None:
         for box in list(self.watchers):
@@ -106,8 +108,9 @@ class JobQueue:
     """Durable FIFO of benchmark and evaluation jobs, run one at a time by ``runner``.
 
     ``runner`` has ``run_benchmark(spec, progress, cancelled)`` and
-    ``run_evaluate(spec, progress, cancelled)``: blocking calls that report ``Progress``
-    through ``progress`` (from their thread), return a result dataclass, and raise
+    ``run_evaluate(spec, progress, cancelled)`` (and ``run_compare`` for comparisons):
+    blocking calls that report ``Progress`` through ``progress`` (from their thread), return
+    a result dataclass, and raise
     ``edgetune.device.errors.Cancelled`` when ``cancelled`` (a ``threading.Event``) is set.
 
     ``signer`` (``edgetune.device.signing.ResultSigner``, holding the agent's key), when given,
@@ -222,8 +225,9 @@ class JobQueue:
     # ------------------------------------------------------------------ changes
 
     def submit(self, spec: Any, label: str = "", client: str = "") -> Tuple[Job, int]:
-        """Queue a validated BenchmarkSpec or EvaluateSpec; return the job and its position."""
-        if not isinstance(spec, (BenchmarkSpec, EvaluateSpec)):
+        """Queue a validated BenchmarkSpec, EvaluateSpec or CompareSpec; return the job and
+        its position."""
+        if not isinstance(spec, (BenchmarkSpec, EvaluateSpec, CompareSpec)):
             raise TypeError(f"not a job spec: {type(spec).__name__}")
         if self._stopping or self._worker is None:
             raise ShuttingDown("the agent is shutting down; submit the job again when it is back")
@@ -341,8 +345,8 @@ class JobQueue:
     async def _run(self, active: _Active) -> Job:
         job = active.job
         assert self._loop is not None
-        method = (self.runner.run_benchmark if isinstance(job.spec, BenchmarkSpec)
-                  else self.runner.run_evaluate)
+        method = getattr(self.runner, {"benchmark": "run_benchmark", "evaluate": "run_evaluate",
+                                       "compare": "run_compare"}[job.kind])
         progress = self._progress_callback(active)
         try:
             result = await self._loop.run_in_executor(

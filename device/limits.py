@@ -13,11 +13,11 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from edgetune.device.errors import InvalidArgument
 from edgetune.protos.messages import (EXECUTION_MODES, GRAPH_OPT_LEVELS, BenchmarkSpec, BlobKind,
-                             EvaluateSpec, SessionOptions)
+                             CompareSpec, EvaluateSpec, SessionOptions, ThermalGate)
 from edgetune.protos.shapes import format_dims
 
 GiB = 1 << 30
@@ -27,6 +27,9 @@ EVALUATE_METRICS = ("top1", "top5", "fidelity", "miou")
 MAX_INPUT_SHAPES = 64
 MAX_DIM = 1 << 24
 MAX_PROVIDERS = 16
+MAX_ROUNDS = 100                        # rounds of a comparison
+MAX_TEMP_C = 150.0                      # a --max-temp beyond this is a typo
+MAX_TEMP_WAIT_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,34 @@ def validate_benchmark(spec: BenchmarkSpec, limits: Limits) -> None:
                                   f"{_num(limits.max_duration_s)} seconds (got {duration!r})")
     if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or not 0 <= spec.seed < 2 ** 64:
         raise InvalidArgument(f"seed must be an integer between 0 and 2**64-1 (got {spec.seed!r})")
+    validate_thermal(spec.thermal)
     validate_session(spec.session, limits)
+
+
+def validate_thermal(gate: Optional[ThermalGate]) -> None:
+    """A thermal gate's limit (degrees C) and longest wait (seconds) must be sane numbers."""
+    if gate is None:
+        return
+    for name, value, high in (("max_temp_c", gate.max_temp_c, MAX_TEMP_C),
+                              ("max_wait_s", gate.max_wait_s, MAX_TEMP_WAIT_S)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise InvalidArgument(f"thermal {name} must be a finite number (got {value!r})")
+        _check_range(f"thermal {name}", value, 0, high)
+
+
+def validate_compare(spec: CompareSpec, limits: Limits) -> None:
+    """Raise InvalidArgument unless ``spec`` (with wire zeros already resolved) is runnable:
+    two models, 1..MAX_ROUNDS rounds, each session as a benchmark's, and (with a dataset) the
+    metrics an evaluation takes."""
+    check_sha256(spec.model_a_sha256, "model_a_sha256")
+    check_sha256(spec.model_b_sha256, "model_b_sha256")
+    _check_range("rounds", spec.rounds, 1, MAX_ROUNDS)
+    validate_benchmark(spec.benchmark(spec.model_a_sha256), limits)
+    if spec.dataset_sha256:
+        validate_evaluate(spec.evaluation(spec.model_a_sha256), limits)
+    elif spec.metrics:
+        raise InvalidArgument("metrics are evaluated on a dataset: set dataset_sha256 too")
 
 
 def validate_evaluate(spec: EvaluateSpec, limits: Limits) -> None:

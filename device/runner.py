@@ -17,12 +17,24 @@ reset at the start of the job (process peak when the kernel cannot reset it).
 
 Evaluate: the model and the dataset are loaded and the session created here; the batch loop
 and the metrics are in ``edgetune.device.evaluate`` (``evaluate_session``).
+
+Compare (``run_compare``): ``rounds`` rounds of one fresh session per model, A then B in even
+rounds, B then A in odd ones (A B B A A B ...), every session a benchmark of the same length
+on the same inputs, nothing else in between (one job); then, with a dataset, an evaluation of
+each model. Each session's numbers are kept (``CompareRound``).
+
+Thermal gating (a spec's ``thermal``): before each measured session the runner reads the
+hottest thermal zone under ``<sysfs_root>/class/thermal`` and waits, polling, until it is below
+the limit, for at most ``max_wait_s`` (then the job fails saying so); the wait and the
+temperature go into the session's ``ThermalReport``. A board without a readable zone gets a
+report with ``no_sensor`` set, and nothing is waited.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from array import array
@@ -32,12 +44,15 @@ import numpy as np
 
 from edgetune.device import sysinfo
 from edgetune.device.datasets import ORT_DTYPES, MatchedDataset, load_dataset, match_to_model
-from edgetune.device.errors import Cancelled, InvalidArgument, ResourceExhausted, StatusError
+from edgetune.device.errors import (Cancelled, FailedPrecondition, InvalidArgument,
+                                    ResourceExhausted, StatusError)
 from edgetune.device.evaluate import evaluate_session
 from edgetune.device.limits import Limits
 from edgetune.device.store import BlobStore
-from edgetune.protos.messages import (BenchmarkResult, BenchmarkSpec, BlobKind, EvaluateResult,
-                             EvaluateSpec, LatencyStats, Progress, SessionOptions)
+from edgetune.protos.messages import (BenchmarkResult, BenchmarkSpec, BlobKind, CompareResult,
+                                      CompareRound, CompareSpec, EvaluateResult, EvaluateSpec,
+                                      LatencyStats, Progress, SessionOptions, ThermalGate,
+                                      ThermalReport)
 from edgetune.protos.shapes import shape_flag
 
 log = logging.getLogger("edgetune.agent.runner")
@@ -49,6 +64,8 @@ MAX_DATASET_FEEDS = 64                  # distinct batches a dataset-fed benchma
 GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                 "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 EXEC_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
+DEFAULT_THERMAL_WAIT_S = 300.0          # a gate's longest wait when the spec gives none
+THERMAL_POLL_S = 0.25
 
 
 class _Reporter:
@@ -58,6 +75,7 @@ class _Reporter:
         self.callback = callback
         self.cancelled = cancelled
         self.next_ns = 0
+        self.prefix = ""                # e.g. "round 2/5 B": put before every message
 
     def check(self) -> None:
         if self.cancelled.is_set():
@@ -68,6 +86,8 @@ class _Reporter:
         now_ns = now_ns or time.perf_counter_ns()
         if force or now_ns >= self.next_ns:
             self.next_ns = now_ns + PROGRESS_EVERY_NS
+            if self.prefix:
+                message = f"{self.prefix}: {message}" if message else self.prefix
             self.callback(Progress(done=done, total=total, phase=phase, message=message))
 
 
@@ -192,9 +212,11 @@ def _run(session: Any, names: List[str], feeds: Feeds) -> List[np.ndarray]:
 class Runner:
     """Benchmarks and evaluations of blobs from ``store``, within ``limits``."""
 
-    def __init__(self, store: BlobStore, limits: Limits) -> None:
+    def __init__(self, store: BlobStore, limits: Limits, sysfs_root: str = "/sys") -> None:
         self.store = store
         self.limits = limits
+        self.thermal_root = os.path.join(sysfs_root, "class", "thermal")
+        self.cpu_root = os.path.join(sysfs_root, "devices", "system", "cpu")
 
     # ------------------------------------------------------------------ benchmark
     def run_benchmark(self, spec: BenchmarkSpec, progress: ProgressFn,
@@ -205,6 +227,13 @@ class Runner:
         dataset = load_dataset(self.store.path(BlobKind.DATASET, spec.dataset_sha256)) \
             if spec.dataset_sha256 else None
         sysinfo.reset_peak_rss()
+        return self._session(spec, model_path, dataset, rep)
+
+    def _session(self, spec: BenchmarkSpec, model_path: Any, dataset: Any,
+                 rep: _Reporter) -> BenchmarkResult:
+        """One measured session: wait for the board to cool (``spec.thermal``), create the
+        session, build the inputs, first run, warm-up, the timed loop."""
+        thermal = self._thermal_gate(spec.thermal, rep)
         rep.report("load", 0, 0, "creating the onnxruntime session", force=True)
         session, load_ms = create_session(model_path, spec.session)
         inputs, names = session.get_inputs(), [o.name for o in session.get_outputs()]
@@ -245,8 +274,79 @@ class Runner:
             throughput_ips=iterations * batch / measured_s if measured_s > 0 else 0.0,
             load_ms=load_ms, first_run_ms=first_run_ms, peak_rss_mb=sysinfo.peak_rss_mb(),
             iterations=iterations, warmup=spec.warmup, measured_s=measured_s,
-            samples_ms=returned, cpu_freq_mhz=sysinfo.cpu_freq_mhz(),
-            temperature_c=sysinfo.temperature_c(), providers=tuple(session.get_providers()))
+            samples_ms=returned, cpu_freq_mhz=sysinfo.cpu_freq_mhz(self.cpu_root),
+            temperature_c=sysinfo.temperature_c(self.thermal_root),
+            providers=tuple(session.get_providers()), thermal=thermal)
+
+    def _thermal_gate(self, gate: Optional[ThermalGate],
+                      rep: _Reporter) -> Optional[ThermalReport]:
+        """Wait until the hottest thermal zone is below ``gate.max_temp_c`` (None: no gate).
+        FailedPrecondition when it is still not after ``gate.max_wait_s``."""
+        if gate is None or not gate.max_temp_c:
+            return None
+        limit = gate.max_temp_c
+        temp = sysinfo.hottest_zone_c(self.thermal_root)
+        if temp is None:
+            log.warning("thermal gating asked (%g °C) but %s has no readable thermal zone",
+                        limit, self.thermal_root)
+            return ThermalReport(max_temp_c=limit, no_sensor=True)
+        max_wait = gate.max_wait_s or DEFAULT_THERMAL_WAIT_S
+        start = time.monotonic()
+        waited = 0.0
+        while temp >= limit:
+            waited = time.monotonic() - start
+            if waited >= max_wait:
+                raise FailedPrecondition(
+                    f"the board stayed at or above {limit:g} °C for {waited:.0f} s "
+                    f"(hottest thermal zone {temp:.1f} °C), the longest wait asked; let it "
+                    "cool, or raise --max-temp-wait or --max-temp")
+            rep.report("cool", int(waited * 1000), int(max_wait * 1000),
+                       f"waiting for the board to cool: {temp:.1f} °C, below {limit:g} "
+                       "wanted")
+            if rep.cancelled.wait(THERMAL_POLL_S):
+                rep.check()
+            reading = sysinfo.hottest_zone_c(self.thermal_root)
+            if reading is None:     # the zone went away: nothing more to wait for
+                return ThermalReport(max_temp_c=limit, no_sensor=True, waited_s=waited)
+            temp = reading
+        if waited:
+            waited = time.monotonic() - start
+            log.info("waited %.1f s for the board to cool below %g °C", waited, limit)
+        return ThermalReport(max_temp_c=limit, waited_s=waited, start_temp_c=temp)
+
+    # ------------------------------------------------------------------ compare
+    def run_compare(self, spec: CompareSpec, progress: ProgressFn,
+                    cancelled: threading.Event) -> CompareResult:
+        """Interleaved rounds (A B, B A, A B, ...), then the evaluation of both with a
+        dataset; see the module's docstring."""
+        rep = _Reporter(progress, cancelled)
+        rep.check()
+        paths = {sha: self.store.path(BlobKind.MODEL, sha) for sha in spec.models}
+        dataset = load_dataset(self.store.path(BlobKind.DATASET, spec.dataset_sha256)) \
+            if spec.dataset_sha256 else None
+        sysinfo.reset_peak_rss()
+        shas = {"a": spec.model_a_sha256, "b": spec.model_b_sha256}
+        rounds: List[CompareRound] = []
+        for index in range(spec.rounds):
+            b_first = index % 2 == 1
+            done: Dict[str, BenchmarkResult] = {}
+            for which in ("b", "a") if b_first else ("a", "b"):
+                rep.prefix = f"round {index + 1}/{spec.rounds} {which.upper()}"
+                done[which] = self._session(spec.benchmark(shas[which]), paths[shas[which]],
+                                            None, rep)
+            rounds.append(CompareRound(a=done["a"], b=done["b"], b_first=b_first))
+        evaluations: Dict[str, Optional[EvaluateResult]] = {"a": None, "b": None}
+        if dataset is not None:
+            for which in ("a", "b"):
+                rep.prefix = f"evaluate {which.upper()}"
+                rep.report("load", 0, 0, "creating the onnxruntime session", force=True)
+                session, load_ms = create_session(paths[shas[which]], spec.session)
+                evaluations[which] = evaluate_session(
+                    session, load_ms, dataset, spec.evaluation(shas[which]), rep, _run)
+                del session
+        rep.prefix = ""
+        return CompareResult(rounds=tuple(rounds), evaluate_a=evaluations["a"],
+                             evaluate_b=evaluations["b"], peak_rss_mb=sysinfo.peak_rss_mb())
 
     def _measure(self, session: Any, names: List[str], feeds: List[Feeds], spec: BenchmarkSpec,
                  rep: _Reporter) -> Tuple["array[int]", int]:

@@ -246,7 +246,7 @@ class AgentServer:
 
     def _make_runner(self, store: BlobStore) -> Any:
         from edgetune.device.runner import Runner
-        return Runner(store, self.config.limits)
+        return Runner(store, self.config.limits, sysfs_root=str(self.config.sysfs_root))
 
     async def stop(self, grace: float = 5.0) -> None:
         """Graceful stop: NOT_SERVING, no ready file, interrupt the running job, drain calls."""

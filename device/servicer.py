@@ -26,19 +26,21 @@ import grpc.aio
 from edgetune.device.auth import peer_name
 from edgetune.device.errors import FailedPrecondition, InvalidArgument, StatusError
 from edgetune.device.jobs import JobQueue
-from edgetune.device.limits import Limits, validate_benchmark, validate_evaluate
+from edgetune.device.limits import Limits, validate_benchmark, validate_compare, validate_evaluate
 from edgetune.device.store import BlobStore, UploadState, safe_label
 from edgetune.protos import agent_pb2 as pb
 from edgetune.protos import agent_pb2_grpc
 from edgetune.protos.messages import (INCOMPATIBLE_METADATA, VERSION_METADATA, AgentInfo,
-                                      BenchmarkResult, BenchmarkSpec, BlobKind, EvaluateSpec, Job,
-                                      UnknownToThisVersion, job_spec_from_pb2)
+                                      BenchmarkResult, BenchmarkSpec, BlobKind, CompareResult,
+                                      CompareSpec, EvaluateSpec, Job, UnknownToThisVersion,
+                                      job_spec_from_pb2)
 
 log = logging.getLogger("edgetune.agent.servicer")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Agent"].full_name
 DEFAULT_WARMUP = 10
 DEFAULT_ITERATIONS = 100
+DEFAULT_ROUNDS = 5
 SUMMARY_CACHE = 32
 WRITES_IN_FLIGHT = 4                  # upload chunks queued for the writer thread
 
@@ -73,7 +75,23 @@ def with_defaults(spec: Any) -> Any:
         return dataclasses.replace(spec, **changes) if changes else spec
     if isinstance(spec, EvaluateSpec) and spec.batch_size == 0:
         return dataclasses.replace(spec, batch_size=1)
+    if isinstance(spec, CompareSpec):
+        changes = {}
+        if spec.rounds == 0:
+            changes["rounds"] = DEFAULT_ROUNDS
+        if spec.warmup == 0:
+            changes["warmup"] = DEFAULT_WARMUP
+        if spec.iterations == 0 and spec.min_duration_s == 0:
+            changes["iterations"] = DEFAULT_ITERATIONS
+        return dataclasses.replace(spec, **changes) if changes else spec
     return spec
+
+
+def input_signature(summary: Any) -> str:
+    """A model's inputs as one comparable text: "input float32 [N, 1, 8, 8], ..."."""
+    def dims(shape: Any) -> str:
+        return "?" if shape is None else "[" + ", ".join(str(d) if d else "?" for d in shape) + "]"
+    return ", ".join(f"{v.name} {v.dtype} {dims(v.shape)}" for v in summary.inputs)
 
 
 def free_batch_dim(shape: Optional[Sequence[Any]]) -> Optional[str]:
@@ -268,12 +286,18 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             raise InvalidArgument(f"{exc}: set spec.benchmark or spec.evaluate") from None
         if isinstance(spec, BenchmarkSpec):
             validate_benchmark(spec, self.limits)
+        elif isinstance(spec, CompareSpec):
+            validate_compare(spec, self.limits)
         else:
             validate_evaluate(spec, self.limits)
         model_path = await self._thread(store.path, BlobKind.MODEL, spec.model_sha256)
         if spec.dataset_sha256:
             await self._thread(store.path, BlobKind.DATASET, spec.dataset_sha256)
-        spec = await self._check_inputs(spec, model_path)
+        if isinstance(spec, CompareSpec):
+            b_path = await self._thread(store.path, BlobKind.MODEL, spec.model_b_sha256)
+            spec = await self._check_compare(spec, model_path, b_path)
+        else:
+            spec = await self._check_inputs(spec, model_path)
         job, position = queue.submit(spec, label=safe_label(request.spec.label),
                                      client=peer_name(context))
         return pb.SubmitJobResponse(job=job.as_pb2(), queue_position=position)
@@ -283,15 +307,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         model lacks, and (random inputs only) dynamic dimensions left without a shape, except
         a free batch dimension, which is set to 1 (``free_batch_dim``) as onnxruntime_perf_test
         does. Returns the spec to run: with those shapes and ``free_batch_dims`` filled in."""
-        summary = self._summaries.get(spec.model_sha256)
-        if summary is None:
-            from edgetune.device.onnx_safety import inspect_model
-            summary = await self._thread(inspect_model, model_path, self.limits.max_model_bytes)
-            self._summaries[spec.model_sha256] = summary
-            while len(self._summaries) > SUMMARY_CACHE:
-                self._summaries.popitem(last=False)
-        else:
-            self._summaries.move_to_end(spec.model_sha256)
+        summary = await self._summary(spec.model_sha256, model_path)
         names = [i.name for i in summary.inputs]
         shapes = spec.session.shapes()
         for name in shapes:
@@ -322,6 +338,31 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                     f"{value.name}={example} (session input_shapes) to fix them")
         session = dataclasses.replace(spec.session, input_shapes=tuple(sorted(shapes.items())))
         return dataclasses.replace(spec, session=session, free_batch_dims=tuple(sorted(free.items())))
+
+    async def _summary(self, sha256: str, model_path: Path) -> Any:
+        """The model's ``inspect_model`` summary (cached by hash)."""
+        summary = self._summaries.get(sha256)
+        if summary is None:
+            from edgetune.device.onnx_safety import inspect_model
+            summary = await self._thread(inspect_model, model_path, self.limits.max_model_bytes)
+            self._summaries[sha256] = summary
+            while len(self._summaries) > SUMMARY_CACHE:
+                self._summaries.popitem(last=False)
+        else:
+            self._summaries.move_to_end(sha256)
+        return summary
+
+    async def _check_compare(self, spec: CompareSpec, a_path: Path, b_path: Path) -> CompareSpec:
+        """A comparison runs both models on the same inputs: refuse two models whose inputs
+        differ (names, types, shapes), then check the inputs as a benchmark's."""
+        a = input_signature(await self._summary(spec.model_a_sha256, a_path))
+        b = input_signature(await self._summary(spec.model_b_sha256, b_path))
+        if a != b:
+            raise InvalidArgument(f"models A and B take different inputs (A: {a}; B: {b}); a "
+                                  "comparison runs both on the same inputs")
+        checked = await self._check_inputs(spec.benchmark(spec.model_a_sha256), a_path)
+        return dataclasses.replace(spec, session=checked.session,
+                                   free_batch_dims=checked.free_batch_dims)
 
     @_rpc
     async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.GetJobResponse:
@@ -454,6 +495,12 @@ def _without_samples(job: Job) -> Job:
     result = job.result
     if isinstance(result, BenchmarkResult) and result.samples_ms:
         return dataclasses.replace(job, result=dataclasses.replace(result, samples_ms=()))
+    if isinstance(result, CompareResult) and any(r.a.samples_ms or r.b.samples_ms
+                                                 for r in result.rounds):
+        rounds = tuple(dataclasses.replace(r, a=dataclasses.replace(r.a, samples_ms=()),
+                                           b=dataclasses.replace(r.b, samples_ms=()))
+                       for r in result.rounds)
+        return dataclasses.replace(job, result=dataclasses.replace(result, rounds=rounds))
     return job
 
 

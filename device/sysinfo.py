@@ -143,6 +143,13 @@ def cpu_freq_mhz(root: str = "/sys/devices/system/cpu") -> float:
 
 def temperature_c(root: str = "/sys/class/thermal") -> float:
     """The hottest thermal zone in degrees C (0.0 if none is exposed)."""
+    hottest = hottest_zone_c(root)
+    return hottest if hottest is not None else 0.0
+
+
+def hottest_zone_c(root: str = "/sys/class/thermal") -> Optional[float]:
+    """The hottest thermal zone in degrees C; None when the board exposes none (no readable
+    ``thermal_zone*/temp`` under ``root``)."""
     hottest: Optional[float] = None
     for path in glob.glob(os.path.join(root, "thermal_zone*", "temp")):
         text = _read(path).strip()
@@ -153,7 +160,7 @@ def temperature_c(root: str = "/sys/class/thermal") -> float:
         celsius = value / 1000.0 if abs(value) >= 200 else float(value)  # some report degrees
         if -100.0 < celsius < 200.0 and (hottest is None or celsius > hottest):
             hottest = celsius
-    return hottest if hottest is not None else 0.0
+    return hottest
 
 
 def rss_mb() -> float:

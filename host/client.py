@@ -28,8 +28,8 @@ from edgetune.host.interrupts import GATE, SigintGate
 from edgetune.host.rpcerrors import RpcContext, translate_rpc_error
 from edgetune.protos import agent_pb2 as pb
 from edgetune.protos import agent_pb2_grpc
-from edgetune.protos.messages import (VERSION_METADATA, AgentInfo, BenchmarkSpec, BlobInfo,
-                                      BlobKind, Job, JobEvent, UnknownToThisVersion)
+from edgetune.protos.messages import (JOB_KINDS, VERSION_METADATA, AgentInfo, BlobInfo, BlobKind,
+                                      Job, JobEvent, UnknownToThisVersion)
 
 log = logging.getLogger(__name__)
 
@@ -322,12 +322,11 @@ class AgentClient:
 
     # ------------------------------------------------------------------ jobs
     def submit(self, spec: Any, label: str = "") -> Tuple[Job, int]:
-        """Queue a BenchmarkSpec or EvaluateSpec; (the job, its queue position: 0 = running)."""
+        """Queue a BenchmarkSpec, EvaluateSpec or CompareSpec; (the job, its queue position:
+        0 = running)."""
         message = pb.JobSpec(label=label)
-        if isinstance(spec, BenchmarkSpec):
-            message.benchmark.CopyFrom(spec.as_pb2())
-        else:
-            message.evaluate.CopyFrom(spec.as_pb2())
+        kind = next(k for k, (cls, _) in JOB_KINDS.items() if isinstance(spec, cls))
+        getattr(message, kind).CopyFrom(spec.as_pb2())
         reply = self._call("SubmitJob", pb.SubmitJobRequest(spec=message))
         return self._read(Job.from_pb2, reply.job), reply.queue_position
 
