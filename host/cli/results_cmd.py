@@ -5,6 +5,7 @@
     edgetune results show ID [--json]
     edgetune results compare ID ID... [--json]
     edgetune results export [filters] --format csv|json|md [-o FILE]
+    edgetune results report [filters] -o DIR [--force]
     edgetune results rm ID...
 
 Every subcommand takes ``--db URL`` (else $EDGETUNE_DB, ``[results] db`` in edgetune.toml,
@@ -176,6 +177,32 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """DIR/report.md with its plots (edgetune.host.results.report)."""
+    from edgetune.host.results import report
+
+    report.check_output_dir(args.output, args.force)
+    if not args.no_plots:
+        from edgetune.host.results.report_plots import pyplot
+        pyplot()                          # matplotlib missing: say so before any work
+    where = build_filter(args)
+    with open_store(args) as store:
+        records = store.list(where, limit=None, newest_first=False)
+        samples = store.samples_for([r.id for r in records if r.kind == "bench"])
+    selection = " ".join(f"--{k} {getattr(args, k)}" for k in
+                         ("kind", "model", "device", "label", "since") if getattr(args, k))
+    built = report.build_report(records, samples, selection=selection)
+    files = report.write_report(built, args.output, force=args.force, plots=not args.no_plots)
+    if args.json:
+        from edgetune.host import render
+        render.print_json({"report": str(files[-1]), "files": [str(f) for f in files],
+                           "results": len(records)})
+    else:
+        print(f"wrote {args.output / report.REPORT_NAME} ({len(records)} results, "
+              f"{len(files) - 1} plots)", file=sys.stderr)
+    return 0
+
+
 def cmd_rm(args: argparse.Namespace) -> int:
     from edgetune.host import render
 
@@ -231,6 +258,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=FORMATS, required=True)
     p.add_argument("-o", "--output", type=Path, metavar="FILE",
                    help="write here (atomically) instead of stdout")
+
+    p = action("report", "a folder with report.md and PNG plots (matplotlib)", cmd_report)
+    _filters(p)
+    p.add_argument("-o", "--output", type=Path, metavar="DIR", required=True,
+                   help="the folder to write (must not exist, or be empty)")
+    p.add_argument("--force", action="store_true", help="write into a DIR that is not empty "
+                   "(replacing report.md and its plots there)")
+    p.add_argument("--no-plots", action="store_true", help="the Markdown only (no matplotlib)")
 
     p = action("rm", "remove results", cmd_rm)
     p.add_argument("ids", nargs="+", metavar="ID", help="result ids (prefixes)")

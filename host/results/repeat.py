@@ -16,7 +16,7 @@ not report never flags anything.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 FREQ_DROP_PCT = 5.0        # flag: CPU frequency more than 5 % below the first repetition's
 TEMP_RISE_C = 5.0          # flag: temperature more than 5 degC above the first repetition's
@@ -146,12 +146,3 @@ class RepeatSet:
 def thresholds() -> Dict[str, float]:
     return {"cpu_freq_drop_pct": FREQ_DROP_PCT, "temperature_rise_c": TEMP_RISE_C}
 
-
-def group_records(records: Sequence[Any]) -> List[Tuple[str, List[Any]]]:
-    """Stored records of repeated runs grouped by run_id and model, oldest first (for reports
-    and checks on records read back from the store)."""
-    groups: Dict[Tuple[str, str], List[Any]] = {}
-    for record in sorted(records, key=lambda r: r.id):
-        if record.run_id:
-            groups.setdefault((record.run_id, record.model.sha256), []).append(record)
-    return [(run_id, recs) for (run_id, _), recs in groups.items()]

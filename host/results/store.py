@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -149,6 +149,18 @@ class ResultsStore:
             query = query.limit(limit)
         with self.engine.connect() as conn:
             return [_record(row, None) for row in conn.execute(query)]
+
+    def samples_for(self, ids: Sequence[str]) -> Dict[str, Tuple[float, ...]]:
+        """The raw samples of the records ``ids`` (full ids) that kept them, in few queries."""
+        found: Dict[str, Tuple[float, ...]] = {}
+        ids = list(ids)
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                query = (sa.select(result_samples.c.result_id, result_samples.c.samples_ms)
+                         .where(result_samples.c.result_id.in_(ids[start:start + 500])))
+                for result_id, values in conn.execute(query):
+                    found[result_id] = tuple(values)
+        return found
 
     def find_job(self, device: str, job_id: str) -> Optional[str]:
         """The id of the record of a board's job, if it was recorded."""
