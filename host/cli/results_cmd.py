@@ -6,6 +6,7 @@
     edgetune results compare ID ID... [--json]
     edgetune results export [filters] --format csv|json|md [-o FILE]
     edgetune results report [filters] -o DIR [--force]
+    edgetune results verify ID | --file EXPORTED.json [--ca CA_CERT] [--json]
     edgetune results rm ID...
 
 Every subcommand takes ``--db URL`` (else $EDGETUNE_DB, ``[results] db`` in edgetune.toml,
@@ -269,3 +270,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = action("rm", "remove results", cmd_rm)
     p.add_argument("ids", nargs="+", metavar="ID", help="result ids (prefixes)")
+
+    from edgetune.host.cli import results_verify
+    p = action("verify", "check the boards' signatures of results against the CA",
+               results_verify.cmd_verify)
+    results_verify.arguments(p)

@@ -65,6 +65,25 @@ def parent_sha256(path: Path, sha256: str) -> Optional[str]:
     return parent if isinstance(parent, str) and len(parent) == 64 else None
 
 
+def signed_device(doc: Dict[str, Any], signed: Any) -> Dict[str, Any]:
+    """``doc`` with the agent's name and versions as the agent signed them for this job (they
+    describe the measurement even when the board was upgraded before the host asked)."""
+    if signed is None:
+        return doc
+    from edgetune.certs.signing import SignatureError, decode_payload
+    try:
+        agent = decode_payload(signed.payload).get("agent") or {}
+    except (SignatureError, AttributeError):
+        return doc                      # ``results verify`` says what is wrong with it
+    doc = dict(doc)
+    if agent.get("name"):
+        doc["agent_name"] = agent["name"]
+    for key in ("agent_version", "onnxruntime_version", "python_version"):
+        if agent.get(key):
+            doc[key] = agent[key]
+    return doc
+
+
 def _known(value: float) -> Optional[float]:
     """The board reports 0 for what it cannot read (no cpufreq, no thermal zone)."""
     return value if value and math.isfinite(value) else None
@@ -79,11 +98,12 @@ def record_from_run(run: Any, *, label: str = "", run_id: Optional[str] = None,
     result = run.result
     if result is None:
         return None
+    signed = getattr(run, "signed", None)
     common: Dict[str, Any] = dict(
         model=model_ref(run.model, run.model_sha256, run.model_path),
         options=options_record(run.options),
-        device=device_doc(run.board), host=host_doc(), job_id=run.job_id,
-        label=label or run.label, run_id=run_id)
+        device=signed_device(device_doc(run.board), signed), host=host_doc(), job_id=run.job_id,
+        label=label or run.label, run_id=run_id, signature=signed)
     if isinstance(result, BenchmarkResult):
         lat = result.latency
         metrics = {"latency_ms": {k: getattr(lat, f"{k}_ms") for k in LATENCY_KEYS},
@@ -114,6 +134,7 @@ class StoreRecorder:
         self.run_id = run_id
         self.kind = kind
         self.ids: Dict[Tuple[str, str], str] = {}
+        self.comparisons: Dict[Tuple[str, str], Tuple[Any, Any]] = {}
         self._notes: Dict[Tuple[str, str], Dict[str, Any]] = {}
 
     def annotate(self, board: str, job_id: str, *, run_id: Optional[str] = None,
@@ -129,6 +150,9 @@ class StoreRecorder:
         key = (run.board.name, run.job_id)
         if key in self.ids:
             return
+        if run.kind == "compare":
+            self._record_comparison(key, run)
+            return
         existing = self.store.find_job(run.board.name, run.job_id)
         if existing is not None:
             self.ids[key] = existing
@@ -141,6 +165,24 @@ class StoreRecorder:
                              board_state={**record.board_state, **note["board_state"]})
         if record is not None:
             self.ids[key] = self.store.add(record).id
+
+    def _record_comparison(self, key: Tuple[str, str], run: Any) -> None:
+        """A comparison job: its two records (one per measured model, kind ``compare``, one
+        run_id) added together; ``ids[key]`` is B's (it holds the change), ``comparisons[key]``
+        both stored records."""
+        from edgetune.host.results.compare import comparison_records
+
+        existing = self.store.find_job(*key)
+        if existing is not None:
+            self.ids[key] = existing
+            return
+        from ulid import ULID
+
+        records = comparison_records(run, label=self.label, run_id=self.run_id or str(ULID()))
+        if records is not None:
+            a, b = self.store.add_many(list(records))
+            self.ids[key] = b.id
+            self.comparisons[key] = (a, b)
 
     def result_id(self, run: Any) -> Optional[str]:
         return self.ids.get((run.board.name, run.job_id))

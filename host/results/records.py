@@ -3,13 +3,21 @@
 Frozen dataclasses, built by the board-session layer (or by ``quantize``) and written by the
 store; the JSON document of a record (``Record.as_json``) is what ``results show --json`` and
 ``results export --format json`` print, and ``Record.from_json`` reads it back.
+
+A record made from a signed board result keeps the agent's signature (``signature``, a
+``SignedResult``): the JSON document then holds ``signature`` (base64), ``signed_payload``
+(the exact signed bytes, ASCII text), ``signature_algorithm`` and ``agent_cert_pem``, all
+null for an unsigned record. ``edgetune.host.results.verify`` checks them.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Mapping, Optional, Tuple
+
+from edgetune.protos.messages import SignedResult
 
 KINDS = ("bench", "eval", "quantize", "compare", "demo")
 
@@ -46,6 +54,7 @@ class Record:
     samples_ms: Optional[Tuple[float, ...]] = None
     id: str = ""
     created: Optional[_dt.datetime] = None
+    signature: Optional[SignedResult] = None       # the agent's, when it signs
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -59,7 +68,9 @@ class Record:
     def stored(self, record_id: str, created: _dt.datetime) -> "Record":
         return replace(self, id=record_id, created=created)
 
-    def as_json(self, *, samples: bool = True) -> Dict[str, Any]:
+    def as_json(self, *, samples: bool = True, signature: Optional[bool] = None) -> Dict[str, Any]:
+        """The record's JSON document. ``samples=False`` (a listing) leaves out the raw
+        samples and, unless ``signature`` says otherwise, the signature keys."""
         doc: Dict[str, Any] = {
             "id": self.id, "kind": self.kind,
             "created": self.created.isoformat() if self.created else None,
@@ -71,6 +82,8 @@ class Record:
         }
         if samples and self.samples_ms is not None:
             doc["samples_ms"] = list(self.samples_ms)
+        if samples if signature is None else signature:
+            doc.update(signature_json(self.signature))
         return doc
 
     @classmethod
@@ -89,4 +102,34 @@ class Record:
             label=doc.get("label") or "", run_id=doc.get("run_id"), job_id=doc.get("job_id"),
             samples_ms=tuple(samples) if samples is not None else None,
             id=doc.get("id") or "",
-            created=_dt.datetime.fromisoformat(created) if created else None)
+            created=_dt.datetime.fromisoformat(created) if created else None,
+            signature=signature_from_json(doc))
+
+
+SIGNATURE_KEYS = ("signature", "signed_payload", "signature_algorithm", "agent_cert_pem")
+
+
+def signature_json(signed: Optional[SignedResult]) -> Dict[str, Any]:
+    """The signature keys of a record's JSON document (all None when unsigned)."""
+    if signed is None:
+        return dict.fromkeys(SIGNATURE_KEYS)
+    return {"signature": base64.b64encode(signed.signature).decode("ascii"),
+            "signed_payload": signed.payload.decode("utf-8", "surrogateescape"),
+            "signature_algorithm": signed.algorithm, "agent_cert_pem": signed.agent_cert_pem}
+
+
+def signature_from_json(doc: Mapping[str, Any]) -> Optional[SignedResult]:
+    """The signature of a record's JSON document, None when it has none; ValueError when
+    it is malformed (not base64, a key missing)."""
+    if not any(doc.get(k) for k in SIGNATURE_KEYS):
+        return None
+    missing = [k for k in SIGNATURE_KEYS if not isinstance(doc.get(k), str) or not doc.get(k)]
+    if missing:
+        raise ValueError(f"the signature is incomplete: {', '.join(missing)} missing")
+    try:
+        signature = base64.b64decode(doc["signature"], validate=True)
+    except ValueError:
+        raise ValueError("the signature is not base64") from None
+    return SignedResult(payload=doc["signed_payload"].encode("utf-8", "surrogateescape"),
+                        signature=signature, algorithm=doc["signature_algorithm"],
+                        agent_cert_pem=doc["agent_cert_pem"])

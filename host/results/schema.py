@@ -4,7 +4,9 @@ One row per measured model in ``results``; the raw latency samples (which can be
 numbers) live in ``result_samples`` so that listing and exporting never read them unless asked.
 Everything a record knows about its provenance that is not filtered on is kept in JSON columns
 (``options``, ``device``, ``board_state``, ``host``, ``metrics``), so a new metric or board field
-needs no migration; what is filtered or joined on has a column and an index.
+needs no migration; what is filtered or joined on has a column and an index. The agent's
+signature (the signed bytes, the signature, its algorithm, the agent certificate) has nullable
+columns that listing does not read.
 
 The migrations in ``migrations/versions`` create exactly this schema; tests check that the two
 agree (a migrated database and ``metadata`` compare equal).
@@ -39,6 +41,11 @@ results = sa.Table(
     sa.Column("board_state", sa.JSON, nullable=False),
     sa.Column("host", sa.JSON, nullable=False),
     sa.Column("metrics", sa.JSON, nullable=False),
+    # the agent's signature of what it measured (revision 0002); NULL: an unsigned record
+    sa.Column("signature", sa.LargeBinary, nullable=True),
+    sa.Column("signed_payload", sa.LargeBinary, nullable=True),    # the exact signed bytes
+    sa.Column("signature_algorithm", sa.String(64), nullable=True),
+    sa.Column("agent_cert_pem", sa.Text, nullable=True),
     sa.Index("ix_results_created", "created"),
     sa.Index("ix_results_kind", "kind"),
     sa.Index("ix_results_model_sha256", "model_sha256"),

@@ -27,8 +27,12 @@ from edgetune.host.results.engine import (WRITE, as_url, connection_error, creat
                                           safe_url)
 from edgetune.host.results.records import ModelRef, Record
 from edgetune.host.results.schema import result_samples, results
+from edgetune.protos.messages import SignedResult
 
 _ID_PREFIX = re.compile(r"^[0-9A-HJKMNP-TV-Z]{1,26}$")   # Crockford base32, as ULIDs are written
+_SIGNATURE_COLUMNS = ("signature", "signed_payload", "signature_algorithm", "agent_cert_pem")
+# What listing reads: everything but the signatures (a few KB each; ``get`` reads them).
+_LISTED = [c for c in results.c if c.name not in _SIGNATURE_COLUMNS]
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,7 @@ class ResultsStore:
 
     def list(self, where: ResultFilter = ResultFilter(), limit: Optional[int] = 50,
              *, newest_first: bool = True) -> List[Record]:
-        query = sa.select(results)
+        query = sa.select(*_LISTED)
         for condition in _conditions(where):
             query = query.where(condition)
         query = query.order_by(results.c.id.desc() if newest_first else results.c.id.asc())
@@ -208,7 +212,25 @@ def _row(record: Record) -> dict:
         "options": dict(record.options), "device": dict(record.device),
         "board_state": dict(record.board_state), "host": dict(record.host),
         "metrics": dict(record.metrics),
-    })
+    }) | _signature_row(record.signature)
+
+
+def _signature_row(signed: Optional[SignedResult]) -> dict:
+    if signed is None:
+        return dict.fromkeys(_SIGNATURE_COLUMNS)
+    return {"signature": signed.signature, "signed_payload": signed.payload,
+            "signature_algorithm": signed.algorithm, "agent_cert_pem": signed.agent_cert_pem}
+
+
+def _signature(row: Any) -> Optional[SignedResult]:
+    """The row's signature; None when unsigned or not read (listing)."""
+    mapping = row._mapping
+    if "signature" not in mapping or mapping["signature"] is None:
+        return None
+    return SignedResult(payload=bytes(mapping["signed_payload"] or b""),
+                        signature=bytes(mapping["signature"]),
+                        algorithm=mapping["signature_algorithm"] or "",
+                        agent_cert_pem=mapping["agent_cert_pem"] or "")
 
 
 def _record(row: Any, samples: Optional[list]) -> Record:
@@ -221,4 +243,4 @@ def _record(row: Any, samples: Optional[list]) -> Record:
                        parent_sha256=row.parent_sha256),
         dataset_sha256=row.dataset_sha256, job_id=row.job_id, options=row.options,
         device=row.device, board_state=row.board_state, host=row.host, metrics=row.metrics,
-        samples_ms=tuple(samples) if samples is not None else None)
+        samples_ms=tuple(samples) if samples is not None else None, signature=_signature(row))
