@@ -25,8 +25,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from edgetune.host.errors import NotFoundError, UsageError
 from edgetune.protos.messages import (AgentInfo, BenchmarkResult, BenchmarkSpec, BlobInfo, BlobKind,
-                                      EvaluateResult, EvaluateSpec, Job, JobEvent, JobState,
-                                      SignedResult)
+                                      CompareResult, CompareSpec, EvaluateResult, EvaluateSpec, Job,
+                                      JobEvent, JobState, SignedResult)
 from edgetune.protos.shapes import shape_flag
 
 HEX = re.compile(r"^[0-9a-f]{6,64}$")
@@ -102,8 +102,63 @@ class EvaluationRun:
         return self.options.dataset_sha256
 
 
-BoardRun = Union[BenchmarkRun, EvaluationRun]
+@dataclass(frozen=True)
+class ComparisonRun:
+    """One comparison job's outcome (``edgetune compare``): both models as named and their
+    local files, the rounds' numbers in ``result`` (a ``CompareResult``; None when the job
+    did not succeed), ``note`` as in ``BenchmarkRun``. ``model``/``model_sha256`` name A."""
+
+    job_id: str
+    model_a: str
+    model_b: str
+    model_a_sha256: str
+    model_b_sha256: str
+    board: BoardInfo
+    options: CompareSpec
+    state: JobState
+    result: Optional[CompareResult]
+    error: str = ""
+    label: str = ""
+    note: str = ""
+    model_a_path: Optional[Path] = None
+    model_b_path: Optional[Path] = None
+
+    kind = "compare"
+
+    @property
+    def ok(self) -> bool:
+        return self.state is JobState.SUCCEEDED and self.result is not None
+
+    @property
+    def model(self) -> str:
+        return self.model_a
+
+    @property
+    def model_sha256(self) -> str:
+        return self.model_a_sha256
+
+
+BoardRun = Union[BenchmarkRun, EvaluationRun, ComparisonRun]
 Recorder = Callable[[BoardRun], None]
+
+
+def thermal_note(spec: Any, result: Any) -> str:
+    """What thermal gating did (``--max-temp``): that the board has no sensor, so nothing
+    was waited for, or how long the agent waited for it to cool."""
+    gate = getattr(spec, "thermal", None)
+    if gate is None:
+        return ""
+    sessions = ([r for round_ in result.rounds for r in (round_.a, round_.b)]
+                if isinstance(result, CompareResult) else [result] if result else [])
+    reports = [r.thermal for r in sessions if r.thermal is not None]
+    if any(t.no_sensor for t in reports):
+        return (f"--max-temp {gate.max_temp_c:g}: the board exposes no thermal zone, so the "
+                "agent could not wait for it to cool (nothing was waited for)")
+    waited = sum(t.waited_s for t in reports)
+    if waited > 0:
+        return (f"waited {waited:.1f} s in all for the board to cool below "
+                f"{gate.max_temp_c:g} °C before measuring")
+    return ""
 
 
 def duration_note(spec: Any, result: Any) -> str:
@@ -134,6 +189,8 @@ def run_from_job(job: Job, model: str, board: BoardInfo,
                  model_path: Optional[Path] = None) -> BoardRun:
     """The typed result of a finished (or failed) job. ``model``: how to name the model;
     ``model_path``: the local file it was uploaded from, if known."""
+    if isinstance(job.spec, CompareSpec):
+        return comparison_from_job(job, board)
     cls = BenchmarkRun if isinstance(job.spec, BenchmarkSpec) else EvaluationRun
     expected = BenchmarkResult if cls is BenchmarkRun else EvaluateResult
     result = job.result if isinstance(job.result, expected) else None
@@ -141,8 +198,25 @@ def run_from_job(job: Job, model: str, board: BoardInfo,
     return cls(job_id=job.id, model=model, model_sha256=job.spec.model_sha256, board=board,
                options=job.spec, state=job.state, result=result, error=error,
                label=job.label, note="; ".join(n for n in (free_batch_note(job.spec),
-                                                           duration_note(job.spec, result)) if n),
+                                                           duration_note(job.spec, result),
+                                                           thermal_note(job.spec, result)) if n),
                model_path=model_path, signed=job.signed if result is not None else None)
+
+
+def comparison_from_job(job: Job, board: BoardInfo, names: Sequence[str] = ("", ""),
+                        paths: Sequence[Optional[Path]] = (None, None)) -> ComparisonRun:
+    """The typed result of a finished (or failed) comparison job; ``names``: how to name
+    models A and B (default their short hashes), ``paths``: their local files, if known."""
+    spec = job.spec
+    result = job.result if isinstance(job.result, CompareResult) else None
+    error = "" if result is not None else (job.error or f"the job {job.state.value}")
+    shas = spec.models
+    return ComparisonRun(
+        job_id=job.id, model_a=names[0] or shas[0][:12], model_b=names[1] or shas[1][:12],
+        model_a_sha256=shas[0], model_b_sha256=shas[1], board=board, options=spec,
+        state=job.state, result=result, error=error, label=job.label,
+        note="; ".join(n for n in (free_batch_note(spec), thermal_note(spec, result)) if n),
+        model_a_path=paths[0], model_b_path=paths[1])
 
 
 def job_name(job: Job) -> str:
@@ -388,6 +462,30 @@ class BoardSession:
         assert isinstance(run, EvaluationRun)
         return run
 
+    def compare(self, model_a: Union[BlobRef, Path, str], model_b: Union[BlobRef, Path, str],
+                spec: CompareSpec, *, dataset: Union[BlobRef, Path, str, None] = None,
+                label: str = "", on_event: Optional[EventCallback] = None,
+                view: Any = None) -> ComparisonRun:
+        """Upload both models (and ``dataset``) unless stored, run the interleaved comparison
+        ``spec`` as one job (its hashes are replaced), return its typed result, recorded."""
+        refs = [BlobRef.of(m, BlobKind.MODEL) for m in (model_a, model_b)]
+        shas = [self.resolve(ref, view) for ref in refs]
+        dataset_sha = ""
+        if dataset is not None:
+            data = BlobRef.of(dataset, BlobKind.DATASET)
+            dataset_sha = (self.upload(data.path, BlobKind.DATASET, view=view).blob.sha256
+                           if data.path is not None else self.resolve(data, view))
+        spec = dataclasses.replace(spec, model_a_sha256=shas[0], model_b_sha256=shas[1],
+                                   dataset_sha256=dataset_sha)
+        job, position = self.submit(
+            spec, label or f"compare {refs[0].display} vs {refs[1].display}")
+        if on_event is not None:
+            on_event(JobEvent(job_id=job.id, state=job.state, queue_position=position, job=job))
+        run = comparison_from_job(self.wait(job.id, on_event), self.board,
+                                  [r.text for r in refs], [r.path for r in refs])
+        self._record(run)
+        return run
+
 
 def _where_jobs_stand(pending: Sequence[str], states: Dict[str, str]) -> str:
     """"job X keeps running on the board; job Y stays queued on the board (...)" from the last
@@ -408,5 +506,6 @@ def _where_jobs_stand(pending: Sequence[str], states: Dict[str, str]) -> str:
     return "; ".join(parts)
 
 
-__all__ = ["BenchmarkRun", "BlobRef", "BoardInfo", "BoardRun", "BoardSession", "EvaluationRun",
-           "Recorder", "duration_note", "job_name", "run_from_job"]
+__all__ = ["BenchmarkRun", "BlobRef", "BoardInfo", "BoardRun", "BoardSession", "ComparisonRun",
+           "EvaluationRun", "Recorder", "duration_note", "job_name", "run_from_job",
+           "thermal_note"]

@@ -71,6 +71,8 @@ def result_record(run: "BoardRun", *, samples: bool = False) -> Dict[str, Any]:
             "options": options_record(run.options),
             "cpu_freq_mhz": result.cpu_freq_mhz, "temperature_c": result.temperature_c,
         })
+        if result.thermal is not None:      # --max-temp: what the agent waited (or could not)
+            record["thermal"] = result.thermal.as_dict()
         if samples:
             record["samples_ms"] = list(result.samples_ms)
     elif isinstance(result, EvaluateResult):

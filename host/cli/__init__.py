@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "edgetune.host.cli.demo_cmd",
     "edgetune.host.cli.certs_cmd",
     "edgetune.host.cli.agent_cmds",
+    "edgetune.host.cli.compare_cmd",
     "edgetune.host.cli.quantize_cmd",
     "edgetune.host.cli.analyze_cmd",
     "edgetune.host.cli.results_cmd",

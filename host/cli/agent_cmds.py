@@ -21,7 +21,7 @@ from edgetune.host.errors import ExitStatus, UsageError
 from edgetune.host.results.location import recording
 from edgetune.host.target import open_session, resolve_target
 from edgetune.protos.messages import (EXECUTION_MODES, GRAPH_OPT_LEVELS, BenchmarkSpec, BlobKind,
-                             EvaluateSpec, SessionOptions)
+                             EvaluateSpec, SessionOptions, ThermalGate)
 
 METRICS = ("top1", "top5", "fidelity", "miou")
 
@@ -51,6 +51,29 @@ def session_from_args(args: argparse.Namespace) -> SessionOptions:
         execution_mode=args.execution_mode, input_shapes=tuple(sorted(shapes.items())))
 
 
+def thermal_from_args(args: argparse.Namespace) -> Optional[ThermalGate]:
+    """``--max-temp C [--max-temp-wait S]`` as a ThermalGate (None without --max-temp)."""
+    if args.max_temp_wait is not None and args.max_temp is None:
+        raise UsageError("--max-temp-wait needs --max-temp C (the temperature to wait for)")
+    if args.max_temp is None:
+        return None
+    if not 0 < args.max_temp <= 150:
+        raise UsageError(f"--max-temp must be between 0 and 150 °C (got {args.max_temp:g})")
+    wait = args.max_temp_wait
+    if wait is not None and not 0 < wait <= 3600:
+        raise UsageError(f"--max-temp-wait must be between 0 and 3600 seconds (got {wait:g})")
+    return ThermalGate(max_temp_c=float(args.max_temp), max_wait_s=float(wait or 0.0))
+
+
+def add_thermal_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("thermal gating")
+    g.add_argument("--max-temp", type=float, metavar="C",
+                   help="before each measured session, wait until the board's hottest thermal "
+                        "zone is below C degrees (said when the board has no sensor)")
+    g.add_argument("--max-temp-wait", type=float, metavar="S",
+                   help="wait at most S seconds for it each time, then fail (default 300)")
+
+
 def bench_settings(args: argparse.Namespace) -> JobSettings:
     check_count("--iterations", args.iterations)
     check_count("--warmup", args.warmup, minimum=0)
@@ -61,7 +84,8 @@ def bench_settings(args: argparse.Namespace) -> JobSettings:
     template = BenchmarkSpec(
         model_sha256="", session=session_from_args(args),
         warmup=10 if args.warmup is None else args.warmup, iterations=iterations,
-        min_duration_s=args.duration or 0.0, seed=args.seed or 0, return_samples=args.samples)
+        min_duration_s=args.duration or 0.0, seed=args.seed or 0, return_samples=args.samples,
+        thermal=thermal_from_args(args))
     dataset = BlobRef.parse(args.dataset, BlobKind.DATASET) if args.dataset else None
     return JobSettings(kind="benchmark", template=template, dataset=dataset,
                        models=tuple(BlobRef.parse(m, BlobKind.MODEL) for m in args.models),
@@ -196,6 +220,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--repeat", type=int, metavar="N", help="measure each model N times, each a "
                    "fresh session (a job of its own), models interleaved; prints the median p50 "
                    "with its run-to-run spread and flags board-state changes")
+    add_thermal_flags(b)
     _session_flags(b)
     add_connection_flags(b)
     add_record_flags(b)

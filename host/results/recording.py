@@ -134,6 +134,7 @@ class StoreRecorder:
         self.run_id = run_id
         self.kind = kind
         self.ids: Dict[Tuple[str, str], str] = {}
+        self.comparisons: Dict[Tuple[str, str], Tuple[Any, Any]] = {}
         self._notes: Dict[Tuple[str, str], Dict[str, Any]] = {}
 
     def annotate(self, board: str, job_id: str, *, run_id: Optional[str] = None,
@@ -149,6 +150,9 @@ class StoreRecorder:
         key = (run.board.name, run.job_id)
         if key in self.ids:
             return
+        if run.kind == "compare":
+            self._record_comparison(key, run)
+            return
         existing = self.store.find_job(run.board.name, run.job_id)
         if existing is not None:
             self.ids[key] = existing
@@ -161,6 +165,24 @@ class StoreRecorder:
                              board_state={**record.board_state, **note["board_state"]})
         if record is not None:
             self.ids[key] = self.store.add(record).id
+
+    def _record_comparison(self, key: Tuple[str, str], run: Any) -> None:
+        """A comparison job: its two records (one per measured model, kind ``compare``, one
+        run_id) added together; ``ids[key]`` is B's (it holds the change), ``comparisons[key]``
+        both stored records."""
+        from edgetune.host.results.compare import comparison_records
+
+        existing = self.store.find_job(*key)
+        if existing is not None:
+            self.ids[key] = existing
+            return
+        from ulid import ULID
+
+        records = comparison_records(run, label=self.label, run_id=self.run_id or str(ULID()))
+        if records is not None:
+            a, b = self.store.add_many(list(records))
+            self.ids[key] = b.id
+            self.comparisons[key] = (a, b)
 
     def result_id(self, run: Any) -> Optional[str]:
         return self.ids.get((run.board.name, run.job_id))
