@@ -4,14 +4,15 @@ The payload (``edgetune.certs.signing.encode_payload``: ``edgetune-result-v1\\n`
 JSON) of a job is the document ``result_document`` builds::
 
     {"agent": {"agent_version", "cert_sha256", "name", "onnxruntime_version", "python_version"},
-     "dataset_sha256": "...", "model_sha256": "...",
+     "dataset_sha256": "...", "model_sha256": "...",    # a comparison: model_a/b_sha256
      "job": {"id", "kind", "state", "label", "client", "created_unix", "started_unix",
              "finished_unix", "spec": {...every option...}, "result": {...every number...}}}
 
 ``spec`` and ``result`` are the ``edgetune.protos.messages`` dicts of the job (what
-``GetJob`` returns, as JSON). Raw latency samples are covered by their digest: ``result``
+``GetJob`` returns, as JSON). Raw latency samples are covered by their digest: wherever the
+result holds a ``samples_ms`` list (a benchmark; each session of a comparison) the document
 holds ``samples_ms_count`` and ``samples_ms_sha256`` (``certs.signing.samples_digest``) in
-place of the list, so a signature stays small while any change to a sample breaks it.
+its place, so a signature stays small while any change to a sample breaks it.
 
 The key is the agent's own TLS key (RSA or ECDSA P-256), loaded once with its identity.
 Board-side code (Python 3.9).
@@ -39,21 +40,34 @@ VERSION_KEYS = ("agent_version", "onnxruntime_version", "python_version")
 def result_document(job: Job, agent: Mapping[str, Any]) -> Dict[str, Any]:
     """What the agent signs about ``job`` (see the module's docstring); ``agent`` holds the
     agent's name, certificate sha256 and versions."""
-    result: Optional[Dict[str, Any]] = None if job.result is None else job.result.as_dict()
-    if result is not None and isinstance(result.get("samples_ms"), list):
-        samples = result.pop("samples_ms")
-        result["samples_ms_count"] = len(samples)
-        result["samples_ms_sha256"] = samples_digest(samples)
+    result = None if job.result is None else _digested(job.result.as_dict())
     spec = job.spec.as_dict()
+    hashes = {k: v for k, v in spec.items() if k.endswith("sha256") and isinstance(v, str)}
+    hashes.setdefault("dataset_sha256", "")
     return {
         "agent": dict(agent),
-        "model_sha256": spec.get("model_sha256", ""),
-        "dataset_sha256": spec.get("dataset_sha256", ""),
+        **hashes,
         "job": {"id": job.id, "kind": job.kind, "state": job.state.value, "label": job.label,
                 "client": job.client, "created_unix": job.created_unix,
                 "started_unix": job.started_unix, "finished_unix": job.finished_unix,
                 "spec": spec, "result": result},
     }
+
+
+def _digested(value: Any) -> Any:
+    """``value`` with every ``samples_ms`` list replaced by its count and digest."""
+    if isinstance(value, dict):
+        out = {k: _digested(v) for k, v in value.items() if k != "samples_ms"}
+        samples = value.get("samples_ms")
+        if isinstance(samples, list):
+            out["samples_ms_count"] = len(samples)
+            out["samples_ms_sha256"] = samples_digest(samples)
+        elif "samples_ms" in value:
+            out["samples_ms"] = samples
+        return out
+    if isinstance(value, list):
+        return [_digested(v) for v in value]
+    return value
 
 
 class ResultSigner:

@@ -115,3 +115,18 @@ def test_a_job_database_of_an_older_agent_gains_the_column_and_keeps_its_jobs(
         _check(new, pki)
     finally:
         agent.stop()
+
+
+def test_every_samples_list_is_signed_by_its_digest() -> None:
+    """A comparison's result holds samples per session: each becomes count + digest."""
+    from edgetune.device.signing import _digested
+
+    doc = _digested({"rounds": [{"a": {"samples_ms": [1.0, 2.0], "p50": 1.5}},
+                                {"b": {"samples_ms": []}}], "samples_ms": [0.5]})
+    assert doc == {"rounds": [{"a": {"samples_ms_count": 2, "p50": 1.5,
+                                     "samples_ms_sha256": signing.samples_digest([1.0, 2.0])}},
+                              {"b": {"samples_ms_count": 0,
+                                     "samples_ms_sha256": signing.samples_digest([])}}],
+                   "samples_ms_count": 1, "samples_ms_sha256": signing.samples_digest([0.5])}
+    assert signing.canonical_json({"b": float("nan"), "a": [1, 2.5, 1e-05]}) == \
+        b'{"a":[1,2.5,1e-05],"b":"NaN"}'

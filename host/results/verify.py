@@ -133,8 +133,10 @@ def compare(record: Record, doc: Mapping[str, Any]) -> Tuple[List[str], List[str
 
     if record.job_id != job.get("id"):
         differ("job_id", record.job_id, job.get("id"))
-    if record.model.sha256 != doc.get("model_sha256"):
-        differ("model.sha256", record.model.sha256, doc.get("model_sha256"))
+    models = [v for k, v in sorted(doc.items())          # model_sha256; model_a/b_sha256
+              if k.startswith("model") and k.endswith("sha256")]
+    if record.model.sha256 not in models:
+        differ("model.sha256", record.model.sha256, models[0] if len(models) == 1 else models)
     if (record.dataset_sha256 or "") != (doc.get("dataset_sha256") or ""):
         differ("dataset_sha256", record.dataset_sha256, doc.get("dataset_sha256"))
     agent = doc.get("agent") or {}
