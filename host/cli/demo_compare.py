@@ -1,5 +1,6 @@
 """The FP32 vs INT8 comparison that ends ``edgetune demo``, from the typed results of
-``edgetune.host.board``: the ``comparison`` object of the JSON document (each metric for both
+``edgetune.host.board``, computed and drawn by ``edgetune compare``'s code
+(``edgetune.host.results.compare``): the ``comparison`` object of the JSON document (each metric for both
 models and its change), the note on what the measured
 latency change means, and the printed FP32 / INT8 / change table (Markdown, to paste into docs).
 """
@@ -8,43 +9,59 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgetune.host.board import BenchmarkRun, EvaluationRun
+    from edgetune.host.results.records import Record
 
 PRECISIONS = ("fp32", "int8")
 
 
-def _ratio(before: float, after: float) -> float:
-    if not (math.isfinite(before) and math.isfinite(after)) or before == 0:
-        return math.nan
-    return after / before
+def _side(size_bytes: int, bench: "BenchmarkRun", evaluation: "EvaluationRun") -> "Record":
+    """One model as a record, for ``edgetune.host.results.compare``: its size, the benchmark's
+    latency and throughput, the evaluation's metrics."""
+    from edgetune.host.render import LATENCY_KEYS
+    from edgetune.host.results.records import ModelRef, Record
+
+    metrics: Dict[str, Any] = {}
+    if bench.result is not None:
+        lat = bench.result.latency
+        metrics["latency_ms"] = {k: getattr(lat, f"{k}_ms") for k in LATENCY_KEYS}
+        metrics["throughput_ips"] = bench.result.throughput_ips
+    if evaluation.result is not None:
+        metrics.update(evaluation.result.metric_dict())
+    return Record(kind="demo", model=ModelRef(sha256=bench.model_sha256, size_bytes=size_bytes),
+                  metrics=metrics)
+
+
+def _nan(value: Optional[float]) -> float:
+    return math.nan if value is None else float(value)
 
 
 def comparison(sizes: Sequence[int], bench: Sequence["BenchmarkRun"],
                evaluation: Sequence["EvaluationRun"]) -> Dict[str, Any]:
     """FP32 vs INT8 from the two models' sizes and their typed bench and eval results (each
-    given in the order FP32, INT8). Each metric is ``{"fp32", "int8"}`` plus its change:
+    given in the order FP32, INT8), through ``edgetune.host.results.compare.change`` (the
+    code of ``edgetune compare``). Each metric is ``{"fp32", "int8"}`` plus its change:
     ``ratio`` (INT8 / FP32), ``points`` (percentage points, INT8 - FP32) or ``delta``
     (INT8 - FP32)."""
-    def metric(run: "EvaluationRun", name: str) -> float:
-        value = run.result.metric_dict().get(name) if run.result is not None else None
-        return math.nan if value is None else float(value)
+    from edgetune.host.results import compare
 
-    def pair(values: Sequence[float]) -> Dict[str, Any]:
-        return dict(zip(PRECISIONS, values))
+    a, b = (_side(*side) for side in zip(sizes, bench, evaluation))
+    c = compare.change(a, b)
 
-    p50 = [r.result.latency.p50_ms if r.result is not None else math.nan for r in bench]
-    ips = [r.result.throughput_ips if r.result is not None else math.nan for r in bench]
-    top1 = [metric(r, "top1") for r in evaluation]
-    cosine = [metric(r, "cosine") for r in evaluation]
+    def pair(value: Callable[["Record"], Optional[float]]) -> Dict[str, Any]:
+        return {"fp32": _nan(value(a)), "int8": _nan(value(b))}
+
     doc: Dict[str, Any] = {
-        "size_bytes": {**pair(sizes), "ratio": _ratio(*sizes)},
-        "top1": {**pair(top1), "points": 100.0 * (top1[1] - top1[0])},
-        "cosine": {**pair(cosine), "delta": cosine[1] - cosine[0]},
-        "p50_ms": {**pair(p50), "ratio": _ratio(*p50)},
-        "throughput_ips": {**pair(ips), "ratio": _ratio(*ips)},
+        "size_bytes": {**pair(compare.size), "ratio": _nan(c["size_ratio"])},
+        "top1": {**pair(lambda r: compare.metric(r, "top1")), "points": _nan(c["top1_delta_pts"])},
+        "cosine": {**pair(lambda r: compare.metric(r, "cosine")), "delta": _nan(c["cosine_delta"])},
+        "p50_ms": {**pair(lambda r: compare.latency(r, "p50")),
+                   "ratio": _nan(c["latency_p50_ratio"])},
+        "throughput_ips": {**pair(lambda r: compare.metric(r, "throughput_ips")),
+                           "ratio": _nan(c["throughput_ratio"])},
     }
     doc["note"] = latency_note(doc["p50_ms"]["ratio"])
     return doc
@@ -69,41 +86,27 @@ def latency_note(p50_ratio: float) -> str:
             "Measure your own model on your board.")
 
 
-def _change(ratio: float) -> str:
-    if not math.isfinite(ratio):
-        return "-"
-    return f"{ratio:.2f}x ({_fixed(100 * (ratio - 1), 0, '%', sign=True)})"
-
-
-def _fixed(value: float, digits: int, suffix: str = "", sign: bool = False) -> str:
-    if not math.isfinite(value):
-        return "-"
-    value = round(value, digits) + 0.0      # no "-0.00": a change that rounds to 0 is +0
-    return f"{value:{'+' if sign else ''}.{digits}f}{suffix}"
-
-
-def _ms(value: float) -> str:
-    return _fixed(value, 4 if abs(value) < 1 else 2)
-
-
-def _thousands(value: float) -> str:
-    return f"{value:,.0f}" if math.isfinite(value) else "-"
+DEMO_ROWS = ("size", "top1", "cosine", "p50", "throughput")
+DEMO_TITLES = {"cosine": "fidelity: cosine vs FP32 reference"}
 
 
 def comparison_rows(c: Dict[str, Any]) -> List[Tuple[str, str, str, str]]:
-    """The comparison as table rows: metric, FP32, INT8, change."""
-    size, top1, cosine = c["size_bytes"], c["top1"], c["cosine"]
-    p50, ips = c["p50_ms"], c["throughput_ips"]
-    return [
-        ("size (KiB)", *(_fixed(size[p] / 1024, 1) for p in PRECISIONS), _change(size["ratio"])),
-        ("top-1 accuracy", *(_fixed(100 * top1[p], 2, "%") for p in PRECISIONS),
-         _fixed(top1["points"], 2, " pts", sign=True)),
-        ("fidelity: cosine vs FP32 reference",
-         *(_fixed(cosine[p], 4) for p in PRECISIONS),
-         _fixed(cosine["delta"], 4, sign=True)),
-        ("p50 latency (ms)", *(_ms(p50[p]) for p in PRECISIONS), _change(p50["ratio"])),
-        ("throughput (inf/s)", *(_thousands(ips[p]) for p in PRECISIONS), _change(ips["ratio"])),
-    ]
+    """The comparison as table rows: metric, FP32, INT8, change (``edgetune compare``'s rows,
+    ``edgetune.host.results.compare.table_rows``)."""
+    from edgetune.host.results import compare
+    from edgetune.host.results.records import ModelRef, Record
+
+    def side(p: str) -> Record:
+        def num(value: float) -> Optional[float]:
+            return value if math.isfinite(value) else None
+        size = num(c["size_bytes"][p])
+        return Record(kind="demo", model=ModelRef(sha256="", size_bytes=size),
+                      metrics={"top1": num(c["top1"][p]), "cosine": num(c["cosine"][p]),
+                               "latency_ms": {"p50": num(c["p50_ms"][p])},
+                               "throughput_ips": num(c["throughput_ips"][p])})
+
+    a, b = side("fp32"), side("int8")
+    return compare.table_rows(a, b, compare.change(a, b), DEMO_ROWS, DEMO_TITLES)
 
 
 def print_comparison(doc: Dict[str, Any], bench: Sequence["BenchmarkRun"],
