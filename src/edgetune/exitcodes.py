@@ -41,7 +41,8 @@ MEANINGS = {
     ExitStatus.NOT_FOUND: "a missing file (certificate, key, passphrase, config), model, "
                           "dataset, job or device",
     ExitStatus.UNREACHABLE: "no agent answered (address, port, network, agent down)",
-    ExitStatus.AUTH: "a certificate, key or passphrase was refused (wrong passphrase, usage, CA)",
+    ExitStatus.AUTH: "a certificate, key or passphrase was refused (wrong passphrase, usage, CA), "
+                     "or a result's signature did not verify (results verify)",
     ExitStatus.TIMEOUT: "a call did not finish in time",
     ExitStatus.TARGET_NOT_MET: "the command ran, but the requested target was not met",
     ExitStatus.AGENT: "the agent refused or failed the request (its message says why)",
