@@ -103,8 +103,8 @@ def verify_record(record: Record, cas: Sequence[x509.Certificate]) -> Verdict:
 # ---------------------------------------------------------------------- the signed fields
 
 def expected_record(doc: Mapping[str, Any], record: Record) -> Optional[Record]:
-    """The record the signed payload makes (through ``record_from_run``), or None when this
-    edgetune cannot rebuild one of its kind."""
+    """The record the signed payload makes (through ``record_from_run``), or None for a kind
+    of job whose record this version cannot rebuild."""
     from edgetune.host.board import BoardInfo, run_from_job
     from edgetune.host.results.recording import record_from_run
     from edgetune.protos.messages import Job
@@ -157,7 +157,7 @@ def compare(record: Record, doc: Mapping[str, Any]) -> Tuple[List[str], List[str
     unsigned: List[str] = []
     expected = expected_record(doc, record)
     if expected is None:
-        unsigned.append(f"metrics and options (a {job.get('kind')} job: this edgetune cannot "
+        unsigned.append(f"metrics and options (a {job.get('kind')} job: this version cannot "
                         "rebuild its record to compare)")
         return problems, unsigned
     for part in ("metrics", "options", "board_state"):
