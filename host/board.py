@@ -151,6 +151,9 @@ def thermal_note(spec: Any, result: Any) -> str:
     sessions = ([r for round_ in result.rounds for r in (round_.a, round_.b)]
                 if isinstance(result, CompareResult) else [result] if result else [])
     reports = [r.thermal for r in sessions if r.thermal is not None]
+    if sessions and not reports:
+        return (f"--max-temp {gate.max_temp_c:g}: this agent does not know thermal gating (an "
+                "older edgetune-agent), so nothing was waited for; upgrade it on the board")
     if any(t.no_sensor for t in reports):
         return (f"--max-temp {gate.max_temp_c:g}: the board exposes no thermal zone, so the "
                 "agent could not wait for it to cool (nothing was waited for)")

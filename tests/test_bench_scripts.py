@@ -112,3 +112,12 @@ def test_digits_accuracy() -> None:
 ])
 def test_quantization_benches(script: str, args: List[str]) -> None:
     assert run_bench(script, *args, timeout=600)["checks"]
+
+
+def test_compare_targets() -> None:
+    report = run_bench("compare_targets.py", "--runs", "2", "--rounds", "2", "--iterations", "20",
+                       "--repeat", "1",
+                       checks=["compare time / (two benches + rounds' measured time)",
+                               "self-comparisons within noise (of runs)",
+                               "20%-slower copy significant and slower (of runs)"])
+    assert report["cost"]["ratio"] > 0 and len(report["self"]["ratios"]) == 2
