@@ -8,6 +8,7 @@ instead of failing with "database is locked" when a deferred reader tries to upg
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -88,17 +89,27 @@ def create_engine(url: str) -> Engine:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
         if backend == "sqlite":
-            engine = sa.create_engine(url, json_serializer=_dumps,
+            engine = sa.create_engine(url, json_serializer=_dumps, json_deserializer=_loads,
                                       connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
             _make_sqlite_safe(engine)
         else:
             engine = sa.create_engine(url, pool_pre_ping=True, json_serializer=_dumps,
+                                      json_deserializer=_loads,
                                       connect_args={"connect_timeout": 10})
     except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
         hint = _DRIVER_HINTS.get(backend, "install the database driver")
         raise BadInputError(f"no driver for {safe_url(url)!r} is installed ({exc})",
                             hint=hint) from exc
     return engine
+
+
+@functools.lru_cache(maxsize=512)
+def _loads(text: str) -> Any:
+    """json.loads, remembering recent documents: a listing or an export reads the same board,
+    host and options documents over and over (an export of 25,000 records spent most of its
+    time decoding JSON, bench/results_scale.py). Equal documents come back as one object:
+    records are read-only (``Record`` is frozen; nothing changes its mappings in place)."""
+    return json.loads(text)
 
 
 def _dumps(value: Any) -> str:
