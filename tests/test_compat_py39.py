@@ -203,9 +203,10 @@ def serving_agent(argv: Sequence[str], pki: Any, board: Path,
 
 
 def this_host_uses(address: str, pki: Any, tmp_path: Path, capsys: pytest.CaptureFixture,
-                   onnxruntime_version: str) -> None:
+                   onnxruntime_version: str, signs: bool = True) -> None:
     """This checkout's host (in-process, Python 3.11) against the agent at ``address``: info,
-    bench and eval of the shipped digits model, and a health check."""
+    bench (its record's signature verified: ``signs``, else unsigned) and eval of the shipped
+    digits model, and a health check."""
     conn = ["--address", address, "--ca", str(pki.ca_cert), "--cert", str(pki.host.cert),
             "--key", str(pki.host.key), "--passphrase-file",
             str(write_passphrase_file(tmp_path / "passphrase", pki.passphrase))]
@@ -221,6 +222,10 @@ def this_host_uses(address: str, pki: Any, tmp_path: Path, capsys: pytest.Captur
     assert bench.code == 0, bench.err
     result = bench.json["results"][0]
     assert result["iterations"] == 20 and 0 < result["latency_ms"]["p50"] < 1000
+    verified = run_cli(capsys, "results", "verify", result["result_id"], "--ca",
+                       str(pki.ca_cert), "--json")
+    assert verified.code == 0, verified.out + verified.err
+    assert verified.json["results"][0]["status"] == ("valid" if signs else "unsigned")
 
     evaluation = run_cli(capsys, "eval", str(DIGITS_MODEL), "--dataset", str(DIGITS_TEST),
                          *conn, "--json")
@@ -299,4 +304,4 @@ def test_previous_release_agent_serves_this_host(board_python: Callable[[str], P
     versions = installed_versions(py, tmp_path, env)
     agent = [str(py), "-m", "device"]  # bare-import-ok
     with serving_agent(agent, pki, tmp_path / "board", env) as address:
-        this_host_uses(address, pki, tmp_path, capsys, versions["onnxruntime"])
+        this_host_uses(address, pki, tmp_path, capsys, versions["onnxruntime"], signs=False)
