@@ -121,3 +121,18 @@ def test_compare_targets() -> None:
                                "self-comparisons within noise (of runs)",
                                "20%-slower copy significant and slower (of runs)"])
     assert report["cost"]["ratio"] > 0 and len(report["self"]["ratios"]) == 2
+
+
+def test_recording_overhead() -> None:
+    report = run_bench("recording_overhead.py", "--rounds", "2", "--iterations", "3",
+                       checks=["recording overhead ms per result (median)"])
+    assert report["records_kept"] == 3                # the warm-up run and one per round
+    assert report["median_ms"]["in_recording_code"] > 0
+
+
+def test_results_scale() -> None:
+    report = run_bench("results_scale.py", "--records", "400", "--rounds", "1",
+                       checks=["results list --limit 50 s (subprocess)",
+                               "filtered results export csv s (subprocess)"])
+    assert report["exported_rows"] == 100             # --device board1: one in four
+    assert report["median_s"]["list_raw_sql"] > 0
