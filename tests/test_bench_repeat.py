@@ -149,7 +149,7 @@ def test_flags_are_recorded_when_the_board_state_changes(monkeypatch: pytest.Mon
     record = Record(kind="bench", model=ModelRef("a" * 64), metrics={},
                     board_state={"temperature_c": 70.0}, options={"iterations": 5})
     monkeypatch.setattr(recording, "record_from_run", lambda run, **kw: record)
-    run = SimpleNamespace(board=SimpleNamespace(name="board1"), job_id="job1")
+    run = SimpleNamespace(board=SimpleNamespace(name="board1"), job_id="job1", kind="benchmark")
     with ResultsStore.open(str(tmp_path / "flags.db")) as store:
         recorder = recording.StoreRecorder(store, label="x")
         recorder.annotate("board1", "job1", run_id="RUN",

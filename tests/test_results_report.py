@@ -193,3 +193,23 @@ def test_report_json_names_the_files(filled: Tuple[str, Path], capsys: Any) -> N
     doc = json.loads(capsys.readouterr().out)
     assert doc["results"] == 7 and doc["report"].endswith("report.md")
     assert all(Path(f).is_file() for f in doc["files"])
+
+
+def test_repeat_sets_and_their_flags_are_reported(tmp_path: Path) -> None:
+    model = ModelRef(INT8, "digits_cnn.int8.onnx", 99840, FP32)
+    records = []
+    for index, (p50, flags) in enumerate(((0.10, []), (0.11, []), (0.15, ["cpu_freq_drop"])),
+                                          start=1):
+        record = _bench(model, p50, samples=False)
+        records.append(Record(kind="bench", model=model, device=BOARD, run_id="RUN1",
+                              metrics=record.metrics, options={"repeat": {"index": index,
+                                                                          "of": 3}},
+                              board_state={"cpu_freq_mhz": 1800.0, "flags": flags},
+                              id=f"01TEST{index}"))
+    text = render_markdown(build_report(records, {}), {})
+    section = text.split("## Repeated measurements")[1].split("## ")[0]
+    assert "more than 5 % below" in section and "more than 5 degC above" in section
+    row = next(line for line in section.splitlines() if "RUN1" in line)
+    assert "| 3 " in row and "| 3   " not in row.split("RUN1")[0]
+    assert row.rstrip(" |").endswith("3")                     # the third one flagged
+    assert "FLAGGED cpu_freq_drop" in text                     # and in the results table
