@@ -7,29 +7,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from edgetune.host.render import json_safe, markdown_table
+from edgetune.host.results.compare import change, fixed, latency, metric, ratio_text
 from edgetune.host.results.records import Record
 
 LIST_COLUMNS = ("id", "created", "kind", "model", "device", "label", "p50 ms", "top1")
 
 
-def _number(value: Any) -> Optional[float]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return None
-
-
 def p50_ms(record: Record) -> Optional[float]:
-    latency = record.metrics.get("latency_ms")
-    return _number(latency.get("p50")) if isinstance(latency, Mapping) else None
-
-
-def metric(record: Record, name: str) -> Optional[float]:
-    return _number(record.metrics.get(name))
+    return latency(record, "p50")
 
 
 def _fmt(value: Optional[float], digits: int) -> str:
@@ -51,40 +39,11 @@ def list_row(record: Record) -> Tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------- comparison
+# The change of B against A is edgetune compare's (``compare.change``), without the rounds'
+# interval: stored results measured at different times say nothing about noise.
 
-def _ratio(before: Optional[float], after: Optional[float]) -> Optional[float]:
-    if before is None or after is None or before == 0:
-        return None
-    return after / before
-
-
-def change(a: Record, b: Record) -> Dict[str, Optional[float]]:
-    """B against A: ratios for size, latency and throughput; percentage points for accuracy."""
-    def pts(name: str) -> Optional[float]:
-        x, y = metric(a, name), metric(b, name)
-        return None if x is None or y is None else 100.0 * (y - x)
-
-    lat_a, lat_b = a.metrics.get("latency_ms") or {}, b.metrics.get("latency_ms") or {}
-    return {
-        "size_ratio": _ratio(_number(a.model.size_bytes), _number(b.model.size_bytes)),
-        "latency_p50_ratio": _ratio(p50_ms(a), p50_ms(b)),
-        "latency_p90_ratio": _ratio(_number(lat_a.get("p90")), _number(lat_b.get("p90"))),
-        "throughput_ratio": _ratio(metric(a, "throughput_ips"), metric(b, "throughput_ips")),
-        "top1_delta_pts": pts("top1"),
-        "top5_delta_pts": pts("top5"),
-        "cosine_delta": (None if metric(a, "cosine") is None or metric(b, "cosine") is None
-                         else metric(b, "cosine") - metric(a, "cosine")),  # type: ignore[operator]
-    }
-
-
-def _ratio_text(ratio: Optional[float]) -> str:
-    if ratio is None:
-        return "-"
-    return f"{ratio:.2f}x ({100 * (ratio - 1) + 0.0:+.0f}%)"
-
-
-def _pts_text(value: Optional[float], suffix: str = " pts", digits: int = 2) -> str:
-    return "-" if value is None else f"{round(value, digits) + 0.0:+.{digits}f}{suffix}"
+def _pts_text(value: Optional[float], suffix: str = " pts", digits: int = 4) -> str:
+    return fixed(value, digits, suffix, sign=True)
 
 
 _ROWS: Tuple[Tuple[str, Any, Any], ...] = (
@@ -93,20 +52,20 @@ _ROWS: Tuple[Tuple[str, Any, Any], ...] = (
     ("kind", lambda r: r.kind, None),
     ("size (KiB)", lambda r: _fmt(None if r.model.size_bytes is None
                                   else r.model.size_bytes / 1024, 1),
-     lambda c: _ratio_text(c["size_ratio"])),
+     lambda c: ratio_text(c["size_ratio"])),
     ("top-1", lambda r: _fmt(None if metric(r, "top1") is None
                              else 100 * metric(r, "top1"), 2),  # type: ignore[operator]
-     lambda c: _pts_text(c["top1_delta_pts"])),
+     lambda c: _pts_text(c["top1_delta_pts"], digits=2)),
     ("top-5", lambda r: _fmt(None if metric(r, "top5") is None
                              else 100 * metric(r, "top5"), 2),  # type: ignore[operator]
-     lambda c: _pts_text(c["top5_delta_pts"])),
+     lambda c: _pts_text(c["top5_delta_pts"], digits=2)),
     ("cosine", lambda r: _fmt(metric(r, "cosine"), 4),
-     lambda c: _pts_text(c["cosine_delta"], "", 4)),
-    ("p50 ms", lambda r: _fmt(p50_ms(r), 4), lambda c: _ratio_text(c["latency_p50_ratio"])),
-    ("p90 ms", lambda r: _fmt(_number((r.metrics.get("latency_ms") or {}).get("p90")), 4),
-     lambda c: _ratio_text(c["latency_p90_ratio"])),
+     lambda c: _pts_text(c["cosine_delta"], "")),
+    ("p50 ms", lambda r: _fmt(p50_ms(r), 4), lambda c: ratio_text(c["latency_p50_ratio"])),
+    ("p90 ms", lambda r: _fmt(latency(r, "p90"), 4),
+     lambda c: ratio_text(c["latency_p90_ratio"])),
     ("throughput (inf/s)", lambda r: _fmt(metric(r, "throughput_ips"), 0),
-     lambda c: _ratio_text(c["throughput_ratio"])),
+     lambda c: ratio_text(c["throughput_ratio"])),
 )
 
 
