@@ -180,23 +180,24 @@ def fleet(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     rogue_dir.mkdir()
     rogue = pki.foreign_ca.issue_device("rogue", ips=["127.0.0.1"])
     rogue_cert, rogue_key = rogue.write(rogue_dir, pki.passphrase)
-    agents = [start_agent(pki, base / f"agent{n}") for n in range(3)]
-    # A board set up with another PKI altogether: its CA is not ours.
-    agents.append(start_agent(pki, base / "rogue", cert=rogue_cert, key=rogue_key,
-                              ca=pki.dir / "foreign" / "ca-cert.pem"))
+    agents: List[Any] = []
     silent = SilentPort()
-    path = base / "edgetune.toml"
-    host = pki.host
-    lines = [f'[host]\nca = "{host.ca}"\ncert = "{host.cert}"\nkey = "{host.key}"\n'
-             f'passphrase_file = "{agents[0].passphrase_file}"\n']
-    for n in range(3):
-        lines.append(f'[devices.good{n}]\naddress = "{agents[n].address}"\n'
-                     f'tags = ["good", "{"even" if n % 2 == 0 else "odd"}"]\n')
-    lines.append(f'[devices.rogue]\naddress = "{agents[3].address}"\ntags = ["bad"]\n')
-    lines.append(f'[devices.silent]\naddress = "127.0.0.1:{silent.port}"\ntags = ["bad"]\n')
-    lines.append(f'[devices.closed]\naddress = "127.0.0.1:{_closed_port()}"\ntags = ["bad"]\n')
-    path.write_text("\n".join(lines))
-    try:
+    try:           # whatever fails to start, what did start is stopped
+        agents.extend(start_agent(pki, base / f"agent{n}") for n in range(3))
+        # A board set up with another PKI altogether: its CA is not ours.
+        agents.append(start_agent(pki, base / "rogue", cert=rogue_cert, key=rogue_key,
+                                  ca=pki.dir / "foreign" / "ca-cert.pem"))
+        path = base / "edgetune.toml"
+        host = pki.host
+        lines = [f'[host]\nca = "{host.ca}"\ncert = "{host.cert}"\nkey = "{host.key}"\n'
+                 f'passphrase_file = "{agents[0].passphrase_file}"\n']
+        for n in range(3):
+            lines.append(f'[devices.good{n}]\naddress = "{agents[n].address}"\n'
+                         f'tags = ["good", "{"even" if n % 2 == 0 else "odd"}"]\n')
+        lines.append(f'[devices.rogue]\naddress = "{agents[3].address}"\ntags = ["bad"]\n')
+        lines.append(f'[devices.silent]\naddress = "127.0.0.1:{silent.port}"\ntags = ["bad"]\n')
+        lines.append(f'[devices.closed]\naddress = "127.0.0.1:{_closed_port()}"\ntags = ["bad"]\n')
+        path.write_text("\n".join(lines))
         yield path
     finally:
         silent.close()
