@@ -8,7 +8,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from edgetune.host.results.records import Record
 from edgetune.host.results.repeat import spread
 from edgetune.host.results.report import MAX_LISTED, Group, Report
-from edgetune.host.results.view import _pts_text, _ratio_text, metric, model_label, p50_ms
+from edgetune.host.results.compare import fixed, ratio_text
+from edgetune.host.results.view import metric, model_label, p50_ms
 
 
 def _cell(value: Any) -> str:
@@ -45,11 +46,12 @@ def _kib(size: Optional[int]) -> str:
 
 
 def _ratio(before: Optional[float], after: Optional[float]) -> str:
-    return _ratio_text(None if before in (None, 0) or after is None else after / before)
+    return ratio_text(None if before in (None, 0) or after is None else after / before)
 
 
 def _delta_pts(before: Optional[float], after: Optional[float]) -> str:
-    return _pts_text(None if before is None or after is None else 100 * (after - before))
+    return fixed(None if before is None or after is None else 100 * (after - before), 2, " pts",
+                 sign=True)
 
 
 def before_after_rows(before: Group, after: Group) -> List[List[str]]:
@@ -63,10 +65,10 @@ def before_after_rows(before: Group, after: Group) -> List[List[str]]:
     if before.accuracy("cosine") is not None or after.accuracy("cosine") is not None:
         rows.append(["cosine to reference", _fmt(before.accuracy("cosine")),
                      _fmt(after.accuracy("cosine")),
-                     _pts_text(None if before.accuracy("cosine") is None
-                               or after.accuracy("cosine") is None
-                               else after.accuracy("cosine") - before.accuracy("cosine"),  # type: ignore[operator]
-                               "", 4)])
+                     fixed(None if before.accuracy("cosine") is None
+                           or after.accuracy("cosine") is None
+                           else after.accuracy("cosine") - before.accuracy("cosine"),  # type: ignore[operator]
+                           4, sign=True)])
     for stat in ("p50", "p90", "p99"):
         rows.append([f"{stat} latency", _fmt(before.latency(stat), 4, " ms"),
                      _fmt(after.latency(stat), 4, " ms"),
