@@ -16,7 +16,19 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from edgetune.protos import agent_pb2 as pb
+
+
+class _GeneratedCode:
+    """``agent_pb2``, imported on first use: a command that only reads dataclasses (the host's
+    results commands) does not pay for protobuf's generated code."""
+
+    def __getattr__(self, name: str) -> Any:
+        from edgetune.protos import agent_pb2
+        globals()["pb"] = agent_pb2
+        return getattr(agent_pb2, name)
+
+
+pb: Any = _GeneratedCode()
 
 # gRPC metadata naming the edgetune version of the side that sends it: the host sends it on
 # every call (older hosts send none), the agent on an INCOMPATIBLE_METADATA refusal. A

@@ -31,10 +31,27 @@ COMMAND_MODULES = (
     "edgetune.host.cli.fleet_cmd",
 )
 
+# Which module registers each command, so that running one command imports only its module
+# (a command's own start-up is what a person waits for; `--help` still imports them all).
+# tests/test_host_cli_parser.py checks this table against what the modules register.
+COMMANDS = {
+    "demo": "edgetune.host.cli.demo_cmd",
+    "certs": "edgetune.host.cli.certs_cmd",
+    **dict.fromkeys(("info", "models", "datasets", "jobs", "bench", "eval"),
+                    "edgetune.host.cli.agent_cmds"),
+    "compare": "edgetune.host.cli.compare_cmd",
+    "quantize": "edgetune.host.cli.quantize_cmd",
+    "analyze": "edgetune.host.cli.analyze_cmd",
+    "results": "edgetune.host.cli.results_cmd",
+    "fleet": "edgetune.host.cli.fleet_cmd",
+}
+
 EXIT_CODES_HELP = help_table()  # the same table as edgetune-agent --help
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The whole parser, or (``command``, a name of ``COMMANDS``) one with only the module
+    that registers that command."""
     parser = argparse.ArgumentParser(
         prog="edgetune",
         description="Quantize ONNX models on this PC, measure them on edge boards over "
@@ -46,13 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log more (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    modules = COMMAND_MODULES if command not in COMMANDS else (COMMANDS[command],)
+    for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
 
+def _command(argv: Sequence[str]) -> Optional[str]:
+    """The command ``argv`` runs (its first word that is not an option), if it is known."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),

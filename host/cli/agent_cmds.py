@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from edgetune.host.board import BlobRef
 from edgetune.host.cli import jobs_cmds, store_cmds
 from edgetune.host.cli.common import (add_connection_flags, add_json_flag, add_record_flags,
                                       check_count, parse_list, parse_shape)
@@ -22,6 +21,9 @@ from edgetune.host.results.location import recording
 from edgetune.host.target import open_session, resolve_target
 from edgetune.protos.messages import (EXECUTION_MODES, GRAPH_OPT_LEVELS, BenchmarkSpec, BlobKind,
                              EvaluateSpec, SessionOptions, ThermalGate)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgetune.host.board import BlobRef
 
 METRICS = ("top1", "top5", "fidelity", "miou")
 
@@ -75,6 +77,7 @@ def add_thermal_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def bench_settings(args: argparse.Namespace) -> JobSettings:
+    from edgetune.host.board import BlobRef
     check_count("--iterations", args.iterations)
     check_count("--warmup", args.warmup, minimum=0)
     check_count("--seed", args.seed, minimum=0, maximum=2 ** 64 - 1)
@@ -93,6 +96,7 @@ def bench_settings(args: argparse.Namespace) -> JobSettings:
 
 
 def eval_settings(args: argparse.Namespace) -> JobSettings:
+    from edgetune.host.board import BlobRef
     check_count("--batch", args.batch)
     metrics = parse_list(args.metric)
     unknown = [m for m in metrics if m not in METRICS]

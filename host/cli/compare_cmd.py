@@ -10,9 +10,8 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
-from edgetune.host.board import BlobRef
 from edgetune.host.cli.agent_cmds import (METRICS, _session_flags, add_thermal_flags,
                                           session_from_args, thermal_from_args)
 from edgetune.host.cli.common import (add_connection_flags, add_json_flag, add_record_flags,
@@ -24,6 +23,9 @@ from edgetune.protos.messages import BlobKind, CompareSpec
 
 DEFAULT_ROUNDS = 5
 DEFAULT_ITERATIONS = 100
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgetune.host.board import BlobRef
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class CompareSettings:
 
 
 def compare_settings(args: argparse.Namespace) -> CompareSettings:
+    from edgetune.host.board import BlobRef
     check_count("--rounds", args.rounds, maximum=100)
     check_count("--iterations", args.iterations)
     check_count("--warmup", args.warmup, minimum=0)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from edgetune.host.board import job_name
 from edgetune.host.cli.common import (add_connection_flags, add_json_flag, add_record_flags,
                                       check_count)
 from edgetune.host.errors import ExitStatus
@@ -17,6 +16,7 @@ from edgetune.host.target import open_session, resolve_target
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     from edgetune.host import render
+    from edgetune.host.board import job_name
 
     action = args.jobs_action
     if action == "list":

@@ -94,9 +94,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not records:
         print(f"no results in {source} match", file=sys.stderr)
         return 0
+    rows = [view.list_row(r) for r in records]
+    if not sys.stdout.isatty():      # a pipe or a file gets plain lines: the Markdown table
+        print(render.markdown_table(view.LIST_COLUMNS, rows))
+        return 0
     render.stdout_console().print(render.plain_table(
-        f"results ({source})", view.LIST_COLUMNS, [view.list_row(r) for r in records],
-        right=("p50 ms", "top1")))
+        f"results ({source})", view.LIST_COLUMNS, rows, right=("p50 ms", "top1")))
     return 0
 
 

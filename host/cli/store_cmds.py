@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgetune.host.board import HEX, BlobRef
 from edgetune.host.cli.common import add_connection_flags, add_json_flag
 from edgetune.host.errors import NotFoundError, UsageError
 from edgetune.host.target import open_session, resolve_target
@@ -16,6 +15,7 @@ from edgetune.protos.messages import BlobKind
 
 def cmd_blobs(args: argparse.Namespace) -> int:
     from edgetune.host import render
+    from edgetune.host.board import HEX, BlobRef
 
     kind = BlobKind(args.blob_kind)
     action = args.blob_action
