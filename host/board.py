@@ -363,8 +363,14 @@ class BoardSession:
 
     # ------------------------------------------------------------------ jobs
     def submit(self, spec: Any, label: str = "") -> Tuple[Job, int]:
-        """Queue a BenchmarkSpec or EvaluateSpec: (the job, its queue position)."""
-        return self.client.submit(spec, label)
+        """Queue a BenchmarkSpec or EvaluateSpec: (the job, its queue position). A recorder
+        that wants to know (``submitted(board, job_id)``) learns the job is new: nothing can
+        have recorded it before."""
+        job, position = self.client.submit(spec, label)
+        submitted = getattr(self.recorder, "submitted", None)
+        if submitted is not None:
+            submitted(self.name, job.id)
+        return job, position
 
     def wait(self, job_id: str, on_event: Optional[EventCallback] = None) -> Job:
         """Watch the job to its end, re-attaching a dropped watch (``AgentClient.wait``)."""

@@ -169,3 +169,22 @@ def test_quantize_records_its_model_and_bench_of_it_names_the_parent(
     children = run_cli(capsys, "results", "list", "--db", db, "--model", benched["model"]["sha256"],
                        "--json").json["results"]
     assert {r["kind"] for r in children} == {"quantize", "bench"}
+
+
+def test_a_job_this_command_submitted_is_recorded_without_looking_it_up(recorded: Any) -> None:
+    """Recording a result must stay cheap: a job the session itself submitted cannot have a
+    record yet, so no lookup query runs for it (one for a job seen again, as above)."""
+    from sqlalchemy import event
+
+    session, recorder, store = recorded
+    statements: list = []
+    event.listen(store.engine, "before_cursor_execute",
+                 lambda conn, cursor, sql, *rest: statements.append(sql))
+    run = session.benchmark(DIGITS_MODEL, BenchmarkSpec(model_sha256="", session=ONE,
+                                                        iterations=3))
+    assert recorder.result_id(run) is not None
+    lookups = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert lookups == [], lookups
+    statements.clear()
+    StoreRecorder(store)(session.result(session.get_job(run.job_id)))
+    assert any("job_id" in s for s in statements if s.lstrip().upper().startswith("SELECT"))

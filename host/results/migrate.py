@@ -30,8 +30,14 @@ def current_revision(conn: Connection) -> Optional[str]:
 
 
 def ensure_current(engine: Engine, url: str) -> None:
+    """Upgrade unless the database is at HEAD. The check is one plain query (no reflection:
+    every command that records pays it); a missing version table means "not current"."""
     with engine.connect() as conn:
-        revision = current_revision(conn)
+        try:
+            revision = conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").scalar()
+        except sa.exc.DBAPIError:           # no such table: a new or a foreign database
+            conn.rollback()
+            revision = None
     if revision != HEAD:
         upgrade(engine, url)
 

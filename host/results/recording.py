@@ -136,6 +136,11 @@ class StoreRecorder:
         self.ids: Dict[Tuple[str, str], str] = {}
         self.comparisons: Dict[Tuple[str, str], Tuple[Any, Any]] = {}
         self._notes: Dict[Tuple[str, str], Dict[str, Any]] = {}
+        self._new: set = set()        # (board, job id) submitted by this command: not recorded yet
+
+    def submitted(self, board: str, job_id: str) -> None:
+        """The board session submitted this job just now (its record cannot exist yet)."""
+        self._new.add((board, job_id))
 
     def annotate(self, board: str, job_id: str, *, run_id: Optional[str] = None,
                  options: Optional[Dict[str, Any]] = None,
@@ -153,7 +158,7 @@ class StoreRecorder:
         if run.kind == "compare":
             self._record_comparison(key, run)
             return
-        existing = self.store.find_job(run.board.name, run.job_id)
+        existing = None if key in self._new else self.store.find_job(run.board.name, run.job_id)
         if existing is not None:
             self.ids[key] = existing
             return
