@@ -228,3 +228,23 @@ def test_an_agent_without_comparisons_asks_for_an_upgrade(
         agent.stop()
     assert r.code == ExitStatus.INCOMPATIBLE, r.err
     assert "a new kind of job" in r.err and "upgrade edgetune-agent on the board" in r.err
+
+
+def test_jobs_watch_and_show_of_a_comparison_print_the_comparison(
+        local_agent: RunningAgent, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A comparison re-attached with `jobs watch` (after Ctrl-C) or shown with `jobs show`
+    prints what `compare` prints, not a benchmark or evaluation table."""
+    db = ["--db", str(tmp_path / "results.db")]
+    r = run_cli(capsys, "compare", str(DIGITS_MODEL), str(DIGITS_MODEL), "--rounds", "2",
+                "--iterations", "20", *local_agent.conn(), *db, "--json")
+    assert r.code == 0, r.err
+    job = r.json["a"]["job_id"]
+    watched = run_cli(capsys, "jobs", "watch", job, *local_agent.conn(), *db, "--json")
+    assert watched.code == 0, watched.err
+    assert set(watched.json) == {"a", "b", "change", "result_id"}
+    assert watched.json["result_id"] == r.json["result_id"]          # recorded once
+    assert watched.json["change"]["latency_p50_ratio"] == r.json["change"]["latency_p50_ratio"]
+    shown = run_cli(capsys, "jobs", "show", job, *local_agent.conn())
+    assert shown.code == 0, shown.err
+    assert "| p50 latency" in shown.out or "p50" in shown.out
+    assert "p50 ratio B/A per round:" in shown.out and "evaluation" not in shown.out

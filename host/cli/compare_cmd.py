@@ -7,7 +7,6 @@ and fidelity of both. The statistics and the table are ``edgetune.host.results.c
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple
@@ -16,7 +15,7 @@ from edgetune.host.cli.agent_cmds import (METRICS, _session_flags, add_thermal_f
                                           session_from_args, thermal_from_args)
 from edgetune.host.cli.common import (add_connection_flags, add_json_flag, add_record_flags,
                                       check_count, parse_list)
-from edgetune.host.errors import BadInputError, ExitStatus, UsageError
+from edgetune.host.errors import BadInputError, UsageError
 from edgetune.host.results.location import recording
 from edgetune.host.target import open_session, resolve_target
 from edgetune.protos.messages import BlobKind, CompareSpec
@@ -109,7 +108,7 @@ def check_same_inputs(a: Path, b: Path) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from edgetune.host import render
-    from edgetune.host.results import compare
+    from edgetune.host.cli.compare_output import print_comparison
 
     settings = compare_settings(args)
     target = resolve_target(args)
@@ -120,39 +119,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                             label=settings.label, view=view,
                             on_event=view.job_callback(f"compare {settings.a.display} vs "
                                                        f"{settings.b.display}"))
-    if not run.ok or run.result is None:
-        message = f"the comparison job {run.job_id} {run.state.value}: {run.error}"
-        if settings.json:
-            render.print_json({"error": {"type": "AgentError", "message": message,
-                                         "exit_status": int(ExitStatus.AGENT)}})
-        else:
-            print(f"edgetune: {message}", file=sys.stderr)
-        return int(ExitStatus.AGENT)
-    stored = recorder.comparisons.get((run.board.name, run.job_id)) if recorder else None
-    a, b = stored or compare.comparison_records(run) or (None, None)
-    assert a is not None and b is not None
-    interval = compare.ratio_interval(compare.round_ratios(run.result))
-    change = compare.change(a, b, interval)
-    result_id = b.id or None
-    if settings.json:
-        render.print_json(compare.comparison_json(a, b, change, result_id))
-        return 0
-    spec = run.options
-    per = (f"{spec.iterations} runs" if spec.iterations else f"{spec.min_duration_s:g} s")
-    print(f"A: {a.model.name or run.model_a} ({run.model_a_sha256[:12]})\n"
-          f"B: {b.model.name or run.model_b} ({run.model_b_sha256[:12]})\n"
-          f"on {run.board.name}: {spec.rounds} rounds A B, B A, ... of one fresh session per "
-          f"model ({per} after {spec.warmup} warm-up each)\n")
-    print(render.markdown_table(("", "A", "B", "B vs A"), compare.table_rows(a, b, change)))
-    ratios = " ".join(f"{r:.3f}" for r in compare.round_ratios(run.result))
-    print(f"\np50 ratio B/A per round: {ratios}")
-    print(compare.verdict(interval))
-    if run.note:
-        print(f"edgetune: note: {run.note}", file=sys.stderr)
-    if result_id:
-        print(f"recorded as {a.id} (A) and {b.id} (B); `edgetune results compare {a.id} "
-              f"{b.id}` shows them again")
-    return 0
+    return print_comparison(run, recorder, settings.json)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -54,6 +54,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             print(f"job {job.id}: {job.state.value}")
             return 0
         run = board.result(job, job_name(job))
+    if run.kind == "compare":
+        from edgetune.host.cli.compare_output import print_comparison
+        return print_comparison(run, recorder, args.json)
     failed = render.print_results(job.kind, [run], args.json,
                                   samples=bool(getattr(job.spec, "return_samples", False)),
                                   result_id=recorder.result_id if recorder else None)

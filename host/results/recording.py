@@ -177,9 +177,10 @@ class StoreRecorder:
         both stored records."""
         from edgetune.host.results.compare import comparison_records
 
-        existing = self.store.find_job(*key)
-        if existing is not None:
-            self.ids[key] = existing
+        stored = [] if key in self._new else self.store.job_records(*key)
+        if stored:                      # seen again (jobs watch): the records it has
+            self.ids[key] = stored[-1].id
+            self.comparisons[key] = (stored[0], stored[-1])
             return
         from ulid import ULID
 

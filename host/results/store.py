@@ -173,6 +173,14 @@ class ResultsStore:
         with self.engine.connect() as conn:
             return conn.execute(query).scalar()
 
+    def job_records(self, device: str, job_id: str) -> List[Record]:
+        """Every record of a board's job, in the order they were added (a comparison job has
+        two: A's, then B's)."""
+        query = (sa.select(results).where(results.c.device_name == device)
+                 .where(results.c.job_id == job_id).order_by(results.c.id))
+        with self.engine.connect() as conn:
+            return [_record(row, None) for row in conn.execute(query)]
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(results)).scalar())
