@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"  {k:<16} {v:8.1f} MiB/s   rounds (s): {result['seconds_per_round'][k]}"
               for k, v in result["mib_per_s"].items()]
     if not checks:
-        lines.append(f"  one core available: the two stages cannot overlap; no target checked")
+        lines.append("  one core available: the two stages cannot overlap; no target checked")
     return finish(result, args.json, lines)
 
 

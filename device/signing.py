@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import platform
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
