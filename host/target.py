@@ -19,10 +19,11 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple
 
 from edgetune.host.errors import NotFoundError, UsageError
-from edgetune.host.inventory import CONFIG_NAME, Inventory, find_config, load_inventory, split_address
+from edgetune.host.inventory import (CONFIG_NAME, HostIdentityFiles, Inventory, find_config,
+                                     load_inventory, split_address)
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgetune.certs import Identity
@@ -84,20 +85,11 @@ class _InventoryOnce:
         return self.loaded
 
 
-@dataclass(frozen=True)
-class IdentityFiles:
-    """This PC's CA, certificate, key and passphrase file, as the flags or [host] name them."""
-
-    ca: Path
-    cert: Path
-    key: Path
-    passphrase_file: Optional[Path] = None
-
-    def load(self) -> "Identity":
-        return load_host_identity(self.ca, self.cert, self.key, self.passphrase_file)
+def load_identity_files(files: HostIdentityFiles) -> "Identity":
+    return load_host_identity(files.ca, files.cert, files.key, files.passphrase_file)
 
 
-def resolve_identity_files(args: argparse.Namespace, inventory: _InventoryOnce) -> IdentityFiles:
+def resolve_identity_files(args: argparse.Namespace, inventory: _InventoryOnce) -> HostIdentityFiles:
     """--pki DIR [--identity N], --ca/--cert/--key, else the inventory's [host]; the key's
     passphrase file from --passphrase-file, else [host] passphrase_file. Missing files are
     reported by name (nothing else is read)."""
@@ -131,8 +123,8 @@ def resolve_identity_files(args: argparse.Namespace, inventory: _InventoryOnce) 
         if path is not None and not Path(path).is_file():
             raise NotFoundError(f"{what} {path} ({origin}) does not exist",
                                 hint="make it with `edgetune certs`, or point the flag at it")
-    return IdentityFiles(ca=Path(files["ca"]), cert=Path(files["cert"]), key=Path(files["key"]),
-                         passphrase_file=passphrase_file)
+    return HostIdentityFiles(ca=Path(files["ca"]), cert=Path(files["cert"]),
+                             key=Path(files["key"]), passphrase_file=passphrase_file)
 
 
 def check_timeout(args: argparse.Namespace) -> None:
@@ -164,7 +156,7 @@ def resolve_target(args: argparse.Namespace, env: Optional[Mapping[str, str]] = 
 
 
 def resolve_fleet(args: argparse.Namespace, env: Optional[Mapping[str, str]] = None
-                  ) -> "tuple[Inventory, IdentityFiles]":
+                  ) -> Tuple[Inventory, HostIdentityFiles]:
     """The inventory (fleet commands select boards from it) and this PC's identity files."""
     check_timeout(args)
     inventory = _InventoryOnce(args, os.environ if env is None else env)

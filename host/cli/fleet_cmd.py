@@ -63,7 +63,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from edgetune.host import render
     from edgetune.host.fleet.selectors import Selector, select
     from edgetune.host.fleet.status import fleet_status
-    from edgetune.host.target import resolve_fleet
+    from edgetune.host.target import load_identity_files, resolve_fleet
 
     selector = Selector.parse(args.devices)
     inventory, files = resolve_fleet(args)
@@ -72,7 +72,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         candidates = list(inventory.devices)
     else:
         candidates, _ = select(inventory, selector)
-    statuses = fleet_status(candidates, files.load(), args.timeout)
+    statuses = fleet_status(candidates, load_identity_files(files), args.timeout)
     if needs_boards:
         reported = {s.name: s.reported() for s in statuses}
         chosen, _ = select(inventory, selector, reported)
