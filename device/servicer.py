@@ -213,6 +213,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         thread = concurrent.futures.ThreadPoolExecutor(max_workers=1,
                                                        thread_name_prefix="edgetune-upload")
         in_flight: Deque[asyncio.Future] = collections.deque()
+        # Each chunk carries its offset: the writer refuses one that does not follow what it
+        # wrote, since cancelling queued writes below can skip a chunk while a later one runs.
+        position = writer.committed
         try:
             async for message in messages:
                 if not isinstance(message, memoryview):     # see parse_upload_request
@@ -221,7 +224,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                     message = message.data
                 if len(in_flight) >= WRITES_IN_FLIGHT:
                     await in_flight.popleft()
-                in_flight.append(loop.run_in_executor(thread, writer.write, message))
+                in_flight.append(loop.run_in_executor(thread, writer.write, message, position))
+                position += len(message)
             while in_flight:
                 await in_flight.popleft()
             info = await loop.run_in_executor(thread, writer.commit)

@@ -227,14 +227,23 @@ class UploadWriter:
     def complete(self) -> bool:
         return self.committed == self.size
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, at: Optional[int] = None) -> None:
         """Append ``data`` (bytes, or a memoryview of bytes: it is hashed after this returns,
-        so it must not change)."""
+        so it must not change).
+
+        ``at``: where ``data`` starts in the upload, as the sender counts. A chunk that does not
+        start at ``committed`` (a chunk before it was never written: dropped when its sender
+        went away, or its write failed) is refused and nothing of it is written, so the partial
+        file always stays a prefix of what was sent and a resume never splices."""
         if self._closed:
             if self.already_present:
                 raise FailedPrecondition(
                     f"{self.kind.value} {self.sha256} is stored already; nothing needs sending")
             raise FailedPrecondition("this upload is closed; start a new one to send more bytes")
+        if at is not None and at != self.committed:
+            raise FailedPrecondition(
+                f"a chunk at byte {at} does not follow the {self.committed} bytes written (one "
+                f"before it was not written); resume from offset {self.committed}")
         n = len(data)
         if self.committed + n > self.size:
             raise InvalidArgument(
@@ -330,6 +339,11 @@ class UploadWriter:
         store, key = self._store, self.key
         try:
             self._close_file()
+            stored_size = store._part_path(self.kind, key).stat().st_size
+            if stored_size != self.size:      # never name bytes the hash did not see
+                store._drop_partial(self.kind, key)
+                raise DataLoss(f"the partial file holds {stored_size} bytes where {self.size} "
+                               "were written; the upload was discarded, send it again")
             got = self._hash.hexdigest()
             if self.sha256 and got != self.sha256:
                 store._drop_partial(self.kind, key)

@@ -113,6 +113,18 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def assert_blobs_named_by_content(store_root: Path) -> int:
+    """The store's core promise: every complete blob's file name is the sha256 of its bytes.
+    Returns how many blobs were checked."""
+    checked = 0
+    for folder, suffix in (("models", ".onnx"), ("datasets", ".npz")):
+        for blob in sorted((Path(store_root) / folder).glob("*" + suffix)):
+            assert sha256_hex(blob.read_bytes()) == blob.name[:-len(suffix)], \
+                f"{blob} is not named by the sha256 of its content"
+            checked += 1
+    return checked
+
+
 def upload_requests(kind: int, data: bytes, *, name: str = "", offset: int = 0,
                     size: Optional[int] = None, sha256: Optional[str] = None,
                     chunk: int = CHUNK) -> Iterator[pb.UploadBlobRequest]:

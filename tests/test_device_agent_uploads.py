@@ -3,19 +3,28 @@ the agent must never keep an upload marked "in progress" after its caller went a
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import threading
 import time
+import types
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Dict, Iterator
 
 import grpc
 import numpy as np
 import pytest
 
+import edgetune.device.servicer
+from edgetune.device.limits import Limits
+from edgetune.device.servicer import AgentServicer
+from edgetune.device.store import BlobStore, UploadState
 from edgetune.protos import agent_pb2 as pb
 from edgetune.protos import agent_pb2_grpc
-from tests.agent_fixtures import TIMEOUT, channel, sha256_hex, start_agent, upload
+from edgetune.protos.messages import BlobKind
+from tests.agent_fixtures import (TIMEOUT, assert_blobs_named_by_content, channel, npz_bytes,
+                                  sha256_hex, start_agent, upload)
 
 MiB = 1 << 20
 
@@ -159,3 +168,85 @@ def test_cancel_while_rehashing_an_upload_by_id_releases_it(pki: Any, tmp_path: 
     finally:
         ch.close()
         agent.stop()
+
+
+class UnluckyUploadThread(concurrent.futures.ThreadPoolExecutor):
+    """The servicer's per-upload writer thread, forced into an order ThreadPoolExecutor allows
+    when the caller goes away with writes queued: the running write (the 1st) ends only once
+    the 2nd was cancelled, and the 3rd starts before its own cancel lands. (Found as a flake of
+    test_host_upload_by_id.py's resume test: the partial lost a chunk in its middle, the resume
+    went on from its size and the blob was named by the spliced bytes' hash.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.submitted = 0
+        self.second_cancelled = threading.Event()
+        self.started: Dict[int, threading.Event] = {}
+
+    def submit(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        i = self.submitted
+        self.submitted += 1
+        started = self.started[i] = threading.Event()
+
+        def run(*a: Any, **kw: Any) -> Any:
+            started.set()
+            if i == 0:
+                self.second_cancelled.wait(TIMEOUT)
+            return fn(*a, **kw)
+
+        future = super().submit(run, *args, **kwargs)
+        cancel = future.cancel
+
+        def unlucky_cancel() -> bool:
+            if i == 2:
+                started.wait(TIMEOUT)     # the thread picked the 3rd write up first
+            done = cancel()
+            if done and i == 1:
+                self.second_cancelled.set()
+            return done
+
+        future.cancel = unlucky_cancel    # type: ignore[method-assign]
+        return future
+
+
+def test_a_chunk_skipped_when_the_caller_goes_away_never_splices_the_partial(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """UploadBlob cancelled with writes queued: whatever order the writer thread runs them in,
+    the partial stays a prefix of the stream, and the resume stores the right blob."""
+    data = npz_bytes(x=np.arange(64 * 1024, dtype=np.float32))     # ~256 KiB
+    chunk = 64 * 1024
+    store = BlobStore(tmp_path / "store", Limits())
+    servicer = AgentServicer(Limits(), "test")
+    servicer.attach(store, object(), dict)  # type: ignore[arg-type]
+    monkeypatch.setattr(edgetune.device.servicer, "concurrent", types.SimpleNamespace(
+        futures=types.SimpleNamespace(ThreadPoolExecutor=UnluckyUploadThread)))
+
+    async def cancelled_upload() -> None:
+        async def requests() -> Any:
+            yield pb.UploadBlobRequest(header=pb.UploadHeader(
+                kind=pb.BLOB_KIND_DATASET, size_bytes=len(data), upload_id=UPLOAD_ID))
+            for start in (0, chunk, 2 * chunk):                 # 3 writes queued, then a stall
+                yield memoryview(data)[start:start + chunk]
+            await asyncio.Event().wait()
+
+        task = asyncio.ensure_future(servicer.UploadBlob(requests(), None))
+        await asyncio.sleep(0.2)
+        task.cancel()                                           # the caller goes away
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        deadline = time.monotonic() + TIMEOUT
+        while store._uploading:                                 # closed by the writer thread
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+
+    asyncio.run(cancelled_upload())
+    part = (tmp_path / "store" / "partial" / f"dataset-u-{UPLOAD_ID}.part").read_bytes()
+    assert part == data[:len(part)], "the partial is not a prefix of what was sent"
+    state, committed = store.status(BlobKind.DATASET, "", len(data), UPLOAD_ID)
+    assert (state, committed) == (UploadState.PARTIAL, chunk)   # the 1st chunk only
+
+    writer = store.begin_upload(BlobKind.DATASET, "", len(data), offset=committed,
+                                upload_id=UPLOAD_ID)
+    writer.write(data[committed:], at=committed)
+    assert writer.commit().sha256 == sha256_hex(data)
+    assert assert_blobs_named_by_content(store.root) == 1

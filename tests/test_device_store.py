@@ -18,6 +18,7 @@ from edgetune.device.errors import (AlreadyExists, DataLoss, FailedPrecondition,
 from edgetune.device.limits import Limits
 from edgetune.device.store import BlobStore, UploadState, safe_label
 from edgetune.protos.messages import BlobKind
+from tests.agent_fixtures import assert_blobs_named_by_content
 
 MODEL = BlobKind.MODEL
 DATASET = BlobKind.DATASET
@@ -109,6 +110,38 @@ def test_resume_after_close_incomplete_from_the_committed_offset(store: BlobStor
     info = writer.commit()  # the hash covers the resumed part too
     assert info.sha256 == digest
     assert restarted.path(MODEL, digest).read_bytes() == data
+
+
+def test_a_chunk_that_does_not_follow_is_refused_and_the_partial_stays_a_prefix(
+        store: BlobStore) -> None:
+    """A chunk written after one that never was (its sender went away, its write failed) would
+    splice the partial: the resume would go on from its size and name a blob that is not the
+    file. The writer refuses it, writing nothing of it."""
+    data = npz_bytes(x=np.arange(100_000, dtype=np.float32))
+    upload_id, a, b = "d1" * 16, 100_000, 200_000
+    writer = store.begin_upload(DATASET, "", len(data), "d", upload_id=upload_id)
+    writer.write(data[:a], at=0)
+    with pytest.raises(FailedPrecondition, match=f"does not follow the {a} bytes written"):
+        writer.write(data[b:], at=b)                  # data[a:b] was never written
+    assert writer.committed == a
+    assert writer.close_incomplete() == a
+    state, committed = store.status(DATASET, "", len(data), upload_id)
+    assert (state, committed) == (UploadState.PARTIAL, a)
+    writer = store.begin_upload(DATASET, "", len(data), "d", committed, upload_id=upload_id)
+    writer.write(data[committed:], at=committed)
+    assert writer.commit().sha256 == sha(data)
+    assert assert_blobs_named_by_content(store.root) == 1
+
+
+def test_bytes_the_writer_did_not_write_are_never_committed(store: BlobStore) -> None:
+    data = npz_bytes(x=np.arange(10_000, dtype=np.float32))
+    writer = store.begin_upload(DATASET, "", len(data), "d", upload_id="d2" * 16)
+    writer.write(data)
+    with open(store._part_path(DATASET, writer.key), "ab") as f:
+        f.write(b"extra")                               # not seen by the writer's hash
+    with pytest.raises(DataLoss, match="discarded"):
+        writer.commit()
+    assert store.list() == [] and list((store.root / "partial").glob("*.part")) == []
 
 
 def test_resumed_upload_with_corrupt_prefix_is_caught(store: BlobStore) -> None:

@@ -23,7 +23,8 @@ from edgetune.host.hashcache import RACY_NS, Entry, FileIdentity, HashCache
 from edgetune.protos import agent_pb2 as pb
 from edgetune.protos import agent_pb2_grpc
 from edgetune.protos.messages import BlobKind
-from tests.agent_fixtures import TIMEOUT, channel, mlp_model, npz_bytes
+from tests.agent_fixtures import (TIMEOUT, assert_blobs_named_by_content, channel, mlp_model,
+                                  npz_bytes)
 from tests.host_fixtures import (RunningAgent, local_agent, retry_busy,  # noqa: F401
                                  settled_partial)
 
@@ -179,6 +180,7 @@ def test_interrupted_streamed_upload_resumes_by_upload_id(
     assert partials(local_agent.store) == []
     [entry] = cache_entries(tmp_path).values()
     assert entry["sha256"] == outcome.blob.sha256 and entry["upload_id"] == ""
+    assert assert_blobs_named_by_content(local_agent.store) >= 1
 
 
 def test_file_changed_while_streaming_is_refused_and_not_cached(
