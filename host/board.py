@@ -122,6 +122,7 @@ class ComparisonRun:
     note: str = ""
     model_a_path: Optional[Path] = None
     model_b_path: Optional[Path] = None
+    signed: Optional[SignedResult] = None   # the agent's signature of the job (both models)
 
     kind = "compare"
 
@@ -219,7 +220,8 @@ def comparison_from_job(job: Job, board: BoardInfo, names: Sequence[str] = ("", 
         model_a_sha256=shas[0], model_b_sha256=shas[1], board=board, options=spec,
         state=job.state, result=result, error=error, label=job.label,
         note="; ".join(n for n in (free_batch_note(spec), thermal_note(spec, result)) if n),
-        model_a_path=paths[0], model_b_path=paths[1])
+        model_a_path=paths[0], model_b_path=paths[1],
+        signed=job.signed if result is not None else None)
 
 
 def job_name(job: Job) -> str:

@@ -27,7 +27,7 @@ from edgetune.host.results.recording import StoreRecorder
 from edgetune.host.results.schema import results
 from edgetune.host.results.store import ResultsStore
 from edgetune.host.results.verify import INVALID, UNSIGNED, VALID, verify_record
-from edgetune.protos.messages import BenchmarkSpec, EvaluateSpec, SessionOptions
+from edgetune.protos.messages import BenchmarkSpec, CompareSpec, EvaluateSpec, SessionOptions
 from tests.host_fixtures import (DIGITS_MODEL, DIGITS_TEST, RunningAgent, local_agent,  # noqa: F401
                                  run_cli, start_agent)
 
@@ -336,3 +336,106 @@ def test_a_database_of_revision_0001_upgrades_to_0002_and_keeps_its_records(
         assert verify_record(old, cas(local_agent.pki)).status == UNSIGNED
         assert verify_record(store.get(record.id), cas(local_agent.pki)).status == VALID
         assert store.count() == 2
+
+
+# ---------------------------------------------------------------------- comparisons
+
+COMPARE = CompareSpec(model_a_sha256="", model_b_sha256="", session=ONE, rounds=2, warmup=2,
+                      iterations=15, return_samples=True)
+
+
+@pytest.fixture
+def compared(local_agent: RunningAgent, db_url: str, tmp_path: Path) -> Tuple[Record, Record, str]:
+    """A comparison (with a dataset, raw samples kept) of the digits model against a copy of it
+    with another sha256, through BoardSession; its two stored records, A's and B's."""
+    import onnx
+
+    copy = onnx.load(str(DIGITS_MODEL))
+    copy.doc_string = "a copy with another sha256"
+    model_b = tmp_path / "digits_copy.onnx"
+    onnx.save(copy, str(model_b))
+    with ResultsStore.open(db_url) as store:
+        recorder = StoreRecorder(store)
+        client = AgentClient(local_agent.address, local_agent.pki.host.identity)
+        with BoardSession(client, "board1", recorder=recorder) as session:
+            run = session.compare(DIGITS_MODEL, model_b, COMPARE, dataset=DIGITS_TEST)
+        assert run.signed is not None
+        a, b = recorder.comparisons[("board1", run.job_id)]
+        return store.get(a.id), store.get(b.id), db_url
+
+
+def test_a_comparisons_two_records_are_signed_and_verify(
+        compared: Tuple[Record, Record, str], local_agent: RunningAgent, capsys: Any) -> None:
+    a, b, db_url = compared
+    assert a.signature is not None and a.signature == b.signature   # one job, one signature
+    assert a.samples_ms and b.samples_ms and "top1" in a.metrics
+    for record in (a, b):
+        verdict = verify_record(record, cas(local_agent.pki))
+        assert verdict.status == VALID and verdict.agent == "board1", verdict.problems
+    assert verify_record(a, cas(local_agent.pki)).unsigned_fields == ()
+    assert verify_record(b, cas(local_agent.pki)).unsigned_fields == (
+        "metrics.compare.change.size_ratio",)                # from the local files' sizes
+    out = verify_cli(capsys, b.id, "--db", db_url, "--ca", str(local_agent.pki.ca_cert))
+    assert out.code == 0 and f"result {b.id}: valid" in out.out
+
+
+def test_an_exported_comparison_verifies_with_only_the_ca(
+        compared: Tuple[Record, Record, str], local_agent: RunningAgent, tmp_path: Path,
+        capsys: Any) -> None:
+    a, b, db_url = compared
+    exported = tmp_path / "elsewhere" / "export.json"
+    exported.parent.mkdir()
+    assert run_cli(capsys, "results", "export", "--format", "json", "--db", db_url,
+                   "-o", str(exported)).code == 0
+    ca = exported.parent / "ca-cert.pem"
+    shutil.copy(local_agent.pki.ca_cert, ca)
+    doc = verify_cli(capsys, "--file", str(exported), "--ca", str(ca), "--json").json
+    assert doc["ok"] and doc["verified"] == 2 and doc["failed"] == doc["unsigned"] == 0
+    assert {r["id"] for r in doc["results"]} == {a.id, b.id}
+
+
+@pytest.mark.parametrize("which", ["a", "b"])
+def test_a_comparison_records_metric_changed_fails_naming_the_field(
+        compared: Tuple[Record, Record, str], local_agent: RunningAgent, capsys: Any,
+        which: str) -> None:
+    a, b, db_url = compared
+    record = a if which == "a" else b
+    metrics = json.loads(json.dumps(dict(record.metrics)))
+    metrics["latency_ms"]["p50"] /= 2
+    metrics["rounds"][1]["throughput_ips"] *= 2
+    update(db_url, record.id, metrics=metrics)
+    text = _failed(capsys, record, record.id, "--db", db_url,
+                   "--ca", str(local_agent.pki.ca_cert))
+    assert "field metrics.latency_ms.p50" in text and "field metrics.rounds" in text
+    other = b if which == "a" else a
+    assert verify_record(other, cas(local_agent.pki)).status == VALID
+
+
+def test_a_changed_comparison_change_or_sample_fails(
+        compared: Tuple[Record, Record, str], local_agent: RunningAgent) -> None:
+    a, b, _ = compared
+    metrics = json.loads(json.dumps(dict(b.metrics)))
+    metrics["compare"]["change"]["latency_p50_ratio"] = 0.5
+    metrics["compare"]["verdict"] = "B is 0.50x A"
+    verdict = verify_record(dataclasses.replace(b, metrics=metrics), cas(local_agent.pki))
+    assert verdict.status == INVALID
+    assert any("field metrics.compare.change.latency_p50_ratio" in p for p in verdict.problems)
+    assert any("field metrics.compare.verdict" in p for p in verdict.problems)
+    assert a.samples_ms is not None
+    changed = dataclasses.replace(a, samples_ms=a.samples_ms[:-1] + (0.001,))
+    verdict = verify_record(changed, cas(local_agent.pki))
+    assert verdict.status == INVALID and "field samples_ms" in verdict.problems[0]
+
+
+def test_a_comparison_records_model_sha_changed_fails(
+        compared: Tuple[Record, Record, str], local_agent: RunningAgent, tmp_path: Path,
+        capsys: Any) -> None:
+    a, b, db_url = compared
+    exported = tmp_path / "export.json"
+    run_cli(capsys, "results", "export", "--format", "json", "--db", db_url, "-o", str(exported))
+    doc = json.loads(exported.read_text())
+    entry = next(r for r in doc["results"] if r["id"] == a.id)
+    entry["model"]["sha256"] = b.model.sha256          # A's numbers claimed for model B
+    exported.write_text(json.dumps(doc))
+    text = _failed(capsys, a, "--file", str(exported), "--ca", str(local_agent.pki.ca_cert))
+    assert "field model.sha256 (model A)" in text and f"result {b.id}: valid" in text

@@ -257,18 +257,21 @@ def board_state(results: Sequence[Any]) -> Dict[str, Any]:
 def comparison_records(run: Any, *, label: str = "",
                        run_id: Optional[str] = None) -> Optional[Tuple[Record, Record]]:
     """The records of a successful comparison (``edgetune.host.board.ComparisonRun``): one
-    per measured model, kind ``compare``, sharing ``run_id``; B's holds the change."""
+    per measured model, kind ``compare``, sharing ``run_id``; B's holds the change. Both keep
+    the job's signature (``run.signed``): ``results verify`` rebuilds them from its payload
+    with this same function."""
     from edgetune.host.render import options_record
-    from edgetune.host.results.recording import device_doc, host_doc, model_ref
+    from edgetune.host.results.recording import device_doc, host_doc, model_ref, signed_device
 
     result = run.result
     if result is None:
         return None
     interval = ratio_interval(round_ratios(result))
+    signed = getattr(run, "signed", None)        # the agent's signature covers both records
     common: Dict[str, Any] = dict(
-        options=options_record(run.options), device=device_doc(run.board), host=host_doc(),
-        job_id=run.job_id, label=label or run.label, run_id=run_id,
-        dataset_sha256=run.options.dataset_sha256 or None)
+        options=options_record(run.options), device=signed_device(device_doc(run.board), signed),
+        host=host_doc(), job_id=run.job_id, label=label or run.label, run_id=run_id,
+        dataset_sha256=run.options.dataset_sha256 or None, signature=signed)
     sides = {}
     for which, evaluation in (("a", result.evaluate_a), ("b", result.evaluate_b)):
         sessions = [getattr(r, which) for r in result.rounds]

@@ -12,7 +12,11 @@
 - ``invalid``: anything else, each problem naming the record and the field.
 
 The expected record fields are rebuilt from the signed payload by the same code that records a
-board result (``recording.record_from_run``), so what is compared is exactly what is recorded.
+board result (``recording.record_from_run``; for a comparison ``compare.comparison_records``,
+whose two records, A's and B's, share one signature), so what is compared is exactly what is
+recorded. A comparison record must name the model the board signed for its side (A or B), its
+raw samples are checked session by session, and the fields the host computes from its own
+files (``HOST_ONLY``: the size ratio of B's change) are listed as not signed.
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ from edgetune.host.results.records import Record
 
 VALID, UNSIGNED, INVALID = "valid", "unsigned", "invalid"
 _VERSIONS = ("agent_version", "onnxruntime_version", "python_version")
+# Record fields of a kind made from what the host has, not the board: listed, not compared.
+HOST_ONLY: Dict[str, Tuple[str, ...]] = {
+    "compare": ("metrics.compare.change.size_ratio",),      # the local files' sizes
+}
+_DIGEST_KEYS = ("samples_ms_count", "samples_ms_sha256")
 
 
 @dataclass(frozen=True)
@@ -110,16 +119,35 @@ def expected_record(doc: Mapping[str, Any], record: Record) -> Optional[Record]:
     from edgetune.protos.messages import Job
 
     job = dict(doc["job"])
-    result = job.get("result")
-    if isinstance(result, dict):
-        result = {k: v for k, v in result.items()
-                  if k not in ("samples_ms_count", "samples_ms_sha256")}
     try:
-        typed = Job.from_dict(dict(job, result=_floats(result), signed=None))
+        typed = Job.from_dict(dict(job, result=_floats(_undigested(job.get("result"))),
+                                   signed=None))
         run = run_from_job(typed, record.model.name, BoardInfo(record.device_name or "", ""))
+        if run.kind == "compare":
+            from edgetune.host.results.compare import comparison_records
+            records = comparison_records(run, run_id=record.run_id)
+            if records is None:
+                return None
+            return records[1] if side_of(record, doc) == "b" else records[0]
         return record_from_run(run, kind=record.kind)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return None
+
+
+def side_of(record: Record, doc: Mapping[str, Any]) -> Optional[str]:
+    """Which model of a signed comparison ``record`` is: "a" or "b" (its ``compare.role``,
+    else the model sha256 it names), None for a job that is not a comparison or a record
+    that names neither."""
+    if "model_a_sha256" not in doc:
+        return None
+    info = record.metrics.get("compare")
+    role = info.get("role") if isinstance(info, Mapping) else None
+    if role in ("a", "b"):
+        return role
+    for side in ("a", "b"):
+        if record.model.sha256 == doc.get(f"model_{side}_sha256"):
+            return side
+    return None
 
 
 def compare(record: Record, doc: Mapping[str, Any]) -> Tuple[List[str], List[str]]:
@@ -133,10 +161,15 @@ def compare(record: Record, doc: Mapping[str, Any]) -> Tuple[List[str], List[str
 
     if record.job_id != job.get("id"):
         differ("job_id", record.job_id, job.get("id"))
-    models = [v for k, v in sorted(doc.items())          # model_sha256; model_a/b_sha256
-              if k.startswith("model") and k.endswith("sha256")]
-    if record.model.sha256 not in models:
-        differ("model.sha256", record.model.sha256, models[0] if len(models) == 1 else models)
+    side = side_of(record, doc)
+    if "model_a_sha256" in doc:                     # a comparison: the model of its side
+        want_model = (doc.get(f"model_{side}_sha256") if side is not None
+                      else [doc.get("model_a_sha256"), doc.get("model_b_sha256")])
+        if record.model.sha256 != want_model:
+            differ(f"model.sha256{f' (model {side.upper()})' if side else ''}",
+                   record.model.sha256, want_model)
+    elif record.model.sha256 != doc.get("model_sha256"):
+        differ("model.sha256", record.model.sha256, doc.get("model_sha256"))
     if (record.dataset_sha256 or "") != (doc.get("dataset_sha256") or ""):
         differ("dataset_sha256", record.dataset_sha256, doc.get("dataset_sha256"))
     agent = doc.get("agent") or {}
@@ -147,13 +180,14 @@ def compare(record: Record, doc: Mapping[str, Any]) -> Tuple[List[str], List[str
             differ(f"device.{key}", record.device.get(key), agent.get(key))
     result = job.get("result") or {}
     if record.samples_ms is not None:
-        count, digest = result.get("samples_ms_count"), result.get("samples_ms_sha256")
-        if digest is None:
+        sets = _signed_samples(result, side, "model_a_sha256" in doc)
+        if not sets or any(digest is None for _, digest in sets):
             problems.append("field samples_ms: the record has raw samples, the board signed none")
-        elif (len(record.samples_ms) != count
-              or signing.samples_digest(list(record.samples_ms)) != digest):
+        elif not _same_samples(list(record.samples_ms), sets):
+            count = sum(c for c, _ in sets if isinstance(c, int))
             problems.append(f"field samples_ms: the {len(record.samples_ms)} samples of the "
                             f"record are not the {count} the board signed")
+    host_only = HOST_ONLY.get(record.kind, ())
     unsigned: List[str] = []
     expected = expected_record(doc, record)
     if expected is None:
@@ -170,16 +204,56 @@ def compare(record: Record, doc: Mapping[str, Any]) -> Tuple[List[str], List[str
                 problems.append(f"field {part}.{key}: missing from the record (the board "
                                 f"signed {_show(want[key])})")
             else:
-                _diff(f"{part}.{key}", have[key], want[key], differ)
+                _diff(f"{part}.{key}", have[key], want[key], differ, host_only, unsigned)
     return problems, unsigned
 
 
-def _diff(name: str, have: Any, want: Any, differ: Any) -> None:
-    if isinstance(have, dict) and isinstance(want, dict):
+def _diff(name: str, have: Any, want: Any, differ: Any,
+          host_only: Sequence[str] = (), unsigned: Optional[List[str]] = None) -> None:
+    if name in host_only:
+        if unsigned is not None and have is not None:
+            unsigned.append(name)
+    elif isinstance(have, dict) and isinstance(want, dict):
         for key in sorted(set(have) | set(want)):
-            _diff(f"{name}.{key}", have.get(key), want.get(key), differ)
+            _diff(f"{name}.{key}", have.get(key), want.get(key), differ, host_only, unsigned)
     elif have != want or type(have) is not type(want) and not _same_number(have, want):
         differ(name, have, want)
+
+
+def _signed_samples(result: Mapping[str, Any], side: Optional[str],
+                    comparison: bool) -> List[Tuple[Any, Any]]:
+    """(count, digest) of each session whose samples a record of ``side`` holds, in the
+    order it holds them: the job's one session, or side ``side`` of every comparison round."""
+    if not comparison:
+        sessions = [result]
+    elif side is None:
+        return []
+    else:
+        sessions = [r.get(side) if isinstance(r, Mapping) else None
+                    for r in result.get("rounds") or []]
+    return [(s.get("samples_ms_count"), s.get("samples_ms_sha256"))
+            if isinstance(s, Mapping) else (None, None) for s in sessions]
+
+
+def _same_samples(samples: List[float], sets: Sequence[Tuple[Any, Any]]) -> bool:
+    counts = [c for c, _ in sets]
+    if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != len(samples):
+        return False
+    start = 0
+    for count, digest in sets:
+        if signing.samples_digest(samples[start:start + count]) != digest:
+            return False
+        start += count
+    return True
+
+
+def _undigested(value: Any) -> Any:
+    """A signed result without the samples' count and digest keys (its messages' fields)."""
+    if isinstance(value, dict):
+        return {k: _undigested(v) for k, v in value.items() if k not in _DIGEST_KEYS}
+    if isinstance(value, list):
+        return [_undigested(v) for v in value]
+    return value
 
 
 def _same_number(a: Any, b: Any) -> bool:
@@ -210,5 +284,5 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-__all__ = ["INVALID", "UNSIGNED", "VALID", "Verdict", "compare", "expected_record",
-           "verify_record"]
+__all__ = ["HOST_ONLY", "INVALID", "UNSIGNED", "VALID", "Verdict", "compare", "expected_record",
+           "side_of", "verify_record"]
