@@ -276,7 +276,8 @@ class Runner:
             iterations=iterations, warmup=spec.warmup, measured_s=measured_s,
             samples_ms=returned, cpu_freq_mhz=sysinfo.cpu_freq_mhz(self.cpu_root),
             temperature_c=sysinfo.temperature_c(self.thermal_root),
-            providers=tuple(session.get_providers()), thermal=thermal)
+            providers=tuple(session.get_providers()), thermal=thermal,
+            load_avg=sysinfo.load_average())
 
     def _thermal_gate(self, gate: Optional[ThermalGate],
                       rep: _Reporter) -> Optional[ThermalReport]:

@@ -153,7 +153,8 @@ class AgentServer:
                                                          thread_name_prefix="edgetune-io")
         self._server: Optional[grpc.aio.Server] = None
         self._health: Any = None
-        self._servicer = AgentServicer(config.limits, identity.common_name, io_executor=self._io)
+        self._servicer = AgentServicer(config.limits, identity.common_name, io_executor=self._io,
+                                       cert_not_after_unix=_not_after_unix(identity.cert_pem))
         self.queue: Optional[JobQueue] = None
         self.store: Optional[BlobStore] = None
         self._stopped = False
@@ -273,6 +274,12 @@ class AgentServer:
     async def wait_for_termination(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def _not_after_unix(cert_pem: bytes) -> float:
+    """When the agent's own certificate expires (seconds since the epoch)."""
+    from edgetune.certs.describe import describe_certificate
+    return describe_certificate(cert_pem).not_after.timestamp()
 
 
 async def serve(config: AgentConfig, identity: Identity, *, grace: float = 5.0,

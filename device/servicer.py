@@ -136,9 +136,11 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     until then calls get UNAVAILABLE."""
 
     def __init__(self, limits: Limits, agent_name: str, *,
-                 io_executor: Optional[concurrent.futures.Executor] = None) -> None:
+                 io_executor: Optional[concurrent.futures.Executor] = None,
+                 cert_not_after_unix: float = 0.0) -> None:
         self.limits = limits
         self.agent_name = agent_name
+        self.cert_not_after_unix = cert_not_after_unix   # GetInfo says it (fleet status warns)
         self.started = time.monotonic()
         self.store: Optional[BlobStore] = None
         self.queue: Optional[JobQueue] = None
@@ -172,7 +174,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             store_used_bytes=used, store_models=models, store_datasets=datasets,
             queue_length=queue.queue_length, queue_capacity=queue.capacity,
             running_job_id=queue.running_job_id, uptime_s=time.monotonic() - self.started,
-            agent_name=self.agent_name, caller_name=peer_name(context), **system)
+            agent_name=self.agent_name, caller_name=peer_name(context),
+            agent_cert_not_after_unix=self.cert_not_after_unix, **system)
         return info.as_pb2()
 
     # ---------------------------------------------------------------- store

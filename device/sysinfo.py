@@ -141,6 +141,14 @@ def cpu_freq_mhz(root: str = "/sys/devices/system/cpu") -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def load_average() -> Tuple[float, ...]:
+    """The 1, 5 and 15 minute load averages, () where the system does not say."""
+    try:
+        return tuple(round(v, 3) for v in os.getloadavg())
+    except (AttributeError, OSError):
+        return ()
+
+
 def temperature_c(root: str = "/sys/class/thermal") -> float:
     """The hottest thermal zone in degrees C (0.0 if none is exposed)."""
     hottest = hottest_zone_c(root)

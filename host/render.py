@@ -70,6 +70,7 @@ def result_record(run: "BoardRun", *, samples: bool = False) -> Dict[str, Any]:
             "measured_s": result.measured_s, "providers": list(result.providers),
             "options": options_record(run.options),
             "cpu_freq_mhz": result.cpu_freq_mhz, "temperature_c": result.temperature_c,
+            "load_avg": list(result.load_avg) or None,
         })
         if result.thermal is not None:      # --max-temp: what the agent waited (or could not)
             record["thermal"] = result.thermal.as_dict()

@@ -70,7 +70,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("hostname", "os", "arch", "cpu_model", "cpu_cores", "memory_total_bytes", "memory_available_bytes", "python_version", "onnxruntime_version", "available_providers", "agent_version", "store_used_bytes", "store_models", "store_datasets", "queue_length", "queue_capacity", "running_job_id", "uptime_s", "agent_name", "caller_name")
+    __slots__ = ("hostname", "os", "arch", "cpu_model", "cpu_cores", "memory_total_bytes", "memory_available_bytes", "python_version", "onnxruntime_version", "available_providers", "agent_version", "store_used_bytes", "store_models", "store_datasets", "queue_length", "queue_capacity", "running_job_id", "uptime_s", "agent_name", "caller_name", "agent_cert_not_after_unix")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,7 @@ class GetInfoResponse(_message.Message):
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     CALLER_NAME_FIELD_NUMBER: _ClassVar[int]
+    AGENT_CERT_NOT_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     os: str
     arch: str
@@ -111,7 +112,8 @@ class GetInfoResponse(_message.Message):
     uptime_s: float
     agent_name: str
     caller_name: str
-    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., python_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., store_used_bytes: _Optional[int] = ..., store_models: _Optional[int] = ..., store_datasets: _Optional[int] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., running_job_id: _Optional[str] = ..., uptime_s: _Optional[float] = ..., agent_name: _Optional[str] = ..., caller_name: _Optional[str] = ...) -> None: ...
+    agent_cert_not_after_unix: float
+    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., python_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., store_used_bytes: _Optional[int] = ..., store_models: _Optional[int] = ..., store_datasets: _Optional[int] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., running_job_id: _Optional[str] = ..., uptime_s: _Optional[float] = ..., agent_name: _Optional[str] = ..., caller_name: _Optional[str] = ..., agent_cert_not_after_unix: _Optional[float] = ...) -> None: ...
 
 class BlobInfo(_message.Message):
     __slots__ = ("kind", "sha256", "size_bytes", "name", "created_unix")
@@ -395,7 +397,7 @@ class LatencyStats(_message.Message):
     def __init__(self, min_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., std_ms: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., max_ms: _Optional[float] = ...) -> None: ...
 
 class BenchmarkResult(_message.Message):
-    __slots__ = ("latency", "throughput_ips", "load_ms", "first_run_ms", "peak_rss_mb", "iterations", "warmup", "samples_ms", "cpu_freq_mhz", "temperature_c", "providers", "measured_s", "thermal")
+    __slots__ = ("latency", "throughput_ips", "load_ms", "first_run_ms", "peak_rss_mb", "iterations", "warmup", "samples_ms", "cpu_freq_mhz", "temperature_c", "providers", "measured_s", "thermal", "load_avg")
     LATENCY_FIELD_NUMBER: _ClassVar[int]
     THROUGHPUT_IPS_FIELD_NUMBER: _ClassVar[int]
     LOAD_MS_FIELD_NUMBER: _ClassVar[int]
@@ -409,6 +411,7 @@ class BenchmarkResult(_message.Message):
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     MEASURED_S_FIELD_NUMBER: _ClassVar[int]
     THERMAL_FIELD_NUMBER: _ClassVar[int]
+    LOAD_AVG_FIELD_NUMBER: _ClassVar[int]
     latency: LatencyStats
     throughput_ips: float
     load_ms: float
@@ -422,7 +425,8 @@ class BenchmarkResult(_message.Message):
     providers: _containers.RepeatedScalarFieldContainer[str]
     measured_s: float
     thermal: ThermalReport
-    def __init__(self, latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., throughput_ips: _Optional[float] = ..., load_ms: _Optional[float] = ..., first_run_ms: _Optional[float] = ..., peak_rss_mb: _Optional[float] = ..., iterations: _Optional[int] = ..., warmup: _Optional[int] = ..., samples_ms: _Optional[_Iterable[float]] = ..., cpu_freq_mhz: _Optional[float] = ..., temperature_c: _Optional[float] = ..., providers: _Optional[_Iterable[str]] = ..., measured_s: _Optional[float] = ..., thermal: _Optional[_Union[ThermalReport, _Mapping]] = ...) -> None: ...
+    load_avg: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., throughput_ips: _Optional[float] = ..., load_ms: _Optional[float] = ..., first_run_ms: _Optional[float] = ..., peak_rss_mb: _Optional[float] = ..., iterations: _Optional[int] = ..., warmup: _Optional[int] = ..., samples_ms: _Optional[_Iterable[float]] = ..., cpu_freq_mhz: _Optional[float] = ..., temperature_c: _Optional[float] = ..., providers: _Optional[_Iterable[str]] = ..., measured_s: _Optional[float] = ..., thermal: _Optional[_Union[ThermalReport, _Mapping]] = ..., load_avg: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class EvaluateResult(_message.Message):
     __slots__ = ("samples", "metrics", "load_ms", "elapsed_s")

@@ -329,6 +329,7 @@ class BenchmarkResult:
     temperature_c: float = 0.0                      # 0: not exposed by the board
     providers: Tuple[str, ...] = ()
     thermal: Optional[ThermalReport] = None         # set when thermal gating was asked
+    load_avg: Tuple[float, ...] = ()                # 1, 5, 15 min load at the end; (): unknown
 
     def as_pb2(self) -> pb.BenchmarkResult:
         msg = pb.BenchmarkResult(
@@ -336,7 +337,8 @@ class BenchmarkResult:
             load_ms=self.load_ms, first_run_ms=self.first_run_ms, peak_rss_mb=self.peak_rss_mb,
             iterations=self.iterations, warmup=self.warmup, samples_ms=list(self.samples_ms),
             cpu_freq_mhz=self.cpu_freq_mhz, temperature_c=self.temperature_c,
-            providers=list(self.providers), measured_s=self.measured_s)
+            providers=list(self.providers), measured_s=self.measured_s,
+            load_avg=list(self.load_avg))
         if self.thermal is not None:
             msg.thermal.CopyFrom(self.thermal.as_pb2())
         return msg
@@ -349,7 +351,8 @@ class BenchmarkResult:
             iterations=msg.iterations, warmup=msg.warmup, measured_s=msg.measured_s,
             samples_ms=tuple(msg.samples_ms), cpu_freq_mhz=msg.cpu_freq_mhz,
             temperature_c=msg.temperature_c, providers=tuple(msg.providers),
-            thermal=ThermalReport.from_pb2(msg.thermal) if msg.HasField("thermal") else None)
+            thermal=ThermalReport.from_pb2(msg.thermal) if msg.HasField("thermal") else None,
+            load_avg=tuple(msg.load_avg))
 
     def as_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -357,6 +360,10 @@ class BenchmarkResult:
         d["providers"] = list(self.providers)
         if self.thermal is None:
             del d["thermal"]
+        if self.load_avg:
+            d["load_avg"] = list(self.load_avg)
+        else:                  # as jobs recorded before the field existed: nothing
+            del d["load_avg"]
         return d
 
     @classmethod
@@ -366,6 +373,7 @@ class BenchmarkResult:
         d["samples_ms"] = tuple(d.get("samples_ms", ()))
         d["providers"] = tuple(d.get("providers", ()))
         d["thermal"] = ThermalReport.from_dict(d.get("thermal"))
+        d["load_avg"] = tuple(d.get("load_avg", ()))
         return cls(**d)
 
 
@@ -600,6 +608,7 @@ class AgentInfo:
     uptime_s: float
     agent_name: str = ""
     caller_name: str = ""
+    agent_cert_not_after_unix: float = 0.0          # 0: an agent that does not say
 
     def as_pb2(self) -> pb.GetInfoResponse:
         d = dataclasses.asdict(self)

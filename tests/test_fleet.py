@@ -180,6 +180,13 @@ def fleet(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     rogue_dir.mkdir()
     rogue = pki.foreign_ca.issue_device("rogue", ips=["127.0.0.1"])
     rogue_cert, rogue_key = rogue.write(rogue_dir, pki.passphrase)
+    import datetime as dt
+    soon_dir = base / "soon-pki"
+    soon_dir.mkdir()
+    now = dt.datetime.now(dt.timezone.utc)
+    soon = pki.ca.issue_device("soon", ips=["127.0.0.1"], not_before=now - dt.timedelta(days=1),
+                               not_after=now + dt.timedelta(days=10))
+    soon_cert, soon_key = soon.write(soon_dir, pki.passphrase)
     agents: List[Any] = []
     silent = SilentPort()
     try:           # whatever fails to start, what did start is stopped
@@ -187,6 +194,8 @@ def fleet(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         # A board set up with another PKI altogether: its CA is not ours.
         agents.append(start_agent(pki, base / "rogue", cert=rogue_cert, key=rogue_key,
                                   ca=pki.dir / "foreign" / "ca-cert.pem"))
+        # A board whose certificate expires in 10 days.
+        agents.append(start_agent(pki, base / "soon", cert=soon_cert, key=soon_key))
         path = base / "edgetune.toml"
         host = pki.host
         lines = [f'[host]\nca = "{host.ca}"\ncert = "{host.cert}"\nkey = "{host.key}"\n'
@@ -195,6 +204,7 @@ def fleet(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             lines.append(f'[devices.good{n}]\naddress = "{agents[n].address}"\n'
                          f'tags = ["good", "{"even" if n % 2 == 0 else "odd"}"]\n')
         lines.append(f'[devices.rogue]\naddress = "{agents[3].address}"\ntags = ["bad"]\n')
+        lines.append(f'[devices.soon]\naddress = "{agents[4].address}"\ntags = ["soon"]\n')
         lines.append(f'[devices.silent]\naddress = "127.0.0.1:{silent.port}"\ntags = ["bad"]\n')
         lines.append(f'[devices.closed]\naddress = "127.0.0.1:{_closed_port()}"\ntags = ["bad"]\n')
         path.write_text("\n".join(lines))
@@ -211,12 +221,16 @@ def test_status_of_every_board_at_once(fleet: Path, capsys: Any) -> None:
     elapsed = time.monotonic() - started
     assert r.code == 5, r.err                         # not every board is serving
     rows = {d["name"]: d for d in r.json["devices"]}
-    assert list(rows) == ["good0", "good1", "good2", "rogue", "silent", "closed"]
+    assert list(rows) == ["good0", "good1", "good2", "rogue", "soon", "silent", "closed"]
     for n in range(3):
         good = rows[f"good{n}"]
         assert good["state"] == "serving" and good["agent_name"] == "board1"
         assert good["arch"] and good["onnxruntime"] and good["queue_length"] == 0
     assert rows["rogue"]["state"] == "refused" and "foreign CA" in rows["rogue"]["reason"]
+    assert rows["soon"]["state"] == "serving" and 9 < rows["soon"]["cert_days_left"] < 10.1
+    assert "expires in 10 days" in rows["soon"]["cert_warning"]
+    assert rows["good0"]["cert_days_left"] > 300 and rows["good0"]["cert_warning"] is None
+    assert rows["closed"]["cert_days_left"] is None
     assert rows["silent"]["state"] == "unreachable"
     assert rows["closed"]["state"] == "unreachable"
     assert elapsed < 12          # asked at once: one silent board's deadline, not six in a row
@@ -231,8 +245,10 @@ def test_status_of_a_selection_and_on_reported_attributes(fleet: Path, capsys: A
     r = run_cli(capsys, "fleet", "status", "--inventory", str(fleet), "--timeout", "1",
                 "--devices", f"arch={platform.machine()}", "--json")
     assert r.code == 0, r.err
-    assert [d["name"] for d in r.json["devices"]] == ["good0", "good1", "good2"]
+    assert [d["name"] for d in r.json["devices"]] == ["good0", "good1", "good2", "soon"]
+    soon = run_cli(capsys, "fleet", "status", "--inventory", str(fleet), "--devices", "soon")
+    assert soon.code == 0 and "warning: soon: its certificate expires in" in soon.err
     table = run_cli(capsys, "fleet", "status", "--inventory", str(fleet), "--devices", "good1")
     assert table.code == 0 and "serving" in table.out and "good1" in table.out
     none = run_cli(capsys, "fleet", "status", "--inventory", str(fleet), "--devices", "tag:x")
-    assert none.code == 3 and "tags: bad, even, good, odd" in none.err
+    assert none.code == 3 and "tags: bad, even, good, odd, soon" in none.err

@@ -58,6 +58,9 @@ def test_info_json(capsys: pytest.CaptureFixture, local_agent: RunningAgent) -> 
     info = r.json
     assert info["device"] == info["address"] == local_agent.address
     assert info["agent_name"] == "board1" and info["caller_name"] == "laptop"
+    from edgetune.certs.describe import describe_certificate
+    expires = describe_certificate(local_agent.pki.device.cert.read_bytes()).not_after
+    assert info["agent_cert_not_after_unix"] == pytest.approx(expires.timestamp())
     assert info["cpu_cores"] >= 1 and info["onnxruntime_version"]
     assert "CPUExecutionProvider" in info["available_providers"]
 

@@ -47,6 +47,9 @@ def test_a_benchmark_lands_with_its_provenance(recorded: Any) -> None:
     assert record.device["onnxruntime_version"] and record.device["arch"]
     assert record.host["edgetune_version"]
     assert record.samples_ms is not None and len(record.samples_ms) == 15
+    # the board's load at the end (Linux always says it; 0.0 is a real load, not "unknown")
+    assert run.result.load_avg and len(run.result.load_avg) == 3
+    assert record.board_state["load_avg_1m"] == run.result.load_avg[0] >= 0.0
 
 
 def test_an_evaluation_lands_with_its_dataset(recorded: Any) -> None:

@@ -83,8 +83,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         render.stdout_console().print(status_table(statuses))
     down = [s for s in statuses if not s.ok]
-    if down and not args.json:
-        print(f"edgetune: {len(down)} of {len(statuses)} boards are not serving", file=sys.stderr)
+    if not args.json:
+        if down:
+            print(f"edgetune: {len(down)} of {len(statuses)} boards are not serving",
+                  file=sys.stderr)
+        for s in statuses:
+            if s.cert_warning:
+                print(f"edgetune: warning: {s.name}: {s.cert_warning}", file=sys.stderr)
     return int(ExitStatus.UNREACHABLE) if down else 0
 
 
@@ -99,13 +104,17 @@ def status_table(statuses: List[Any]) -> Any:
         doc = s.as_json()
         state = Text(s.state, style=styles.get(s.state, "red"))
         uptime = "-" if doc["uptime_s"] is None else f"{doc['uptime_s'] / 3600:.1f} h"
+        days = doc["cert_days_left"]
+        cert = Text("-" if days is None else f"{days:.0f} d",
+                    style="red" if s.cert_warning else "")
         rows.append((s.name, s.address, state, doc["arch"] or "-", doc["cpu"] or "-",
                      doc["onnxruntime"] or "-",
                      "-" if doc["queue_length"] is None else str(doc["queue_length"]),
-                     doc["running_job"] or "-", uptime, s.reason))
+                     doc["running_job"] or "-", uptime, cert,
+                     "; ".join(x for x in (s.reason, s.cert_warning) if x)))
     return plain_table("fleet", ("board", "address", "state", "arch", "cpu", "onnxruntime",
-                                 "queue", "running job", "uptime", "reason"), rows,
-                       right=("queue", "uptime"))
+                                 "queue", "running job", "uptime", "cert", "reason"), rows,
+                       right=("queue", "uptime", "cert"))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -20,6 +20,7 @@ from edgetune.host.inventory import Device
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 SERVING = "serving"
+CERT_WARNING_DAYS = 30        # a board whose certificate expires sooner is flagged
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,26 @@ class BoardStatus:
     def ok(self) -> bool:
         return self.state in (SERVING, "busy")
 
+    @property
+    def cert_days_left(self) -> Optional[float]:
+        """Days until the board's certificate expires (None: the agent does not say)."""
+        if self.info is None or not self.info.agent_cert_not_after_unix:
+            return None
+        return (self.info.agent_cert_not_after_unix - time.time()) / 86400.0
+
+    @property
+    def cert_warning(self) -> str:
+        days = self.cert_days_left
+        if days is None or days >= CERT_WARNING_DAYS:
+            return ""
+        if days < 0:
+            return "its certificate has expired: issue a new one (edgetune certs issue device)"
+        return (f"its certificate expires in {days:.0f} days: issue a new one "
+                "(edgetune certs issue device)")
+
     def as_json(self) -> Dict[str, Any]:
         info = self.info
+        days = self.cert_days_left
         return {
             "name": self.name, "address": self.address, "state": self.state,
             "reason": self.reason,
@@ -50,6 +69,8 @@ class BoardStatus:
             "queue_length": info.queue_length if info else None,
             "running_job": (info.running_job_id or None) if info else None,
             "uptime_s": info.uptime_s if info else None,
+            "cert_days_left": None if days is None else round(days, 1),
+            "cert_warning": self.cert_warning or None,
             "elapsed_s": round(self.elapsed_s, 3),
         }
 

@@ -113,7 +113,9 @@ def record_from_run(run: Any, *, label: str = "", run_id: Optional[str] = None,
                    "measured_s": result.measured_s, "providers": list(result.providers)}
         return Record(kind=kind or "bench", metrics=metrics,
                       board_state={"cpu_freq_mhz": _known(result.cpu_freq_mhz),
-                                   "temperature_c": _known(result.temperature_c)},
+                                   "temperature_c": _known(result.temperature_c),
+                                   "load_avg_1m": (result.load_avg[0] if result.load_avg
+                                                   else None)},
                       samples_ms=tuple(result.samples_ms) or None, **common)
     if isinstance(result, EvaluateResult):
         metrics = {**result.metric_dict(), "samples": result.samples,
