@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Optional
 
 from edgetune.host.cli.agent_cmds import (METRICS, _session_flags, add_thermal_flags,
                                           session_from_args, thermal_from_args)
@@ -69,36 +69,19 @@ def compare_settings(args: argparse.Namespace) -> CompareSettings:
                            label=args.label or "", json=args.json)
 
 
-def model_inputs(path: Path) -> List[Tuple[str, int, Tuple[Any, ...]]]:
-    """(name, element type, dims) of the graph inputs of the ONNX file ``path`` (initializers
-    excluded; a symbolic dimension by its name, an unknown one as None)."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
-        raise BadInputError(f"{path} is not an ONNX model onnx can read: {exc}") from None
-    initializers = {t.name for t in model.graph.initializer}
-    out = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                     for d in tensor.shape.dim)
-        out.append((value.name, tensor.elem_type, dims))
-    return out
-
-
 def check_same_inputs(a: Path, b: Path) -> None:
     """Refuse, before anything runs, two models that cannot take the same inputs."""
-    ins_a, ins_b = model_inputs(a), model_inputs(b)
+    from edgetune.host.quant.calibdata import read_model_inputs
+
+    ins_a, ins_b = read_model_inputs(a), read_model_inputs(b)
     if ins_a != ins_b:
-        def show(inputs: List[Tuple[str, int, Tuple[Any, ...]]]) -> str:
-            from onnx import TensorProto
-            return ", ".join(f"{n} {TensorProto.DataType.Name(t).lower()} "
-                             f"[{', '.join('?' if d is None else str(d) for d in dims)}]"
-                             for n, t, dims in inputs) or "none"
+        def show(inputs: Any) -> str:
+            from onnx import TensorProto, helper
+            return ", ".join(
+                f"{i.name} "
+                f"{TensorProto.DataType.Name(helper.np_dtype_to_tensor_dtype(i.dtype)).lower()} "
+                f"[{', '.join('?' if d is None else str(d) for d in i.shape)}]"
+                for i in inputs) or "none"
         raise BadInputError(
             f"{a.name} and {b.name} take different inputs ({a.name}: {show(ins_a)}; "
             f"{b.name}: {show(ins_b)})",
