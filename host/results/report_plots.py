@@ -112,13 +112,7 @@ def _latency(plt: Any, groups: List[Group], path: Path) -> None:
     ax.set_title("Latency per model and board", loc="left", fontsize=11)
     ax.grid(axis="x", alpha=0.3)
     ax.set_xlim(left=0)
-    if strips:
-        handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
-        ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, legend=bool(strips), fontsize=7, loc="lower right")
 
 
 def _accuracy(group: Group) -> Any:
@@ -167,9 +161,16 @@ def _scatter(plt: Any, report: Report, groups: List[Group], path: Path) -> None:
         pad_y = (max(ys) - min(ys)) * 0.25 or 0.5
         ax.set_xlim(max(0.0, min(xs) - pad_x), max(xs) + pad_x * 1.6)
         ax.set_ylim(min(ys) - pad_y, max(ys) + pad_y)
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="best")
+    _finish(plt, fig, ax, path, legend=True, fontsize=8, loc="best")
+
+
+def _finish(plt: Any, fig: Any, ax: Any, path: Any, *, legend: bool, fontsize: int,
+            loc: str) -> None:
+    """One legend entry per label (repeated series draw the same label), then write the PNG."""
+    if legend:
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=fontsize, loc=loc)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
