@@ -47,26 +47,22 @@ class BoardInfo:
 
 
 @dataclass(frozen=True)
-class BenchmarkRun:
-    """One benchmark job's outcome. ``result`` is None when the job did not succeed
-    (``state`` and ``error`` say why). ``note``: what the user should know (e.g. a
-    ``--duration`` run stopped early by the agent's limit), "" when nothing. ``signed``: the
-    agent's signature of what it measured (None from agents that do not sign)."""
+class _ModelRun:
+    """What a benchmark's and an evaluation's outcome share (the subclasses type ``options``
+    and ``result``)."""
 
     job_id: str
     model: str                              # how the model was named: a path as given, a hash
     model_sha256: str
     board: BoardInfo
-    options: BenchmarkSpec
+    options: Any
     state: JobState
-    result: Optional[BenchmarkResult]
+    result: Any
     error: str = ""
     label: str = ""
     note: str = ""
     model_path: Optional[Path] = None       # the local file measured, when there was one
     signed: Optional[SignedResult] = None
-
-    kind = "benchmark"
 
     @property
     def ok(self) -> bool:
@@ -74,28 +70,27 @@ class BenchmarkRun:
 
 
 @dataclass(frozen=True)
-class EvaluationRun:
+class BenchmarkRun(_ModelRun):
+    """One benchmark job's outcome. ``result`` is None when the job did not succeed
+    (``state`` and ``error`` say why). ``note``: what the user should know (e.g. a
+    ``--duration`` run stopped early by the agent's limit), "" when nothing. ``signed``: the
+    agent's signature of what it measured (None from agents that do not sign)."""
+
+    options: BenchmarkSpec
+    result: Optional[BenchmarkResult]
+
+    kind = "benchmark"
+
+
+@dataclass(frozen=True)
+class EvaluationRun(_ModelRun):
     """One evaluation job's outcome (see ``BenchmarkRun``); ``result.metric_dict()`` holds
     the metrics the board computed."""
 
-    job_id: str
-    model: str
-    model_sha256: str
-    board: BoardInfo
     options: EvaluateSpec
-    state: JobState
     result: Optional[EvaluateResult]
-    error: str = ""
-    label: str = ""
-    note: str = ""
-    model_path: Optional[Path] = None
-    signed: Optional[SignedResult] = None
 
     kind = "evaluate"
-
-    @property
-    def ok(self) -> bool:
-        return self.state is JobState.SUCCEEDED and self.result is not None
 
     @property
     def dataset_sha256(self) -> str:
