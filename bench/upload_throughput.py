@@ -13,8 +13,9 @@ on the same disk:
 - TLS socket: Python's ssl module, mutual TLS with the same certificates, the receiver (a
   thread of this process) writes each chunk to a file and fsyncs it at the end (no hashing,
   no framing: the cheapest honest transfer);
-- TLS socket + sha256 (for scale, no target): the same, with the receiver also hashing what
-  it receives, as the agent must to verify (or name) a content-addressed blob;
+- TLS socket + sha256: the same, with the receiver also hashing what it receives, as the
+  agent must to verify (or name) a content-addressed blob (issue 12's restated target:
+  edgetune >= 0.85x of it);
 - TLS socket + sha256 in a thread (for scale, no target): the receiver fills 1 MiB buffers,
   writes them and hashes them in a second thread (the agent's ``BackgroundHash``): the most a
   verifying receiver can get out of a plain socket, i.e. what a bulk-data side channel
@@ -24,8 +25,10 @@ on the same disk:
 Before each timed transfer the page cache is written back (``os.sync``, untimed), so that no
 way pays in its fsyncs for the dirty pages another left (the source file is freshly written).
 Prints MiB/s for each (median of the rounds), the CPU seconds both ends used (sender and
-receiver share this machine's cores), and the ratios edgetune/TLS (target >= 0.6) and
-edgetune/SFTP (target >= 4). Exits 1 when a target is missed.
+receiver share this machine's cores), and the ratios edgetune/TLS (target >= 0.6),
+edgetune/(TLS + sha256) (target >= 0.85) and edgetune/SFTP (target >= 4). Exits 1 when a
+target is missed. Over emulated links (a network namespace, tc, a CPU quota on the receiving
+side): bench/upload_links.py.
 """
 
 from __future__ import annotations
@@ -234,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
                 _drop_stored(agent.address, pki)
     mib = size / (1 << 20)
     rates = {k: mib / median(v) for k, v in times.items()}
-    checks = [check("edgetune / TLS socket", rates["edgetune"] / rates["tls_socket"], ">=", 0.6)]
+    checks = [check("edgetune / TLS socket", rates["edgetune"] / rates["tls_socket"], ">=", 0.6),
+              # issue 12's restated loopback target: against a receiver that hashes, as the
+              # agent must (it names and verifies what it stores by sha256)
+              check("edgetune / TLS socket + sha256",
+                    rates["edgetune"] / rates["tls_socket_sha256"], ">=", 0.85)]
     if "sftp" in rates:
         checks.append(check("edgetune / SFTP", rates["edgetune"] / rates["sftp"], ">=", 4))
     result = {
@@ -258,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     lines.append("  CPU seconds, both ends: " + ", ".join(
         f"{k} {median(v):.2f}" for k, v in cpu.items())
         + f" (sender and receiver share {os.cpu_count()} cores here)")
-    lines.append(f"  for scale (no target): edgetune / (TLS socket + sha256) = "
+    lines.append(f"  edgetune / (TLS socket + sha256) = "
                  f"{result['ratio_vs_tls_socket_sha256']:.2f}; what a receiver that verifies "
                  f"by sha256 gets of the plain socket here: inline "
                  f"{rates['tls_socket_sha256'] / rates['tls_socket']:.2f}, in a thread "

@@ -50,7 +50,7 @@ def run_bench(script: str, *args: str, timeout: float = 300,
 
 def test_upload_throughput_without_sftp() -> None:
     report = run_bench("upload_throughput.py", "--mib", "2", "--repeat", "2", "--no-sftp",
-                       checks=["edgetune / TLS socket"])
+                       checks=["edgetune / TLS socket", "edgetune / TLS socket + sha256"])
     assert set(report["mib_per_s"]) == {"edgetune", "tls_socket", "tls_socket_sha256",
                                         "tls_socket_sha256_thread"}
     assert all(v > 0 for v in report["mib_per_s"].values())
@@ -63,7 +63,8 @@ def test_upload_throughput_with_sftp() -> None:
     if find_sshd() is None:
         pytest.skip("no OpenSSH sshd here (.ci/run installs openssh-server)")
     report = run_bench("upload_throughput.py", "--mib", "1", "--repeat", "1",
-                       checks=["edgetune / TLS socket", "edgetune / SFTP"])
+                       checks=["edgetune / TLS socket", "edgetune / TLS socket + sha256",
+                               "edgetune / SFTP"])
     assert report["mib_per_s"]["sftp"] > 0
 
 
