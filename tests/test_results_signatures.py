@@ -304,7 +304,7 @@ def test_a_database_of_revision_0001_upgrades_to_0002_and_keeps_its_records(
         db_url: str, local_agent: RunningAgent) -> None:
     from alembic import command
 
-    assert migrate.HEAD == "0002"
+    assert migrate.HEAD >= "0002"
     cfg = migrate._alembic_config()
     engine = sa.create_engine(db_url)
     with engine.begin() as conn:
@@ -324,7 +324,7 @@ def test_a_database_of_revision_0001_upgrades_to_0002_and_keeps_its_records(
     record = bench_record(local_agent, db_url)        # opening the store upgrades it
     with ResultsStore.open(db_url) as store:
         with store.engine.connect() as conn:
-            assert migrate.current_revision(conn) == "0002"
+            assert migrate.current_revision(conn) == migrate.HEAD
             columns = {c["name"] for c in sa.inspect(conn).get_columns("results")}
         assert {"signature", "signed_payload", "signature_algorithm",
                 "agent_cert_pem"} <= columns

@@ -6,7 +6,9 @@ Everything a record knows about its provenance that is not filtered on is kept i
 (``options``, ``device``, ``board_state``, ``host``, ``metrics``), so a new metric or board field
 needs no migration; what is filtered or joined on has a column and an index. The agent's
 signature (the signed bytes, the signature, its algorithm, the agent certificate) has nullable
-columns that listing does not read.
+columns that listing does not read. ``quarantine`` holds the boards taken out of fleet rotation
+(active while ``released_at`` is NULL; one active entry per board) and ``fleet_job_streaks`` the
+number of fleet jobs each board failed in a row (revision 0003, see host/fleet/quarantine.py).
 
 The migrations in ``migrations/versions`` create exactly this schema; tests check that the two
 agree (a migrated database and ``metadata`` compare equal).
@@ -59,4 +61,29 @@ result_samples = sa.Table(
     sa.Column("result_id", sa.String(26),
               sa.ForeignKey("results.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("samples_ms", sa.JSON, nullable=False),
+)
+
+_ACTIVE = sa.text("released_at IS NULL")
+
+quarantine = sa.Table(
+    "quarantine", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("device_name", sa.String(200), nullable=False),   # inventory name
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("since", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("source", sa.String(32), nullable=False),          # check, jobs, manual
+    sa.Column("run_id", sa.String(26), nullable=True),           # the check or fleet run
+    sa.Column("released_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("released_by", sa.String(200), nullable=True),     # release, check <run>
+    sa.Index("ix_quarantine_device_name", "device_name"),
+    sa.Index("uq_quarantine_active", "device_name", unique=True,
+             sqlite_where=_ACTIVE, postgresql_where=_ACTIVE),
+)
+
+fleet_job_streaks = sa.Table(
+    "fleet_job_streaks", metadata,
+    sa.Column("device_name", sa.String(200), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),            # fleet jobs failed in a row
+    sa.Column("last_reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("updated", sa.DateTime(timezone=True), nullable=False),
 )
