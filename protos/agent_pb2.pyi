@@ -70,7 +70,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("hostname", "os", "arch", "cpu_model", "cpu_cores", "memory_total_bytes", "memory_available_bytes", "python_version", "onnxruntime_version", "available_providers", "agent_version", "store_used_bytes", "store_models", "store_datasets", "queue_length", "queue_capacity", "running_job_id", "uptime_s", "agent_name", "caller_name", "agent_cert_not_after_unix")
+    __slots__ = ("hostname", "os", "arch", "cpu_model", "cpu_cores", "memory_total_bytes", "memory_available_bytes", "python_version", "onnxruntime_version", "available_providers", "agent_version", "store_used_bytes", "store_models", "store_datasets", "queue_length", "queue_capacity", "running_job_id", "uptime_s", "agent_name", "caller_name", "agent_cert_not_after_unix", "lease_holder", "lease_expires_unix")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,8 @@ class GetInfoResponse(_message.Message):
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     CALLER_NAME_FIELD_NUMBER: _ClassVar[int]
     AGENT_CERT_NOT_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
+    LEASE_HOLDER_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     os: str
     arch: str
@@ -113,7 +115,9 @@ class GetInfoResponse(_message.Message):
     agent_name: str
     caller_name: str
     agent_cert_not_after_unix: float
-    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., python_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., store_used_bytes: _Optional[int] = ..., store_models: _Optional[int] = ..., store_datasets: _Optional[int] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., running_job_id: _Optional[str] = ..., uptime_s: _Optional[float] = ..., agent_name: _Optional[str] = ..., caller_name: _Optional[str] = ..., agent_cert_not_after_unix: _Optional[float] = ...) -> None: ...
+    lease_holder: str
+    lease_expires_unix: float
+    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., python_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., store_used_bytes: _Optional[int] = ..., store_models: _Optional[int] = ..., store_datasets: _Optional[int] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., running_job_id: _Optional[str] = ..., uptime_s: _Optional[float] = ..., agent_name: _Optional[str] = ..., caller_name: _Optional[str] = ..., agent_cert_not_after_unix: _Optional[float] = ..., lease_holder: _Optional[str] = ..., lease_expires_unix: _Optional[float] = ...) -> None: ...
 
 class BlobInfo(_message.Message):
     __slots__ = ("kind", "sha256", "size_bytes", "name", "created_unix")
@@ -568,3 +572,61 @@ class CancelJobResponse(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: Job
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class Lease(_message.Message):
+    __slots__ = ("holder", "lease_id", "expires_unix", "ttl_s", "remaining_s", "board_expires_unix", "claims")
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_S_FIELD_NUMBER: _ClassVar[int]
+    BOARD_EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    holder: str
+    lease_id: str
+    expires_unix: float
+    ttl_s: float
+    remaining_s: float
+    board_expires_unix: float
+    claims: int
+    def __init__(self, holder: _Optional[str] = ..., lease_id: _Optional[str] = ..., expires_unix: _Optional[float] = ..., ttl_s: _Optional[float] = ..., remaining_s: _Optional[float] = ..., board_expires_unix: _Optional[float] = ..., claims: _Optional[int] = ...) -> None: ...
+
+class AcquireLeaseRequest(_message.Message):
+    __slots__ = ("ttl_s",)
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    ttl_s: float
+    def __init__(self, ttl_s: _Optional[float] = ...) -> None: ...
+
+class AcquireLeaseResponse(_message.Message):
+    __slots__ = ("lease",)
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    lease: Lease
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
+
+class RenewLeaseRequest(_message.Message):
+    __slots__ = ("lease_id", "ttl_s")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    ttl_s: float
+    def __init__(self, lease_id: _Optional[str] = ..., ttl_s: _Optional[float] = ...) -> None: ...
+
+class RenewLeaseResponse(_message.Message):
+    __slots__ = ("lease",)
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    lease: Lease
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
+
+class ReleaseLeaseRequest(_message.Message):
+    __slots__ = ("lease_id",)
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    def __init__(self, lease_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseLeaseResponse(_message.Message):
+    __slots__ = ("released", "remaining")
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    remaining: Lease
+    def __init__(self, released: bool = ..., remaining: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...

@@ -64,6 +64,21 @@ class AgentStub(object):
                 request_serializer=edgetune_dot_protos_dot_agent__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=edgetune_dot_protos_dot_agent__pb2.CancelJobResponse.FromString,
                 )
+        self.AcquireLease = channel.unary_unary(
+                '/edgetune.agent.v1.Agent/AcquireLease',
+                request_serializer=edgetune_dot_protos_dot_agent__pb2.AcquireLeaseRequest.SerializeToString,
+                response_deserializer=edgetune_dot_protos_dot_agent__pb2.AcquireLeaseResponse.FromString,
+                )
+        self.RenewLease = channel.unary_unary(
+                '/edgetune.agent.v1.Agent/RenewLease',
+                request_serializer=edgetune_dot_protos_dot_agent__pb2.RenewLeaseRequest.SerializeToString,
+                response_deserializer=edgetune_dot_protos_dot_agent__pb2.RenewLeaseResponse.FromString,
+                )
+        self.ReleaseLease = channel.unary_unary(
+                '/edgetune.agent.v1.Agent/ReleaseLease',
+                request_serializer=edgetune_dot_protos_dot_agent__pb2.ReleaseLeaseRequest.SerializeToString,
+                response_deserializer=edgetune_dot_protos_dot_agent__pb2.ReleaseLeaseResponse.FromString,
+                )
 
 
 class AgentServicer(object):
@@ -136,6 +151,28 @@ class AgentServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AcquireLease(self, request, context):
+        """Leases: one host certificate's measurements at a time (docs/agent.md, "Leases"). While the
+        board is leased, SubmitJob, DeleteBlob and cancelling the holder's jobs from any other
+        certificate get FAILED_PRECONDITION naming the holder and the expiry; uploads and
+        read-only calls stay open to all. A lease ends at its expiry unless renewed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewLease(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseLease(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -188,6 +225,21 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=edgetune_dot_protos_dot_agent__pb2.CancelJobRequest.FromString,
                     response_serializer=edgetune_dot_protos_dot_agent__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'AcquireLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireLease,
+                    request_deserializer=edgetune_dot_protos_dot_agent__pb2.AcquireLeaseRequest.FromString,
+                    response_serializer=edgetune_dot_protos_dot_agent__pb2.AcquireLeaseResponse.SerializeToString,
+            ),
+            'RenewLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLease,
+                    request_deserializer=edgetune_dot_protos_dot_agent__pb2.RenewLeaseRequest.FromString,
+                    response_serializer=edgetune_dot_protos_dot_agent__pb2.RenewLeaseResponse.SerializeToString,
+            ),
+            'ReleaseLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLease,
+                    request_deserializer=edgetune_dot_protos_dot_agent__pb2.ReleaseLeaseRequest.FromString,
+                    response_serializer=edgetune_dot_protos_dot_agent__pb2.ReleaseLeaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -366,5 +418,56 @@ class Agent(object):
         return grpc.experimental.unary_unary(request, target, '/edgetune.agent.v1.Agent/CancelJob',
             edgetune_dot_protos_dot_agent__pb2.CancelJobRequest.SerializeToString,
             edgetune_dot_protos_dot_agent__pb2.CancelJobResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def AcquireLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/edgetune.agent.v1.Agent/AcquireLease',
+            edgetune_dot_protos_dot_agent__pb2.AcquireLeaseRequest.SerializeToString,
+            edgetune_dot_protos_dot_agent__pb2.AcquireLeaseResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RenewLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/edgetune.agent.v1.Agent/RenewLease',
+            edgetune_dot_protos_dot_agent__pb2.RenewLeaseRequest.SerializeToString,
+            edgetune_dot_protos_dot_agent__pb2.RenewLeaseResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ReleaseLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/edgetune.agent.v1.Agent/ReleaseLease',
+            edgetune_dot_protos_dot_agent__pb2.ReleaseLeaseRequest.SerializeToString,
+            edgetune_dot_protos_dot_agent__pb2.ReleaseLeaseResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
