@@ -609,6 +609,8 @@ class AgentInfo:
     agent_name: str = ""
     caller_name: str = ""
     agent_cert_not_after_unix: float = 0.0          # 0: an agent that does not say
+    lease_holder: str = ""                          # who holds the board's lease; "": free
+    lease_expires_unix: float = 0.0                 # when that lease ends unless renewed
 
     def as_pb2(self) -> pb.GetInfoResponse:
         d = dataclasses.asdict(self)
