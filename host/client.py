@@ -23,7 +23,8 @@ import grpc
 from edgetune import __version__
 from edgetune.host.errors import (AgentError, AuthError, BadInputError, EdgetuneError,
                                   IncompatibleError, TimeoutError_, UnreachableError)
-from edgetune.host.hashcache import HashCache, file_sha256, finish_upload, plan_upload
+from edgetune.host.hashcache import (FileIdentity, HashCache, UploadPlan, file_sha256,
+                                     finish_upload, plan_upload)
 from edgetune.host.interrupts import GATE, SigintGate
 from edgetune.host.rpcerrors import RpcContext, translate_rpc_error
 from edgetune.protos import agent_pb2 as pb
@@ -243,18 +244,26 @@ class AgentClient:
                             max_size_bytes=reply.max_size_bytes)
 
     def upload(self, path: Path, kind: KindLike, name: Optional[str] = None,
-               progress: Optional[ProgressCallback] = None) -> UploadOutcome:
+               progress: Optional[ProgressCallback] = None, *,
+               sha256: str = "") -> UploadOutcome:
         """Store ``path`` on the agent unless it is there already; resume a partial upload.
 
         A file in the hash cache or smaller than ``hash_first_below_bytes`` is sent by hash
         (hashed first if need be), a larger one by id, read once as it is sent (see
         ``edgetune.host.hashcache``); never held in memory whole. ``progress(done, total)`` runs in
         grpc's sending thread. An exception it raises (or Ctrl-C) cancels the upload; the
-        agent keeps the bytes it committed, and the next ``upload`` of the file resumes."""
+        agent keeps the bytes it committed, and the next ``upload`` of the file resumes.
+        ``sha256``: the file's hash when the caller has it already (a fleet run hashes each
+        file once for all its boards): sent by that hash, neither hashed nor cached here (the
+        agent checks what it receives against it)."""
         path = Path(path)
         kind = _blob_kind(kind)
         cache = HashCache(self.settings.hash_cache)
-        plan = plan_upload(path, self.settings.hash_first_below_bytes, cache, file_sha256)
+        if sha256:
+            ident = FileIdentity.of(path)
+            plan = UploadPlan(ident, ident.size, sha256=sha256)
+        else:
+            plan = plan_upload(path, self.settings.hash_first_below_bytes, cache, file_sha256)
         sha256, size = plan.sha256, plan.size
         label = path.name if name is None else name
         status = self.upload_status(kind, sha256, size, plan.upload_id)
