@@ -101,3 +101,14 @@ def test_the_table_is_documented() -> None:
     assert documented == {int(s) for s in ExitStatus}
     agent = (root / "docs" / "agent.md").read_text()
     assert "docs/commands.md" in agent or "commands.md#exit-codes" in agent
+
+
+def test_a_fleet_run_tells_some_failed_from_none_succeeded() -> None:
+    from edgetune.exitcodes import MEANINGS, label
+
+    fleet = (ExitStatus.SOME_FAILED, ExitStatus.NONE_SUCCEEDED)
+    others = {int(s) for s in ExitStatus if s not in fleet}
+    assert {int(s) for s in fleet}.isdisjoint(others) and len({int(s) for s in fleet}) == 2
+    assert (label(fleet[0]), label(fleet[1])) == ("some failed", "none succeeded")
+    assert "some boards failed" in MEANINGS[fleet[0]]
+    assert "no board succeeded" in MEANINGS[fleet[1]]

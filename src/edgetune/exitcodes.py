@@ -29,6 +29,8 @@ class ExitStatus(enum.IntEnum):
     TARGET_NOT_MET = 8
     AGENT = 9
     INCOMPATIBLE = 10
+    SOME_FAILED = 11
+    NONE_SUCCEEDED = 12
     INTERRUPTED = 130
 
 
@@ -48,6 +50,9 @@ MEANINGS = {
     ExitStatus.AGENT: "the agent refused or failed the request (its message says why)",
     ExitStatus.INCOMPATIBLE: "the other side's edgetune sent what this version cannot read "
                              "(upgrade as told)",
+    ExitStatus.SOME_FAILED: "a fleet run: some boards failed, the others succeeded (each failed "
+                            "row says why)",
+    ExitStatus.NONE_SUCCEEDED: "a fleet run: no board succeeded (each row says why)",
     ExitStatus.INTERRUPTED: "Ctrl-C",
 }
 
