@@ -315,6 +315,15 @@ class BoardSession:
             self._board = BoardInfo(self.name, self.address, self.client.info())
         return self._board
 
+    def _recorder_ready(self) -> None:
+        """Before the first thing that costs the board work (an upload, a job), wait for a
+        recorder that needs time to get ready (``ready()``: a results store still opening
+        while the session connected), so that a store that cannot be used stops the command
+        before it sends or measures anything."""
+        ready = getattr(self.recorder, "ready", None)
+        if ready is not None:
+            ready()
+
     def _view(self, view: Any) -> Any:
         return view or self.view or _NoView()
 
@@ -325,6 +334,7 @@ class BoardSession:
         resumes): an ``UploadOutcome``. After Ctrl-C, says how to resume and re-raises."""
         path = Path(path)
         view = self._view(view)
+        self._recorder_ready()
         try:
             outcome = self.client.upload(path, kind, name=name, progress=view.upload_callback(
                 path.name, path.stat().st_size))
@@ -363,6 +373,7 @@ class BoardSession:
         """Queue a BenchmarkSpec or EvaluateSpec: (the job, its queue position). A recorder
         that wants to know (``submitted(board, job_id)``) learns the job is new: nothing can
         have recorded it before."""
+        self._recorder_ready()
         job, position = self.client.submit(spec, label)
         submitted = getattr(self.recorder, "submitted", None)
         if submitted is not None:

@@ -141,10 +141,20 @@ def test_a_database_that_cannot_be_used_stops_bench_before_it_measures(
     from tests.host_fixtures import run_cli
     bad = tmp_path / "notes.txt"
     bad.write_text("not a database")
+
+    def jobs_on_the_board() -> int:
+        listed = run_cli(capsys, "jobs", "list", *local_agent.conn(), "--json")
+        assert listed.code == 0, listed.err
+        return len(listed.json["jobs"])
+
+    before = jobs_on_the_board()
+    # The store opens on a thread while the session connects; the session waits for it
+    # before it uploads or submits, so a bad database still costs the board nothing.
     r = run_cli(capsys, "bench", str(DIGITS_MODEL), "--shape", "input=1x1x8x8",
                 "--iterations", "3", *local_agent.conn(), "--db", str(bad))
     assert r.code == 3 and "not a SQLite database" in r.err and "--db" in r.err
     assert r.out == "" and "sent" not in r.err and bad.read_text() == "not a database"
+    assert jobs_on_the_board() == before
 
 
 def test_quantize_records_its_model_and_bench_of_it_names_the_parent(

@@ -59,16 +59,34 @@ def open_results_store(db: Optional[str], inventory: Optional[Path]) -> "Results
 @contextlib.contextmanager
 def recording(args: Any, *, label: str = "", kind: Optional[str] = None,
               run_id: Optional[str] = None) -> Iterator[Optional["StoreRecorder"]]:
-    """The recorder a board session hands its results to, on the store the flags name (opened
-    before anything is measured, so a database that cannot be used stops the command before
-    it costs a measurement); None with ``--no-record``."""
+    """The recorder a board session hands its results to, on the store the flags name; None
+    with ``--no-record``.
+
+    The store opens on a background thread while the command connects to its board (the TLS
+    handshake and the upload check take longer than opening a SQLite file and checking its
+    schema), so recording costs a command only the write itself. A database that cannot be
+    used still stops the command before it costs a measurement: the board session waits for
+    the open (``StoreRecorder.ready``) before it submits a job, and the open's error is raised
+    there. On the way out the store is closed, and an open that failed is reported even if
+    nothing was submitted."""
     if getattr(args, "no_record", False):
         yield None
         return
+    from concurrent.futures import ThreadPoolExecutor
+
     from edgetune.host.results.recording import StoreRecorder
 
-    store = open_results_store(getattr(args, "db", None), getattr(args, "inventory", None))
-    try:
-        yield StoreRecorder(store, label=label, kind=kind, run_id=run_id)
-    finally:
-        store.close()
+    db, inventory = getattr(args, "db", None), getattr(args, "inventory", None)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgetune-results") as pool:
+        opening = pool.submit(open_results_store, db, inventory)
+        recorder = StoreRecorder(opening, label=label, kind=kind, run_id=run_id)
+        failed = True
+        try:
+            yield recorder
+            failed = False
+        finally:
+            error = opening.exception()          # waits for the open to end
+            if error is None:
+                opening.result().close()
+            elif not failed:
+                raise error

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -131,7 +132,7 @@ class StoreRecorder:
 
     def __init__(self, store: Any, *, label: str = "", run_id: Optional[str] = None,
                  kind: Optional[str] = None) -> None:
-        self.store = store
+        self._store = store           # a ResultsStore, or a Future of one still opening
         self.label = label
         self.run_id = run_id
         self.kind = kind
@@ -139,6 +140,18 @@ class StoreRecorder:
         self.comparisons: Dict[Tuple[str, str], Tuple[Any, Any]] = {}
         self._notes: Dict[Tuple[str, str], Dict[str, Any]] = {}
         self._new: set = set()        # (board, job id) submitted by this command: not recorded yet
+
+    @property
+    def store(self) -> Any:
+        """The store (waiting for it if it is still opening; its open's error is raised here)."""
+        if isinstance(self._store, Future):
+            self._store = self._store.result()
+        return self._store
+
+    def ready(self) -> None:
+        """Wait until the store is open: a board session calls this before it submits a job,
+        so that a database that cannot be used stops the command before a measurement."""
+        self.store  # noqa: B018 - for its wait and its error
 
     def submitted(self, board: str, job_id: str) -> None:
         """The board session submitted this job just now (its record cannot exist yet)."""
