@@ -116,6 +116,11 @@ def select(inventory: Inventory, selector: Selector, reported: Optional[Reported
     if not chosen and not skipped:
         raise BadInputError(f"--devices {selector.text!r} matches no board",
                             hint=describe_inventory(inventory.devices))
+    if not chosen:          # it matched boards, but every one of them is left out: say why
+        raise BadInputError(f"--devices {selector.text!r} leaves no board to use: "
+                            + "; ".join(reason for _, reason in skipped),
+                            hint="a board under quarantine comes back with `edgetune fleet "
+                                 "release NAME` or a passing `edgetune fleet check`")
     return chosen, skipped
 
 
