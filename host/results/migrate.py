@@ -19,7 +19,7 @@ from edgetune.host.results.engine import WRITE, safe_url
 from edgetune.host.results.schema import VERSION_TABLE
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-HEAD = "0003"          # the newest revision in migrations/versions (a test keeps them equal)
+HEAD = "0004"          # the newest revision in migrations/versions (a test keeps them equal)
 _PG_LOCK_KEY = 0x6564676574756E65   # "edgetune" as a 64-bit advisory lock key
 
 

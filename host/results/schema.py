@@ -9,6 +9,9 @@ signature (the signed bytes, the signature, its algorithm, the agent certificate
 columns that listing does not read. ``quarantine`` holds the boards taken out of fleet rotation
 (active while ``released_at`` is NULL; one active entry per board) and ``fleet_job_streaks`` the
 number of fleet jobs each board failed in a row (revision 0003, see host/fleet/quarantine.py).
+``fleet_runs`` holds each fleet run's spec (models, options, boards) and ``fleet_run_rows`` one
+row per board x model with its state, job id, result id and reason (revision 0004, see
+host/fleet/runbook.py); the measurements are ``results`` rows with the run's ``run_id``.
 
 The migrations in ``migrations/versions`` create exactly this schema; tests check that the two
 agree (a migrated database and ``metadata`` compare equal).
@@ -85,5 +88,33 @@ fleet_job_streaks = sa.Table(
     sa.Column("device_name", sa.String(200), primary_key=True),
     sa.Column("failures", sa.Integer, nullable=False),            # fleet jobs failed in a row
     sa.Column("last_reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("updated", sa.DateTime(timezone=True), nullable=False),
+)
+
+fleet_runs = sa.Table(
+    "fleet_runs", metadata,
+    sa.Column("id", sa.String(26), primary_key=True),            # ULID: the records' run_id
+    sa.Column("kind", sa.String(16), nullable=False),            # benchmark, evaluate
+    sa.Column("created", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("label", sa.String(200), nullable=False, server_default=""),
+    sa.Column("selector", sa.String(400), nullable=False, server_default=""),
+    sa.Column("spec", sa.JSON, nullable=False),                  # models, dataset, options
+    sa.Column("devices", sa.JSON, nullable=False),               # board names, in run order
+    sa.Column("host", sa.JSON, nullable=False),
+)
+
+fleet_run_rows = sa.Table(
+    "fleet_run_rows", metadata,
+    sa.Column("run_id", sa.String(26), sa.ForeignKey("fleet_runs.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("device_name", sa.String(200), primary_key=True),
+    sa.Column("model_sha256", sa.String(64), primary_key=True),
+    sa.Column("model_name", sa.String(400), nullable=False, server_default=""),
+    sa.Column("position", sa.Integer, nullable=False),           # the model's place in the run
+    sa.Column("state", sa.String(16), nullable=False),           # pending, submitted, done, ...
+    sa.Column("job_id", sa.String(64), nullable=True),           # the board's job, once submitted
+    sa.Column("result_id", sa.String(26), nullable=True),        # its record, once measured
+    sa.Column("error", sa.Text, nullable=False, server_default=""),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated", sa.DateTime(timezone=True), nullable=False),
 )
