@@ -46,12 +46,19 @@ class Limits:
     max_dataset_samples: int = 1_000_000
     max_batch_size: int = 4096
     max_threads: int = 256
+    min_lease_ttl_s: float = 5.0            # the shortest lease a host may ask (device.leases)
+    max_lease_ttl_s: float = 3600.0         # the longest: a dead host's lease ends by then
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"limits.{f.name} must be a positive number (got {value!r})")
+            if not math.isfinite(value):
+                raise ValueError(f"limits.{f.name} must be finite (got {value!r})")
+        if self.min_lease_ttl_s > self.max_lease_ttl_s:
+            raise ValueError(f"limits.min_lease_ttl_s ({self.min_lease_ttl_s:g}) is above "
+                             f"limits.max_lease_ttl_s ({self.max_lease_ttl_s:g})")
 
     def max_bytes(self, kind: BlobKind) -> int:
         return self.max_model_bytes if BlobKind(kind) is BlobKind.MODEL else self.max_dataset_bytes

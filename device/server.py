@@ -41,6 +41,8 @@ from edgetune.certs.grpc_creds import identity_server_credentials
 from edgetune.device.auth import AuthInterceptor
 from edgetune.device.config import AgentConfig
 from edgetune.device.jobs import JobQueue
+from edgetune.device.leases import FILE_NAME as LEASES_FILE
+from edgetune.device.leases import LeaseBook
 from edgetune.device.servicer import SERVICE_NAME, AgentServicer, add_to_server
 from edgetune.device.store import BlobStore
 
@@ -225,7 +227,11 @@ class AgentServer:
         def system_info() -> Dict[str, Any]:
             return dict(info, **refresh())
 
-        self._servicer.attach(store, queue, system_info)
+        limits = config.limits
+        leases = await loop.run_in_executor(
+            self._io, lambda: LeaseBook(Path(config.store) / LEASES_FILE, limits.min_lease_ttl_s,
+                                        limits.max_lease_ttl_s))
+        self._servicer.attach(store, queue, system_info, leases)
         log.info("onnxruntime %s, providers: %s", info.get("onnxruntime_version", "?"),
                  ", ".join(info.get("available_providers", ())))
 

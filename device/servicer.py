@@ -26,6 +26,7 @@ import grpc.aio
 from edgetune.device.auth import peer_name
 from edgetune.device.errors import FailedPrecondition, InvalidArgument, StatusError
 from edgetune.device.jobs import JobQueue
+from edgetune.device.leases import LeaseBook
 from edgetune.device.limits import Limits, validate_benchmark, validate_compare, validate_evaluate
 from edgetune.device.store import BlobStore, UploadState, safe_label
 from edgetune.protos import agent_pb2 as pb
@@ -120,7 +121,8 @@ def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         except UnknownToThisVersion as exc:
             await abort_incompatible(context, exc)
         except StatusError as exc:
-            await context.abort(exc.grpc_code, str(exc))
+            await context.abort(exc.grpc_code, str(exc),
+                                trailing_metadata=getattr(exc, "trailing_metadata", ()))
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:
@@ -144,16 +146,21 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         self.started = time.monotonic()
         self.store: Optional[BlobStore] = None
         self.queue: Optional[JobQueue] = None
+        self.leases = LeaseBook(None, limits.min_lease_ttl_s, limits.max_lease_ttl_s)
         self._system: Callable[[], Dict[str, Any]] = dict
         self._io = io_executor or concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="edgetune-io")
         self._summaries: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
 
     def attach(self, store: BlobStore, queue: JobQueue,
-               system_info: Callable[[], Dict[str, Any]]) -> None:
+               system_info: Callable[[], Dict[str, Any]],
+               leases: Optional[LeaseBook] = None) -> None:
         """Start serving with ``store`` and ``queue``; ``system_info()`` returns the GetInfo
-        fields that describe the board (hostname, os, ..., available_providers)."""
+        fields that describe the board (hostname, os, ..., available_providers); ``leases``:
+        the lease book (default: one in memory, lost at a restart)."""
         self.store, self.queue, self._system = store, queue, system_info
+        if leases is not None:
+            self.leases = leases
 
     def _ready(self) -> Tuple[BlobStore, JobQueue]:
         if self.store is None or self.queue is None:
@@ -170,12 +177,14 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         store, queue = self._ready()
         used, models, datasets = await self._thread(store.usage)
         system = await self._thread(self._system)
+        holder, until = self.leases.current()
         info = AgentInfo(
             store_used_bytes=used, store_models=models, store_datasets=datasets,
             queue_length=queue.queue_length, queue_capacity=queue.capacity,
             running_job_id=queue.running_job_id, uptime_s=time.monotonic() - self.started,
             agent_name=self.agent_name, caller_name=peer_name(context),
-            agent_cert_not_after_unix=self.cert_not_after_unix, **system)
+            agent_cert_not_after_unix=self.cert_not_after_unix, lease_holder=holder,
+            lease_expires_unix=until, **system)
         return info.as_pb2()
 
     # ---------------------------------------------------------------- store
@@ -271,6 +280,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         store, queue = self._ready()
         kind = _blob_kind(request.kind)
         assert kind is not None
+        self.leases.check(peer_name(context), "delete blobs")
         job = queue.job_using(request.sha256)
         if job is not None:
             raise FailedPrecondition(
@@ -285,6 +295,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     @_rpc
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Any) -> pb.SubmitJobResponse:
         store, queue = self._ready()
+        caller = peer_name(context)
+        self.leases.check(caller, "submit jobs")
         try:
             spec = with_defaults(job_spec_from_pb2(request.spec))
         except UnknownToThisVersion:
@@ -305,8 +317,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             spec = await self._check_compare(spec, model_path, b_path)
         else:
             spec = await self._check_inputs(spec, model_path)
-        job, position = queue.submit(spec, label=safe_label(request.spec.label),
-                                     client=peer_name(context))
+        # Checked again with no await before the submit: a lease granted meanwhile counts.
+        self.leases.check(caller, "submit jobs")
+        job, position = queue.submit(spec, label=safe_label(request.spec.label), client=caller)
         return pb.SubmitJobResponse(job=job.as_pb2(), queue_position=position)
 
     async def _check_inputs(self, spec: Any, model_path: Path) -> Any:
@@ -387,8 +400,39 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     @_rpc
     async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.CancelJobResponse:
         _, queue = self._ready()
+        caller = peer_name(context)
+        if queue.get(request.job_id).client != caller:   # one's own jobs may always go
+            self.leases.check(caller, "cancel jobs other than its own")
         job = await queue.cancel(request.job_id)
         return pb.CancelJobResponse(job=job.as_pb2())
+
+    # ---------------------------------------------------------------- leases
+
+    @_rpc
+    async def AcquireLease(self, request: pb.AcquireLeaseRequest,
+                           context: Any) -> pb.AcquireLeaseResponse:
+        self._ready()
+        lease = await self._thread(self.leases.acquire, peer_name(context), request.ttl_s)
+        return pb.AcquireLeaseResponse(lease=lease.as_pb2())
+
+    @_rpc
+    async def RenewLease(self, request: pb.RenewLeaseRequest,
+                         context: Any) -> pb.RenewLeaseResponse:
+        self._ready()
+        lease = await self._thread(self.leases.renew, peer_name(context), request.lease_id,
+                                   request.ttl_s)
+        return pb.RenewLeaseResponse(lease=lease.as_pb2())
+
+    @_rpc
+    async def ReleaseLease(self, request: pb.ReleaseLeaseRequest,
+                           context: Any) -> pb.ReleaseLeaseResponse:
+        self._ready()
+        released, remaining = await self._thread(self.leases.release, peer_name(context),
+                                                 request.lease_id)
+        reply = pb.ReleaseLeaseResponse(released=released)
+        if remaining is not None:
+            reply.remaining.CopyFrom(remaining.as_pb2())
+        return reply
 
     async def WatchJob(self, request: pb.WatchJobRequest,
                        context: Any) -> AsyncIterator[pb.JobEvent]:
