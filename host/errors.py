@@ -67,6 +67,25 @@ class IncompatibleError(EdgetuneError):
     exit_status = ExitStatus.INCOMPATIBLE
 
 
+class LeaseHeldError(AgentError):
+    """The board is leased to another host certificate (``holder``) until ``expires_unix``
+    (the agent's clock): the agent refused a job, a renewal or a lease."""
+
+    def __init__(self, message: str, *, holder: str, expires_unix: float,
+                 hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.holder = holder
+        self.expires_unix = expires_unix
+
+
+class LeasesUnsupportedError(IncompatibleError):
+    """The agent is older than leases (its lease RPCs are UNIMPLEMENTED)."""
+
+    def __init__(self, message: str, *, agent_version: str = "", hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.agent_version = agent_version
+
+
 def host_error(exc: "CertError") -> EdgetuneError:
     """The host error for a ``certs`` error: its class says the exit code (``exit_status``,
     the table both CLIs share), this picks the host error with that code."""

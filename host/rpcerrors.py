@@ -17,7 +17,9 @@ from typing import Any, Optional, Tuple
 import grpc
 
 from edgetune.host.errors import (AgentError, AuthError, BadInputError, EdgetuneError,
-                                  IncompatibleError, NotFoundError, TimeoutError_, UnreachableError)
+                                  IncompatibleError, LeaseHeldError, NotFoundError, TimeoutError_,
+                                  UnreachableError)
+from edgetune.protos.leases import LEASE_EXPIRES_METADATA, LEASE_HOLDER_METADATA
 from edgetune.protos.messages import INCOMPATIBLE_METADATA
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,9 @@ def translate_rpc_error(err: grpc.RpcError, ctx: RpcContext) -> EdgetuneError:
         return IncompatibleError(f"the agent at {addr} refused the request: {details}",
                                  hint="upgrade edgetune-agent on the board to this PC's "
                                       "edgetune (pip install -U edgetune there)")
+    holder = [value for key, value in trailing if key == LEASE_HOLDER_METADATA]
+    if holder and code is grpc.StatusCode.FAILED_PRECONDITION:  # someone else's lease
+        return _lease_held(details, holder[0], trailing, ctx)
     if code is grpc.StatusCode.UNAVAILABLE:
         return _unavailable(f"{details} {debug}", details, ctx)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -82,6 +87,21 @@ def translate_rpc_error(err: grpc.RpcError, ctx: RpcContext) -> EdgetuneError:
         return AgentError(f"the call to {addr} was cancelled: {details}")
     return AgentError(f"the agent at {addr} failed: {details or code.name}",
                       hint="the agent's log on the board has the details")
+
+
+def _lease_held(details: str, holder: Any, trailing: Any, ctx: RpcContext) -> LeaseHeldError:
+    name = holder.decode("utf-8", "replace") if isinstance(holder, bytes) else str(holder)
+    expires = 0.0
+    for key, value in trailing:
+        if key == LEASE_EXPIRES_METADATA:
+            try:
+                expires = float(value)
+            except (TypeError, ValueError):
+                pass
+    return LeaseHeldError(f"the agent at {ctx.address} refused the request: {details}",
+                          holder=name, expires_unix=expires,
+                          hint=f"wait until the lease ends (`edgetune lease show`), or ask the "
+                               f"holder of {name!r} to release it (`edgetune lease release`)")
 
 
 def _unavailable(text: str, details: str, ctx: RpcContext) -> EdgetuneError:
