@@ -5,12 +5,15 @@
     cert = "pki/laptop-cert.pem"
     key = "pki/laptop-key.pem"
     passphrase_file = "pki/passphrase" # optional; else EDGETUNE_PASSPHRASE, else a prompt
+    pki = "pki"                        # optional: the CA folder `edgetune deploy` issues from
 
     [devices.board1]
     address = "192.168.1.20:50051"
     tags = ["riscv", "lab"]
     attributes = { kind = "k1", room = "lab2" }   # optional free attributes (strings)
     server_name = "board1"             # optional: a name in the board certificate's SAN
+    deploy = { ssh = "root@192.168.1.20", prefix = "/opt/edgetune" }   # written by
+                                       # `edgetune deploy` (how it reached the board; no secret)
 
     [results]
     db = "results.db"                  # optional: a SQLite file (relative to this file) or a
@@ -40,8 +43,8 @@ CONFIG_ENV = "EDGETUNE_CONFIG"
 CONFIG_NAME = "edgetune.toml"
 DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-_HOST_KEYS = ("ca", "cert", "key", "passphrase_file")
-_DEVICE_KEYS = ("address", "tags", "server_name", "attributes")
+_HOST_KEYS = ("ca", "cert", "key", "passphrase_file", "pki")
+_DEVICE_KEYS = ("address", "tags", "server_name", "attributes", "deploy")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class HostIdentityFiles:
     cert: Path
     key: Path
     passphrase_file: Optional[Path] = None
+    pki: Optional[Path] = None            # the CA folder (ca-key.pem) deploy issues from
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Device:
     tags: Tuple[str, ...] = ()
     server_name: Optional[str] = None     # overrides the name checked against the cert's SAN
     attributes: Tuple[Tuple[str, str], ...] = ()   # free (key, value) pairs, sorted by key
+    deploy: Tuple[Tuple[str, str], ...] = ()       # [devices.NAME.deploy] (edgetune deploy)
 
     def attribute(self, key: str) -> Optional[str]:
         return dict(self.attributes).get(key)
@@ -136,7 +141,7 @@ def parse_inventory(data: Mapping[str, Any], path: Path) -> Inventory:
         files: Dict[str, Optional[Path]] = {
             key: _path(section, key, base, path) for key in _HOST_KEYS}
         host = HostIdentityFiles(ca=files["ca"], cert=files["cert"], key=files["key"],  # type: ignore[arg-type]
-                                 passphrase_file=files["passphrase_file"])
+                                 passphrase_file=files["passphrase_file"], pki=files["pki"])
     devices = []
     for name, section in _table(data.get("devices", {}), path, "devices").items():
         where = f"devices.{name}"
@@ -161,9 +166,15 @@ def parse_inventory(data: Mapping[str, Any], path: Path) -> Inventory:
                 isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()):
             raise BadInputError(f"{path}: {where}.attributes must be a table of strings",
                                 hint='e.g. attributes = { kind = "atlas", room = "lab2" }')
+        deploy = section.get("deploy", {})
+        if not isinstance(deploy, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in deploy.items()):
+            raise BadInputError(f"{path}: {where}.deploy must be a table of strings",
+                                hint="`edgetune deploy` writes it; run it again to rewrite it")
         devices.append(Device(name=name, address=address, tags=tuple(tags),
                               server_name=server_name or None,
-                              attributes=tuple(sorted(attributes.items()))))
+                              attributes=tuple(sorted(attributes.items())),
+                              deploy=tuple(sorted(deploy.items()))))
     _check_unique_addresses(devices, path)
     return Inventory(path=path, host=host, devices=tuple(devices),
                      results_db=_results_db(data, base, path))
