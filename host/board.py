@@ -329,15 +329,17 @@ class BoardSession:
 
     # ------------------------------------------------------------------ blobs
     def upload(self, path: Path, kind: BlobKind, name: Optional[str] = None,
-               view: Any = None) -> Any:
+               view: Any = None, *, sha256: str = "") -> Any:
         """Store ``path`` on the board unless it is there (dedup by hash; a partial upload
-        resumes): an ``UploadOutcome``. After Ctrl-C, says how to resume and re-raises."""
+        resumes): an ``UploadOutcome``. After Ctrl-C, says how to resume and re-raises.
+        ``sha256``: the file's hash, when the caller computed it already (a fleet run: once
+        for all its boards)."""
         path = Path(path)
         view = self._view(view)
         self._recorder_ready()
         try:
             outcome = self.client.upload(path, kind, name=name, progress=view.upload_callback(
-                path.name, path.stat().st_size))
+                path.name, path.stat().st_size), sha256=sha256)
         except KeyboardInterrupt:
             view.__exit__(None, None, None)
             print(f"\nedgetune: upload of {path} interrupted; {RESUME_HINT}", file=sys.stderr)
