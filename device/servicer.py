@@ -17,8 +17,8 @@ import functools
 import logging
 import time
 from pathlib import Path
-from typing import (Any, AsyncIterator, Awaitable, Callable, Deque, Dict, Optional, Sequence, Tuple,
-                    TypeVar, Union)
+from typing import (Any, AsyncIterator, Awaitable, Callable, Collection, Deque, Dict, Optional,
+                    Sequence, Tuple, TypeVar, Union)
 
 import grpc
 import grpc.aio
@@ -468,16 +468,20 @@ def parse_upload_request(raw: bytes) -> Union[pb.UploadBlobRequest, memoryview]:
     return pb.UploadBlobRequest.FromString(raw)
 
 
-def add_to_server(servicer: AgentServicer, server: Any) -> None:
+def add_to_server(servicer: AgentServicer, server: Any,
+                  methods: Optional[Collection[str]] = None) -> None:
     """Register ``servicer`` like the generated ``add_AgentServicer_to_server`` does (the
     handlers are built from the service descriptor), with ``parse_upload_request`` for
-    UploadBlob."""
+    UploadBlob. ``methods``: serve only these RPCs (default all; a test serves the set of an
+    older agent, whose missing RPCs answer UNIMPLEMENTED)."""
     factories = {(False, False): grpc.unary_unary_rpc_method_handler,
                  (True, False): grpc.stream_unary_rpc_method_handler,
                  (False, True): grpc.unary_stream_rpc_method_handler,
                  (True, True): grpc.stream_stream_rpc_method_handler}
     handlers = {}
     for method in pb.DESCRIPTOR.services_by_name["Agent"].methods:
+        if methods is not None and method.name not in methods:
+            continue
         request = getattr(pb, method.input_type.name)
         response = getattr(pb, method.output_type.name)
         factory = factories[_streaming(method)]
