@@ -16,18 +16,23 @@ passes through ``BoardSession._record``, the one place a results store hooks in 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence,
+                    Tuple, Union)
 
 from edgetune.host.errors import NotFoundError, UsageError
 from edgetune.protos.messages import (AgentInfo, BenchmarkResult, BenchmarkSpec, BlobInfo, BlobKind,
                                       CompareResult, CompareSpec, EvaluateResult, EvaluateSpec, Job,
                                       JobEvent, JobState, SignedResult)
 from edgetune.protos.shapes import shape_flag
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgetune.host.leases import HeldLease
 
 HEX = re.compile(r"^[0-9a-f]{6,64}$")
 RESUME_HINT = "run the same command again to resume from the bytes the board kept"
@@ -294,6 +299,7 @@ class BoardSession:
         self.recorder = recorder
         self.view = view
         self._board: Optional[BoardInfo] = None
+        self._held: Optional["HeldLease"] = None
 
     def __enter__(self) -> "BoardSession":
         return self
@@ -326,6 +332,45 @@ class BoardSession:
 
     def _view(self, view: Any) -> Any:
         return view or self.view or _NoView()
+
+    # ------------------------------------------------------------------ lease
+    @contextlib.contextmanager
+    def lease(self, ttl_s: float = 60.0, *, required: bool = True) -> Iterator["HeldLease"]:
+        """Hold the board's lease for the block: acquire it (``ttl_s`` seconds, within the
+        agent's bounds), renew it every ``ttl_s / 3`` in a background thread, release it when
+        the block ends (also on an exception or Ctrl-C). Yields a ``HeldLease``; a lost lease
+        is a logged warning and ``held.lost``/``held.losses``, never an exception in the block.
+
+        LeaseHeldError: another host holds the board. An agent older than leases raises
+        LeasesUnsupportedError, unless ``required`` is False: then a warning says the
+        measurements are not protected and the block runs (``held.supported`` False). Inside
+        another ``lease`` block of this session, the outer lease is yielded as it is."""
+        from edgetune.host.errors import LeasesUnsupportedError
+        from edgetune.host.leases import NOT_PROTECTED, HeldLease, LeaseKeeper, log
+
+        if self._held is not None:
+            yield self._held
+            return
+        keeper = LeaseKeeper(self.client, self.name, ttl_s)
+        try:
+            held = keeper.acquire()
+        except LeasesUnsupportedError as exc:
+            if required:
+                raise
+            log.warning("%s; %s", exc.message, NOT_PROTECTED)
+            yield HeldLease(board=self.name, ttl_s=keeper.ttl_s, supported=False)
+            return
+        self._held = held
+        try:
+            yield held
+        finally:
+            self._held = None
+            keeper.close()
+
+    @property
+    def held_lease(self) -> Optional["HeldLease"]:
+        """The lease a ``lease`` block of this session holds now, else None."""
+        return self._held
 
     # ------------------------------------------------------------------ blobs
     def upload(self, path: Path, kind: BlobKind, name: Optional[str] = None,

@@ -22,13 +22,15 @@ import grpc
 
 from edgetune import __version__
 from edgetune.host.errors import (AgentError, AuthError, BadInputError, EdgetuneError,
-                                  IncompatibleError, TimeoutError_, UnreachableError)
+                                  IncompatibleError, LeasesUnsupportedError, TimeoutError_,
+                                  UnreachableError)
 from edgetune.host.hashcache import (FileIdentity, HashCache, UploadPlan, file_sha256,
                                      finish_upload, plan_upload)
 from edgetune.host.interrupts import GATE, SigintGate
 from edgetune.host.rpcerrors import RpcContext, translate_rpc_error
 from edgetune.protos import agent_pb2 as pb
 from edgetune.protos import agent_pb2_grpc
+from edgetune.protos.leases import Lease
 from edgetune.protos.messages import (JOB_KINDS, VERSION_METADATA, AgentInfo, BlobInfo, BlobKind,
                                       Job, JobEvent, UnknownToThisVersion)
 
@@ -349,6 +351,67 @@ class AgentClient:
     def cancel_job(self, job_id: str) -> Job:
         return self._read(Job.from_pb2,
                           self._call("CancelJob", pb.CancelJobRequest(job_id=job_id)).job)
+
+    # ------------------------------------------------------------------ leases
+    def acquire_lease(self, ttl_s: float, *, timeout: Optional[float] = None) -> Lease:
+        """A claim on the board for ``ttl_s`` seconds, held by our certificate's name (the
+        agent's bounds apply: BadInputError naming them). LeaseHeldError when another host
+        holds the board; LeasesUnsupportedError from an agent older than leases."""
+        import math
+
+        if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or \
+                not math.isfinite(ttl_s) or ttl_s <= 0:
+            raise BadInputError(f"a lease's time to live must be a positive number of seconds "
+                                f"(got {ttl_s!r})")
+        reply = self._lease_call("AcquireLease", pb.AcquireLeaseRequest(ttl_s=float(ttl_s)),
+                                 timeout)
+        return Lease.from_pb2(reply.lease)
+
+    def renew_lease(self, lease_id: str = "", ttl_s: float = 0.0, *,
+                    timeout: Optional[float] = None) -> Lease:
+        """Extend our claim ``lease_id`` (every claim of ours when "") by ``ttl_s`` from now
+        (0: the ttl it was granted with). AgentError when we hold no such claim any more."""
+        reply = self._lease_call("RenewLease", pb.RenewLeaseRequest(lease_id=lease_id,
+                                                                    ttl_s=float(ttl_s)), timeout)
+        return Lease.from_pb2(reply.lease)
+
+    def release_lease(self, lease_id: str = "", *,
+                      timeout: Optional[float] = None) -> Tuple[bool, Optional[Lease]]:
+        """End our claim ``lease_id`` (every claim of ours, freeing the board, when ""):
+        (whether a claim ended, our claim left on the board if any)."""
+        reply = self._lease_call("ReleaseLease", pb.ReleaseLeaseRequest(lease_id=lease_id),
+                                 timeout)
+        remaining = Lease.from_pb2(reply.remaining) if reply.HasField("remaining") else None
+        return bool(reply.released), remaining
+
+    def _lease_call(self, method: str, request: Any, timeout: Optional[float]) -> Any:
+        """A lease RPC; UNIMPLEMENTED (an agent older than leases) becomes
+        LeasesUnsupportedError naming the agent's version."""
+        self.connect()
+        with GATE.deferred():
+            future = getattr(self._stub, method).future(
+                request, timeout=timeout or self.settings.timeout_s, metadata=CALL_METADATA)
+            GATE.on_interrupt(future.cancel)
+            try:
+                return future.result()
+            except grpc.RpcError as err:
+                if err.code() is grpc.StatusCode.UNIMPLEMENTED:
+                    raise self._no_leases() from None
+                raise translate_rpc_error(err, self._ctx) from None
+            except grpc.FutureCancelledError:
+                raise AgentError(f"the call {method} to {self.address} was cancelled") from None
+
+    def _no_leases(self) -> LeasesUnsupportedError:
+        version = ""
+        try:
+            version = self._unary("GetInfo", pb.GetInfoRequest(),
+                                  min(5.0, self.settings.timeout_s)).agent_version
+        except EdgetuneError:
+            pass
+        return LeasesUnsupportedError(
+            f"this agent (version {version or 'unknown'}, at {self.address}) does not grant "
+            "leases; upgrade it, or pass --no-lease", agent_version=version,
+            hint=f"pip install -U edgetune on the board (this PC runs edgetune {__version__})")
 
     def _watch_raw(self, job_id: str) -> Iterator[JobEvent]:
         """JobEvents of one WatchJob stream; raises grpc.RpcError untranslated."""

@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "edgetune.host.cli.analyze_cmd",
     "edgetune.host.cli.results_cmd",
     "edgetune.host.cli.fleet_cmd",
+    "edgetune.host.cli.lease_cmd",
 )
 
 # Which module registers each command, so that running one command imports only its module
@@ -44,6 +45,7 @@ COMMANDS = {
     "analyze": "edgetune.host.cli.analyze_cmd",
     "results": "edgetune.host.cli.results_cmd",
     "fleet": "edgetune.host.cli.fleet_cmd",
+    "lease": "edgetune.host.cli.lease_cmd",
 }
 
 EXIT_CODES_HELP = help_table()  # the same table as edgetune-agent --help
