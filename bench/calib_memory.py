@@ -75,7 +75,8 @@ def child(kind: str, method: str, model: Path, data_path: Path) -> dict:
 
         settings = QuantizeSettings(model=model, output=model.with_name("unused.onnx"),
                                     method=method, histogram_bins=BINS,
-                                    quantized_bins=QUANTIZED_BINS, percentile=PERCENTILE)
+                                    quantized_bins=QUANTIZED_BINS, percentile=PERCENTILE,
+                                    entropy_compat="ort")     # parity with onnxruntime's
         with prepare_model(settings) as prepared:
             result = calibrate(prepared, data, settings)
         ranges = {k: list(v) for k, v in result.tensors.items()}

@@ -266,6 +266,23 @@ def test_flags_win_over_toml(tmp_path, tiny, capsys):
     assert record["settings"]["method"] == "percentile" and record["settings"]["calib_count"] == 4
 
 
+def test_entropy_compat_from_flags_and_toml(tmp_path, tiny, capsys):
+    args = build_parser().parse_args(["quantize", str(tiny), "--calib", "x.npy",
+                                      "--method", "entropy", "--entropy-compat", "ort"])
+    assert build_settings(args)[0].entropy_compat == "ort"
+    args = build_parser().parse_args(["quantize", str(tiny), "--calib", "x.npy"])
+    settings = build_settings(args)[0]
+    assert settings.entropy_compat == "edgetune" and settings.quantized_bins is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["quantize", str(tiny), "--entropy-compat", "tensorrt"])
+    config = tmp_path / "q.toml"
+    config.write_text('model = "tiny.onnx"\nmethod = "entropy"\nentropy_compat = "trt"\n'
+                      '[[calib]]\npath = "x.npy"\n')
+    err = fails(capsys, ["--config", str(config), "-o", str(tmp_path / "q.onnx")],
+                ExitStatus.USAGE)
+    assert "unknown entropy mode 'trt'" in err
+
+
 def test_fallback_settings_from_flags(tmp_path, tiny):
     args = build_parser().parse_args(["quantize", str(tiny), "--calib", "x.npy",
                                       "--max-drop", "0.02", "--eval", "t.npz",

@@ -300,6 +300,7 @@ def test_check_settings(tmp_path):
         "same": ({"output": tmp_path / "." / "m.onnx"}, "is the input model"),
         "act": ({"act_type": "fp8"}, "unknown activation type"),
         "bins": ({"histogram_bins": 100, "quantized_bins": 255}, "not usable"),
+        "entropy": ({"entropy_compat": "tensorrt"}, "unknown entropy mode 'tensorrt'"),
         "color": ({"calib": (CalibSource(tmp_path, preprocess=Preprocess(color="yuv")),)},
                   "unknown color order"),
         "meanstd": ({"calib": (CalibSource(tmp_path, preprocess=Preprocess(

@@ -69,7 +69,7 @@ def test_minmax_ranges_equal_onnxruntime(tiny, tmp_path):
 def test_histogram_ranges_match_onnxruntime(tiny, tmp_path, method, ort_method, extra):
     path, prepared, x = tiny
     settings = _settings(path, tmp_path, method=method, percentile=99.9, histogram_bins=512,
-                         quantized_bins=127, calib_batch=1)
+                         quantized_bins=127, calib_batch=1, entropy_compat="ort")
     ours = calibrate(prepared, CalibrationData.from_arrays({"input": x}), settings)
     theirs = _ort_ranges(prepared, x, ort_method, tmp_path, **extra)
     assert set(ours.tensors) == set(theirs)

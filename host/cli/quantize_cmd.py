@@ -19,9 +19,9 @@ from typing import Any, Callable, Dict, Optional
 
 from edgetune.host.cli.quantize_flags import add_calibration_flags, build_settings, model_inputs
 from edgetune.host.errors import EdgetuneError, TargetNotMetError
-from edgetune.host.quant.settings import (ACT_TYPES, DEFAULT_FALLBACK_STRATEGY, FALLBACK_METRICS,
-                                 FALLBACK_STRATEGIES, METHODS, WEIGHT_TYPES, FallbackSettings,
-                                 QuantizeSettings)
+from edgetune.host.quant.settings import (ACT_TYPES, DEFAULT_FALLBACK_STRATEGY, ENTROPY_COMPAT,
+                                 FALLBACK_METRICS, FALLBACK_STRATEGIES, METHODS, WEIGHT_TYPES,
+                                 FallbackSettings, QuantizeSettings)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,13 @@ def register(subparsers: Any) -> None:
     m.add_argument("--method", help=f"one of {', '.join(METHODS)} (default minmax)")
     m.add_argument("--percentile", type=float, help="for --method percentile (99.999)")
     m.add_argument("--bins", type=int, help="histogram bins (2048)")
-    m.add_argument("--quantized-bins", type=int, help="entropy's KL target bins (255)")
+    m.add_argument("--quantized-bins", type=int,
+                   help="entropy's cells per window (default: the activation type's levels, "
+                        "256 for uint8; 255 with --entropy-compat ort)")
+    m.add_argument("--entropy-compat", choices=ENTROPY_COMPAT,
+                   help="edgetune (default): KL search without the zero bin, one-sided "
+                        "histograms for one-sided tensors (Relu outputs), levels of the "
+                        "activation type; ort: onnxruntime's exact search (clips Relu outputs)")
 
     q = p.add_argument_group("precision")
     q.add_argument("--per-channel", dest="per_channel", action="store_const", const=True,

@@ -34,7 +34,8 @@ PREPROCESS_FLAGS = {"input_size": "input_size", "interpolation": "interpolation"
 # Plain flags: dest -> QuantizeSettings field.
 SETTINGS_FLAGS = {"calib_count": "calib_count", "seed": "seed", "method": "method",
                   "percentile": "percentile", "bins": "histogram_bins",
-                  "quantized_bins": "quantized_bins", "per_channel": "per_channel",
+                  "quantized_bins": "quantized_bins",
+                  "entropy_compat": "entropy_compat", "per_channel": "per_channel",
                   "act": "act_type", "weight": "weight_type", "symmetric_act": "symmetric_act",
                   "reduce_range": "reduce_range", "op_types": "op_types", "ranges": "ranges",
                   "calib_batch": "calib_batch", "skip_model_prep": "skip_preprocess",

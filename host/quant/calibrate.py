@@ -39,11 +39,14 @@ from edgetune.host.quant.histograms import (
     distribution_stats,
     entropy_range,
     mse_range,
+    one_sided_histogram,
     percentile_range,
     signed_histogram,
 )
+from edgetune.host.quant.entropy import (ORT_QUANTIZED_BINS, entropy_one_sided, entropy_two_sided,
+                                         is_one_sided, quant_levels)
 from edgetune.host.quant.prepare import FLOAT_TYPES, PreparedModel, effective_op_types
-from edgetune.host.quant.settings import METHODS, QuantizeSettings
+from edgetune.host.quant.settings import ENTROPY_COMPAT, METHODS, QuantizeSettings
 
 log = logging.getLogger(__name__)
 
@@ -315,12 +318,36 @@ def _act_levels(settings: QuantizeSettings) -> int:
     return int(qmax) - int(qmin)
 
 
+def quantized_bins(settings: QuantizeSettings) -> int:
+    """Entropy's cells per window: the flag, else 255 (``ort``) or the activation type's
+    levels (``edgetune``: 256 for 8 bits, 255 symmetric int8, 65536 for int16)."""
+    if settings.quantized_bins:
+        return settings.quantized_bins
+    if settings.entropy_compat == "ort":
+        return ORT_QUANTIZED_BINS
+    return quant_levels(settings.act_type, settings.symmetric_act)
+
+
+def _entropy_fixed(name: str, state: RangeState, one_sided_h: Dict[str, HistogramState],
+                   signed_h: Dict[str, HistogramState], settings: QuantizeSettings) -> Range:
+    levels = quantized_bins(settings)
+    lo, hi = float(state.min), float(state.max)
+    if name in one_sided_h:
+        h = one_sided_h[name]
+        hist, edges = h.finish()
+        return entropy_one_sided(hist, edges, h.zeros, lo, hi, levels, settings.symmetric_act)
+    h = signed_h[name]
+    hist, edges = h.finish()
+    return entropy_two_sided(hist, edges, h.zeros, lo, hi, levels, settings.symmetric_act)
+
+
 def _calibrate_histograms(model, model_path: Path, workdir: Path, data,
                           settings: QuantizeSettings, tensors: Sequence[str],
                           labels: Sequence[str], progress: Optional[Progress]):
     methods = {parse_label(label)[0] for label in labels}
     need_abs = "percentile" in methods
     need_signed = bool(methods & {"entropy", "mse", "distribution"})
+    fixed_entropy = "entropy" in methods and settings.entropy_compat != "ort"
     session = _augmented_session(model, tensors, workdir / "augmented_all.onnx")
     metas = _input_meta(session)
     check_inputs(data, metas)
@@ -334,17 +361,22 @@ def _calibrate_histograms(model, model_path: Path, workdir: Path, data,
     bins = settings.histogram_bins
     abs_h: Dict[str, HistogramState] = {}
     signed_h: Dict[str, HistogramState] = {}
+    one_sided_h: Dict[str, HistogramState] = {}     # entropy (edgetune): |x| over [0, max|x|]
     for name, state in states.items():
         if need_abs:
             abs_h[name] = abs_histogram(bins, state)
         if need_signed:
-            signed_h[name] = signed_histogram(bins, state)
+            signed_h[name] = signed_histogram(bins, state, count_zeros=fixed_entropy)
+        if fixed_entropy and is_one_sided(state.min, state.max):
+            one_sided_h[name] = one_sided_histogram(bins, state)
 
     def fold_hist(name: str, arr: np.ndarray) -> None:
         if need_abs:
             abs_h[name].fold(arr)
         if need_signed:
             signed_h[name].fold(arr)
+        if name in one_sided_h:
+            one_sided_h[name].fold(arr)
 
     _fold_pass(session, tensors, metas, data, settings, fold_hist, progress, done, total)
     del session
@@ -363,9 +395,11 @@ def _calibrate_histograms(model, model_path: Path, workdir: Path, data,
             elif method == "percentile":
                 hist, edges = abs_h[name].finish()
                 lo, hi = percentile_range(hist, edges, state, pct)
-            elif method == "entropy":
+            elif method == "entropy" and not fixed_entropy:
                 hist, edges = signed_h[name].finish()
-                lo, hi = entropy_range(hist, edges, state, settings.quantized_bins)
+                lo, hi = entropy_range(hist, edges, state, quantized_bins(settings))
+            elif method == "entropy":
+                lo, hi = _entropy_fixed(name, state, one_sided_h, signed_h, settings)
             elif method == "distribution":
                 hist, edges = signed_h[name].finish()
                 lo, hi = distribution_range(hist, edges)
@@ -395,13 +429,17 @@ def calibrate(prepared: PreparedModel, data, settings: QuantizeSettings,
     labels = [main] + [method_label(m, p if p is not None else settings.percentile)
                        for m, p in extra_methods]
     labels = list(dict.fromkeys(labels))
-    if settings.histogram_bins < 2 or settings.quantized_bins < 2:
+    if settings.entropy_compat not in ENTROPY_COMPAT:
+        raise UsageError(f"unknown entropy mode {settings.entropy_compat!r}",
+                         hint=f"choose one of: {', '.join(ENTROPY_COMPAT)}")
+    if settings.histogram_bins < 2 or (settings.quantized_bins is not None
+                                       and settings.quantized_bins < 2):
         raise UsageError("histogram bins and quantized bins must be at least 2")
-    if "entropy" in {parse_label(x)[0] for x in labels} and \
-            settings.histogram_bins < settings.quantized_bins:
+    if "entropy" in {parse_label(x)[0] for x in labels} and settings.entropy_compat == "ort" \
+            and settings.histogram_bins < quantized_bins(settings):
         raise UsageError(f"entropy needs at least as many histogram bins "
                          f"({settings.histogram_bins}) as quantized bins "
-                         f"({settings.quantized_bins})", hint="raise --bins")
+                         f"({quantized_bins(settings)})", hint="raise --bins")
     if settings.method == "distribution" and settings.histogram_bins < 512:
         raise UsageError("distribution calibration needs at least 512 histogram bins",
                          hint="raise --bins")
@@ -425,8 +463,10 @@ def calibrate(prepared: PreparedModel, data, settings: QuantizeSettings,
     else:
         observed, results, stats = _calibrate_histograms(
             model, Path(prepared.path), workdir, data, settings, tensors, labels, progress)
-        params.update({"passes": 2, "histogram_bins": settings.histogram_bins,
-                       "quantized_bins": settings.quantized_bins})
+        params.update({"passes": 2, "histogram_bins": settings.histogram_bins})
+        if any(parse_label(x)[0] == "entropy" for x in labels):
+            params.update({"quantized_bins": quantized_bins(settings),
+                           "entropy_compat": settings.entropy_compat})
     if any(parse_label(x)[0] == "percentile" for x in labels):
         params["percentile"] = settings.percentile
     if any(parse_label(x)[0] == "mse" for x in labels):

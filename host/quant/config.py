@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from edgetune.host.errors import BadInputError, NotFoundError, UsageError
 from edgetune.host.quant.pegasus import (load_pegasus_layers, load_pegasus_layers_with_notes,
                                 parse_pegasus, resolve_pegasus_layers)
-from edgetune.host.quant.settings import (ACT_TYPES, COLORS,
+from edgetune.host.quant.settings import (ACT_TYPES, COLORS, ENTROPY_COMPAT,
                                  FILE_TYPES, INTERPOLATIONS, LAYOUTS, METHODS, WEIGHT_TYPES,
                                  CalibSource, Preprocess, QuantizeSettings, SubgraphOverride)
 
@@ -46,6 +46,7 @@ SETTINGS_KEYS: Dict[str, Tuple[str, str]] = {
     "calib_count": ("calib_count", "int"), "seed": ("seed", "int"),
     "method": ("method", "str"), "percentile": ("percentile", "float"),
     "bins": ("histogram_bins", "int"), "quantized_bins": ("quantized_bins", "int"),
+    "entropy_compat": ("entropy_compat", "str"),
     "per_channel": ("per_channel", "bool"), "act": ("act_type", "str"),
     "weight": ("weight_type", "str"), "symmetric_act": ("symmetric_act", "bool"),
     "reduce_range": ("reduce_range", "bool"), "op_types": ("op_types", "strs"),
@@ -338,8 +339,9 @@ def check_settings(settings: QuantizeSettings) -> None:
                          hint="e.g. --percentile 99.99")
     if settings.calib_count < 1 or settings.calib_batch < 1:
         raise UsageError("--calib-count and --calib-batch must be at least 1")
-    if settings.histogram_bins < 16 or settings.quantized_bins < 2 \
-            or settings.quantized_bins > settings.histogram_bins:
+    choice(settings.entropy_compat, ENTROPY_COMPAT, "entropy mode")
+    if settings.histogram_bins < 16 or (settings.quantized_bins is not None and (
+            settings.quantized_bins < 2 or settings.quantized_bins > settings.histogram_bins)):
         raise UsageError(f"bins {settings.histogram_bins} / quantized bins "
                          f"{settings.quantized_bins} are not usable",
                          hint="need bins >= 16 and 2 <= quantized bins <= bins (e.g. 2048 / 255)")

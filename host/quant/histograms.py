@@ -66,15 +66,20 @@ class RangeState:
 class HistogramState:
     """A fixed-edge histogram filled chunk by chunk (memory: one int64 array of ``bins``)."""
 
-    def __init__(self, bins: int, lo: np.floating, hi: np.floating, absolute: bool) -> None:
+    def __init__(self, bins: int, lo: np.floating, hi: np.floating, absolute: bool,
+                 count_zeros: bool = False) -> None:
         self.bins = int(bins)
         self.range = (lo, hi)
         self.absolute = absolute
+        self.count_zeros = count_zeros
+        self.zeros = 0                 # exact zeros seen (when ``count_zeros``)
         self.hist: Optional[np.ndarray] = None
         self.edges: Optional[np.ndarray] = None
 
     def fold(self, arr: np.ndarray) -> None:
         flat = arr.reshape(-1)
+        if self.count_zeros:
+            self.zeros += int(flat.size - np.count_nonzero(flat))
         if self.absolute:
             flat = np.absolute(flat)
         hist, edges = np.histogram(flat, bins=self.bins, range=self.range)
@@ -97,11 +102,19 @@ def abs_histogram(bins: int, state: RangeState) -> HistogramState:
     return HistogramState(bins, state.abs_min, state.abs_max, absolute=True)
 
 
-def signed_histogram(bins: int, state: RangeState) -> HistogramState:
+def signed_histogram(bins: int, state: RangeState, count_zeros: bool = False) -> HistogramState:
     """onnxruntime's entropy/distribution histogram: x over [-T, T], T = max|x|
     (``collect_value``)."""
     threshold = state.threshold
-    return HistogramState(bins, -threshold, threshold, absolute=False)
+    return HistogramState(bins, -threshold, threshold, absolute=False, count_zeros=count_zeros)
+
+
+def one_sided_histogram(bins: int, state: RangeState) -> HistogramState:
+    """|x| over [0, max|x|] with the exact zeros counted: edgetune's entropy histogram for a
+    tensor whose values are all >= 0 (or all <= 0), e.g. a Relu output."""
+    threshold = state.threshold
+    return HistogramState(bins, np.zeros((), dtype=np.asarray(threshold).dtype)[()], threshold,
+                          absolute=True, count_zeros=True)
 
 
 def _clamp(lo, hi, state: RangeState):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 METHODS = ("minmax", "percentile", "entropy", "mse", "distribution")
+ENTROPY_COMPAT = ("edgetune", "ort")                   # entropy's search (host.quant.entropy)
 ACT_TYPES = ("uint8", "int8", "int16")
 WEIGHT_TYPES = ("int8", "uint8")
 LAYOUTS = ("nchw", "nhwc")
@@ -75,7 +76,9 @@ class QuantizeSettings:
     method: str = "minmax"                             # one of METHODS
     percentile: float = 99.999
     histogram_bins: int = 2048                         # entropy/percentile/mse/distribution
-    quantized_bins: int = 255                          # entropy's KL target bins
+    quantized_bins: Optional[int] = None               # entropy's cells per window; None: the
+                                                       # act type's levels (255 with "ort")
+    entropy_compat: str = "edgetune"                   # "ort": onnxruntime's exact KL search
     per_channel: bool = True
     act_type: str = "uint8"                            # one of ACT_TYPES
     weight_type: str = "int8"                          # one of WEIGHT_TYPES
