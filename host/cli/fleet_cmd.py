@@ -2,7 +2,9 @@
 
     edgetune fleet add NAME HOST:PORT [--tag T]... [--attr KEY=VALUE]... [--server-name N]
     edgetune fleet rm NAME
-    edgetune fleet status [--devices SEL] [--json]
+    edgetune fleet status [--devices SEL] [--strict] [--json]
+    edgetune fleet check [--devices SEL] [--strict] [--json]
+    edgetune fleet release NAME [--json]
 
 SEL: ``all``, names or globs (``board1,atlas-*``), ``tag:T``, ``KEY=VALUE`` (an attribute from
 edgetune.toml, else what the board reports: arch, os, onnxruntime_version, ...); ``,`` means
@@ -78,6 +80,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         chosen, _ = select(inventory, selector, reported)
         names = {d.name for d in chosen}
         statuses = [s for s in statuses if s.name in names]
+    from edgetune.host.cli.fleet_health_cmd import status_health
+    statuses = status_health(args, statuses)      # quarantined; certificate names (--strict)
     if args.json:
         render.print_json({"devices": [s.as_json() for s in statuses]})
     else:
@@ -147,6 +151,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="which boards (default all; see `edgetune fleet --help`)")
     p.add_argument("--timeout", metavar="S", type=float, default=STATUS_TIMEOUT_S,
                    help=f"how long to wait for each board (default {STATUS_TIMEOUT_S:g} s)")
+    p.add_argument("--strict", action="store_true",
+                   help="a board whose certificate names another board is refused, not warned")
+    p.add_argument("--db", metavar="URL", help="the results database (its quarantine)")
     add_identity_flags(p.add_argument_group("this PC's certificate"))
     add_json_flag(p)
     p.set_defaults(func=cmd_status)
+
+    from edgetune.host.cli import fleet_health_cmd
+    fleet_health_cmd.register(actions)              # fleet check, fleet release
