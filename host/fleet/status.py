@@ -6,6 +6,14 @@ answer. One event loop holds a hundred channels and their deadlines in one threa
 thread pool to size, no thread left blocked on a dead board, and Ctrl-C handled in one place
 (the loop is cancelled, every channel closed). The wire types and the error translation are
 the synchronous client's (``edgetune.protos.messages``, ``edgetune.host.rpcerrors``).
+
+A board gets ``CONNECT_SHARE`` of its deadline to connect (TCP and the TLS handshake: a
+handful of round trips, milliseconds on a lab network) and the whole deadline for its
+answers. An address that takes a connection and never speaks TLS (a hung agent, another
+service on the port) is then reported unreachable after half the deadline, not the whole:
+the round of a hundred boards takes about as long as its slowest live board, or half the
+deadline. A connection that fails (refused, a certificate refused) fails at once, with its
+reason, as before.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from edgetune.host.inventory import Device
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 SERVING = "serving"
 CERT_WARNING_DAYS = 30        # a board whose certificate expires sooner is flagged
+CONNECT_SHARE = 0.5           # of a board's deadline, for TCP + TLS before it is unreachable
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,16 @@ async def _ask(device: Device, identity: Any, timeout_s: float) -> BoardStatus:
     creds = channel_credentials(identity.ca_pem, identity.cert_pem, identity.key_pem)
     channel = grpc.aio.secure_channel(device.address, creds, options=options)
     try:
+        connect_s = timeout_s * CONNECT_SHARE
+        try:
+            await asyncio.wait_for(_connected_or_failed(channel), connect_s)
+        except asyncio.TimeoutError:
+            return BoardStatus(
+                device.name, device.address, "unreachable",
+                f"the agent at {device.address} did not complete a connection (TCP and the "
+                f"TLS handshake) within {connect_s:.2g} s: is edgetune-agent what listens there, "
+                "and is it hung? (raise --timeout for a slow link)",
+                elapsed_s=time.monotonic() - started)
         check = channel.unary_unary(HEALTH_CHECK,
                                     request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
                                     response_deserializer=health_pb2.HealthCheckResponse.FromString)
@@ -140,6 +159,19 @@ async def _ask(device: Device, identity: Any, timeout_s: float) -> BoardStatus:
                            elapsed_s=time.monotonic() - started)
     finally:
         await channel.close()
+
+
+async def _connected_or_failed(channel: Any) -> None:
+    """Return once the channel is connected, or its connection attempt failed (the call made
+    next then fails at once with the reason); a connection that hangs keeps it waiting."""
+    import grpc
+
+    done = (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+            grpc.ChannelConnectivity.SHUTDOWN)
+    state = channel.get_state(try_to_connect=True)
+    while state not in done:
+        await channel.wait_for_state_change(state)
+        state = channel.get_state(try_to_connect=True)
 
 
 async def ask_all(devices: Sequence[Device], identity: Any,
