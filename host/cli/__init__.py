@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "edgetune.host.cli.results_cmd",
     "edgetune.host.cli.fleet_cmd",
     "edgetune.host.cli.lease_cmd",
+    "edgetune.host.cli.deploy_cmd",
 )
 
 # Which module registers each command, so that running one command imports only its module
@@ -46,6 +47,7 @@ COMMANDS = {
     "results": "edgetune.host.cli.results_cmd",
     "fleet": "edgetune.host.cli.fleet_cmd",
     "lease": "edgetune.host.cli.lease_cmd",
+    "deploy": "edgetune.host.cli.deploy_cmd",
 }
 
 EXIT_CODES_HELP = help_table()  # the same table as edgetune-agent --help
