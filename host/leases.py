@@ -16,12 +16,13 @@ expiry. See docs/agent.md, "Leases".
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ContextManager, Optional
 
 from edgetune.host.errors import (EdgetuneError, LeaseHeldError, TimeoutError_, UnreachableError,
                                   UsageError)
@@ -78,6 +79,14 @@ class HeldLease:
                 "lost": self.lost, "losses": self.losses,
                 "lost_reason": self.lost_reason or None,
                 "lease": self.lease.as_dict() if self.lease is not None else None}
+
+
+def lease_scope(board: Any, ttl_s: float) -> ContextManager[Optional[HeldLease]]:
+    """``board.lease(ttl_s, required=False)`` for a command's measurements, or (``ttl_s`` 0:
+    ``--no-lease``) a scope that holds nothing."""
+    if not ttl_s:
+        return contextlib.nullcontext()
+    return board.lease(ttl_s, required=False)
 
 
 class LeaseKeeper:
@@ -181,4 +190,5 @@ class LeaseKeeper:
                    f"); what ran while it was lost ({self.held.lost_reason}) was not protected")
 
 
-__all__ = ["DEFAULT_TTL_S", "HeldLease", "LeaseKeeper", "NOT_PROTECTED", "check_ttl"]
+__all__ = ["DEFAULT_TTL_S", "HeldLease", "LeaseKeeper", "NOT_PROTECTED", "check_ttl",
+           "lease_scope"]

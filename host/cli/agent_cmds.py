@@ -9,6 +9,7 @@ turned into one frozen settings object) before any connection is made.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgetune.host.board import BlobRef
 
 METRICS = ("top1", "top5", "fidelity", "miou")
+BENCH_LEASE_TTL_S = 60.0       # bench's lease, renewed every 20 s while it runs
 
 
 # ---------------------------------------------------------------------- settings
@@ -41,6 +43,7 @@ class JobSettings:
     samples: bool = False
     label: str = ""
     json: bool = False
+    lease_ttl_s: float = 0.0                   # hold the board's lease while measuring; 0: no
 
 
 def session_from_args(args: argparse.Namespace) -> SessionOptions:
@@ -92,7 +95,8 @@ def bench_settings(args: argparse.Namespace) -> JobSettings:
     dataset = BlobRef.parse(args.dataset, BlobKind.DATASET) if args.dataset else None
     return JobSettings(kind="benchmark", template=template, dataset=dataset,
                        models=tuple(BlobRef.parse(m, BlobKind.MODEL) for m in args.models),
-                       samples=args.samples, label=args.label or "", json=args.json)
+                       samples=args.samples, label=args.label or "", json=args.json,
+                       lease_ttl_s=0.0 if args.no_lease else BENCH_LEASE_TTL_S)
 
 
 def eval_settings(args: argparse.Namespace) -> JobSettings:
@@ -120,13 +124,16 @@ def _label(ref: BlobRef, sha256: str) -> str:
 def run_jobs(args: argparse.Namespace, settings: JobSettings) -> int:
     """Upload what is local, submit one job per model, wait for them, print the results."""
     from edgetune.host import render
+    from edgetune.host.leases import lease_scope
 
     target = resolve_target(args)
     with recording(args, label=settings.label) as recorder, \
             open_session(args, target, recorder=recorder) as board, \
-            render.ProgressView.auto(quiet=settings.json) as view:
+            render.ProgressView.auto(quiet=settings.json) as view, \
+            contextlib.ExitStack() as measuring:
         dataset_sha = board.resolve(settings.dataset, view) if settings.dataset else ""
         shas = [board.resolve(ref, view) for ref in settings.models]
+        measuring.enter_context(lease_scope(board, settings.lease_ttl_s))   # after uploading
         submitted: List[Tuple[str, str]] = []
         states: Dict[str, str] = {}
         try:
@@ -221,6 +228,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--seed", type=int, metavar="N", help="seed of the random inputs (default 0)")
     b.add_argument("--dataset", metavar="D.npz", help="take inputs from a dataset (file or sha256)")
     b.add_argument("--samples", action="store_true", help="also return every timing (samples_ms)")
+    b.add_argument("--no-lease", action="store_true",
+                   help="do not lease the board while measuring (by default bench holds it, "
+                        "so other hosts' jobs wait; without, they may run between ours and "
+                        "the numbers are less trustworthy on a shared board)")
     b.add_argument("--repeat", type=int, metavar="N", help="measure each model N times, each a "
                    "fresh session (a job of its own), models interleaved; prints the median p50 "
                    "with its run-to-run spread and flags board-state changes")

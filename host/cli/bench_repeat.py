@@ -28,18 +28,22 @@ def _new_run_id() -> str:
 
 def run_repeated(args: argparse.Namespace, settings: Any, repeat: int) -> int:
     """Run ``repeat`` repetitions of every model of ``settings`` (a bench ``JobSettings``)."""
+    import contextlib
     import dataclasses
 
     from edgetune.host import render
+    from edgetune.host.leases import lease_scope
 
     target = resolve_target(args)
     entries: List[Dict[str, Any]] = []
     failed = 0
     with recording(args, label=settings.label) as recorder, \
             open_session(args, target, recorder=recorder) as board, \
-            render.ProgressView.auto(quiet=settings.json) as view:
+            render.ProgressView.auto(quiet=settings.json) as view, \
+            contextlib.ExitStack() as measuring:
         dataset_sha = board.resolve(settings.dataset, view) if settings.dataset else ""
         shas = [board.resolve(ref, view) for ref in settings.models]
+        measuring.enter_context(lease_scope(board, settings.lease_ttl_s))   # after uploading
         sets = [RepeatSet(model=ref.text, sha256=sha, device=board.name, run_id=_new_run_id())
                 for ref, sha in zip(settings.models, shas)]
         for index in range(1, repeat + 1):
