@@ -5,6 +5,8 @@
     edgetune fleet status [--devices SEL] [--strict] [--json]
     edgetune fleet check [--devices SEL] [--strict] [--json]
     edgetune fleet release NAME [--json]
+    edgetune fleet bench|eval MODEL... --devices SEL [...] [--resume RUN] [--json]
+    edgetune fleet runs [--json] | fleet show RUN [--json]
 
 SEL: ``all``, names or globs (``board1,atlas-*``), ``tag:T``, ``KEY=VALUE`` (an attribute from
 edgetune.toml, else what the board reports: arch, os, onnxruntime_version, ...); ``,`` means
@@ -160,3 +162,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     from edgetune.host.cli import fleet_health_cmd
     fleet_health_cmd.register(actions)              # fleet check, fleet release
+
+    from edgetune.host.cli import fleet_run_cmd
+    fleet_run_cmd.register(actions)                 # fleet bench, eval, runs, show

@@ -28,6 +28,7 @@ from edgetune.host.inventory import Device
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 SERVING = "serving"
+LEASED = "leased"             # serving, and leased to a host certificate (the reason says whose)
 CERT_WARNING_DAYS = 30        # a board whose certificate expires sooner is flagged
 CONNECT_SHARE = 0.5           # of a board's deadline, for TCP + TLS before it is unreachable
 
@@ -38,14 +39,15 @@ class BoardStatus:
 
     name: str
     address: str
-    state: str                      # serving, busy, starting, unreachable, refused, error, skipped
+    state: str                      # serving, busy, leased, starting, unreachable, refused, error,
+                                    # skipped
     reason: str = ""
     info: Optional[Any] = None      # edgetune.protos.messages.AgentInfo when it answered
     elapsed_s: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return self.state in (SERVING, "busy")
+        return self.state in (SERVING, "busy", LEASED)
 
     @property
     def cert_days_left(self) -> Optional[float]:
@@ -80,6 +82,8 @@ class BoardStatus:
             "uptime_s": info.uptime_s if info else None,
             "cert_days_left": None if days is None else round(days, 1),
             "cert_warning": self.cert_warning or None,
+            "lease_holder": (info.lease_holder or None) if info else None,
+            "lease_expires_unix": (info.lease_expires_unix or None) if info else None,
             "elapsed_s": round(self.elapsed_s, 3),
         }
 
@@ -90,6 +94,16 @@ class BoardStatus:
         keys = ("arch", "os", "cpu_model", "onnxruntime_version", "python_version",
                 "agent_version", "hostname", "agent_name")
         return {k: str(getattr(self.info, k)) for k in keys}
+
+
+def leased_by(info: Any) -> str:
+    """"leased by laptop until 2026-12-04 21:40:03 UTC" ("" for a free board)."""
+    from edgetune.protos.leases import format_utc
+
+    if not info.lease_holder:
+        return ""
+    ours = " (this PC)" if info.lease_holder == info.caller_name else ""
+    return f"leased by {info.lease_holder}{ours} until {format_utc(info.lease_expires_unix)}"
 
 
 def _state_of(error: EdgetuneError) -> str:
@@ -144,6 +158,8 @@ async def _ask(device: Device, identity: Any, timeout_s: float) -> BoardStatus:
         state = "busy" if info.running_job_id or info.queue_length else SERVING
         reason = (f"running job {info.running_job_id}, {info.queue_length} queued"
                   if state == "busy" else "")
+        if info.lease_holder:
+            state, reason = LEASED, "; ".join(x for x in (leased_by(info), reason) if x)
         return BoardStatus(device.name, device.address, state, reason, info,
                            time.monotonic() - started)
     except grpc.RpcError as err:

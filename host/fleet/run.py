@@ -1,0 +1,435 @@
+"""A fleet run: the same models measured on many boards at once, one row per board x model.
+
+    run = FleetRun(run_id, spec, devices, identity, FleetSettings(), book=book,
+                   recorder=recorder, progress=progress)
+    rows = run.execute()              # a RowResult per board x model; KeyboardInterrupt on Ctrl-C
+
+Each board gets its own ``BoardSession`` (the one path to a board) and its own worker thread,
+which connects, uploads what the board lacks (every file hashed once, by the caller; uploads
+bounded by ``upload_parallel`` across the fleet), submits one job per model and watches them.
+A board's failure ends only that board's rows, with the reason; unreachable boards, lost
+connections, timeouts and jobs interrupted by an agent restart are retried ``retries`` times,
+with a doubling back-off.
+
+Why threads and not grpc.aio: the synchronous ``AgentClient`` and ``BoardSession`` already
+hold the upload (resume, dedup, bounded deadlines), the watch (re-attach) and the error
+translation, and the board session is the only code allowed to upload, submit and wait; an
+asyncio client would be a second copy of all of it. A board's worker spends its life blocked in
+grpc's C core (a watch stream), which costs a thread's stack and no CPU, so a hundred boards
+are a hundred mostly idle threads (``parallel`` caps them). The main thread never enters grpc:
+it waits on the workers' futures with a short timeout, so Ctrl-C lands in it at once; it then
+sets the cancel flag and closes every board's channel, which ends every call in flight (grpc
+cancels active RPCs on close), and the workers record their rows as interrupted with their job
+ids, for ``--resume``. Every call keeps its own deadline (``ClientSettings``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from edgetune.host.errors import (AuthError, EdgetuneError, LeaseHeldError, NotFoundError,
+                                  TimeoutError_, UnreachableError)
+from edgetune.host.fleet import runbook as rb
+from edgetune.host.fleet.runspec import FileRef, FleetRunSpec, unique
+from edgetune.host.fleet.summary import RowResult, board_kind, row_values
+from edgetune.protos.messages import BlobKind, JobState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    retries: int = 2                    # extra attempts after a transient failure
+    backoff_s: float = 1.0              # first wait before a retry; doubles, up to backoff_max_s
+    backoff_max_s: float = 10.0
+    parallel: int = 128                 # boards worked on at once
+    upload_parallel: int = 8            # uploads in flight across the fleet
+    timeout_s: float = 30.0             # deadline of each call
+    connect_timeout_s: float = 10.0
+    reattach_window_s: float = 60.0     # how long a dropped watch is re-attached
+    lease_ttl_s: float = 0.0            # 0: take no lease
+
+    def __post_init__(self) -> None:
+        if self.retries < 0 or self.parallel < 1 or self.upload_parallel < 1:
+            raise ValueError("retries >= 0, parallel >= 1 and upload_parallel >= 1")
+
+    def client_settings(self) -> Any:
+        from edgetune.host.client import ClientSettings
+
+        # cert_warning_days=-1: the caller checked our own certificate once for the fleet
+        return ClientSettings(timeout_s=self.timeout_s, connect_timeout_s=self.connect_timeout_s,
+                              reattach_window_s=self.reattach_window_s, cert_warning_days=-1)
+
+
+class Restarted(UnreachableError):
+    """The job came back interrupted: the agent restarted while it ran (retried)."""
+
+
+class _Cancelled(Exception):
+    """Ctrl-C: the main thread asked every board to stop."""
+
+
+TRANSIENT = (UnreachableError, TimeoutError_)
+
+
+def reason(error: BaseException, *, mid_run: bool) -> str:
+    """A row's error: what kind of failure, then the message."""
+    if isinstance(error, Restarted):
+        return f"agent restarted mid-run: {error.message}"
+    if isinstance(error, LeaseHeldError):
+        return f"leased: {error.message}"
+    if isinstance(error, AuthError):
+        return f"refused: {error.message}"
+    if isinstance(error, UnreachableError):
+        return f"{'lost mid-run' if mid_run else 'unreachable'}: {error.message}"
+    if isinstance(error, TimeoutError_):
+        return f"timeout: {error.message}"
+    if isinstance(error, EdgetuneError):
+        return error.message
+    return f"internal error: {error!r}"
+
+
+@dataclass
+class _Row:
+    """One board x model while the run goes (owned by the board's worker)."""
+
+    device: str
+    model: FileRef
+    state: str = rb.PENDING
+    job_id: Optional[str] = None
+    result_id: Optional[str] = None
+    error: str = ""
+    attempts: int = 0
+    run: Any = None                     # the typed BoardRun once finished
+    kind: Optional[Dict[str, str]] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> bool:
+        return self.state in rb.FINAL
+
+    def result(self) -> RowResult:
+        latency, metrics = row_values(self.run.result if self.run is not None else None)
+        return RowResult(device=self.device, model=self.model.display,
+                         sha256=self.model.sha256, state=self.state, job_id=self.job_id,
+                         result_id=self.result_id, latency_ms=latency, metrics=metrics,
+                         error=self.error, kind=self.kind)
+
+
+class _BoardView:
+    """The ``BoardSession`` progress view of one board: upload progress to the fleet's."""
+
+    def __init__(self, progress: Any, device: str) -> None:
+        self.progress = progress
+        self.device = device
+
+    def upload_callback(self, label: str, size: int) -> Any:
+        def update(done: int, total: int) -> None:
+            percent = f" {100 * done // total}%" if total else ""
+            self.progress.board(self.device, f"uploading {label}{percent}")
+        return update
+
+    def upload_done(self, label: str, outcome: Any) -> None:
+        self.progress.board(self.device, f"{label} on the board"
+                            if outcome.already_present else f"uploaded {label}")
+
+    def job_callback(self, label: str) -> Any:
+        return lambda event: None
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class FleetRun:
+    """One fleet run over ``devices`` (inventory ``Device``s). ``rows``: what a resumed run
+    had (``RowState``s); rows that were done are kept, the others run again (a job still on
+    its board is re-attached). ``book``: a ``RunBook`` (None: nothing is kept);
+    ``quarantine``: a ``QuarantineBook`` told each job's outcome (None: not kept)."""
+
+    def __init__(self, run_id: str, spec: FleetRunSpec, devices: Sequence[Any], identity: Any,
+                 settings: FleetSettings, *, book: Optional[rb.RunBook] = None,
+                 recorder: Any = None, quarantine: Any = None, progress: Any = None,
+                 rows: Sequence[Any] = ()) -> None:
+        from edgetune.host.fleet.progress import NoProgress
+
+        self.run_id = run_id
+        self.spec = spec
+        self.devices = list(devices)
+        self.identity = identity
+        self.settings = settings
+        self.book = book
+        self.recorder = _LockedRecorder(recorder) if recorder is not None else None
+        self.quarantine = quarantine
+        self.progress = progress or NoProgress()
+        self.cancel = threading.Event()
+        self._upload_slots = threading.Semaphore(settings.upload_parallel)
+        self._sessions: Dict[str, Any] = {}
+        self._lock = threading.Lock()
+        before = {(r.device, r.model_sha256): r for r in rows}
+        self.rows: Dict[str, List[_Row]] = {}
+        for device in self.devices:
+            board_rows = []
+            for model in spec.models:
+                old = before.get((device.name, model.sha256))
+                row = _Row(device.name, model)
+                if old is not None:
+                    row.state = rb.DONE if old.state == rb.DONE else rb.PENDING
+                    row.job_id, row.result_id = old.job_id, old.result_id
+                    row.error, row.attempts = (old.error, old.attempts) if row.final else ("", 0)
+                board_rows.append(row)
+            self.rows[device.name] = board_rows
+
+    # ------------------------------------------------------------------ the main thread
+    def execute(self) -> List[RowResult]:
+        """Run every board; the rows in device then model order. On Ctrl-C: the boards'
+        calls are cancelled, their rows kept as interrupted, and KeyboardInterrupt raised."""
+        todo = [d for d in self.devices if any(not r.final for r in self.rows[d.name])]
+        pool = cf.ThreadPoolExecutor(max_workers=max(1, min(self.settings.parallel, len(todo))),
+                                     thread_name_prefix="edgetune-fleet")
+        futures = [pool.submit(self._board, device) for device in todo]
+        try:
+            pending = set(futures)
+            while pending:
+                _, pending = cf.wait(pending, timeout=0.2)
+        except KeyboardInterrupt:
+            self.cancel.set()
+            with self._lock:
+                sessions = list(self._sessions.values())
+            for session in sessions:
+                _close_quietly(session)
+            pool.shutdown(wait=False, cancel_futures=True)
+            cf.wait(futures, timeout=15)
+            raise
+        finally:
+            pool.shutdown(wait=False)
+        for future in futures:
+            future.result()             # a bug in a worker is not swallowed
+        return self.results()
+
+    def results(self) -> List[RowResult]:
+        return [row.result() for d in self.devices for row in self.rows[d.name]]
+
+    # ------------------------------------------------------------------ one board
+    def _board(self, device: Any) -> None:
+        rows = [r for r in self.rows[device.name] if not r.final]
+        attempt = 0
+        session = None
+        lost: Optional[BaseException] = None    # how the board was lost while jobs ran on it
+        try:
+            while not self.cancel.is_set():
+                waiting = False
+                try:
+                    if session is None:
+                        session = self._open(device)
+                    self.progress.board(device.name, "connecting")
+                    kind = board_kind(session.board.agent)
+                    for row in rows:
+                        row.kind = kind
+                    self._upload(session, device.name, rows)
+                    with self._lease(session):      # measuring: no other host's jobs between
+                        self._submit(session, rows)
+                        waiting = True
+                        self._wait(session, device.name, rows)
+                    self._note_quarantine(device.name, rows)
+                    return
+                except Exception as exc:  # noqa: BLE001 - every failure ends in a row's reason
+                    if self.cancel.is_set():
+                        break
+                    if waiting and isinstance(exc, UnreachableError) and \
+                            not isinstance(exc, Restarted):
+                        lost = exc
+                    why = reason(lost or exc, mid_run=lost is not None)
+                    if isinstance(exc, TRANSIENT) and attempt < self.settings.retries:
+                        attempt += 1
+                        delay = min(self.settings.backoff_max_s,
+                                    self.settings.backoff_s * 2 ** (attempt - 1))
+                        log.info("%s: %s; retry %d in %.1f s", device.name, why, attempt, delay)
+                        self.progress.board(device.name, f"retry {attempt} in {delay:.0f} s "
+                                                         f"({why.split(':')[0]})")
+                        _close_quietly(session)
+                        session = None
+                        self.cancel.wait(delay)
+                        continue
+                    if lost is not None and exc is not lost:
+                        why += f" (then, retrying: {reason(exc, mid_run=False)})"
+                    for row in rows:
+                        if not row.final:
+                            self._finish(row, rb.FAILED, why, attempts=attempt + 1)
+                    self._note_quarantine(device.name, rows)
+                    return
+            self._interrupted(rows)
+        finally:
+            with self._lock:
+                self._sessions.pop(device.name, None)
+            _close_quietly(session)
+
+    def _open(self, device: Any) -> Any:
+        from edgetune.host.board import BoardSession
+        from edgetune.host.client import AgentClient
+
+        client = AgentClient(device.address, self.identity, server_name=device.server_name,
+                             settings=self.settings.client_settings())
+        session = BoardSession(client, device.name, recorder=self.recorder,
+                               view=_BoardView(self.progress, device.name))
+        with self._lock:
+            self._sessions[device.name] = session
+        if self.cancel.is_set():            # Ctrl-C came while it opened
+            _close_quietly(session)
+        return session
+
+    def _lease(self, session: Any) -> Any:
+        """The board's lease while its jobs are submitted and measured (an agent older than
+        leases: a warning, and the jobs run unprotected); none with ``lease_ttl_s`` 0."""
+        if self.settings.lease_ttl_s > 0:
+            return session.lease(self.settings.lease_ttl_s, required=False)
+        return contextlib.nullcontext()
+
+    def _upload(self, session: Any, device: str, rows: List[_Row]) -> None:
+        needed = [r.model for r in rows if not r.final and r.job_id is None]
+        files = [(f, BlobKind.MODEL) for f in unique(needed) if f.path is not None]
+        if self.spec.dataset is not None and self.spec.dataset.path is not None and needed:
+            files.insert(0, (self.spec.dataset, BlobKind.DATASET))
+        for ref, kind in files:
+            with self._upload_slots:
+                if self.cancel.is_set():
+                    raise _Cancelled()
+                session.upload(ref.path, kind, sha256=ref.sha256)
+
+    def _submit(self, session: Any, rows: List[_Row]) -> None:
+        """Queue a job per row without one; a row with a job id (a resumed run, a retry)
+        keeps its job while the board still has it queued, running or succeeded."""
+        for row in rows:
+            if row.final:
+                continue
+            if row.job_id is not None:
+                try:
+                    job = session.get_job(row.job_id)
+                except NotFoundError:
+                    job = None
+                if job is not None and job.state in (JobState.QUEUED, JobState.RUNNING,
+                                                     JobState.SUCCEEDED):
+                    self.progress.board(row.device, f"re-attached {row.model.display} "
+                                                    f"({job.state.value})")
+                    continue
+                row.job_id = None
+            label = self.spec.label or row.model.display
+            job, position = session.submit(self.spec.job_spec(row.model), label)
+            row.job_id = job.id
+            row.state = rb.SUBMITTED
+            self._note(row, state=rb.SUBMITTED, job_id=job.id)
+            self.progress.board(row.device, f"queued {row.model.display} at position "
+                                            f"{position}" if position else
+                                f"running {row.model.display}")
+
+    def _wait(self, session: Any, device: str, rows: List[_Row]) -> None:
+        from edgetune.host.render import describe_event
+
+        for row in rows:
+            if row.final:
+                continue
+
+            def on_event(event: Any, name: str = row.model.display) -> None:
+                self.progress.board(device, f"{describe_event(event)}: {name}")
+
+            job = session.wait(row.job_id, on_event)
+            if job.state is JobState.INTERRUPTED:
+                row.job_id = None           # submitted again by the retry, if one is left
+                raise Restarted(f"job {job.id} was interrupted on {device} (the agent "
+                                "restarted while it ran)")
+            run = session.result(job, row.model.text, row.model.path)
+            row.run = run
+            if self.recorder is not None:
+                row.result_id = self.recorder.result_id(run)
+            if run.ok:
+                self._finish(row, rb.DONE, "")
+            else:
+                self._finish(row, rb.FAILED, f"job {job.state.value}: {run.error}")
+
+    # ------------------------------------------------------------------ row outcomes
+    def _finish(self, row: _Row, state: str, error: str, attempts: int = 0) -> None:
+        row.state, row.error = state, error
+        row.attempts = max(row.attempts, attempts)
+        self._note(row, state=state, error=error, result_id=row.result_id,
+                   job_id=row.job_id, attempts=row.attempts)
+        self.progress.finished(row.result())
+
+    def _note_quarantine(self, device: str, rows: List[_Row]) -> None:
+        """Tell the quarantine how the board's jobs of this run went (once per board: a
+        success resets its count of failures in a row, a failure adds one)."""
+        if self.quarantine is None:
+            return
+        failed = [r for r in rows if r.state != rb.DONE]
+        try:
+            entry = self.quarantine.note_job(device, ok=not failed,
+                                             reason=failed[0].error if failed else "",
+                                             run_id=self.run_id)
+        except Exception as exc:  # noqa: BLE001 - the quarantine must not fail the run
+            log.warning("could not note %s's jobs in the quarantine: %s", device, exc)
+            return
+        if entry is not None:
+            self.progress.note(f"{device} is now quarantined: {entry.reason}")
+
+    def _interrupted(self, rows: List[_Row]) -> None:
+        for row in rows:
+            if not row.final:
+                row.state = rb.INTERRUPTED if row.job_id else rb.PENDING
+                row.error = ("interrupted; the job stays on the board" if row.job_id
+                             else "interrupted before it was submitted")
+                self._note(row, state=row.state, error=row.error, job_id=row.job_id)
+
+    def _note(self, row: _Row, **values: Any) -> None:
+        if self.book is None:
+            return
+        try:
+            self.book.update(self.run_id, row.device, row.model.sha256, **values)
+        except EdgetuneError as exc:
+            log.warning("could not keep %s/%s in the results database: %s", row.device,
+                        row.model.display, exc)
+
+
+class _LockedRecorder:
+    """A ``StoreRecorder`` shared by the boards' threads: one record written at a time."""
+
+    def __init__(self, recorder: Any) -> None:
+        self.inner = recorder
+        self._lock = threading.Lock()
+
+    def __call__(self, run: Any) -> None:
+        with self._lock:
+            self.inner(run)
+
+    def submitted(self, board: str, job_id: str) -> None:
+        with self._lock:
+            self.inner.submitted(board, job_id)
+
+    def ready(self) -> None:
+        ready = getattr(self.inner, "ready", None)
+        if ready is not None:
+            ready()
+
+    def result_id(self, run: Any) -> Optional[str]:
+        with self._lock:
+            return self.inner.result_id(run)
+
+
+def _close_quietly(session: Any) -> None:
+    if session is None:
+        return
+    try:
+        session.close()
+    except Exception as exc:  # noqa: BLE001 - closing is best effort
+        log.debug("closing a board session: %s", exc)
+
+
+def backoff_delays(settings: FleetSettings) -> List[float]:
+    """The waits before each retry (for the docs and tests)."""
+    return [min(settings.backoff_max_s, settings.backoff_s * 2 ** n)
+            for n in range(settings.retries)]
+
+
+__all__ = ["FleetRun", "FleetSettings", "Restarted", "backoff_delays", "reason"]
