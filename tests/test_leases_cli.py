@@ -197,3 +197,26 @@ def test_old_agent_bench_proceeds_with_a_warning(old_agent: Any, pki: Any,
     assert len(got.json["results"]) == 1
     assert "does not grant leases; upgrade it, or pass --no-lease" in caplog.text
     assert "not protected" in caplog.text
+
+
+def test_fleet_status_shows_who_leases_a_board(free_board: RunningAgent, other: IdentityFiles,
+                                               pki: Any, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    agent = free_board
+    inventory = tmp_path / "edgetune.toml"
+    host = pki.host
+    inventory.write_text(f'[host]\nca = "{host.ca}"\ncert = "{host.cert}"\nkey = "{host.key}"\n'
+                         f'passphrase_file = "{agent.passphrase_file}"\n\n'
+                         f'[devices.board1]\naddress = "{agent.address}"\n')
+    status = ["fleet", "status", "--inventory", str(inventory)]
+    free = run_cli(capsys, *status, "--json").json["devices"][0]
+    assert free["state"] == "serving" and free["lease_holder"] is None
+    taken = lease(capsys, agent, "acquire", "--ttl", "30", "--json", who=other).json["lease"]
+    got = run_cli(capsys, *status, "--json")
+    assert got.code == 0                                 # a leased board is serving
+    row = got.json["devices"][0]
+    assert row["state"] == "leased" and row["lease_holder"] == "bench-pc"
+    assert abs(row["lease_expires_unix"] - taken["expires_unix"]) < 1e-3
+    assert row["reason"] == f"leased by bench-pc until {taken['expires']}"
+    table = run_cli(capsys, *status)
+    assert f"leased by bench-pc until {taken['expires']}" in " ".join(table.out.split())
