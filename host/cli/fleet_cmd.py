@@ -104,7 +104,7 @@ def status_table(statuses: List[Any]) -> Any:
 
     from edgetune.host.render import plain_table
 
-    styles = {"serving": "green", "busy": "yellow", "starting": "yellow"}
+    styles = {"serving": "green", "busy": "yellow", "starting": "yellow", "leased": "cyan"}
     rows = []
     for s in statuses:
         doc = s.as_json()
