@@ -24,18 +24,13 @@ from edgetune.host.errors import ExitStatus, NotFoundError, UsageError
 from edgetune.host.fleet.check import (CANARY_SAMPLES, ITERATIONS, MAX_SPREAD,
                                        MAX_TEMPERATURE_C, TOLERANCE)
 
-SOME_FAILED = ExitStatus.TARGET_NOT_MET      # see _exit_status
-NONE_PASSED = ExitStatus.TARGET_NOT_MET
-
 
 def _exit_status(passed: int, total: int) -> int:
-    """0 when every board passed; the fleet codes for "some boards failed" and "none
-    succeeded" when the exit-code table has them, else TARGET_NOT_MET for both."""
+    """0 when every board passed; the fleet codes otherwise (11: some boards failed or could
+    not be checked, 12: none passed)."""
     if passed == total:
         return 0
-    some = getattr(ExitStatus, "FLEET_SOME_FAILED", SOME_FAILED)
-    none = getattr(ExitStatus, "FLEET_NONE_SUCCEEDED", NONE_PASSED)
-    return int(none if passed == 0 else some)
+    return int(ExitStatus.NONE_SUCCEEDED if passed == 0 else ExitStatus.SOME_FAILED)
 
 
 def _open_book(args: argparse.Namespace) -> Any:
