@@ -260,3 +260,21 @@ def test_book_refuses_a_caller_without_a_name_and_checks_holders(tmp_path: Path)
     assert info.value.holder == "laptop" and "bench-pc may not submit jobs" in str(info.value)
     with pytest.raises(InvalidArgument):
         book.acquire("laptop", True)                          # not a number
+
+
+def test_agent_toml_lease_bounds(tmp_path: Path) -> None:
+    from edgetune.device.config import ConfigError, build_config
+
+    flags = {"ca": "ca.pem", "cert": "c.pem", "key": "k.pem"}
+    good = tmp_path / "good.toml"
+    good.write_text("[limits]\nmin_lease_ttl_s = 1\nmax_lease_ttl_s = 600\n")
+    limits = build_config(good, flags).limits
+    assert (limits.min_lease_ttl_s, limits.max_lease_ttl_s) == (1.0, 600.0)
+    assert (Limits().min_lease_ttl_s, Limits().max_lease_ttl_s) == (5.0, 3600.0)
+    for text, message in (("min_lease_ttl_s = 100\nmax_lease_ttl_s = 10\n", "is above"),
+                          ("max_lease_ttl_s = 0\n", "must be positive"),
+                          ("max_lease_ttl_s = inf\n", "must be finite")):
+        bad = tmp_path / "bad.toml"
+        bad.write_text("[limits]\n" + text)
+        with pytest.raises(ConfigError, match=message):
+            build_config(bad, flags)
