@@ -40,7 +40,7 @@ class BoardStatus:
     name: str
     address: str
     state: str                      # serving, busy, leased, starting, unreachable, refused, error,
-                                    # skipped
+                                    # skipped, quarantined (fleet_health_cmd.status_health)
     reason: str = ""
     info: Optional[Any] = None      # edgetune.protos.messages.AgentInfo when it answered
     elapsed_s: float = 0.0
@@ -66,6 +66,12 @@ class BoardStatus:
         return (f"its certificate expires in {days:.0f} days: issue a new one "
                 "(edgetune certs issue device)")
 
+    @property
+    def cn_warning(self) -> str:
+        """"" unless the board's certificate names another board than its inventory name."""
+        from edgetune.host.fleet.check import cn_warning
+        return cn_warning(self.name, self.info.agent_name if self.info else "")
+
     def as_json(self) -> Dict[str, Any]:
         info = self.info
         days = self.cert_days_left
@@ -82,6 +88,7 @@ class BoardStatus:
             "uptime_s": info.uptime_s if info else None,
             "cert_days_left": None if days is None else round(days, 1),
             "cert_warning": self.cert_warning or None,
+            "cn_warning": self.cn_warning or None,
             "lease_holder": (info.lease_holder or None) if info else None,
             "lease_expires_unix": (info.lease_expires_unix or None) if info else None,
             "elapsed_s": round(self.elapsed_s, 3),
