@@ -272,6 +272,8 @@ def test_a_board_whose_certificate_names_another_board(lab: Path, capsys: Any) -
     assert strict.code != 0
     rows = _rows(strict)
     assert rows["misnamed"]["state"] == "refused" and "--strict" in rows["misnamed"]["reason"]
+    assert "certificate is for 'board1'" in rows["misnamed"]["cn_warning"]
+    assert rows["good1"]["cn_warning"] is None
     assert rows["good1"]["state"] == "serving"
 
     check = fleet(capsys, lab, "check", "--devices",

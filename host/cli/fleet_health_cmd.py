@@ -192,12 +192,10 @@ def status_health(args: argparse.Namespace, statuses: List[Any]) -> List[Any]:
     """``fleet status``'s view of health: quarantined boards shown as ``quarantined`` with
     the reason (from the results database, when there is one), a board whose certificate
     names another board warned about, or ``refused`` under ``--strict``."""
-    from edgetune.host.fleet.check import cn_warning
-
     active = _quarantined_now(args)
     out = []
     for status in statuses:
-        warning = cn_warning(status.name, status.info.agent_name if status.info else "")
+        warning = status.cn_warning
         if warning and getattr(args, "strict", False):
             status = dataclasses.replace(status, state="refused",
                                          reason=f"{warning} (refused under --strict)")
