@@ -120,6 +120,9 @@ def read_toml(path: Path) -> Dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}); TOML files "
+                          "are UTF-8: save it as UTF-8") from None
 
 
 def limits_from_table(table: Mapping[str, Any], where: str = "[limits]") -> Limits:

@@ -105,9 +105,18 @@ def check_dataset_file(path: Path, *, max_bytes: int = 2 << 30,
     numeric dtypes, one common first-axis length, and a bounded unpacked size."""
     try:
         zf = zipfile.ZipFile(str(path))
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InvalidArgument(f"dataset refused: not an .npz file ({exc}); save it with "
-                              "numpy.savez or numpy.savez_compressed") from None
+        return _check_members(zf, max_bytes, max_samples)
+    except InvalidArgument:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zipfile raises many kinds on a malformed archive
+        # (BadZipFile, NotImplementedError for an unknown zip version, IndexError for an
+        # empty member name, EOFError, zlib.error, ...): all mean the same to the sender.
+        raise InvalidArgument(f"dataset refused: not an .npz file ({type(exc).__name__}: "
+                              f"{exc}); save it with numpy.savez or numpy.savez_compressed") \
+            from None
+
+
+def _check_members(zf: zipfile.ZipFile, max_bytes: int, max_samples: int) -> DatasetSummary:
     headers: List[ArrayHeader] = []
     total = 0
     with zf:
@@ -182,6 +191,9 @@ def load_dataset(path: Path) -> Dataset:
                                           "objects; " + SAVE_HINT) from None
                 raise InvalidArgument(f"dataset refused: array '{name}' cannot be read "
                                       f"({exc})") from None
+            except Exception as exc:  # noqa: BLE001 - a malformed member (see check_dataset_file)
+                raise InvalidArgument(f"dataset refused: array '{name}' cannot be read "
+                                      f"({type(exc).__name__}: {exc})") from None
             if not isinstance(value, np.ndarray):
                 raise InvalidArgument(f"dataset refused: member '{name}' is not a .npy array; "
                                       + SAVE_HINT)

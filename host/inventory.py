@@ -124,6 +124,11 @@ def load_inventory(path: Path) -> Inventory:
         raise NotFoundError(f"inventory file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise BadInputError(f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise BadInputError(f"{path} is not UTF-8 text (byte {exc.start})",
+                            hint="TOML files are UTF-8: save it as UTF-8") from None
+    except OSError as exc:
+        raise BadInputError(f"cannot read inventory file {path}: {exc.strerror}") from None
     return parse_inventory(data, path)
 
 
