@@ -58,15 +58,17 @@ class BenchPki:
                           passphrase_file=self.passphrase_file)
 
 
-def make_pki(directory: Path, key_type: str = KEY_TYPE) -> BenchPki:
-    """CA + device certificate ``board1`` (127.0.0.1, localhost) + host certificate ``laptop``."""
+def make_pki(directory: Path, key_type: str = KEY_TYPE,
+             device_ips: Sequence[str] = ("127.0.0.1",)) -> BenchPki:
+    """CA + device certificate ``board1`` (``device_ips``, localhost) + host certificate
+    ``laptop``."""
     from edgetune.certs import CertificateAuthority
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     ca = CertificateAuthority.create("/O=edgetune bench/CN=edgetune bench CA", key_type=key_type)
     ca_cert, _ = ca.write(directory, PASSPHRASE)
-    device_cert, device_key = ca.issue_device(DEVICE_NAME, ips=["127.0.0.1"], dns=["localhost"],
+    device_cert, device_key = ca.issue_device(DEVICE_NAME, ips=list(device_ips), dns=["localhost"],
                                               key_type=key_type).write(directory, PASSPHRASE)
     host_cert, host_key = ca.issue_host(HOST_NAME, key_type=key_type).write(directory, PASSPHRASE)
     passphrase_file = directory / "passphrase"

@@ -1,5 +1,8 @@
 """A throw-away OpenSSH sshd on loopback, for side-by-side baselines (paramiko SFTP).
 
+``local_sshd(listen=IP, prefix=argv)`` runs it elsewhere: e.g. in a network namespace and a
+CPU quota (``bench/netlab.py``: ``prefix=limit.wrap(link.inside([]))``).
+
 Needs the `sshd` binary (Debian: openssh-server; `.ci/run` installs it). Runs as the current
 user with its own host key, authorized key and config in a temp folder; nothing system-wide
 changes.
@@ -17,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 
 def find_sshd() -> str | None:
@@ -43,7 +46,8 @@ class SshServer:
 
 
 @contextlib.contextmanager
-def local_sshd() -> Iterator[SshServer]:
+def local_sshd(listen: str = "127.0.0.1", prefix: Sequence[str] = ()) -> Iterator[SshServer]:
+    """sshd on ``listen`` (a free port), started as ``prefix + [sshd, ...]``."""
     sshd = find_sshd()
     if sshd is None:
         raise RuntimeError("sshd not found: apt-get install openssh-server")
@@ -61,25 +65,25 @@ def local_sshd() -> Iterator[SshServer]:
         user = getpass.getuser()
         config = d / "sshd_config"
         config.write_text(
-            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_ed25519'}\n"
+            f"Port {port}\nListenAddress {listen}\nHostKey {d / 'host_ed25519'}\n"
             f"AuthorizedKeysFile {d / 'authorized_keys'}\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n"
             f"PidFile {d / 'sshd.pid'}\nStrictModes no\n"
             "Subsystem sftp internal-sftp\n")
         log_path = d / "sshd.log"      # a file, not a pipe: a full pipe would block sshd
         with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)],
+            proc = subprocess.Popen([*prefix, sshd, "-D", "-e", "-f", str(config)],
                                     stdout=subprocess.DEVNULL, stderr=log_file)
         try:
             deadline = time.monotonic() + 10
             while True:
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                with contextlib.suppress(OSError), socket.create_connection((listen, port), 0.2):
                     break
                 if proc.poll() is not None or time.monotonic() > deadline:
                     err = log_path.read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"sshd did not start on 127.0.0.1:{port}: {err}")
+                    raise RuntimeError(f"sshd did not start on {listen}:{port}: {err}")
                 time.sleep(0.05)
-            yield SshServer("127.0.0.1", port, user, d / "client_ed25519",
+            yield SshServer(listen, port, user, d / "client_ed25519",
                             d / "host_ed25519.pub")
         finally:
             proc.terminate()

@@ -130,26 +130,32 @@ def _receive_hashing_in_a_thread(tls: ssl.SSLSocket, out, size: int) -> str:
 
 
 def sftp_upload(src: Path, dst: Path) -> float:
-    import paramiko
-
     from bench.sshd import local_sshd
 
     with local_sshd() as server:
-        client = paramiko.SSHClient()
-        client.get_host_keys().add(f"[{server.host}]:{server.port}", "ssh-ed25519",
-                                   _host_key(server.host_key_pub))
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.connect(server.host, port=server.port, username=server.user,
-                       key_filename=str(server.client_key), look_for_keys=False,
-                       allow_agent=False, timeout=10)
-        try:
-            sftp = client.open_sftp()
-            start = time.perf_counter()
-            sftp.put(str(src), str(dst))
-            elapsed = time.perf_counter() - start
-            sftp.close()
-        finally:
-            client.close()
+        return sftp_put(server, src, dst)
+
+
+def sftp_put(server, src: Path, dst: Path) -> float:
+    """Seconds of paramiko's ``SFTPClient.put`` of src to ``server`` (a ``bench.sshd.SshServer``);
+    the connection and login are not timed."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.get_host_keys().add(f"[{server.host}]:{server.port}", "ssh-ed25519",
+                               _host_key(server.host_key_pub))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(server.host, port=server.port, username=server.user,
+                   key_filename=str(server.client_key), look_for_keys=False,
+                   allow_agent=False, timeout=10)
+    try:
+        sftp = client.open_sftp()
+        start = time.perf_counter()
+        sftp.put(str(src), str(dst))
+        elapsed = time.perf_counter() - start
+        sftp.close()
+    finally:
+        client.close()
     return elapsed
 
 

@@ -137,3 +137,40 @@ def test_results_scale() -> None:
                                "filtered results export csv s (subprocess)"])
     assert report["exported_rows"] == 100             # --device board1: one in four
     assert report["median_s"]["list_raw_sql"] > 0
+
+
+@pytest.mark.slow
+def test_fleet_status_scale() -> None:
+    # 4 live agents in one process, one black hole and one closed port: every row checked
+    report = run_bench("fleet_status_scale.py", "--boards", "6", "--unreachable", "2",
+                       "--processes", "1", "--runs", "1",
+                       checks=["fleet status wall s (median of runs)", "wrong rows over all runs"])
+    assert report["checks"][1]["value"] == 0, report["problems"]
+    assert report["unreachable"] == {"black_holes": ["board001"], "closed_ports": ["board004"]}
+    assert report["wall_s_per_run"][0] > 0
+
+
+@pytest.mark.slow
+def test_upload_links() -> None:
+    from bench.netlab import cgroup_unavailable, netns_unavailable
+    from bench.sshd import find_sshd
+
+    reason = netns_unavailable() or cgroup_unavailable()
+    if reason:
+        # the script must say why and skip, not fail
+        report = run_bench("upload_links.py", "--no-sftp", checks=[])
+        assert report["skipped"]
+        pytest.skip(reason)
+    sftp = find_sshd() is not None
+    report = run_bench("upload_links.py", "--mib", "2", "--mib-slow", "1", "--repeat", "1",
+                       *([] if sftp else ["--no-sftp"]), timeout=600,
+                       checks=["100mbit: edgetune / TLS socket"]
+                       + (["100mbit: edgetune / SFTP"] if sftp else [])
+                       + ["1gbit: edgetune / TLS socket"]
+                       + (["1gbit: edgetune / SFTP"] if sftp else [])
+                       + ["1gbit-weak: edgetune / TLS socket + sha256"])
+    weak = report["links"]["1gbit-weak"]
+    assert weak["weak_board"]["cpu_max"] == "25000 100000"
+    assert report["links"]["100mbit"]["weak_board"] is None
+    for link in report["links"].values():
+        assert all(v > 0 for v in link["mib_per_s"].values())
