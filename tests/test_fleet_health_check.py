@@ -274,6 +274,12 @@ def test_a_board_whose_certificate_names_another_board(lab: Path, capsys: Any) -
     assert rows["misnamed"]["state"] == "refused" and "--strict" in rows["misnamed"]["reason"]
     assert "certificate is for 'board1'" in rows["misnamed"]["cn_warning"]
     assert rows["good1"]["cn_warning"] is None
+    # A results database that cannot be opened does not stop status (a warning says so).
+    broken_db = lab.parent / "not-a-database.db"
+    broken_db.write_bytes(b"not sqlite" * 100)
+    down = run_cli(capsys, "fleet", "status", "--inventory", str(lab), "--db", str(broken_db),
+                   "--devices", "good1")
+    assert down.code == 0 and "warning: quarantine not shown" in down.err
     assert rows["good1"]["state"] == "serving"
 
     check = fleet(capsys, lab, "check", "--devices",

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from edgetune.host.cli.common import DB_HELP, add_identity_flags, add_json_flag
-from edgetune.host.errors import ExitStatus, NotFoundError, UsageError
+from edgetune.host.errors import EdgetuneError, ExitStatus, NotFoundError, UsageError
 from edgetune.host.fleet.check import (CANARY_SAMPLES, ITERATIONS, MAX_SPREAD,
                                        MAX_TEMPERATURE_C, TOLERANCE)
 
@@ -145,8 +145,9 @@ def check_table(rows: Sequence[Dict[str, Any]]) -> Any:
     table_rows = []
     for row in rows:
         state = Text(row["state"], style="green" if row["state"] == "passed" else "red")
-        quarantine = ("released" if row["released"] else
-                      "since " + row["quarantined"]["since"][:19] if row["quarantined"] else "-")
+        since = row["quarantined"]["since"][:19].replace("T", " ") + "Z" \
+            if row["quarantined"] else ""
+        quarantine = "released" if row["released"] else f"since {since}" if since else "-"
         top1 = row["top1_agreement"]
         table_rows.append((row["name"], state, "-" if top1 is None else f"{top1:.0%}",
                            number(row["max_abs_error"], ".2g"), number(row["p50_ms"], ".3f"),
@@ -212,7 +213,7 @@ def status_health(args: argparse.Namespace, statuses: List[Any]) -> List[Any]:
 
 def _quarantined_now(args: argparse.Namespace) -> Dict[str, Any]:
     """The active quarantine; {} when the results database is a SQLite file that does not
-    exist yet (status does not create one)."""
+    exist yet (status does not create one), or cannot be opened (a warning says why)."""
     import os
 
     from edgetune.host.inventory import find_config, load_inventory
@@ -227,7 +228,11 @@ def _quarantined_now(args: argparse.Namespace) -> Dict[str, Any]:
     path = sqlite_path(url)
     if path is not None and not path.exists():
         return {}
-    store, book = _open_book(argparse.Namespace(db=url, inventory=None))
+    try:
+        store, book = _open_book(argparse.Namespace(db=url, inventory=None))
+    except EdgetuneError as error:      # status still reports the boards
+        print(f"edgetune: warning: quarantine not shown: {error.message}", file=sys.stderr)
+        return {}
     try:
         return book.active()
     finally:
