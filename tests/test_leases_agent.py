@@ -278,3 +278,21 @@ def test_agent_toml_lease_bounds(tmp_path: Path) -> None:
         bad.write_text("[limits]\n" + text)
         with pytest.raises(ConfigError, match=message):
             build_config(bad, flags)
+
+
+def test_lease_and_info_fields_round_trip_through_protobuf() -> None:
+    from edgetune.protos.leases import Lease
+    from edgetune.protos.messages import AgentInfo
+
+    lease = Lease(holder="laptop", lease_id="ab" * 16, expires_unix=1_800_000_060.5, ttl_s=60.0,
+                  remaining_s=59.5, board_expires_unix=1_800_000_090.0, claims=2)
+    wire = lease.as_pb2().SerializeToString()
+    assert Lease.from_pb2(pb.Lease.FromString(wire)) == lease
+    assert lease.as_dict()["expires"] == "2027-01-15 08:01:00 UTC"
+    reply = pb.GetInfoResponse(agent_version="x", lease_holder="laptop", lease_expires_unix=2.5)
+    info = AgentInfo.from_pb2(pb.GetInfoResponse.FromString(reply.SerializeToString()))
+    assert (info.lease_holder, info.lease_expires_unix) == ("laptop", 2.5)
+    # The new fields are new numbers: an older reader's fields keep theirs.
+    fields = pb.GetInfoResponse.DESCRIPTOR.fields_by_name
+    assert fields["lease_holder"].number == 22 and fields["lease_expires_unix"].number == 23
+    assert fields["agent_cert_not_after_unix"].number == 21
