@@ -393,3 +393,49 @@ def test_fleet_eval_skips_quarantined_boards_and_prints_tables(fleet: Fleet,
         book.release("closed")
     no_boards = fleet.cli(capsys, "bench", str(DIGITS_MODEL))
     assert no_boards.code == 2 and "--devices" in no_boards.err
+
+
+def _restart_when_running(fleet: Fleet, name: str, seen: Dict[str, str]) -> threading.Thread:
+    """SIGKILL agent ``name`` while it runs a job and start it again at once, at the same
+    address with the same store (a board whose agent crashed and was restarted by systemd)."""
+    running = fleet.agents[name]
+    port = running.address.rsplit(":", 1)[1]
+    files = AgentFiles(ca=fleet.pki.ca_cert, cert=fleet.pki.device.cert,
+                       key=fleet.pki.device.key, passphrase_file=running.passphrase_file)
+
+    def restart() -> None:
+        deadline = time.monotonic() + 60
+        with fleet.client(name) as client:
+            while time.monotonic() < deadline and not seen:
+                job = client.info().running_job_id
+                if job:
+                    seen["job"] = job
+                time.sleep(0.05)
+        running.agent.kill()
+        running.agent = LocalAgent(ready_timeout_s=60, listen=f"127.0.0.1:{port}")
+        running.agent.start(files, running.store)
+
+    thread = threading.Thread(target=restart, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("retries", [1, 0])
+def test_an_agent_restarted_mid_run_is_retried_or_named(fleet: Fleet, capsys: Any,
+                                                        retries: int) -> None:
+    seen: Dict[str, str] = {}
+    restarter = _restart_when_running(fleet, "victim", seen)
+    r = fleet.cli(capsys, "bench", str(DIGITS_MODEL), "--devices", "victim", "--shape",
+                  ONE_DIGIT, "--duration", "1.5", "--reattach-window", "30", "--retries",
+                  str(retries), "--no-lease", "--json")
+    restarter.join(60)
+    (row,) = r.json["rows"]
+    with fleet.client("victim") as client:
+        assert client.get_job(seen["job"]).state.value == "interrupted"
+    if retries:
+        assert r.code == 0, r.err                   # re-submitted after the restart
+        assert row["state"] == "done" and row["job_id"] != seen["job"]
+    else:
+        assert r.code == 12, r.err                  # none succeeded
+        assert row["state"] == "failed" and row["job_id"] == seen["job"]
+        assert row["error"].startswith("agent restarted mid-run: job " + seen["job"])

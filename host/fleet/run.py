@@ -337,8 +337,7 @@ class FleetRun:
                 self.progress.board(device, f"{describe_event(event)}: {name}")
 
             job = session.wait(row.job_id, on_event)
-            if job.state is JobState.INTERRUPTED:
-                row.job_id = None           # submitted again by the retry, if one is left
+            if job.state is JobState.INTERRUPTED:     # submitted again by a retry (_submit)
                 raise Restarted(f"job {job.id} was interrupted on {device} (the agent "
                                 "restarted while it ran)")
             run = session.result(job, row.model.text, row.model.path)
