@@ -178,7 +178,7 @@ def test_a_lease_survives_an_agent_restart_until_its_expiry(pki: Any, other: Ide
     store = tmp_path / "store"
     first = start_agent(pki, store, limits=SHORT)
     try:
-        lease = _acquire(stub(first.address, pki.host.identity), 6.0)
+        lease = _acquire(stub(first.address, pki.host.identity), 30.0)
     finally:
         first.stop()
     kept = json.loads((store / FILE_NAME).read_text())
