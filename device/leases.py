@@ -206,7 +206,8 @@ class LeaseBook:
                      "" if self._claims else "; the board is free")
             if not self._claims:
                 self._holder = ""
-            self._save()
+            # Not written down here (this may run on the event loop): the file's expired
+            # claims are dropped when it is read, and the next change rewrites it.
 
     def _lease(self, claim: Claim, now: float) -> Lease:
         return Lease(holder=self._holder, lease_id=claim.lease_id,

@@ -223,7 +223,9 @@ def test_book_file_is_written_atomically_and_read_back(tmp_path: Path) -> None:
     assert again.current() == ("laptop", lease.expires_unix)
     clock.now += 101
     assert again.current() == ("", 0.0)
-    assert json.loads(path.read_text())["claims"] == []     # the expiry was written down
+    assert LeaseBook(path, 5, 3600, clock=clock).current() == ("", 0.0)   # read back: expired
+    assert again.acquire("bench-pc", 10).holder == "bench-pc"
+    assert json.loads(path.read_text())["holder"] == "bench-pc"
 
 
 def test_book_cuts_a_lease_the_clock_stretched_to_the_longest_allowed(tmp_path: Path) -> None:
