@@ -101,6 +101,20 @@ def test_other_names_jobs_are_refused_naming_holder_and_expiry(agent: Any, pki: 
     assert done.state == pb.JOB_STATE_SUCCEEDED and done.client == OTHER
 
 
+def test_own_jobs_from_before_the_lease_may_still_be_cancelled(agent: Any, pki: Any,
+                                                               other: Identity) -> None:
+    mine, theirs = _stubs(agent, pki, other)
+    sha = upload_model(theirs, mlp_model(layers=4))
+    queued = [submit_benchmark(theirs, sha, iterations=1, min_duration_s=0.0, warmup=1,
+                               label=f"theirs {n}").job for n in range(2)]
+    long_job = submit_benchmark(theirs, sha, iterations=1_000_000, warmup=1).job
+    _acquire(mine, 30)
+    reply = theirs.CancelJob(pb.CancelJobRequest(job_id=long_job.id), timeout=TIMEOUT)
+    assert reply.job.state == pb.JOB_STATE_CANCELLED            # its own: allowed
+    for job in queued:                                          # queued before: they ran
+        assert wait_job(theirs, job.id).state == pb.JOB_STATE_SUCCEEDED
+
+
 def test_acquire_renew_release_by_another_name_are_refused(agent: Any, pki: Any,
                                                            other: Identity) -> None:
     mine, theirs = _stubs(agent, pki, other)
