@@ -19,7 +19,11 @@ The faults live in this test file only; nothing in edgetune knows of them.
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Sequence
 
@@ -291,3 +295,53 @@ def test_a_board_whose_certificate_names_another_board(lab: Path, capsys: Any) -
     row = _rows(strict)["misnamed"]
     assert row["state"] == "refused" and row["top1_agreement"] is None   # not checked
     assert row["quarantined"] is None                    # refused is not quarantined
+
+
+def test_ctrl_c_stops_a_check_at_once_and_changes_nothing(lab: Path, pki: Any) -> None:
+    """Ctrl-C while the stalling board runs a long canary benchmark: exit 130 within 5 s, no
+    quarantine written or released (the board's job goes on; the test cancels it)."""
+    from edgetune.host.client import AgentClient
+    from edgetune.host.target import load_host_identity
+    from edgetune.protos.messages import BenchmarkSpec
+
+    inventory = load_inventory(lab)
+    db = str(inventory.results_db)
+    store, book = _book(lab)
+    try:
+        before = [e.as_json() for e in book.history()]
+    finally:
+        store.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgetune.host", "fleet", "check", "--inventory", str(lab),
+         "--db", db, "--devices", "stalls,good1", "--iterations", "3000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    identity = load_host_identity(pki.host.ca, pki.host.cert, pki.host.key,
+                                  Path(str(inventory.host.passphrase_file)))
+    with AgentClient(inventory.device("stalls").address, identity) as client:
+        deadline = time.monotonic() + 60
+        job = ""
+        while not job:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the canary benchmark never started"
+            running = client.info().running_job_id
+            if running and isinstance(client.get_job(running).spec, BenchmarkSpec):
+                job = running
+            else:
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        try:
+            _, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"fleet check hung after Ctrl-C: {proc.communicate()[1]}")
+        assert proc.returncode == 130, err
+        assert time.monotonic() - sent < 5
+        assert "nothing was quarantined or released" in err
+        client.cancel_job(job)
+    store, book = _book(lab)
+    try:
+        assert [e.as_json() for e in book.history()] == before
+    finally:
+        store.close()

@@ -86,7 +86,13 @@ def cmd_check(args: argparse.Namespace) -> int:
             if not args.json and sys.stderr.isatty():
                 print(f"edgetune: checking {len(devices)} boards (canary: {canary.samples} "
                       f"inputs, {settings.iterations} timed runs each)", file=sys.stderr)
-            outcomes = check_fleet(devices, identity, canary, settings)
+            try:
+                outcomes = check_fleet(devices, identity, canary, settings)
+            except KeyboardInterrupt:
+                print("edgetune: check interrupted: nothing was quarantined or released; canary "
+                      "jobs already on a board finish there (see `edgetune jobs list "
+                      "--device NAME`)", file=sys.stderr)
+                raise
         rows = _apply(book, outcomes, check_id)
     finally:
         store.close()
