@@ -24,6 +24,7 @@ Unknown keys are an error that names the key. Sizes in ``[limits]`` may be given
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,7 +183,7 @@ def build_config(config_file: Optional[Path] = None,
             elif key in _PATH_KEYS:
                 if not isinstance(value, str) or not value:
                     raise ConfigError(f"{key} in {config_file} must be a non-empty path string")
-                values[key] = base / Path(value).expanduser()
+                values[key] = base / Path(os.path.expanduser(value))
             elif key == "allowed_clients":
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                     raise ConfigError(f"allowed_clients in {config_file} must be a list of "
@@ -196,7 +197,7 @@ def build_config(config_file: Optional[Path] = None,
         if value is None:
             continue
         if key in _PATH_KEYS:
-            values[key] = Path(value).expanduser()
+            values[key] = Path(os.path.expanduser(value))
         elif key == "allowed_clients":
             if value:
                 values[key] = tuple(value)

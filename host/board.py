@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -242,7 +243,7 @@ class BlobRef:
 
     @classmethod
     def parse(cls, text: str, kind: BlobKind) -> "BlobRef":
-        path = Path(text).expanduser()
+        path = Path(os.path.expanduser(text))
         if path.is_file():
             return cls(text=text, kind=kind, path=path)
         if HEX.match(text.lower()):

@@ -61,7 +61,7 @@ def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> Tuple[str, int]:
 def default_cache_path() -> Path:
     env = os.environ.get(CACHE_ENV)
     if env:
-        return Path(env).expanduser()
+        return Path(os.path.expanduser(env))
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "edgetune" / "hashes.json"
 

@@ -101,7 +101,7 @@ def find_config(explicit: Optional[Path] = None, *, env: Optional[Mapping[str, s
     env = os.environ if env is None else env
     for given, origin in ((explicit, "--inventory"), (env.get(CONFIG_ENV), f"${CONFIG_ENV}")):
         if given:
-            path = Path(given).expanduser()
+            path = Path(os.path.expanduser(given))
             if not path.is_file():
                 raise NotFoundError(f"inventory file {path} (from {origin}) does not exist",
                                     hint=f"create it or fix {origin}")
@@ -198,7 +198,7 @@ def _results_db(data: Mapping[str, Any], base: Path, path: Path) -> Optional[str
                             hint='set it to a file ("results.db") or a database URL')
     if "://" in value:
         return value
-    file = Path(value).expanduser()
+    file = Path(os.path.expanduser(value))
     return f"sqlite:///{file if file.is_absolute() else base / file}"
 
 
@@ -245,5 +245,5 @@ def _string(section: Mapping[str, Any], key: str, path: Path, where: str) -> str
 def _path(section: Mapping[str, Any], key: str, base: Path, path: Path) -> Optional[Path]:
     if key not in section:
         return None
-    value = Path(_string(section, key, path, "host")).expanduser()
+    value = Path(os.path.expanduser(_string(section, key, path, "host")))
     return value if value.is_absolute() else base / value

@@ -90,3 +90,19 @@ def test_the_fuzzer_runs_and_reports(tmp_path: Path) -> None:
     assert [t["target"] for t in report["targets"]] == ["jobspec", "frames"]
     assert report["crashes"] == 0
     assert all(t["executions"] > 100 and t["coverage"] > 5 for t in report["targets"])
+
+
+def test_a_tilde_user_that_does_not_exist_is_a_plain_path(tmp_path: Path) -> None:
+    """``~nosuchuser/x`` (found by the inventory fuzzer: pathlib raised RuntimeError) stays as
+    written, as a shell leaves it, and the file check then says what is missing."""
+    from edgetune.device.config import build_config
+    from edgetune.host.inventory import load_inventory
+
+    inventory = tmp_path / "edgetune.toml"
+    inventory.write_text('[host]\nkey = "~nosuchuser-edgetune/host.key"\n'
+                         'ca = "ca.pem"\ncert = "c.pem"\n')
+    host = load_inventory(inventory).host
+    assert str(host.key).endswith("~nosuchuser-edgetune/host.key")
+    agent = tmp_path / "agent.toml"
+    agent.write_text('ca = "~nosuchuser-edgetune/ca.pem"\ncert = "c"\nkey = "k"\n')
+    assert build_config(agent).ca.name == "ca.pem"

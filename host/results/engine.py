@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,7 +37,7 @@ def as_url(text: str) -> str:
     text = text.strip()
     if "://" in text:
         return text
-    return f"sqlite:///{Path(text).expanduser().resolve()}"
+    return f"sqlite:///{Path(os.path.expanduser(text)).resolve()}"
 
 
 def safe_url(url: str) -> str:
