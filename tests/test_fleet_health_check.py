@@ -251,8 +251,8 @@ def test_a_passing_check_releases_a_quarantined_board(lab: Path, capsys: Any) ->
         book.quarantine("good2", "3 fleet jobs failed in a row; the last: unreachable", "jobs")
     finally:
         store.close()
-    r = fleet(capsys, lab, "check", "--devices", "good2",
-                "--max-spread", "8")
+    r = fleet(capsys, lab, "check", "--devices", "agent_name=good2",   # what the board says
+              "--max-spread", "8")
     assert r.code == 0, r.err
     assert "good2 passed and is released from quarantine" in r.err
     assert "1 of 1 boards passed the check" in r.err
