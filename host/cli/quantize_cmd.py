@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from edgetune.host.cli.quantize_flags import add_calibration_flags, build_settings, model_inputs
-from edgetune.host.errors import EdgetuneError, TargetNotMetError
+from edgetune.host.errors import EdgetuneError, TargetNotMetError, UsageError
 from edgetune.host.quant.settings import (ACT_TYPES, DEFAULT_FALLBACK_STRATEGY, ENTROPY_COMPAT,
-                                 FALLBACK_METRICS, FALLBACK_STRATEGIES, METHODS, WEIGHT_TYPES,
+                                 FALLBACK_BY, FALLBACK_METRICS, FALLBACK_STRATEGIES, METHODS, WEIGHT_TYPES,
                                  FallbackSettings, QuantizeSettings)
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ EXAMPLES = """examples:
   edgetune quantize model.onnx -o q2.onnx --ranges q.ranges.json --per-tensor
   edgetune quantize --config xquant.json
   edgetune quantize model.onnx -o q.onnx --calib calib.npz --max-drop 0.01 --eval test.npz
+  edgetune quantize model.onnx -o q.onnx --calib calib.npz --max-drop 0.01 --eval test.npz \
+      --fallback-by latency --device board1
 """
 
 def register(subparsers: Any) -> None:
@@ -109,6 +111,10 @@ def register(subparsers: Any) -> None:
                         "the fewest top-ranked layers that meet X (AMCT-style); default "
                         f"{DEFAULT_FALLBACK_STRATEGY}")
     f.add_argument("--max-steps", type=int, help="evaluation budget (32)")
+    f.add_argument("--fallback-by", dest="by", choices=FALLBACK_BY,
+                   help="accuracy (default): keep the most int8 layers; latency: benchmark "
+                        "every candidate on the board (--device) and keep the fastest that "
+                        "meets --max-drop (replaces --strategy's search)")
     _add_device_flags(p)
     from edgetune.host.cli.common import add_record_flags
     add_record_flags(p)
@@ -145,6 +151,10 @@ def _run(args: argparse.Namespace, settings: QuantizeSettings,
     from edgetune.host.quant.calibdata import CalibrationData, load_calibration, load_npz_feeds
     from edgetune.host.render import StageProgress
 
+    if fallback is not None and fallback.by == "latency" and fallback.device is None \
+            and getattr(args, "address", None) is None:
+        raise UsageError("--fallback-by latency measures every candidate on a board",
+                         hint="give --device NAME (or --address HOST:PORT)")
     started = time.perf_counter()
     data: Optional[CalibrationData] = None
     if settings.calib:
@@ -221,9 +231,13 @@ def _run_fallback(args: argparse.Namespace, settings: QuantizeSettings,
     conn.device = fallback.device
     with open_session(conn) as board:
         evaluator = AgentEvaluator(board, fallback.eval_dataset, fallback.metric)
+        latency = None
+        if fallback.by == "latency":
+            from edgetune.host.quant.fallback_latency import BoardLatency
+            latency = BoardLatency(board)
         try:
             return run_fallback(settings, fallback, data=data, evaluator=evaluator,
-                                progress=progress)
+                                progress=progress, latency=latency)
         finally:
             evaluator.close()
 

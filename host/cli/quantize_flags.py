@@ -247,7 +247,7 @@ def calib_sources_from_args(args: argparse.Namespace, *, layer: Any = None,
 
 def _fallback(args: argparse.Namespace, layer: Any) -> Optional[FallbackSettings]:
     given = dict(layer.fallback) if layer is not None else {}
-    for dest in ("max_drop", "eval", "metric", "strategy", "max_steps", "device"):
+    for dest in ("max_drop", "eval", "metric", "strategy", "max_steps", "device", "by"):
         value = getattr(args, dest, None)
         if value is not None:
             given[dest] = value
@@ -264,7 +264,7 @@ def _fallback(args: argparse.Namespace, layer: Any) -> Optional[FallbackSettings
                                 metric=given.get("metric", "auto"),
                                 strategy=given.get("strategy", DEFAULT_FALLBACK_STRATEGY),
                                 max_steps=int(given.get("max_steps", 32)),
-                                device=given.get("device"))
+                                device=given.get("device"), by=given.get("by", "accuracy"))
     check_fallback_settings(fallback)    # the library's check: a config file's values too
     return fallback
 

@@ -59,7 +59,7 @@ SETTINGS_KEYS: Dict[str, Tuple[str, str]] = {
 PREPROCESS_KEYS = ("input_size", "interpolation", "color", "mean", "std", "layout", "preprocess")
 CALIB_KEYS = ("path", "input", "file_type", "shape") + PREPROCESS_KEYS
 SUBGRAPH_KEYS = ("inputs", "outputs", "precision", "method", "percentile")
-FALLBACK_KEYS = ("max_drop", "eval", "metric", "strategy", "max_steps", "device")
+FALLBACK_KEYS = ("max_drop", "eval", "metric", "strategy", "max_steps", "device", "by")
 OTHER_KEYS = ("calib", "subgraph", "int16_list", "fallback", "analysis")
 TOML_KEYS = tuple(SETTINGS_KEYS) + PREPROCESS_KEYS + OTHER_KEYS
 
@@ -167,7 +167,7 @@ def _from_toml(data: Dict[str, Any], path: Path) -> ConfigLayer:
     if "fallback" in data:
         table = _table(data["fallback"], path, "'fallback'", "[fallback]", FALLBACK_KEYS)
         kinds = {"max_drop": "float", "eval": "path", "metric": "str", "strategy": "str",
-                 "max_steps": "int", "device": "str"}
+                 "max_steps": "int", "device": "str", "by": "str"}
         for key, value in table.items():
             fallback[key] = _convert(value, kinds[key], f"fallback.{key}", path, base)
     analysis = _convert(data["analysis"], "bool", "analysis", path, base) \

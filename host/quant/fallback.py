@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 from edgetune.host.errors import BadInputError, TargetNotMetError, UsageError
-from edgetune.host.quant import strategies
+from edgetune.host.quant import fallback_latency, strategies
 from edgetune.host.quant.fallback_report import FallbackReport, FallbackStep, fallback_record_path
-from edgetune.host.quant.settings import (DEFAULT_FALLBACK_STRATEGY, FALLBACK_METRICS, FALLBACK_STRATEGIES,
-                                 FallbackSettings, QuantizeSettings)
+from edgetune.host.quant.settings import (DEFAULT_FALLBACK_STRATEGY, FALLBACK_BY, FALLBACK_METRICS,
+                                 FALLBACK_STRATEGIES, FallbackSettings, QuantizeSettings)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,9 @@ def check_fallback_settings(fb: FallbackSettings) -> None:
                          hint=f"choose one of: {', '.join(STRATEGIES)}")
     if fb.max_steps < 1:
         raise UsageError(f"--max-steps must be at least 1, got {fb.max_steps}")
+    if fb.by not in FALLBACK_BY:
+        raise UsageError(f"unknown --fallback-by {fb.by!r}",
+                         hint=f"choose one of: {', '.join(FALLBACK_BY)}")
 
 
 # ---------------------------------------------------------------------- the search state
@@ -77,8 +80,10 @@ class _Search:
 
     def __init__(self, settings: QuantizeSettings, fb: FallbackSettings, evaluator: Any,
                  data: Any, work: Path, progress: Optional[Progress],
-                 on_step: Optional[Callable[[FallbackStep], None]]) -> None:
+                 on_step: Optional[Callable[[FallbackStep], None]],
+                 latency: Optional[Callable[[Path], float]] = None) -> None:
         self.settings = settings
+        self.latency = latency          # model -> board p50 ms (--fallback-by latency)
         self.fb = fb
         self.evaluator = evaluator
         self.data = data
@@ -170,10 +175,16 @@ class _Search:
             float_layers=tuple(sorted(n for n, p in precision.items() if p == "float")),
             metric=value, drop=drop, met=drop <= self.fb.max_drop + 1e-12, int8_layers=int8,
             int8_fraction=int8 / len(q) if q else 0.0,
-            latency_ms=getattr(self.evaluator, "last_latency_ms", None),
+            latency_ms=self.latency_of(report.output),
             seconds=time.perf_counter() - t0)
         self._record(step, report.output, precision)
         return index
+
+    def latency_of(self, model: Path) -> Optional[float]:
+        """The board's p50 (perf-based fallback), else the evaluator's time per sample."""
+        if self.latency is not None:
+            return self.latency(Path(model))
+        return getattr(self.evaluator, "last_latency_ms", None)
 
     def _record(self, step: FallbackStep, model: Optional[Path], precision: Precision) -> None:
         self.steps.append(step)
@@ -223,6 +234,10 @@ class _Search:
                        max_samples=ANALYSIS_SAMPLES)
 
     def best_index(self) -> int:
+        if self.fb.by == "latency":
+            fastest = fallback_latency.fastest_met(self.steps)
+            if fastest is not None:
+                return fastest
         candidates = [s for s in self.steps[1:]]
         met = [s for s in candidates if s.met]
         if met:
@@ -251,20 +266,25 @@ def _eval_inputs(model: Path, dataset: Path) -> Any:
 
 def run_fallback(settings: QuantizeSettings, fb: FallbackSettings, *, data: Any,
                  evaluator: Any = None, progress: Optional[Progress] = None,
-                 on_step: Optional[Callable[[FallbackStep], None]] = None) -> FallbackReport:
+                 on_step: Optional[Callable[[FallbackStep], None]] = None,
+                 latency: Optional[Callable[[Path], float]] = None) -> FallbackReport:
     """Quantize ``settings.model`` so that the metric drops at most ``fb.max_drop``.
 
     ``data``: the calibration data (a CalibrationData; also feeds the sensitivity proxy).
     ``evaluator``: a LocalEvaluator (default) or AgentEvaluator. Writes the best model found
     to ``settings.output`` (+ record, ranges, OUT.fallback.json) in every case; raises
     ``TargetNotMetError`` afterwards when no candidate met the target (its ``report``
-    attribute holds this function's ``FallbackReport``)."""
+    attribute holds this function's ``FallbackReport``). ``latency``: model path -> p50 ms on
+    the board (a ``fallback_latency.BoardLatency``); required by ``fb.by == "latency"``."""
     from edgetune.host.quant.evaluate import LocalEvaluator
     from edgetune.host.quant.pipeline import validate_settings
     from edgetune.host.quant.ranges import atomic_write_text
 
     check_fallback_settings(fb)
     validate_settings(settings)
+    if fb.by == "latency" and latency is None:
+        raise UsageError("--fallback-by latency measures every candidate on a board",
+                         hint="give --device NAME (or --address HOST:PORT)")
     if data is None:
         if settings.ranges is None:
             raise UsageError("the fallback needs calibration data (--calib), or saved ranges "
@@ -275,7 +295,7 @@ def run_fallback(settings: QuantizeSettings, fb: FallbackSettings, *, data: Any,
     t0 = time.perf_counter()
     output = Path(settings.output)
     work = Path(tempfile.mkdtemp(prefix="edgetune-fallback-"))
-    search = _Search(settings, fb, evaluator, data, work, progress, on_step)
+    search = _Search(settings, fb, evaluator, data, work, progress, on_step, latency)
     try:
         tb = time.perf_counter()
         search.baseline = evaluator.baseline(Path(settings.model), fb.eval_dataset, fb.metric)
@@ -283,14 +303,16 @@ def run_fallback(settings: QuantizeSettings, fb: FallbackSettings, *, data: Any,
         search._record(FallbackStep(
             index=0, action="float model (baseline)", int16_layers=(), float_layers=(),
             metric=search.baseline, drop=0.0, met=True, int8_layers=0, int8_fraction=0.0,
-            latency_ms=getattr(evaluator, "last_latency_ms", None),
+            latency_ms=search.latency_of(Path(settings.model)),
             seconds=time.perf_counter() - tb), None, {"*": "float"})
         first = search.steps[search.calibrate_all_int8()]
         ranking: Tuple[Tuple[str, float], ...] = ()
         if not first.met:
             analysis = search.analyze(first.index)
             ranking = tuple((s.node, s.score) for s in analysis.layer_scores(search.quantizable))
-            if fb.strategy == "greedy":
+            if fb.by == "latency":
+                fallback_latency.by_latency(search, analysis)
+            elif fb.strategy == "greedy":
                 strategies.greedy(search, analysis)
             else:
                 strategies.bisect(search, analysis)
@@ -298,7 +320,8 @@ def run_fallback(settings: QuantizeSettings, fb: FallbackSettings, *, data: Any,
         precision = search.candidates[best.index]
         final = search.quantize(precision, output, force=settings.force)
         report = FallbackReport(
-            strategy=fb.strategy, metric=metric_name,
+            strategy="latency" if fb.by == "latency" else fb.strategy, metric=metric_name,
+            by=fb.by,
             evaluator=getattr(evaluator, "where", type(evaluator).__name__),
             baseline=search.baseline, max_drop=fb.max_drop, met=best.met,
             steps=tuple(search.steps), best_step=best.index, output=output,

@@ -25,7 +25,8 @@ class FallbackStep:
     met: bool
     int8_layers: int                     # quantizable layers still int8
     int8_fraction: float
-    latency_ms: Optional[float] = None   # per sample, as the evaluator measured it
+    latency_ms: Optional[float] = None   # per sample, as the evaluator measured it; with
+                                         # --fallback-by latency: the board's p50 (batch 1)
     seconds: float = 0.0                 # quantize + evaluate (+ analysis) of this step
 
     def as_dict(self) -> Dict[str, Any]:
@@ -57,6 +58,7 @@ class FallbackReport:
     elapsed_s: float
     ranking: Tuple[Tuple[str, float], ...] = ()   # (layer, score dB) of the all-int8 model
     report: Any = None                   # the pipeline's QuantizeReport of the written model
+    by: str = "accuracy"                 # "latency": the fastest met candidate was written
 
     @property
     def best(self) -> FallbackStep:
@@ -75,7 +77,8 @@ class FallbackReport:
         out = [f"fallback ({self.strategy}, {self.metric} on {self.evaluator}): float "
                f"{self.baseline:.4f}, allowed drop {self.max_drop:g}"]
         for step in self.steps:
-            latency = f", {step.latency_ms:.3f} ms/sample" if step.latency_ms else ""
+            unit = "ms p50 on the board" if self.by == "latency" else "ms/sample"
+            latency = f", {step.latency_ms:.3f} {unit}" if step.latency_ms else ""
             layers = (f", int8 {step.int8_layers}/{self.quantizable_layers}"
                       if step.index else "")
             mark = " <- written" if step.index == self.best_step else ""
@@ -89,7 +92,8 @@ class FallbackReport:
 
     def as_dict(self) -> Dict[str, Any]:
         return json_safe({
-            "strategy": self.strategy, "metric": self.metric, "evaluator": self.evaluator,
+            "strategy": self.strategy, "by": self.by, "metric": self.metric,
+            "evaluator": self.evaluator,
             "baseline": self.baseline, "max_drop": self.max_drop, "met": self.met,
             "best_step": self.best_step, "best_metric": self.best.metric, "drop": self.drop,
             "output": str(self.output), "record": str(self.record_path),

@@ -28,6 +28,10 @@ FALLBACK_METRICS = ("auto", "top1", "top5", "fidelity")
 # as bisection and fewer evaluations (bench/fallback_strategies.py).
 FALLBACK_STRATEGIES = ("greedy", "bisect")
 DEFAULT_FALLBACK_STRATEGY = "greedy"
+# What the fallback minimises among candidates that meet --max-drop: "accuracy" keeps the most
+# int8 layers; "latency" benchmarks every candidate on the board and keeps the fastest
+# (host.quant.fallback_latency).
+FALLBACK_BY = ("accuracy", "latency")
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class FallbackSettings:
     strategy: str = DEFAULT_FALLBACK_STRATEGY          # one of FALLBACK_STRATEGIES
     max_steps: int = 32
     device: Optional[str] = None                       # evaluate on this board instead of locally
+    by: str = "accuracy"                               # one of FALLBACK_BY ("latency": needs a board)
 
 
 def output_paths(output: Path) -> Tuple[Path, Path]:
