@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -86,21 +87,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="seconds one input may take before it counts as a hang")
     parser.add_argument("--rss-mb", type=int, default=2048,
                         help="memory bound of a fuzzing process, MB (default 2048)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="targets fuzzed at the same time (default 1)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.seconds < 1:
         parser.error("--seconds must be at least 1")
 
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     names = args.only or list(TARGETS)
-    outcomes: List[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="edgetune-fuzz-corpus-") as tmp:
         root = args.corpus or Path(tmp)
-        for name in names:
+
+        def one(name: str) -> Outcome:
             if not args.json:
                 print(f"fuzzing {name} ({TARGETS[name].what}) for {args.seconds} s ...",
                       file=sys.stderr, flush=True)
-            outcomes.append(run_target(name, args.seconds, root / name, args.artifacts,
-                                       timeout_s=args.timeout, rss_mb=args.rss_mb))
+            return run_target(name, args.seconds, root / name, args.artifacts,
+                              timeout_s=args.timeout, rss_mb=args.rss_mb)
+
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            outcomes = list(pool.map(one, names))
     crashed = [o for o in outcomes if o.crashed]
     if args.json:
         print(json.dumps({"seconds": args.seconds, "targets": [asdict(o) for o in outcomes],
