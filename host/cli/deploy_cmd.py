@@ -167,11 +167,15 @@ def _deploy_settings(args: argparse.Namespace, request: Request, name: str) -> A
     return DeploySettings(
         name=name, ssh=_ssh_settings(args, name, record), inventory=request.inventory_path,
         prefix=args.prefix or record.get("prefix"), listen=listen, address=address,
-        tags=tuple(args.tag or ()), wheelhouse=args.wheelhouse, pki=args.pki,
-        device_cert=args.cert, device_key=args.key, passphrase_file=args.passphrase_file,
-        onnxruntime=args.onnxruntime,
+        tags=tuple(args.tag or ()),
+        wheelhouse=args.wheelhouse or (Path(record["wheelhouse"]) if record.get("wheelhouse")
+                                       else None),
+        pki=args.pki, device_cert=args.cert, device_key=args.key,
+        passphrase_file=args.passphrase_file,
+        onnxruntime=args.onnxruntime or record.get("onnxruntime") or "auto",
         service_user=args.service_user or record.get("service_user") or None,
-        timeout_s=args.timeout, allowed_clients=tuple(args.allow_client or ()))
+        timeout_s=args.timeout, allowed_clients=tuple(args.allow_client or ()),
+        python=args.python or record.get("python") or "python3")
 
 
 # ------------------------------------------------------------------------ running
@@ -274,16 +278,14 @@ def _print_info(name: str, address: str, identity: Any) -> None:
 
 
 def _status(args: argparse.Namespace, request: Request) -> int:
-    from edgetune.host.deploy.steps import agent_address, status
+    from edgetune.host.deploy.steps import status
 
     host = _host_side(args, request.inventory)
     fleet = len(request.names) > 1 or bool(args.devices)
     say = _say_for(args, quiet=True)
 
     def work(name: str) -> Dict[str, Any]:
-        settings = _deploy_settings(args, request, name)
-        return status(name, settings.ssh, settings.prefix, agent_address(settings),
-                      host.identity, say)
+        return status(_deploy_settings(args, request, name), host.identity, say)
 
     results = _many(request.names, work)
     if not fleet and results[0][2] is None and not args.json:
@@ -309,9 +311,8 @@ def _logs(args: argparse.Namespace, request: Request) -> int:
     from edgetune.host.deploy.steps import logs
 
     name = request.names[0]
-    _, record = _recorded(request.inventory, name)
-    lines = logs(_ssh_settings(args, name, record), args.prefix or record.get("prefix"),
-                 args.lines or 50, _say_for(args, quiet=False))
+    lines = logs(_deploy_settings(args, request, name), args.lines or 50,
+                 _say_for(args, quiet=False))
     if args.json:
         print(json.dumps({"device": name, "lines": lines}, indent=2))
     else:
@@ -323,9 +324,8 @@ def _remove(args: argparse.Namespace, request: Request) -> int:
     from edgetune.host.deploy.steps import remove
 
     name = request.names[0]
-    _, record = _recorded(request.inventory, name)
-    result = remove(_ssh_settings(args, name, record), args.prefix or record.get("prefix"),
-                    args.purge, _say_for(args, quiet=False))
+    result = remove(_deploy_settings(args, request, name), args.purge,
+                    _say_for(args, quiet=False))
     if args.purge and request.inventory is not None and name in {d.name for d in request.inventory.devices}:
         from edgetune.host.fleet.inventory_edit import remove_device
         remove_device(request.inventory_path, name)
@@ -377,9 +377,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     install.add_argument("--address", metavar="HOST[:PORT]",
                          help="what this PC dials (default: the SSH host and the --listen port)")
     install.add_argument("--tag", action="append", metavar="T", help="a tag (repeatable)")
-    install.add_argument("--onnxruntime", choices=("auto", "pypi", "board"), default="auto",
+    install.add_argument("--onnxruntime", choices=("auto", "pypi", "board"),
                          help="the board's own onnxruntime when its python3 imports one "
                               "(auto, board), or PyPI's (default auto)")
+    install.add_argument("--python", metavar="PYTHON",
+                         help="the board's Python 3.9+ (default python3 on its PATH)")
     install.add_argument("--service-user", metavar="USER",
                          help="who runs the agent (default: 'edgetune', created, as root; "
                               "else the SSH user)")

@@ -86,12 +86,9 @@ def _board_onnxruntime():
 
 
 def _venv_ok():
-    try:
-        import ensurepip  # noqa: F401  (Debian splits it into python3-venv)
-        import venv  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+    # Debian ships ensurepip apart from python3 (python3-venv); venv cannot work without it
+    return all(importlib.util.find_spec(m) is not None for m in ("venv", "ensurepip"))
 
 
 def _state(prefix):
@@ -201,10 +198,11 @@ def start(prefix, user):
         import pwd
         entry = pwd.getpwnam(user)
 
-        def preexec():  # runs in the child before exec: drop to the service user
+        def drop():  # runs in the child before exec: become the service user
             os.setgroups([])
             os.setgid(entry.pw_gid)
             os.setuid(entry.pw_uid)
+        preexec = drop
     with open(log_path, "ab") as log, open(os.devnull, "rb") as null:
         proc = subprocess.Popen([agent, "serve", "--config", config], stdin=null, stdout=log,
                                 stderr=log, cwd=prefix, start_new_session=True,

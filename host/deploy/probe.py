@@ -5,6 +5,7 @@ may use it (root or passwordless sudo), and the onnxruntime its own Python impor
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -81,10 +82,13 @@ class BoardFacts:
         major, minor = _version_pair(self.libc_version)
         tags: List[str] = []
         if self.libc == "glibc" and major == 2:
-            for glibc_minor in range(minor, 4, -1):
+            # PyPI's Linux wheels: manylinux_2_17 (manylinux2014) and newer; older tags only
+            # on x86 (manylinux2010 = 2_12, manylinux1 = 2_5)
+            floor = 5 if arch in ("x86_64", "i686") else 17
+            for glibc_minor in range(minor, floor - 1, -1):
                 tags.append(f"manylinux_2_{glibc_minor}_{arch}")
                 legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}.get(glibc_minor)
-                if legacy and arch in ("x86_64", "i686") or legacy == "manylinux2014":
+                if legacy:
                     tags.append(f"{legacy}_{arch}")
         elif self.libc == "musl" or not self.libc:
             if major == 1:
@@ -117,9 +121,14 @@ def _version_pair(text: str) -> Tuple[int, int]:
         return 0, 0
 
 
-def probe(session: SshSession, prefix: str) -> BoardFacts:
+def probe(session: SshSession, prefix: str, python: str = "python3") -> BoardFacts:
     """Ask the board; BadInputError when it cannot run the agent (the message says why)."""
-    doc = session.boardctl("probe", prefix)
+    found = session.run(f"command -v {shlex.quote(python)}", check=False)
+    if found.status != 0:
+        raise BadInputError(f"{session.settings.label} has no {python}",
+                            hint="install Python 3.9 or newer with venv there (Debian: apt-get "
+                                 "install python3 python3-venv), or name it with --python")
+    doc = session.boardctl("probe", prefix, python=python)
     facts = BoardFacts.from_json(doc)
     where = session.settings.label
     if facts.python_tuple < MIN_PYTHON:

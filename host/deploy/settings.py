@@ -23,7 +23,8 @@ USER_PREFIX = "~/.local/share/edgetune"
 SERVICE = "edgetune-agent.service"
 ONNXRUNTIME_CHOICES = ("auto", "pypi", "board")
 # What [devices.NAME.deploy] may hold: how the board was reached, never a secret.
-RECORD_KEYS = ("ssh", "identity", "known_hosts", "prefix", "listen", "service_user")
+RECORD_KEYS = ("ssh", "identity", "known_hosts", "prefix", "listen", "service_user", "python",
+               "wheelhouse", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ class DeploySettings:
     onnxruntime: str = "auto"
     service_user: Optional[str] = None     # None: "edgetune" as root, else the SSH user
     timeout_s: float = 120.0               # deadline for the agent to answer health
+    python: str = "python3"                # the board's Python (a name on its PATH or a path)
     allowed_clients: Tuple[str, ...] = field(default=())
 
     def with_ssh(self, ssh: SshSettings) -> "DeploySettings":

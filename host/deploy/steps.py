@@ -121,7 +121,7 @@ class BoardDeploy:
         s = self.settings
         started = time.monotonic()
         with SshSession.connect(s.ssh, tell=self.say) as session:
-            facts = probe(session, s.prefix or default_prefix_for(session))
+            facts = probe(session, s.prefix or default_prefix_for(session), s.python)
             layout = Layout(check_prefix(facts.prefix, s.ssh.label))
             self.say(f"{s.name}: {facts.arch}, {facts.os_name}, {facts.libc} {facts.libc_version}, "
                      f"Python {facts.python}, systemd "
@@ -216,7 +216,7 @@ class BoardDeploy:
         choice = self.settings.onnxruntime
         ort = facts.onnxruntime
         if choice == "board" and ort is None:
-            raise BadInputError(f"--onnxruntime board: the board's python3 imports no onnxruntime",
+            raise BadInputError("--onnxruntime board: the board's python3 imports no onnxruntime",
                                 hint="install the vendor's onnxruntime there, or use "
                                      "--onnxruntime pypi")
         use_board = choice == "board" or (choice == "auto" and ort is not None)
@@ -285,15 +285,18 @@ class BoardDeploy:
         requirements = requirements_for(house, with_onnxruntime=not use_board_ort)
         flags = "--system-site-packages " if use_board_ort else ""
         reqs = " ".join(shlex.quote(r) for r in requirements)
+        # the board's own pip configuration (an index, constraints) is not ours to use
+        pip = (f"PIP_CONFIG_FILE=/dev/null {venv}/bin/python -m pip install --quiet --no-index "
+               f"--no-cache-dir --disable-pip-version-check --find-links {layout.wheels}")
         started = time.monotonic()
         try:
             session.run(
                 f"set -e; rm -rf {target}; mkdir -p {target}; "
                 f"{shlex.quote(facts.python_executable)} -m venv {flags}{venv}; "
-                # the board's own pip configuration (an index, constraints) is not ours to use
-                f"PIP_CONFIG_FILE=/dev/null {venv}/bin/python -m pip install --quiet --no-index "
-                f"--no-cache-dir --disable-pip-version-check --find-links {layout.wheels} {reqs} "
-                f"> {target}/pip.log 2>&1 || {{ cat {target}/pip.log >&2; exit 1; }}; "
+                f"{pip} {reqs} > {target}/pip.log 2>&1 || {{ cat {target}/pip.log >&2; exit 1; }}; "
+                # edgetune itself always into the venv, even when the board's site has one
+                f"{pip} --no-deps --ignore-installed {shlex.quote(requirements[0])} "
+                f">> {target}/pip.log 2>&1 || {{ cat {target}/pip.log >&2; exit 1; }}; "
                 f"{venv}/bin/edgetune-agent --version > {target}/ok",
                 timeout_s=1800)
         except RemoteError as exc:
@@ -337,6 +340,9 @@ class BoardDeploy:
         s = self.settings
         ssh = s.ssh
         deploy = {"ssh": str(ssh.spec), "prefix": facts.prefix, "listen": s.listen,
+                  "python": s.python if s.python != "python3" else "",
+                  "wheelhouse": str(s.wheelhouse.resolve()) if s.wheelhouse else "",
+                  "onnxruntime": s.onnxruntime if s.onnxruntime != "auto" else "",
                   "identity": str(ssh.explicit_identity.expanduser().resolve())
                   if ssh.explicit_identity else "",
                   "known_hosts": str(ssh.known_hosts.resolve()) if ssh.known_hosts else "",
@@ -354,10 +360,11 @@ def default_prefix_for(session: SshSession) -> str:
 
 # ------------------------------------------------------------------------ the other actions
 
-def connect_and_probe(ssh: SshSettings, prefix: Optional[str], say: Say) -> tuple:
+def connect_and_probe(ssh: SshSettings, prefix: Optional[str], say: Say,
+                      python: str = "python3") -> tuple:
     session = SshSession.connect(ssh, tell=say)
     try:
-        facts = probe(session, prefix or default_prefix_for(session))
+        facts = probe(session, prefix or default_prefix_for(session), python)
     except BaseException:
         session.close()
         raise
@@ -372,35 +379,41 @@ def service_for(session: SshSession, facts: BoardFacts) -> Service:
                    user=str(state.get("service_user") or facts.user))
 
 
-def status(name: str, ssh: SshSettings, prefix: Optional[str], address: str,
-           identity: Any, say: Say) -> Dict[str, Any]:
-    session, facts = connect_and_probe(ssh, prefix, say)
+def status(settings: DeploySettings, identity: Any, say: Say) -> Dict[str, Any]:
+    """What is installed and whether it serves (nothing changes on the board)."""
+    address = agent_address(settings)
+    session, facts = connect_and_probe(settings.ssh, settings.prefix, say, settings.python)
     with session:
         state = facts.state or {}
         health = check_once(address, identity, 5.0) if state else "not installed"
-        return {"device": name, "ssh": ssh.label, "prefix": facts.prefix,
+        return {"device": settings.name, "ssh": settings.ssh.label, "prefix": facts.prefix,
                 "installed": state.get("version"), "vid": state.get("vid"),
                 "previous": state.get("previous"), "mode": state.get("mode"),
                 "running": facts.service_active, "health": health, "address": address,
                 "board": facts.describe()}
 
 
-def logs(ssh: SshSettings, prefix: Optional[str], lines: int, say: Say) -> List[str]:
-    session, facts = connect_and_probe(ssh, prefix, say)
+def logs(settings: DeploySettings, lines: int, say: Say) -> List[str]:
+    session, facts = connect_and_probe(settings.ssh, settings.prefix, say, settings.python)
     with session:
         if not facts.state:
-            raise BadInputError(f"no edgetune install under {facts.prefix} on {ssh.label}")
+            raise BadInputError(f"no edgetune install under {facts.prefix} on "
+                                f"{settings.ssh.label}")
         return list(service_for(session, facts).log_tail(lines) or [])
 
 
-def remove(ssh: SshSettings, prefix: Optional[str], purge: bool, say: Say) -> Dict[str, Any]:
-    session, facts = connect_and_probe(ssh, prefix, say)
+def remove(settings: DeploySettings, purge: bool, say: Say) -> Dict[str, Any]:
+    """Stop and disable the agent, remove the install; the store and certificates only with
+    ``purge`` (then the whole prefix)."""
+    session, facts = connect_and_probe(settings.ssh, settings.prefix, say, settings.python)
     with session:
-        if not facts.state:
-            raise BadInputError(f"no edgetune install under {facts.prefix} on {ssh.label}")
+        layout = Layout(check_prefix(facts.prefix, settings.ssh.label))
+        leftovers = session.run(f"test -e {layout.prefix}", check=False).status == 0
+        if not facts.state and not (purge and leftovers):
+            raise BadInputError(f"no edgetune install under {facts.prefix} on "
+                                f"{settings.ssh.label}")
         service = service_for(session, facts)
         service.disable()
-        layout = service.layout
         if purge:
             session.run(f"rm -rf -- {layout.prefix}")
             removed = [layout.prefix]
