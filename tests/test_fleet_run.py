@@ -439,3 +439,27 @@ def test_an_agent_restarted_mid_run_is_retried_or_named(fleet: Fleet, capsys: An
         assert r.code == 12, r.err                  # none succeeded
         assert row["state"] == "failed" and row["job_id"] == seen["job"]
         assert row["error"].startswith("agent restarted mid-run: job " + seen["job"])
+
+
+def test_a_selection_on_reported_attributes_and_no_record(fleet: Fleet, capsys: Any) -> None:
+    import platform
+
+    from edgetune.host.fleet.runbook import RunBook
+
+    with ResultsStore.open(fleet.db) as store:
+        runs_before = len(RunBook(store).runs(None))
+        records_before = store.count()
+    r = fleet.cli(capsys, "bench", str(DIGITS_MODEL), "--devices",
+                  f"arch={platform.machine()}+tag:good", "--shape", ONE_DIGIT,
+                  "--iterations", "20", "--timeout", "4", "--no-record", "--json")
+    assert r.code == 0, r.err
+    rows = r.json["rows"]
+    assert [row["device"] for row in rows] == list(GOOD)          # asked the boards' arch
+    assert all(row["state"] == "done" and row["result_id"] is None for row in rows)
+    assert all(row["latency_ms"] > 0 for row in rows) and r.json["summary"][0]["boards"] == 3
+    with ResultsStore.open(fleet.db) as store:                    # nothing kept
+        assert len(RunBook(store).runs(None)) == runs_before
+        assert store.count() == records_before
+    resume = fleet.cli(capsys, "bench", str(DIGITS_MODEL), "--resume", r.json["run"],
+                       "--no-record")
+    assert resume.code == 2 and "drop --no-record" in resume.err
