@@ -174,3 +174,10 @@ def test_upload_links() -> None:
     assert report["links"]["100mbit"]["weak_board"] is None
     for link in report["links"].values():
         assert all(v > 0 for v in link["mib_per_s"].values())
+
+
+def test_sample_int8_speed() -> None:
+    report = run_bench("sample_int8_speed.py", "--iters", "10", "--rounds", "2",
+                       checks=["FP32 p50 / INT8 p50 (1 thread)", "held-out samples lost"])
+    assert report["fp32_p50_ms"] > 0 and report["int8_p50_ms"] > 0
+    assert report["top1"]["samples"] == 450
