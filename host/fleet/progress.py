@@ -119,6 +119,30 @@ class LiveProgress(NoProgress):
             self.notes.append(text)
 
 
+class BoardView:
+    """The ``BoardSession`` progress view of one board: upload progress to the fleet's."""
+
+    def __init__(self, progress: Any, device: str) -> None:
+        self.progress = progress
+        self.device = device
+
+    def upload_callback(self, label: str, size: int) -> Any:
+        def update(done: int, total: int) -> None:
+            percent = f" {100 * done // total}%" if total else ""
+            self.progress.board(self.device, f"uploading {label}{percent}")
+        return update
+
+    def upload_done(self, label: str, outcome: Any) -> None:
+        self.progress.board(self.device, f"{label} on the board"
+                            if outcome.already_present else f"uploaded {label}")
+
+    def job_callback(self, label: str) -> Any:
+        return lambda event: None
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
 def auto(devices: Sequence[str], *, as_json: bool) -> NoProgress:
     """The live view when stdout is a terminal (and no --json), else the quiet lines."""
     if not as_json and sys.stdout.isatty():

@@ -121,30 +121,6 @@ class _Row:
                          error=self.error, kind=self.kind)
 
 
-class _BoardView:
-    """The ``BoardSession`` progress view of one board: upload progress to the fleet's."""
-
-    def __init__(self, progress: Any, device: str) -> None:
-        self.progress = progress
-        self.device = device
-
-    def upload_callback(self, label: str, size: int) -> Any:
-        def update(done: int, total: int) -> None:
-            percent = f" {100 * done // total}%" if total else ""
-            self.progress.board(self.device, f"uploading {label}{percent}")
-        return update
-
-    def upload_done(self, label: str, outcome: Any) -> None:
-        self.progress.board(self.device, f"{label} on the board"
-                            if outcome.already_present else f"uploaded {label}")
-
-    def job_callback(self, label: str) -> Any:
-        return lambda event: None
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
 class FleetRun:
     """One fleet run over ``devices`` (inventory ``Device``s). ``rows``: what a resumed run
     had (``RowState``s); rows that were done are kept, the others run again (a job still on
@@ -156,6 +132,7 @@ class FleetRun:
                  recorder: Any = None, quarantine: Any = None, progress: Any = None,
                  rows: Sequence[Any] = ()) -> None:
         from edgetune.host.fleet.progress import NoProgress
+        from edgetune.host.fleet.runbook import LockedRecorder
 
         self.run_id = run_id
         self.spec = spec
@@ -163,7 +140,7 @@ class FleetRun:
         self.identity = identity
         self.settings = settings
         self.book = book
-        self.recorder = _LockedRecorder(recorder) if recorder is not None else None
+        self.recorder = LockedRecorder(recorder) if recorder is not None else None
         self.quarantine = quarantine
         self.progress = progress or NoProgress()
         self.cancel = threading.Event()
@@ -271,11 +248,12 @@ class FleetRun:
     def _open(self, device: Any) -> Any:
         from edgetune.host.board import BoardSession
         from edgetune.host.client import AgentClient
+        from edgetune.host.fleet.progress import BoardView
 
         client = AgentClient(device.address, self.identity, server_name=device.server_name,
                              settings=self.settings.client_settings())
         session = BoardSession(client, device.name, recorder=self.recorder,
-                               view=_BoardView(self.progress, device.name))
+                               view=BoardView(self.progress, device.name))
         with self._lock:
             self._sessions[device.name] = session
         if self.cancel.is_set():            # Ctrl-C came while it opened
@@ -389,31 +367,6 @@ class FleetRun:
         except EdgetuneError as exc:
             log.warning("could not keep %s/%s in the results database: %s", row.device,
                         row.model.display, exc)
-
-
-class _LockedRecorder:
-    """A ``StoreRecorder`` shared by the boards' threads: one record written at a time."""
-
-    def __init__(self, recorder: Any) -> None:
-        self.inner = recorder
-        self._lock = threading.Lock()
-
-    def __call__(self, run: Any) -> None:
-        with self._lock:
-            self.inner(run)
-
-    def submitted(self, board: str, job_id: str) -> None:
-        with self._lock:
-            self.inner.submitted(board, job_id)
-
-    def ready(self) -> None:
-        ready = getattr(self.inner, "ready", None)
-        if ready is not None:
-            ready()
-
-    def result_id(self, run: Any) -> Optional[str]:
-        with self._lock:
-            return self.inner.result_id(run)
 
 
 def _close_quietly(session: Any) -> None:

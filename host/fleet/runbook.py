@@ -156,6 +156,31 @@ class RunBook:
         return out
 
 
+class LockedRecorder:
+    """A ``StoreRecorder`` shared by the boards' threads: one record written at a time."""
+
+    def __init__(self, recorder: Any) -> None:
+        self.inner = recorder
+        self._lock = threading.Lock()
+
+    def __call__(self, run: Any) -> None:
+        with self._lock:
+            self.inner(run)
+
+    def submitted(self, board: str, job_id: str) -> None:
+        with self._lock:
+            self.inner.submitted(board, job_id)
+
+    def ready(self) -> None:
+        ready = getattr(self.inner, "ready", None)
+        if ready is not None:
+            ready()
+
+    def result_id(self, run: Any) -> Optional[str]:
+        with self._lock:
+            return self.inner.result_id(run)
+
+
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
