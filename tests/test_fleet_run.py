@@ -298,8 +298,8 @@ def test_resume_reruns_only_the_failed_rows(fleet: Fleet, first_run: Dict[str, A
     with fleet.client("leased", fleet.other_pc) as other:
         assert other.release_lease()[0]
     jobs_before = {name: len(fleet.jobs(name)) for name in GOOD}
-    r = fleet.cli(capsys, "bench", str(first_run["model"]), *BENCH, "--label", "fleet-test",
-                  "--resume", run_id, "--json")
+    r = fleet.cli(capsys, "bench", str(first_run["model"]), *BENCH, "--resume", run_id,
+                  "--json")                              # the run's label need not be given
     assert r.code == 11, r.err                           # rogue, silent, closed still fail
     assert r.json["run"] == run_id
     rows = {row["device"]: row for row in r.json["rows"]}
@@ -314,8 +314,9 @@ def test_resume_reruns_only_the_failed_rows(fleet: Fleet, first_run: Dict[str, A
         assert client.get_job(first["victim"]["job_id"]).state.value == "interrupted"
     for name in ("rogue", "silent", "closed"):
         assert rows[name]["state"] == "failed"
-    assert sorted(r.device_name for r in fleet.records(run_id)) == \
-        sorted([*GOOD, "victim", "leased"])
+    records = fleet.records(run_id)
+    assert sorted(r.device_name for r in records) == sorted([*GOOD, "victim", "leased"])
+    assert {r.label for r in records} == {"fleet-test"}
     (summary,) = r.json["summary"]
     assert summary["boards"] == 5
 

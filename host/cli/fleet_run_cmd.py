@@ -15,6 +15,7 @@ boards; --resume re-attaches them).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -93,6 +94,10 @@ def run_fleet(args: argparse.Namespace, job_settings: Any) -> int:
         if args.resume is not None:
             run_id, devices, before, skipped = _resumed(args, spec, book, inventory, identity,
                                                         skip)
+            label = book.get(run_id).label          # the run's label, given again or not
+            spec = dataclasses.replace(spec, label=label)
+            if recorder is not None:
+                recorder.label = label
         else:
             from ulid import ULID
 
