@@ -24,7 +24,8 @@ import grpc
 import grpc.aio
 
 from edgetune.device.auth import peer_name
-from edgetune.device.errors import FailedPrecondition, InvalidArgument, StatusError
+from edgetune.device.errors import (Aborted, FailedPrecondition, InvalidArgument,
+                                    ResourceExhausted, StatusError)
 from edgetune.device.jobs import JobQueue
 from edgetune.device.leases import LeaseBook
 from edgetune.device.limits import Limits, validate_benchmark, validate_compare, validate_evaluate
@@ -33,8 +34,8 @@ from edgetune.protos import agent_pb2 as pb
 from edgetune.protos import agent_pb2_grpc
 from edgetune.protos.messages import (INCOMPATIBLE_METADATA, VERSION_METADATA, AgentInfo,
                                       BenchmarkResult, BenchmarkSpec, BlobKind, CompareResult,
-                                      CompareSpec, EvaluateSpec, Job, UnknownToThisVersion,
-                                      job_spec_from_pb2)
+                                      CompareSpec, EvaluateSpec, Job, JOB_KINDS,
+                                      UnknownToThisVersion, has_unknown_fields, job_spec_from_pb2)
 
 log = logging.getLogger("edgetune.agent.servicer")
 
@@ -205,8 +206,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                          context: Any) -> pb.UploadBlobResponse:
         store, _ = self._ready()
         messages = request_iterator.__aiter__()
+        idle_s = self.limits.upload_idle_timeout_s
         try:
-            first: Any = await messages.__anext__()
+            first: Any = await _next_or_idle(messages, idle_s)
         except StopAsyncIteration:
             first = None
         if not isinstance(first, pb.UploadBlobRequest) or first.WhichOneof("part") != "header":
@@ -224,27 +226,42 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         loop = asyncio.get_running_loop()
         thread = concurrent.futures.ThreadPoolExecutor(max_workers=1,
                                                        thread_name_prefix="edgetune-upload")
-        in_flight: Deque[asyncio.Future] = collections.deque()
+        in_flight: Deque[Tuple[asyncio.Future, int]] = collections.deque()
+        in_flight_bytes, max_in_flight = 0, self.limits.max_upload_in_flight_bytes
         # Each chunk carries its offset: the writer refuses one that does not follow what it
         # wrote, since cancelling queued writes below can skip a chunk while a later one runs.
         position = writer.committed
         try:
-            async for message in messages:
+            while True:
+                # A sender that stops sending (slowloris) is cut after upload_idle_timeout_s;
+                # what it sent is kept for a resume (the except clause below).
+                try:
+                    message = await _next_or_idle(messages, idle_s)
+                except StopAsyncIteration:
+                    break
                 if not isinstance(message, memoryview):     # see parse_upload_request
                     if message.WhichOneof("part") != "data":
                         raise InvalidArgument("only data chunks may follow the upload's header")
                     message = message.data
-                if len(in_flight) >= WRITES_IN_FLIGHT:
-                    await in_flight.popleft()
-                in_flight.append(loop.run_in_executor(thread, writer.write, message, position))
+                # Bounded memory per upload: at most WRITES_IN_FLIGHT chunks and
+                # max_upload_in_flight_bytes wait for the writer; then receiving waits (and
+                # HTTP/2 flow control holds the sender).
+                while in_flight and (len(in_flight) >= WRITES_IN_FLIGHT or
+                                     in_flight_bytes + len(message) > max_in_flight):
+                    done, size = in_flight.popleft()
+                    in_flight_bytes -= size
+                    await done
+                in_flight.append((loop.run_in_executor(thread, writer.write, message, position),
+                                  len(message)))
+                in_flight_bytes += len(message)
                 position += len(message)
             while in_flight:
-                await in_flight.popleft()
+                await in_flight.popleft()[0]
             info = await loop.run_in_executor(thread, writer.commit)
         except BaseException:
             # The caller went away or sent something wrong: drop the queued writes and keep
             # what is written for a resume (the same thread closes it after a running write).
-            for future in in_flight:
+            for future, _ in in_flight:
                 future.cancel()
             thread.submit(_close_quietly, writer)
             raise
@@ -297,6 +314,15 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         store, queue = self._ready()
         caller = peer_name(context)
         self.leases.check(caller, "submit jobs")
+        size = request.ByteSize()
+        if size > self.limits.max_job_spec_bytes:
+            raise ResourceExhausted(
+                f"the job spec takes {size} bytes, more than this agent's limit of "
+                f"{self.limits.max_job_spec_bytes} ([limits] max_job_spec_bytes in agent.toml)")
+        if request.spec.WhichOneof("kind") in JOB_KINDS and has_unknown_fields(request.spec):
+            # A newer host's options (say a field of SessionOptions this version lacks): run
+            # without them and the result would claim what was not done.
+            raise UnknownToThisVersion(f"options of a {request.spec.WhichOneof('kind')} job")
         try:
             spec = with_defaults(job_spec_from_pb2(request.spec))
         except UnknownToThisVersion:
@@ -447,6 +473,16 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         except Exception as exc:
             log.exception("WatchJob failed")
             await context.abort(grpc.StatusCode.INTERNAL, _internal(exc))
+
+
+async def _next_or_idle(messages: Any, idle_s: float) -> Any:
+    """The next message of an upload stream; Aborted when none came within ``idle_s``."""
+    try:
+        return await asyncio.wait_for(messages.__anext__(), idle_s)
+    except asyncio.TimeoutError:
+        raise Aborted(f"the upload sent nothing for {idle_s:g} s ([limits] upload_idle_timeout_s"
+                      " of the agent) and was closed; the bytes received are kept: resume "
+                      "the upload") from None
 
 
 def parse_upload_request(raw: bytes) -> Union[pb.UploadBlobRequest, memoryview]:
