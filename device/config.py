@@ -12,6 +12,7 @@ agent.toml (every key optional; flags override it; relative paths are relative t
     allowed_clients = ["laptop"]       # certificate names allowed to call; empty: any
     log_level = "info"
     sysfs_root = "/sys"                # where CPU frequency and thermal zones are read
+    allow_readable_key = false         # start although the key file is readable by others
 
     [limits]                           # see device.limits.Limits for every key
     max_model_mb = 512
@@ -44,7 +45,7 @@ DEFAULT_STORE = "edgetune-store"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _TOP_KEYS = ("listen", "ca", "cert", "key", "passphrase_file", "store", "ready_file",
-             "allowed_clients", "log_level", "limits", "sysfs_root")
+             "allowed_clients", "log_level", "limits", "sysfs_root", "allow_readable_key")
 _PATH_KEYS = ("ca", "cert", "key", "passphrase_file", "store", "ready_file", "sysfs_root")
 DEFAULT_SYSFS_ROOT = "/sys"
 _MIB = 1 << 20
@@ -75,6 +76,7 @@ class AgentConfig:
     limits: Limits = field(default_factory=Limits)
     log_level: str = "info"
     sysfs_root: Path = Path(DEFAULT_SYSFS_ROOT)  # class/thermal, devices/system/cpu below it
+    allow_readable_key: bool = False       # serve with a key file others may read (warned)
     source: Optional[Path] = None          # the agent.toml this came from, if any
 
     @property
@@ -96,7 +98,7 @@ class AgentConfig:
             "ready_file": str(self.ready_file) if self.ready_file else None,
             "allowed_clients": list(self.allowed_clients) or "any client certificate of the CA",
             "limits": dataclasses.asdict(self.limits), "log_level": self.log_level,
-            "sysfs_root": str(self.sysfs_root),
+            "sysfs_root": str(self.sysfs_root), "allow_readable_key": self.allow_readable_key,
         }
 
 
@@ -189,6 +191,10 @@ def build_config(config_file: Optional[Path] = None,
                     raise ConfigError(f"allowed_clients in {config_file} must be a list of "
                                       'certificate names, e.g. ["laptop"]')
                 values[key] = tuple(value)
+            elif key == "allow_readable_key":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"allow_readable_key in {config_file} must be true or false")
+                values[key] = value
             else:
                 if not isinstance(value, str):
                     raise ConfigError(f"{key} in {config_file} must be a string")
