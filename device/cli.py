@@ -93,6 +93,28 @@ def _config(args: argparse.Namespace) -> Any:
     return build_config(args.config, overrides)
 
 
+def check_key_file(config: Any) -> None:
+    """Refuse a private key file that other users may read or write (as OpenSSH refuses an
+    unprotected identity file): ConfigError, unless agent.toml says
+    ``allow_readable_key = true``, which logs a warning instead."""
+    import stat
+
+    from edgetune.device.config import ConfigError
+    try:
+        mode = stat.S_IMODE(os.stat(config.key).st_mode)
+    except OSError:
+        return                      # the identity loader says what is wrong with the path
+    if not mode & 0o077:
+        return
+    what = (f"the private key file {config.key} has mode {mode:04o}: other users of this board "
+            "can read it")
+    if config.allow_readable_key:
+        log.warning("%s; serving anyway (allow_readable_key = true in agent.toml)", what)
+        return
+    raise ConfigError(f"{what}; run `chmod 600 {config.key}` (or set allow_readable_key = true "
+                      "in agent.toml to serve anyway)")
+
+
 def load_identity(config: Any) -> Any:
     """Load CA, certificate and key with the one identity loader both sides use (the
     passphrase asked only if the key is encrypted); refuse a certificate that cannot serve
@@ -135,6 +157,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         _setup_logging(config.log_level)
         _drop_stale_ready_file(config.ready_file)
+        os.umask(0o077)             # what the agent creates is its own (device.safefs)
+    check_key_file(config)
     identity = load_identity(config)
     if args.command == "check":
         d = _describe(config, identity)

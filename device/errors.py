@@ -74,6 +74,12 @@ class DataLoss(StatusError):
     status = "DATA_LOSS"
 
 
+class Aborted(StatusError):
+    """The agent ended a call it could not keep open: an upload that stopped sending."""
+
+    status = "ABORTED"
+
+
 class Cancelled(StatusError):
     """A job was cancelled while it ran."""
 

@@ -1,7 +1,11 @@
 """The job queue's SQLite persistence: the ``jobs`` table in ``jobs.db``.
 
-- Every job is a row (WAL journal): id, kind, state, spec and result as JSON (the
-  ``edgetune.protos.messages`` dicts), label, the submitter's certificate name, times, error,
+- Every job is a row (WAL journal with ``synchronous=FULL``: a transaction that returned is
+  on disk, through a power cut too; NORMAL would keep it through a crash of the agent but
+  could lose the last ones on power loss, and a host must never be told of a job the board
+  then forgets). The file (and its -wal/-shm, which SQLite creates with the database's mode)
+  is 0600 and opened without following a symbolic link. Columns: id, kind, state, spec and
+  result as JSON (the ``edgetune.protos.messages`` dicts), label, the submitter's certificate name, times, error,
   and the agent's signature of a succeeded job (``signed``, JSON, bytes as base64). Results
   therefore survive a restart of the agent.
 - Columns added after the first release (``signed``) are added to an existing database with
@@ -18,11 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from edgetune.device.safefs import make_private, open_fd
 from edgetune.protos.messages import Job, JobState
 
 log = logging.getLogger("edgetune.agent.jobdb")
@@ -58,10 +64,15 @@ class JobDatabase:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Created 0600 before SQLite opens it (a link planted there is refused): SQLite gives
+        # the -wal and -shm files the database file's mode.
+        os.close(open_fd(self.path, os.O_RDWR | os.O_CREAT))
+        for suffix in ("", "-wal", "-shm"):
+            make_private(str(self.path) + suffix)
         self._conn = sqlite3.connect(str(self.path), isolation_level=None,
                                      check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
         self._add_columns()
 

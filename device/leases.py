@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from edgetune.device.errors import FailedPrecondition, InvalidArgument
+from edgetune.device.safefs import open_file
 from edgetune.protos.leases import LEASE_EXPIRES_METADATA, LEASE_HOLDER_METADATA, Lease
 
 log = logging.getLogger("edgetune.agent.leases")
@@ -226,7 +227,7 @@ class LeaseBook:
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as f:
+            with open_file(tmp, "w") as f:      # 0600, never through a symbolic link
                 json.dump(data, f)
                 f.flush()
                 os.fsync(f.fileno())
@@ -238,7 +239,7 @@ class LeaseBook:
 
     def _load(self, path: Path) -> None:
         try:
-            with open(path, encoding="utf-8") as f:
+            with open_file(path, "r") as f:
                 data = json.load(f)
         except FileNotFoundError:
             return

@@ -48,6 +48,12 @@ class Limits:
     max_threads: int = 256
     min_lease_ttl_s: float = 5.0            # the shortest lease a host may ask (device.leases)
     max_lease_ttl_s: float = 3600.0         # the longest: a dead host's lease ends by then
+    # Connections and streams (device.streams, the upload loop in device.servicer):
+    max_streams_per_client: int = 64       # calls open at once per certificate name
+    max_streams_total: int = 256           # calls open at once from everyone
+    upload_idle_timeout_s: float = 60.0    # an upload that sends nothing this long is closed
+    max_upload_in_flight_bytes: int = 16 << 20  # received, not yet written, per upload
+    max_job_spec_bytes: int = 64 << 10     # a SubmitJob request, as serialized
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

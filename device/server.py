@@ -45,6 +45,7 @@ from edgetune.device.leases import FILE_NAME as LEASES_FILE
 from edgetune.device.leases import LeaseBook
 from edgetune.device.servicer import SERVICE_NAME, AgentServicer, add_to_server
 from edgetune.device.store import BlobStore
+from edgetune.device.streams import StreamLimiter
 
 log = logging.getLogger("edgetune.agent.server")
 
@@ -57,6 +58,7 @@ SERVER_OPTIONS = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),  # clients may ping every 10 s
     ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.server_handshake_timeout_ms", 20_000),      # a TCP peer that never finishes TLS
 )
 SERVICE_NAMES = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
 
@@ -76,9 +78,14 @@ def board_info() -> Dict[str, Any]:
     import dataclasses
 
     from edgetune.device import sysinfo
+    from edgetune.device import providers
+    from edgetune.protos.messages import FEATURES
     info = dataclasses.asdict(sysinfo.system_info())
     info["available_providers"] = tuple(info["available_providers"])
     info["agent_version"] = agent_version()
+    info["features"] = FEATURES
+    info["onnxruntime_distribution"] = providers.onnxruntime_distribution()
+    info["onnxruntime_build_info"] = providers.build_info()
     return info
 
 
@@ -167,8 +174,10 @@ class AgentServer:
         if config.ready_file is not None:
             remove_stale_ready_file(config.ready_file)
         self._health = health.aio.HealthServicer()      # made on the loop it will serve
-        server = grpc.aio.server(interceptors=[AuthInterceptor(config.allowed_clients)],
-                                 options=list(SERVER_OPTIONS))
+        limits = config.limits
+        interceptors = [AuthInterceptor(config.allowed_clients),
+                        StreamLimiter(limits.max_streams_per_client, limits.max_streams_total)]
+        server = grpc.aio.server(interceptors=interceptors, options=list(SERVER_OPTIONS))
         add_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         for name in ("", SERVICE_NAME):
@@ -224,8 +233,11 @@ class AgentServer:
         self.store, self.queue = store, queue
         refresh = self._refresh
 
+        from edgetune.device.providers import ProviderChecks
+        checks = ProviderChecks().start()     # once, beside serving: GetInfo never waits
+
         def system_info() -> Dict[str, Any]:
-            return dict(info, **refresh())
+            return dict(info, **refresh(), provider_checks=checks.results())
 
         limits = config.limits
         leases = await loop.run_in_executor(

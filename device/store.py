@@ -48,6 +48,8 @@ from typing import List, Optional, Set, Tuple, Union
 
 from edgetune.device.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from edgetune.device.limits import SHA256_RE, Limits, check_sha256
+from edgetune.device.safefs import (check_private_dir, is_regular, make_private, open_file,
+                                    regular_stat)
 # UploadWriter and its constants live in device.upload; importable from here as before.
 from edgetune.device.upload import (HASH_READ_BYTES, SYNC_EVERY_BYTES, VALIDATORS,  # noqa: F401
                            UploadWriter, check_upload_id, upload_key)
@@ -103,7 +105,7 @@ def _fsync_dir(path: Path) -> None:
 
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open_file(tmp, "w") as f:
         json.dump(data, f)
         f.flush()
         os.fsync(f.fileno())
@@ -112,7 +114,7 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 def _read_json(path: Path) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_file(path, "r") as f:
             data = json.load(f)
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
@@ -135,9 +137,20 @@ class BlobStore:
         self.limits = limits
         self._lock = threading.Lock()
         self._uploading: Set[Tuple[BlobKind, str]] = set()
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        check_private_dir(self.root)            # 0700, not a symbolic link (device.safefs)
         for folder in (*FOLDER.values(), "partial"):
-            (self.root / folder).mkdir(parents=True, exist_ok=True)
+            check_private_dir(self.root / folder)
+        self._make_files_private()
         self.cleanup_stale(stale_partial_days)
+
+    def _make_files_private(self) -> None:
+        """chmod 0600 what an older agent left with the umask's mode."""
+        for folder in (*FOLDER.values(), "partial"):
+            for entry in (self.root / folder).iterdir():
+                make_private(entry)
+        for entry in self.root.iterdir():
+            make_private(entry)     # jobs.db and its -wal/-shm, leases.json
 
     # ------------------------------------------------------------------ paths
     def _blob_path(self, kind: BlobKind, sha256: str) -> Path:
@@ -168,14 +181,14 @@ class BlobStore:
             check_sha256(sha256)
             blob = self._blob_path(kind, sha256)
             try:
-                return UploadState.COMPLETE, blob.stat().st_size
+                return UploadState.COMPLETE, regular_stat(blob).st_size
             except FileNotFoundError:
                 pass
         return self._partial_state(kind, upload_key(sha256, upload_id), size)
 
     def _partial_state(self, kind: BlobKind, key: str, size: int) -> Tuple[UploadState, int]:
         try:
-            committed = self._part_path(kind, key).stat().st_size
+            committed = regular_stat(self._part_path(kind, key)).st_size
         except FileNotFoundError:
             return UploadState.ABSENT, 0
         announced = _read_json(self._part_meta_path(kind, key)).get("size")
@@ -189,7 +202,7 @@ class BlobStore:
         kind = _kind(kind)
         check_sha256(sha256, f"{kind.value} sha256")
         blob = self._blob_path(kind, sha256)
-        if not blob.is_file():
+        if not is_regular(blob):           # a planted symbolic link is not a blob
             raise NotFound(f"{kind.value} {sha256} is not stored on this board; {UPLOAD_HINT[kind]}")
         return blob
 
@@ -206,7 +219,7 @@ class BlobStore:
             return None
 
     def _info_from_disk(self, kind: BlobKind, sha256: str, blob: Path) -> BlobInfo:
-        st = blob.stat()
+        st = regular_stat(blob)
         meta = _read_json(self._meta_path(kind, sha256))
         created = meta.get("created_unix")
         return BlobInfo(kind=kind, sha256=sha256, size_bytes=st.st_size,
@@ -239,14 +252,14 @@ class BlobStore:
             n = 0
             for blob in (self.root / FOLDER[k]).glob("*" + SUFFIX[k]):
                 try:
-                    used += blob.stat().st_size
+                    used += regular_stat(blob).st_size
                     n += 1
                 except FileNotFoundError:
                     pass
             counts[k] = n
         for part in (self.root / "partial").glob("*.part"):
             try:
-                used += part.stat().st_size
+                used += regular_stat(part).st_size
             except FileNotFoundError:
                 pass
         return used, counts[BlobKind.MODEL], counts[BlobKind.DATASET]

@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, Optional, Protocol
 from edgetune.device.errors import (DataLoss, FailedPrecondition, InvalidArgument,
                                     ResourceExhausted, StatusError)
 from edgetune.device.limits import Limits, check_hex
+from edgetune.device.safefs import open_file, regular_stat
 from edgetune.protos.messages import BlobInfo, BlobKind
 
 log = logging.getLogger("edgetune.agent.upload")
@@ -193,9 +194,9 @@ class UploadWriter:
     def _open(self, offset: int) -> None:
         part = self._store._part_path(self.kind, self.key)
         if offset == 0:
-            f = open(part, "wb", buffering=0)
+            f = open_file(part, "wb", buffering=0)      # 0600, never through a link
         else:
-            f = open(part, "r+b", buffering=0)
+            f = open_file(part, "r+b", buffering=0)
             try:
                 remaining = offset
                 while remaining:
@@ -339,7 +340,7 @@ class UploadWriter:
         store, key = self._store, self.key
         try:
             self._close_file()
-            stored_size = store._part_path(self.kind, key).stat().st_size
+            stored_size = regular_stat(store._part_path(self.kind, key)).st_size
             if stored_size != self.size:      # never name bytes the hash did not see
                 store._drop_partial(self.kind, key)
                 raise DataLoss(f"the partial file holds {stored_size} bytes where {self.size} "
