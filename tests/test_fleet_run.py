@@ -344,6 +344,9 @@ def test_ctrl_c_leaves_the_jobs_on_the_boards_and_resume_reattaches(
                     submitted = {r.device: r.job_id for r in book.rows(run_id)
                                  if r.state == "submitted"}
         assert len(submitted) == 2, "the jobs were never submitted"
+        for name in ("good0", "good1"):             # fleet bench leases its boards
+            with fleet.client(name) as client:
+                assert client.info().lease_holder == fleet.pki.host.name
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)
     finally:
