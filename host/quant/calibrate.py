@@ -43,8 +43,7 @@ from edgetune.host.quant.histograms import (
     percentile_range,
     signed_histogram,
 )
-from edgetune.host.quant.entropy import (ORT_QUANTIZED_BINS, entropy_one_sided, entropy_two_sided,
-                                         is_one_sided, quant_levels)
+from edgetune.host.quant.entropy import entropy_fixed, is_one_sided, quantized_bins
 from edgetune.host.quant.prepare import FLOAT_TYPES, PreparedModel, effective_op_types
 from edgetune.host.quant.settings import ENTROPY_COMPAT, METHODS, QuantizeSettings
 
@@ -318,29 +317,6 @@ def _act_levels(settings: QuantizeSettings) -> int:
     return int(qmax) - int(qmin)
 
 
-def quantized_bins(settings: QuantizeSettings) -> int:
-    """Entropy's cells per window: the flag, else 255 (``ort``) or the activation type's
-    levels (``edgetune``: 256 for 8 bits, 255 symmetric int8, 65536 for int16)."""
-    if settings.quantized_bins:
-        return settings.quantized_bins
-    if settings.entropy_compat == "ort":
-        return ORT_QUANTIZED_BINS
-    return quant_levels(settings.act_type, settings.symmetric_act)
-
-
-def _entropy_fixed(name: str, state: RangeState, one_sided_h: Dict[str, HistogramState],
-                   signed_h: Dict[str, HistogramState], settings: QuantizeSettings) -> Range:
-    levels = quantized_bins(settings)
-    lo, hi = float(state.min), float(state.max)
-    if name in one_sided_h:
-        h = one_sided_h[name]
-        hist, edges = h.finish()
-        return entropy_one_sided(hist, edges, h.zeros, lo, hi, levels, settings.symmetric_act)
-    h = signed_h[name]
-    hist, edges = h.finish()
-    return entropy_two_sided(hist, edges, h.zeros, lo, hi, levels, settings.symmetric_act)
-
-
 def _calibrate_histograms(model, model_path: Path, workdir: Path, data,
                           settings: QuantizeSettings, tensors: Sequence[str],
                           labels: Sequence[str], progress: Optional[Progress]):
@@ -399,7 +375,7 @@ def _calibrate_histograms(model, model_path: Path, workdir: Path, data,
                 hist, edges = signed_h[name].finish()
                 lo, hi = entropy_range(hist, edges, state, quantized_bins(settings))
             elif method == "entropy":
-                lo, hi = _entropy_fixed(name, state, one_sided_h, signed_h, settings)
+                lo, hi = entropy_fixed(state, one_sided_h.get(name), signed_h[name], settings)
             elif method == "distribution":
                 hist, edges = signed_h[name].finish()
                 lo, hi = distribution_range(hist, edges)

@@ -32,9 +32,13 @@ with the least KL(p || q) wins (the widest on ties).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Any, Optional, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only
+    from edgetune.host.quant.histograms import HistogramState, RangeState
+    from edgetune.host.quant.settings import QuantizeSettings
 
 ORT_QUANTIZED_BINS = 255           # onnxruntime's num_quantized_bins as edgetune used it
 _FLOOR = 1e-9                      # q's floor where p has mass q cannot represent
@@ -157,3 +161,25 @@ def entropy_two_sided(hist: np.ndarray, edges: np.ndarray, zeros: int, lo: float
     if best is None:
         return lo, hi
     return max(lo, float(edges[int(starts[best])])), min(hi, float(edges[int(ends[best])]))
+
+
+def quantized_bins(settings: "QuantizeSettings") -> int:
+    """Entropy's cells per window: the flag, else 255 (``ort``) or the activation type's
+    levels (``edgetune``: 256 for 8 bits, 255 symmetric int8, 65536 for int16)."""
+    if settings.quantized_bins:
+        return settings.quantized_bins
+    if settings.entropy_compat == "ort":
+        return ORT_QUANTIZED_BINS
+    return quant_levels(settings.act_type, settings.symmetric_act)
+
+
+def entropy_fixed(state: "RangeState", one_sided: Optional["HistogramState"],
+                  signed: "HistogramState", settings: "QuantizeSettings") -> Tuple[Any, Any]:
+    """One tensor's range by this module's search: from its one-sided histogram when it has
+    one (data all >= 0 or all <= 0), else from its signed histogram (zeros counted)."""
+    levels = quantized_bins(settings)
+    lo, hi = float(state.min), float(state.max)
+    h = one_sided if one_sided is not None else signed
+    hist, edges = h.finish()
+    search = entropy_one_sided if one_sided is not None else entropy_two_sided
+    return search(hist, edges, h.zeros, lo, hi, levels, settings.symmetric_act)
