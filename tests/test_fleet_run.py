@@ -467,3 +467,15 @@ def test_a_selection_on_reported_attributes_and_no_record(fleet: Fleet, capsys: 
     resume = fleet.cli(capsys, "bench", str(DIGITS_MODEL), "--resume", r.json["run"],
                        "--no-record")
     assert resume.code == 2 and "drop --no-record" in resume.err
+
+
+def test_a_job_that_fails_on_its_board_fails_its_row_without_retries(fleet: Fleet,
+                                                                    capsys: Any) -> None:
+    jobs_before = len(fleet.jobs("good0"))
+    r = fleet.cli(capsys, "bench", str(DIGITS_MODEL), "--devices", "good0", "--shape",
+                  "input=1x1x9x9", "--iterations", "5", "--no-lease", "--json")
+    assert r.code == 12, r.err                       # none succeeded
+    (row,) = r.json["rows"]
+    assert row["state"] == "failed" and row["error"].startswith("job failed: ")
+    assert "input=1x1x9x9" in row["error"] and row["job_id"]
+    assert len(fleet.jobs("good0")) == jobs_before + 1       # a failed job is not retried
