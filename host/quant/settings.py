@@ -84,6 +84,9 @@ class QuantizeSettings:
                                                        # act type's levels (255 with "ort")
     entropy_compat: str = "edgetune"                   # "ort": onnxruntime's exact KL search
     per_channel: bool = True
+    per_channel_ops: Tuple[str, ...] = ()              # per-channel weights for these op kinds
+                                                       # only ("Conv", "Conv/depthwise", "Gemm",
+                                                       # "MatMul"; AIPU ops_per_channel)
     act_type: str = "uint8"                            # one of ACT_TYPES
     weight_type: str = "int8"                          # one of WEIGHT_TYPES
     symmetric_act: bool = False
