@@ -191,6 +191,8 @@ def _build_overrides(model, resolved: ResolvedOverrides, settings: QuantizeSetti
                      ranges: Ranges) -> Dict[str, list]:
     overrides = int16_overrides(model, resolved.int16_nodes, settings.act_type,
                                 settings.symmetric_act, settings.per_channel)
+    for weight, axis in per_channel_weights(model, settings.per_channel_ops).items():
+        overrides.setdefault(weight, [{"axis": axis}])
     for tensor, entries in overrides.items():
         if not entries:
             continue
@@ -208,6 +210,35 @@ def _build_overrides(model, resolved: ResolvedOverrides, settings: QuantizeSetti
             convert["rmin"] = np.float32(lo)
             convert["rmax"] = np.float32(hi)
     return overrides
+
+
+def per_channel_weights(model, kinds: Tuple[str, ...]) -> Dict[str, int]:
+    """weight initializer -> channel axis, for the nodes of ``kinds`` ("Conv",
+    "Conv/depthwise": a Conv with group == its output channels, "ConvTranspose", "Gemm",
+    "MatMul"): per-channel scales for those only (``QuantizeSettings.per_channel_ops``)."""
+    if not kinds:
+        return {}
+    inits = {i.name: i for i in model.graph.initializer}
+    out: Dict[str, int] = {}
+    for node in model.graph.node:
+        if len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        weight = inits[node.input[1]]
+        attrs = {a.name: a for a in node.attribute}
+        group = attrs["group"].i if "group" in attrs else 1
+        depthwise = node.op_type == "Conv" and group > 1 and group == weight.dims[0]
+        kind = "Conv/depthwise" if depthwise else node.op_type
+        if kind not in kinds and not (node.op_type == "Conv" and "Conv" in kinds):
+            continue
+        if node.op_type == "Conv":
+            out[weight.name] = 0
+        elif node.op_type == "ConvTranspose":
+            out[weight.name] = 1
+        elif node.op_type == "Gemm":
+            out[weight.name] = 0 if "transB" in attrs and attrs["transB"].i else 1
+        elif node.op_type == "MatMul":
+            out[weight.name] = len(weight.dims) - 1
+    return out
 
 
 def _run_quantizer(model, settings: QuantizeSettings, tensors_data, exclude, overrides,
