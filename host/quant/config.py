@@ -6,7 +6,9 @@ Three formats, chosen by extension and content:
 - SpacemiT XQuant JSON (``.json`` with ``model_parameters``), accepted as is (``xquant.py``);
 - a VeriSilicon Pegasus hybrid list (``.quantize`` or any text with
   ``customized_quantize_layers:``): its ``dynamic_fixed_point-i16`` layers become int16
-  overrides once resolved against the model (``resolve_pegasus_layers``).
+  overrides once resolved against the model (``resolve_pegasus_layers``);
+- a Zhouyi AIPU builder config (``.cfg`` INI with ``[Parser]``/``[AutoQuantizationTool]``),
+  read by ``aipu.py``.
 
 Paths in a config file are relative to the config file's folder. A key we do not support is
 an error that names it, never silently ignored.
@@ -122,13 +124,22 @@ def load_config(path: Union[str, Path]) -> ConfigLayer:
             raise BadInputError(f"config file {path} is not valid JSON: {exc}") from None
         from edgetune.host.quant.xquant import from_xquant
         return from_xquant(data, path)
+    if suffix == ".cfg" or (suffix not in (".toml", ".quantize") and _looks_like_aipu(text)):
+        from edgetune.host.quant.aipu import from_aipu
+        return from_aipu(text, path)
     if suffix == ".quantize" or "customized_quantize_layers:" in text:
         layers, notes = parse_pegasus(text, path)
         return ConfigLayer({"notes": tuple(notes)} if notes else {}, path=path,
                            format="pegasus", pegasus_layers=layers)
     raise BadInputError(
         f"config file {path}: unknown format",
-        hint="use .toml (edgetune), .json (XQuant style) or a Pegasus .quantize hybrid list")
+        hint="use .toml (edgetune), .json (XQuant style), a Pegasus .quantize hybrid list or "
+             "an AIPU builder .cfg")
+
+
+def _looks_like_aipu(text: str) -> bool:
+    from edgetune.host.quant.aipu import looks_like_aipu
+    return looks_like_aipu(text)
 
 
 # --- TOML ----------------------------------------------------------------------------------
