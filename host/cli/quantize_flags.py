@@ -255,6 +255,9 @@ def _fallback(args: argparse.Namespace, layer: Any) -> Optional[FallbackSettings
         if given.get("eval") is not None:
             raise UsageError("--eval without --max-drop", hint="add --max-drop X (e.g. 0.01)")
         return None
+    if given.get("eval") is None and layer is not None and layer.format == "aipu":
+        from edgetune.host.quant.aipu import labelled_eval    # calibration_data + _label
+        given["eval"] = labelled_eval(layer, Path(args.output or layer["output"]))
     if given.get("eval") is None:
         raise UsageError("--max-drop needs an evaluation set",
                          hint="give --eval D.npz (inputs named like the model's, optional labels)")
