@@ -49,7 +49,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--output", type=Path, metavar="OUT.onnx",
                    help="quantized model path (default: MODEL's folder, <name>.q.onnx)")
     p.add_argument("--config", type=Path, metavar="FILE",
-                   help="edgetune TOML, XQuant-style JSON or a Pegasus .quantize hybrid list; "
+                   help="edgetune TOML, XQuant-style JSON, a Pegasus .quantize hybrid list or an "
+                        "AIPU builder .cfg; "
                         "flags given beside it win")
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
@@ -144,8 +145,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, settings: QuantizeSettings,
          fallback: Optional[FallbackSettings], layer: Any, store: Any) -> int:
     output = Path(settings.output)
-    if layer is not None and layer.format == "xquant":
-        output.parent.mkdir(parents=True, exist_ok=True)     # XQuant creates its working_dir
+    if layer is not None and layer.format in ("xquant", "aipu"):
+        output.parent.mkdir(parents=True, exist_ok=True)     # as XQuant's working_dir and
+                                                             # the AIPU builder's output_dir
     from edgetune.host.quant.pipeline import validate_settings
     validate_settings(settings)          # the output checks too, before any data is read
     from edgetune.host.quant.calibdata import CalibrationData, load_calibration, load_npz_feeds
