@@ -479,3 +479,14 @@ def test_a_job_that_fails_on_its_board_fails_its_row_without_retries(fleet: Flee
     assert row["state"] == "failed" and row["error"].startswith("job failed: ")
     assert "input=1x1x9x9" in row["error"] and row["job_id"]
     assert len(fleet.jobs("good0")) == jobs_before + 1       # a failed job is not retried
+
+
+def test_a_model_missing_on_a_board_fails_only_its_row(fleet: Fleet, capsys: Any) -> None:
+    missing = "e" * 64                               # a model no board holds
+    r = fleet.cli(capsys, "bench", str(DIGITS_MODEL), missing, "--devices", "good1",
+                  "--shape", ONE_DIGIT, "--iterations", "5", "--no-lease", "--json")
+    assert r.code == 11, r.err
+    rows = {row["model"]: row for row in r.json["rows"]}
+    assert rows["digits_cnn.onnx"]["state"] == "done"
+    assert rows[missing[:12]]["state"] == "failed"
+    assert rows[missing[:12]]["error"].startswith("job refused: ")

@@ -32,8 +32,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from edgetune.host.errors import (AuthError, EdgetuneError, LeaseHeldError, NotFoundError,
-                                  TimeoutError_, UnreachableError)
+from edgetune.host.errors import (AuthError, BadInputError, EdgetuneError, LeaseHeldError,
+                                  NotFoundError, TimeoutError_, UnreachableError)
 from edgetune.host.fleet import runbook as rb
 from edgetune.host.fleet.runspec import FileRef, FleetRunSpec, unique
 from edgetune.host.fleet.summary import RowResult, board_kind, row_values
@@ -296,7 +296,11 @@ class FleetRun:
                     continue
                 row.job_id = None
             label = self.spec.label or row.model.display
-            job, position = session.submit(self.spec.job_spec(row.model), label)
+            try:
+                job, position = session.submit(self.spec.job_spec(row.model), label)
+            except (NotFoundError, BadInputError) as exc:   # this job's input: only its row
+                self._finish(row, rb.FAILED, f"job refused: {exc.message}")
+                continue
             row.job_id = job.id
             row.state = rb.SUBMITTED
             self._note(row, state=rb.SUBMITTED, job_id=job.id)
