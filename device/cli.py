@@ -173,10 +173,8 @@ def _run(args: argparse.Namespace) -> int:
                     print(f"  {key}: {value}")
             print(f"  certificate: {d['identity']}")
         return ExitStatus.OK
-    from edgetune.device.allocator import keep_upload_buffers_in_heap
     from edgetune.device.server import describe_platform, serve
     log.info("edgetune-agent %s on %s", _version(), describe_platform())
-    keep_upload_buffers_in_heap()   # before the server allocates: 2 MiB upload buffers reused
     asyncio.run(serve(config, identity))
     return ExitStatus.OK
 
