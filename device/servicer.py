@@ -258,12 +258,14 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             while in_flight:
                 await in_flight.popleft()[0]
             info = await loop.run_in_executor(thread, writer.commit)
-        except BaseException:
+        except BaseException as exc:
             # The caller went away or sent something wrong: drop the queued writes and keep
             # what is written for a resume (the same thread closes it after a running write).
             for future, _ in in_flight:
                 future.cancel()
-            thread.submit(_close_quietly, writer)
+            closing = thread.submit(_close_quietly, writer)
+            if isinstance(exc, Aborted):    # idle: closed before saying so, a resume may follow
+                await asyncio.wrap_future(closing)
             raise
         finally:
             thread.shutdown(wait=False)
