@@ -4,7 +4,7 @@ It is sent over SSH on stdin every time (nothing of it stays on the board), runs
 own Python (3.9 or newer, standard library only, no edgetune import) and prints one JSON
 document on stdout. Commands:
 
-    probe PREFIX                 what the board is (arch, OS, libc, Python, venv, disk, systemd,
+    probe PREFIX [skip-ort]      what the board is (arch, OS, libc, Python, venv, disk, systemd,
                                  root/sudo, its onnxruntime, an existing install under PREFIX)
     sha256 FILE...               {"FILE": [size, sha256 | null]} (null: missing); ``FILE.part``
                                  files report the hash of what is there, for a resumed upload
@@ -101,9 +101,21 @@ def _state(prefix):
         return {"unreadable": True}
 
 
-def probe(prefix):
+def _libc():
+    """("glibc", "2.31"): asked of the C library itself (platform.libc_ver() reads through the
+    whole Python binary, which costs a slow board a good part of a second)."""
+    try:
+        name, _, version = os.confstr("CS_GNU_LIBC_VERSION").partition(" ")
+        if name == "glibc" and version:
+            return name, version
+    except (AttributeError, ValueError, OSError):
+        pass
+    return platform.libc_ver()
+
+
+def probe(prefix, onnxruntime="ask"):
     prefix = os.path.expanduser(prefix)
-    libc, libc_version = platform.libc_ver()
+    libc, libc_version = _libc()
     state = _state(prefix)
     pki = os.path.join(prefix, "etc", "pki")
     systemd = os.path.isdir("/run/systemd/system") and bool(shutil.which("systemctl"))
@@ -129,7 +141,7 @@ def probe(prefix):
         "state": state,
         "ca_pem": _read(os.path.join(pki, "ca-cert.pem")),
         "cert_pem": _read(os.path.join(pki, "agent-cert.pem")),
-        "onnxruntime": _board_onnxruntime(),
+        "onnxruntime": _board_onnxruntime() if onnxruntime == "ask" else None,
     }
     if state and systemd:
         out["service_active"] = subprocess.run(
@@ -241,7 +253,7 @@ def tail(path, count):
 def main(argv):
     command, args = argv[0], argv[1:]
     if command == "probe":
-        out = probe(args[0])
+        out = probe(*args[:2])
     elif command == "sha256":
         out = sha256(args)
     elif command == "start":

@@ -5,11 +5,10 @@ may use it (root or passwordless sudo), and the onnxruntime its own Python impor
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from edgetune.host.deploy.ssh import SshSession
+from edgetune.host.deploy.ssh import MissingProgram, SshSession
 from edgetune.host.errors import BadInputError
 
 MIN_PYTHON = (3, 9)
@@ -121,14 +120,19 @@ def _version_pair(text: str) -> Tuple[int, int]:
         return 0, 0
 
 
-def probe(session: SshSession, prefix: str, python: str = "python3") -> BoardFacts:
-    """Ask the board; BadInputError when it cannot run the agent (the message says why)."""
-    found = session.run(f"command -v {shlex.quote(python)}", check=False)
-    if found.status != 0:
+def probe(session: SshSession, prefix: str, python: str = "python3", *,
+          ask_onnxruntime: bool = True) -> BoardFacts:
+    """Ask the board; BadInputError when it cannot run the agent (the message says why).
+    ``ask_onnxruntime``: whether to find out which onnxruntime the board's Python imports
+    (a child process importing it: skipped when --onnxruntime pypi makes it moot)."""
+    args = [prefix] + ([] if ask_onnxruntime else ["skip-ort"])
+    try:
+        doc = session.boardctl("probe", *args, python=python, require=True)
+    except MissingProgram:
         raise BadInputError(f"{session.settings.label} has no {python}",
                             hint="install Python 3.9 or newer with venv there (Debian: apt-get "
-                                 "install python3 python3-venv), or name it with --python")
-    doc = session.boardctl("probe", prefix, python=python)
+                                 "install python3 python3-venv), or name it with --python"
+                            ) from None
     facts = BoardFacts.from_json(doc)
     where = session.settings.label
     if facts.python_tuple < MIN_PYTHON:

@@ -7,6 +7,7 @@ first, each checked the same way.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import logging
@@ -33,6 +34,13 @@ class RemoteError(EdgetuneError):
     exit_status = AgentError.exit_status
 
 
+class MissingProgram(Exception):
+    """The program asked for is not on the board."""
+
+
+_MISSING = 97       # the exit status boardctl(require=True) uses for "no such program"
+
+
 @dataclass(frozen=True)
 class Result:
     status: int
@@ -40,6 +48,7 @@ class Result:
     err: str
 
 
+@functools.lru_cache(maxsize=1)
 def _boardctl_source() -> bytes:
     return resources.files("edgetune.host.deploy").joinpath("boardctl.py").read_bytes()
 
@@ -137,12 +146,22 @@ class SshSession:
         return result
 
     def boardctl(self, *args: str, sudo: bool = False, python: str = "python3",
-                 timeout_s: float = 300.0) -> Any:
-        """Run the board helper (sent on stdin) and return its JSON answer."""
+                 timeout_s: float = 300.0, require: bool = False) -> Any:
+        """Run the board helper (sent on stdin) and return its JSON answer. ``require``:
+        MissingProgram when ``python`` is not there (checked in the same round trip)."""
         command = " ".join(shlex.quote(a) for a in (python, "-", *args))
         if sudo:
             command = "sudo -n " + command
-        result = self.run(command, stdin=_boardctl_source(), timeout_s=timeout_s)
+        if require:
+            command = (f"command -v {shlex.quote(python)} >/dev/null 2>&1 || exit {_MISSING}; "
+                       + command)
+        result = self.run(command, stdin=_boardctl_source(), timeout_s=timeout_s, check=False)
+        if require and result.status == _MISSING:
+            raise MissingProgram(python)
+        if result.status != 0:
+            tail = "\n".join((result.err or result.out).strip().splitlines()[-15:])
+            raise RemoteError(f"on {self.settings.label}, the board helper ({args[0]}) failed "
+                              f"(exit {result.status}):\n{tail}")
         try:
             return json.loads(result.out.strip().splitlines()[-1])
         except (ValueError, IndexError):

@@ -121,7 +121,8 @@ class BoardDeploy:
         s = self.settings
         started = time.monotonic()
         with SshSession.connect(s.ssh, tell=self.say) as session:
-            facts = probe(session, s.prefix or default_prefix_for(session), s.python)
+            facts = probe(session, s.prefix or default_prefix_for(session), s.python,
+                          ask_onnxruntime=s.onnxruntime != "pypi")
             layout = Layout(check_prefix(facts.prefix, s.ssh.label))
             self.say(f"{s.name}: {facts.arch}, {facts.os_name}, {facts.libc} {facts.libc_version}, "
                      f"Python {facts.python}, systemd "

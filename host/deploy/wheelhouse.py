@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,13 +83,28 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_HASHED: Dict[Tuple[str, int, int], str] = {}     # (path, size, mtime) -> sha256
+_HASHED_LOCK = threading.Lock()
+
+
+def _wheel(path: Path) -> Wheel:
+    """A wheel's size and sha256, hashed once per process while the file stays the same
+    (boards deployed at once share their wheelhouse)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    with _HASHED_LOCK:
+        digest = _HASHED.get(key)
+        if digest is None:
+            digest = _HASHED[key] = _sha256(path)
+    return Wheel(path.name, st.st_size, digest)
+
+
 def open_wheelhouse(directory: Path) -> Wheelhouse:
     """A folder of wheels; NotFoundError when it holds no edgetune wheel."""
     directory = Path(directory).expanduser()
     if not directory.is_dir():
         raise NotFoundError(f"wheelhouse {directory} does not exist")
-    wheels = tuple(Wheel(p.name, p.stat().st_size, _sha256(p))
-                   for p in sorted(directory.glob("*.whl")))
+    wheels = tuple(_wheel(p) for p in sorted(directory.glob("*.whl")))
     projects = [w for w in wheels if w.name.split("-")[0].lower() == PROJECT]
     if not projects:
         raise NotFoundError(f"wheelhouse {directory} holds no {PROJECT}-*.whl",
