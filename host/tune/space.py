@@ -5,6 +5,7 @@ narrowed or widened by a ``tune.toml`` and by ``--set KEY=V1,V2`` flags (later w
 key is checked and an unknown key is refused with the list of known ones::
 
     [quantization]
+    precision = ["fp32", "int8"]           # ["int8"]: the answer must be quantized
     method = ["minmax", "percentile", "entropy", "mse", "distribution"]
     percentile = [99.9, 99.99, 99.999]     # used when method = "percentile"
     per_channel = [true, false]
@@ -22,8 +23,10 @@ key is checked and an unknown key is refused with the list of known ones::
     graph_optimization = ["basic", "extended", "all"]
     providers = "board"                    # every provider the board reports; or a list
 
-The FP32 model is always a candidate (parameter ``precision`` = fp32 or int8; the quantization
-parameters exist only for int8 trials: Optuna's define-by-run space). What the board reports
+The FP32 model is a candidate (parameter ``precision`` = fp32 or int8; the quantization
+parameters exist only for int8 trials: Optuna's define-by-run space), so the answer can be
+"do not quantize"; ``precision = ["int8"]`` asks for a quantized answer (and then
+``--max-drop`` may be unmet). What the board reports
 (its cores, its providers) narrows the runtime dimensions when the study starts
 (``Space.for_board``); a dimension left with no choice is an error naming it.
 """
@@ -47,6 +50,7 @@ NOT_COMPUTE = ("AzureExecutionProvider",)
 MAX_THREADS = 256
 
 QUANT_DEFAULTS: Dict[str, Tuple[Any, ...]] = {
+    "precision": ("fp32", "int8"),
     "method": METHODS,
     "percentile": (99.9, 99.99, 99.999),
     "per_channel": (True, False),
@@ -81,7 +85,8 @@ def _check_choices(key: str, values: Sequence[Any], where: str) -> Tuple[Any, ..
     """One dimension's choices, each checked (BadInputError naming the key and ``where``)."""
     section, name = key.split(".")
     allowed: Optional[Sequence[Any]] = {
-        "method": METHODS, "act_type": ACT_TYPES, "weight_type": WEIGHT_TYPES,
+        "precision": ("fp32", "int8"), "method": METHODS, "act_type": ACT_TYPES,
+        "weight_type": WEIGHT_TYPES,
         "keep_as": ("int16", "float"), "execution_mode": EXECUTION_MODES,
         "graph_optimization": GRAPH_OPT_LEVELS}.get(name)
     out: List[Any] = []
@@ -344,7 +349,8 @@ class BoardSpace:
         quant = methods * keeps
         for key in ("per_channel", "act_type", "weight_type", "symmetric_act", "calib_count"):
             quant *= len(d[f"quantization.{key}"])
-        return runtime * (1 + quant)
+        precisions = d["quantization.precision"]
+        return runtime * (("fp32" in precisions) + ("int8" in precisions) * quant)
 
     def keep_choices(self, ranked: int) -> Tuple[int, ...]:
         kept = tuple(k for k in self.dims()["quantization.keep_k"] if k <= ranked)
@@ -359,7 +365,7 @@ class BoardSpace:
             params[name] = trial.suggest_categorical(name, list(choices))
             return params[name]
 
-        if pick("precision", ("fp32", "int8")) == "int8":
+        if pick("precision", d["quantization.precision"]) == "int8":
             if pick("method", d["quantization.method"]) == "percentile":
                 pick("percentile", d["quantization.percentile"])
             pick("per_channel", d["quantization.per_channel"])
@@ -406,7 +412,9 @@ class BoardSpace:
             quant["percentile"] = near("quantization.percentile", 99.999)
         if quant["keep_k"]:
             quant["keep_as"] = d["quantization.keep_as"][0]
-        return [{"precision": "fp32", **runtime}, {**quant, **runtime}]
+        precisions = d["quantization.precision"]
+        return ([{"precision": "fp32", **runtime}] if "fp32" in precisions else []) + \
+            ([{**quant, **runtime}] if "int8" in precisions else [])
 
 
 def candidate(params: Mapping[str, Any]) -> Candidate:
