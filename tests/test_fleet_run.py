@@ -222,6 +222,8 @@ def test_each_fault_fails_only_its_own_row_with_its_reason(fleet: Fleet,
     # Quiet output when stdout is not a terminal: a line per finished row on stderr.
     assert "fleet: good0 fresh.onnx: done p50 " in r.err
     assert "fleet: closed fresh.onnx: failed: unreachable" in r.err
+    # The agents' certificates all say 'board1': each board named otherwise is warned about.
+    assert "fleet: warning: good0: its certificate is for 'board1', not 'good0'" in r.err
     # The two dead addresses cost their deadlines and one retry each, at once, not in turn.
     assert first_run["elapsed"] < 40
 
@@ -490,3 +492,14 @@ def test_a_model_missing_on_a_board_fails_only_its_row(fleet: Fleet, capsys: Any
     assert rows["digits_cnn.onnx"]["state"] == "done"
     assert rows[missing[:12]]["state"] == "failed"
     assert rows[missing[:12]]["error"].startswith("job refused: ")
+
+
+def test_strict_refuses_a_board_whose_certificate_names_another(fleet: Fleet,
+                                                                capsys: Any) -> None:
+    r = fleet.cli(capsys, "bench", str(DIGITS_MODEL), "--devices", "good2", "--shape",
+                  ONE_DIGIT, "--iterations", "5", "--no-lease", "--strict", "--json")
+    assert r.code == 12, r.err
+    (row,) = r.json["rows"]
+    assert row["state"] == "failed" and row["job_id"] is None
+    assert row["error"] == ("refused: its certificate is for 'board1', not 'good2' as "
+                            "edgetune.toml names it: is good2's address right? (--strict)")

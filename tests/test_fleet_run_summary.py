@@ -152,7 +152,7 @@ def test_the_run_book_keeps_runs_and_rows(db_url: str) -> None:
             book.get("not an id!")
 
 
-def test_the_live_view_has_one_line_per_board_and_plain_lines_otherwise() -> None:
+def test_the_live_view_has_one_line_per_board_and_plain_lines_otherwise(capsys: Any) -> None:
     import io
 
     from rich.console import Console
@@ -163,13 +163,15 @@ def test_the_live_view_has_one_line_per_board_and_plain_lines_otherwise() -> Non
     view = LiveProgress(["b1", "b2", "b3"],
                         console=Console(file=screen, force_terminal=True, width=120))
     with view:
+        view.note("warning: b1: its certificate is for 'x', not 'b1'")
         view.board("b1", "uploading m.onnx 40%")
         view.finished(bench_row("b2", 1.25))
         view.finished(bench_row("b3", 0, state="failed"))
+    assert "edgetune: warning: b1: its certificate is for 'x'" in capsys.readouterr().err
     out = io.StringIO()
     Console(file=out, width=120).print(view._render())
     lines = out.getvalue().splitlines()
-    assert [line.split()[0] for line in lines] == ["b1", "b2", "b3"]
+    assert [line.split()[0] for line in lines] == ["b1", "b2", "b3", "warning:"]
     assert "uploading m.onnx 40%" in lines[0] and "done m.onnx p50 1.250 ms" in lines[1]
     assert "failed m.onnx: unreachable: gone" in lines[2]
     assert isinstance(auto(["b1"], as_json=False), PlainProgress)   # pytest's stdout: no tty

@@ -39,6 +39,7 @@ def fleet_settings(args: argparse.Namespace) -> Any:
             raise UsageError(f"{flag} must be a positive number of seconds (got {value:g})")
     lease = 0.0 if getattr(args, "no_lease", True) else LEASE_TTL_S
     return FleetSettings(retries=args.retries, parallel=args.parallel, lease_ttl_s=lease,
+                         strict=args.strict,
                          upload_parallel=args.upload_parallel, timeout_s=args.timeout,
                          connect_timeout_s=min(10.0, args.timeout / 2),
                          reattach_window_s=args.reattach_window)
@@ -304,6 +305,9 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reattach-window", type=float, default=60.0, metavar="S",
                    help="how long a board that drops a running job's watch is waited for "
                         "before its row fails as lost mid-run (default 60)")
+    g.add_argument("--strict", action="store_true",
+                   help="refuse a board whose certificate names another board than its "
+                        "inventory name (default: a warning)")
     add_identity_flags(p.add_argument_group("this PC's certificate"))
     add_record_flags(p)
     add_json_flag(p)

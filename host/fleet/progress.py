@@ -81,6 +81,8 @@ class LiveProgress(NoProgress):
         if self._live is not None:
             self._live.stop()
             self._live = None
+        for note in self.notes:             # the live view is gone: the notes stay
+            print(f"edgetune: {note}", file=sys.stderr)
 
     def _render(self) -> Any:
         from rich.table import Table

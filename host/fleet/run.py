@@ -53,6 +53,7 @@ class FleetSettings:
     connect_timeout_s: float = 10.0
     reattach_window_s: float = 60.0     # how long a dropped watch is re-attached
     lease_ttl_s: float = 0.0            # 0: take no lease
+    strict: bool = False                # a board whose certificate names another board: refused
 
     def __post_init__(self) -> None:
         if self.retries < 0 or self.parallel < 1 or self.upload_parallel < 1:
@@ -146,6 +147,7 @@ class FleetRun:
         self.cancel = threading.Event()
         self._upload_slots = threading.Semaphore(settings.upload_parallel)
         self._sessions: Dict[str, Any] = {}
+        self._warned: set = set()
         self._lock = threading.Lock()
         before = {(r.device, r.model_sha256): r for r in rows}
         self.rows: Dict[str, List[_Row]] = {}
@@ -204,7 +206,9 @@ class FleetRun:
                     if session is None:
                         session = self._open(device)
                     self.progress.board(device.name, "connecting")
-                    kind = board_kind(session.board.agent)
+                    agent = session.board.agent
+                    self._check_name(device.name, agent)
+                    kind = board_kind(agent)
                     for row in rows:
                         row.kind = kind
                     self._upload(session, device.name, rows)
@@ -244,6 +248,18 @@ class FleetRun:
             with self._lock:
                 self._sessions.pop(device.name, None)
             _close_quietly(session)
+
+    def _check_name(self, device: str, agent: Any) -> None:
+        """A board whose certificate names another board (the inventory's address is wrong?):
+        a warning, or with ``strict`` its rows refused."""
+        from edgetune.host.fleet.check import cn_warning
+
+        warning = cn_warning(device, getattr(agent, "agent_name", "") or "")
+        if warning and self.settings.strict:
+            raise AuthError(f"{warning} (--strict)")
+        if warning and device not in self._warned:
+            self._warned.add(device)
+            self.progress.note(f"warning: {device}: {warning}")
 
     def _open(self, device: Any) -> Any:
         from edgetune.host.board import BoardSession
