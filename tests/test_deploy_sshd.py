@@ -345,3 +345,67 @@ def test_remove_keeps_the_store_and_certificates_and_purge_removes_everything(
     assert not board.prefix.exists()
     assert f"[devices.{NAME}]" not in board.inventory.read_text()
     assert "[devices.other]" in board.inventory.read_text()
+
+
+# ------------------------------------------------------------------------ logging in
+
+def _known(sshd: SshServer) -> str:
+    kind, key = sshd.host_key_pub.read_text().split()[:2]
+    return f"[{sshd.host}]:{sshd.port} {kind} {key}\n"
+
+
+def test_a_board_behind_a_jump_host_is_reached_through_proxyjump_each_hop_checked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgetune.host.deploy.settings import SshSpec, resolve_ssh
+    from edgetune.host.deploy.ssh import SshSession
+    from edgetune.host.errors import AuthError
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with local_sshd() as jump, local_sshd() as target:
+        # the jump host's login key is the one its own authorized_keys holds
+        (target.client_key.parent / "authorized_keys").write_text(
+            jump.client_key.with_suffix(".pub").read_text())
+        config = tmp_path / "ssh_config"
+        config.write_text(f"Host lab-board\n  HostName {target.host}\n  Port {target.port}\n"
+                          f"  User {target.user}\n  ProxyJump {jump.user}@{jump.host}:{jump.port}\n"
+                          f"  IdentityFile {jump.client_key}\n")
+        known = tmp_path / "known_hosts"
+        known.write_text(_known(target))                    # the board known, the hop not
+        settings = resolve_ssh(SshSpec.parse("lab-board"), known_hosts=known,
+                               config_file=config)
+        assert settings.proxy_jump == f"{jump.user}@{jump.host}:{jump.port}"
+        with pytest.raises(AuthError, match="is not known"):
+            SshSession.connect(settings)
+        known.write_text(_known(target) + _known(jump))
+        with SshSession.connect(settings) as session:
+            assert session.run("echo $SSH_CONNECTION").out.split()[2] == target.host
+            assert session.run("echo $SSH_CONNECTION").out.split()[3] == str(target.port)
+
+
+def test_an_encrypted_key_is_opened_with_the_passphrase_from_the_environment_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgetune.host.deploy.settings import SshSpec, resolve_ssh
+    from edgetune.host.deploy.ssh import PASSWORD_ENV, SshSession
+    from edgetune.host.errors import AuthError
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    key = tmp_path / "locked"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "correct horse", "-f", str(key)],
+                   check=True)
+    with local_sshd() as sshd:
+        (sshd.client_key.parent / "authorized_keys").write_text(
+            key.with_suffix(".pub").read_text())
+        known = tmp_path / "known_hosts"
+        known.write_text(_known(sshd))
+        settings = resolve_ssh(SshSpec.parse(f"{sshd.user}@{sshd.host}:{sshd.port}"),
+                               identity=key, known_hosts=known)
+        monkeypatch.delenv(PASSWORD_ENV, raising=False)
+        with pytest.raises(AuthError, match=PASSWORD_ENV):      # no terminal, no variable
+            SshSession.connect(settings)
+        monkeypatch.setenv(PASSWORD_ENV, "wrong horse")
+        with pytest.raises(AuthError):
+            SshSession.connect(settings)
+        monkeypatch.setenv(PASSWORD_ENV, "correct horse")
+        with SshSession.connect(settings) as session:
+            assert session.run("echo ok").out.strip() == "ok"

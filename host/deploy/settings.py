@@ -83,6 +83,7 @@ class SshSettings:
     proxy_jump: Optional[str] = None
     connect_timeout_s: float = 15.0
     explicit_identity: Optional[Path] = None   # --identity, as given (for the inventory)
+    config_file: Optional[Path] = None     # --ssh-config (None: ~/.ssh/config)
 
     @property
     def label(self) -> str:
@@ -122,7 +123,7 @@ def resolve_ssh(spec: SshSpec, *, identity: Optional[Path] = None,
                        known_hosts=Path(known_hosts).expanduser() if known_hosts else None,
                        accept_new=accept_new, proxy_jump=jump_text,
                        connect_timeout_s=connect_timeout_s,
-                       explicit_identity=identity)
+                       explicit_identity=identity, config_file=config_file)
 
 
 def is_ip(host: str) -> bool:

@@ -15,7 +15,7 @@ import os
 import shlex
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any, Callable, List, Optional
 
@@ -86,16 +86,13 @@ class SshSession:
         clients: List[Any] = []
         try:
             sock = None
-            if settings.proxy_jump:
-                for hop in settings.proxy_jump.split(","):
-                    hop_settings = resolve_ssh(SshSpec.parse(hop.strip()),
-                                               known_hosts=settings.known_hosts,
-                                               accept_new=settings.accept_new,
-                                               connect_timeout_s=settings.connect_timeout_s)
-                    clients.append(_open(hop_settings, check, sock))
-                    sock = clients[-1].get_transport().open_channel(
-                        "direct-tcpip", (settings.hostname, settings.port), ("127.0.0.1", 0),
-                        timeout=settings.connect_timeout_s)
+            hops = [_hop(text, settings) for text in
+                    (settings.proxy_jump.split(",") if settings.proxy_jump else [])]
+            for hop, after in zip(hops, [*hops[1:], settings]):
+                clients.append(_open(hop, check, sock))   # each hop checked like the board
+                sock = clients[-1].get_transport().open_channel(
+                    "direct-tcpip", (after.hostname, after.port), ("127.0.0.1", 0),
+                    timeout=settings.connect_timeout_s)
             clients.append(_open(settings, check, sock))
         except BaseException:
             for client in reversed(clients):
@@ -167,6 +164,17 @@ class SshSession:
         except (ValueError, IndexError):
             raise RemoteError(f"{self.settings.label}: the board helper printed no JSON: "
                               f"{(result.out + result.err)[-500:]}") from None
+
+
+def _hop(text: str, board: SshSettings) -> SshSettings:
+    """A ProxyJump hop, resolved through the same config; the board's keys when the config
+    names none for it."""
+    hop = resolve_ssh(SshSpec.parse(text.strip()), known_hosts=board.known_hosts,
+                      accept_new=board.accept_new, config_file=board.config_file,
+                      connect_timeout_s=board.connect_timeout_s)
+    if not hop.identity_files:
+        hop = replace(hop, identity_files=board.identity_files)
+    return hop
 
 
 def _short(command: str) -> str:
