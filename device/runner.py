@@ -32,6 +32,7 @@ report with ``no_sensor`` set, and nothing is waited.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -48,6 +49,7 @@ from edgetune.device.errors import (Cancelled, FailedPrecondition, InvalidArgume
                                     ResourceExhausted, StatusError)
 from edgetune.device.evaluate import evaluate_session
 from edgetune.device.limits import Limits
+from edgetune.device.providers import Placement, create_session
 from edgetune.device.store import BlobStore
 from edgetune.protos.messages import (BenchmarkResult, BenchmarkSpec, BlobKind, CompareResult,
                                       CompareRound, CompareSpec, EvaluateResult, EvaluateSpec,
@@ -61,9 +63,6 @@ ProgressFn = Callable[[Progress], None]
 Feeds = Dict[str, np.ndarray]
 PROGRESS_EVERY_NS = 100_000_000         # at most ~10 progress reports a second
 MAX_DATASET_FEEDS = 64                  # distinct batches a dataset-fed benchmark cycles through
-GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
-                "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
-EXEC_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
 DEFAULT_THERMAL_WAIT_S = 300.0          # a gate's longest wait when the spec gives none
 THERMAL_POLL_S = 0.25
 
@@ -94,31 +93,6 @@ class _Reporter:
 def _ort() -> Any:
     import onnxruntime
     return onnxruntime
-
-
-def create_session(model_path: Any, options: SessionOptions) -> Tuple[Any, float]:
-    """(InferenceSession, load_ms). InvalidArgument for unavailable providers or a model
-    onnxruntime cannot load (its message included)."""
-    ort = _ort()
-    available = list(ort.get_available_providers())
-    providers = list(options.providers) or ["CPUExecutionProvider"]
-    missing = [p for p in providers if p not in available]
-    if missing:
-        raise InvalidArgument(f"execution provider(s) {', '.join(missing)} not available in this "
-                              f"board's onnxruntime; available: {', '.join(available)}")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = options.intra_op_threads
-    so.inter_op_num_threads = options.inter_op_threads
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                          GRAPH_LEVELS[options.graph_optimization])
-    so.execution_mode = getattr(ort.ExecutionMode, EXEC_MODES[options.execution_mode])
-    so.log_severity_level = 3
-    start = time.perf_counter_ns()
-    try:
-        session = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
-    except Exception as exc:
-        raise InvalidArgument(f"onnxruntime cannot load the model: {exc}".strip()) from None
-    return session, (time.perf_counter_ns() - start) / 1e6
 
 
 def _shape_hint(name: str, shape: Sequence[Any]) -> str:
@@ -235,7 +209,16 @@ class Runner:
         session, build the inputs, first run, warm-up, the timed loop."""
         thermal = self._thermal_gate(spec.thermal, rep)
         rep.report("load", 0, 0, "creating the onnxruntime session", force=True)
-        session, load_ms = create_session(model_path, spec.session)
+        placement = Placement()
+        session, load_ms = create_session(model_path, spec.session, placement)
+        try:
+            return self._measured(spec, session, load_ms, dataset, thermal, placement, rep)
+        finally:
+            placement.close()
+
+    def _measured(self, spec: BenchmarkSpec, session: Any, load_ms: float, dataset: Any,
+                  thermal: Optional[ThermalReport], placement: Placement,
+                  rep: _Reporter) -> BenchmarkResult:
         inputs, names = session.get_inputs(), [o.name for o in session.get_outputs()]
         if dataset is not None:
             matched = match_to_model(dataset, inputs, session.get_outputs())
@@ -248,8 +231,13 @@ class Runner:
         rep.check()
 
         start = time.perf_counter_ns()
-        _run(session, names, feeds[0])
-        first_run_ms = (time.perf_counter_ns() - start) / 1e6
+        try:
+            _run(session, names, feeds[0])
+        finally:
+            first_run_ms = (time.perf_counter_ns() - start) / 1e6
+            # The profiler saw the first run only: where each node ran (and it stops here,
+            # so the warm-up and the timed loop are not profiled).
+            provider_nodes = placement.nodes(session)
         rep.report("warmup", 0, spec.warmup, force=True)
         nf = len(feeds)
         for i in range(spec.warmup):
@@ -277,7 +265,7 @@ class Runner:
             samples_ms=returned, cpu_freq_mhz=sysinfo.cpu_freq_mhz(self.cpu_root),
             temperature_c=sysinfo.temperature_c(self.thermal_root),
             providers=tuple(session.get_providers()), thermal=thermal,
-            load_avg=sysinfo.load_average())
+            load_avg=sysinfo.load_average(), provider_nodes=provider_nodes)
 
     def _thermal_gate(self, gate: Optional[ThermalGate],
                       rep: _Reporter) -> Optional[ThermalReport]:
@@ -403,8 +391,23 @@ class Runner:
         model_path = self.store.path(BlobKind.MODEL, spec.model_sha256)
         dataset = load_dataset(self.store.path(BlobKind.DATASET, spec.dataset_sha256))
         rep.report("load", 0, 0, "creating the onnxruntime session", force=True)
-        session, load_ms = create_session(model_path, spec.session)
-        return evaluate_session(session, load_ms, dataset, spec, rep, _run)
+        placement = Placement()
+        session, load_ms = create_session(model_path, spec.session, placement)
+        nodes: List[Tuple[Tuple[str, int], ...]] = []
+
+        def run(session: Any, names: List[str], feeds: Feeds) -> List[np.ndarray]:
+            try:
+                return _run(session, names, feeds)
+            finally:
+                if not nodes:                 # the first batch: where each node ran
+                    nodes.append(placement.nodes(session))
+
+        try:
+            result = evaluate_session(session, load_ms, dataset, spec, rep, run)
+        finally:
+            placement.close()
+        return dataclasses.replace(result, providers=tuple(session.get_providers()),
+                                   provider_nodes=nodes[0] if nodes else ())
 
 
 def _given_batch(options: SessionOptions, inputs: Sequence[Any]) -> Optional[int]:

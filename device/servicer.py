@@ -324,7 +324,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         if request.spec.WhichOneof("kind") in JOB_KINDS and has_unknown_fields(request.spec):
             # A newer host's options (say a field of SessionOptions this version lacks): run
             # without them and the result would claim what was not done.
-            raise UnknownToThisVersion(f"options of a {request.spec.WhichOneof('kind')} job")
+            raise UnknownToThisVersion(
+                f"{request.spec.WhichOneof('kind')} options it does not know (from a newer host)")
         try:
             spec = with_defaults(job_spec_from_pb2(request.spec))
         except UnknownToThisVersion:

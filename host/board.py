@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence,
                     Tuple, Union)
 
-from edgetune.host.errors import NotFoundError, UsageError
+from edgetune.host.errors import IncompatibleError, NotFoundError, UsageError
 from edgetune.protos.messages import (AgentInfo, BenchmarkResult, BenchmarkSpec, BlobInfo, BlobKind,
                                       CompareResult, CompareSpec, EvaluateResult, EvaluateSpec, Job,
                                       JobEvent, JobState, SignedResult)
@@ -190,6 +190,24 @@ def free_batch_note(spec: Any) -> str:
     return "; ".join(notes)
 
 
+def placement_note(spec: Any, result: Any) -> str:
+    """A warning when some nodes did not run on the provider the session put first (an NPU's
+    provider handing the operators it lacks to the CPU): "ran on the NPU" is then only
+    partly true. Nothing when the agent did not say (an older agent) or all ran there."""
+    nodes = dict(getattr(result, "provider_nodes", ()) or ())
+    session = getattr(spec, "session", None)
+    if not nodes or session is None:
+        return ""
+    first = (session.providers or ("CPUExecutionProvider",))[0]
+    elsewhere = {p: n for p, n in nodes.items() if p != first}
+    if not elsewhere:
+        return ""
+    total = sum(nodes.values())
+    where = ", ".join(f"{n} on {p}" for p, n in sorted(elsewhere.items()))
+    return (f"{sum(elsewhere.values())} of {total} nodes did not run on {first} ({where}): "
+            "its time includes that fallback")
+
+
 def run_from_job(job: Job, model: str, board: BoardInfo,
                  model_path: Optional[Path] = None) -> BoardRun:
     """The typed result of a finished (or failed) job. ``model``: how to name the model;
@@ -204,7 +222,9 @@ def run_from_job(job: Job, model: str, board: BoardInfo,
                options=job.spec, state=job.state, result=result, error=error,
                label=job.label, note="; ".join(n for n in (free_batch_note(job.spec),
                                                            duration_note(job.spec, result),
-                                                           thermal_note(job.spec, result)) if n),
+                                                           thermal_note(job.spec, result),
+                                                           placement_note(job.spec, result))
+                                               if n),
                model_path=model_path, signed=job.signed if result is not None else None)
 
 
@@ -322,6 +342,19 @@ class BoardSession:
             self._board = BoardInfo(self.name, self.address, self.client.info())
         return self._board
 
+    def _check_features(self, spec: Any) -> None:
+        session = getattr(spec, "session", None)
+        if session is not None and session.provider_options:
+            info = self.board.agent
+            if info is None or info.has("provider_options"):
+                return
+            raise IncompatibleError(
+                f"the agent at {self.address} runs edgetune {info.agent_version or 'before 0.2'}, "
+                "which does not take execution-provider options (--provider-option): it would "
+                "run the session without them",
+                hint="upgrade the agent (`edgetune deploy upgrade`), or leave out "
+                     "--provider-option")
+
     def _recorder_ready(self) -> None:
         """Before the first thing that costs the board work (an upload, a job), wait for a
         recorder that needs time to get ready (``ready()``: a results store still opening
@@ -420,7 +453,9 @@ class BoardSession:
     def submit(self, spec: Any, label: str = "") -> Tuple[Job, int]:
         """Queue a BenchmarkSpec or EvaluateSpec: (the job, its queue position). A recorder
         that wants to know (``submitted(board, job_id)``) learns the job is new: nothing can
-        have recorded it before."""
+        have recorded it before. Options an older agent would silently ignore (provider
+        options) are refused here, before anything is measured without them."""
+        self._check_features(spec)
         self._recorder_ready()
         job, position = self.client.submit(spec, label)
         submitted = getattr(self.recorder, "submitted", None)

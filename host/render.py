@@ -71,6 +71,8 @@ def result_record(run: "BoardRun", *, samples: bool = False) -> Dict[str, Any]:
             "options": options_record(run.options),
             "cpu_freq_mhz": result.cpu_freq_mhz, "temperature_c": result.temperature_c,
             "load_avg": list(result.load_avg) or None,
+            # where the optimized graph's nodes ran; null: the agent did not say (older)
+            "provider_nodes": dict(result.provider_nodes) or None,
         })
         if result.thermal is not None:      # --max-temp: what the agent waited (or could not)
             record["thermal"] = result.thermal.as_dict()
@@ -79,7 +81,9 @@ def result_record(run: "BoardRun", *, samples: bool = False) -> Dict[str, Any]:
     elif isinstance(result, EvaluateResult):
         record.update({"dataset_sha256": run.options.dataset_sha256, "samples": result.samples,
                        "metrics": result.metric_dict(), "load_ms": result.load_ms,
-                       "elapsed_s": result.elapsed_s, "options": options_record(run.options)})
+                       "elapsed_s": result.elapsed_s, "options": options_record(run.options),
+                       "providers": list(result.providers) or None,
+                       "provider_nodes": dict(result.provider_nodes) or None})
     else:
         record.update({"state": run.state.value, "error": run.error})
     record["job_id"] = run.job_id
@@ -239,6 +243,9 @@ def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str
 def info_table(info: Dict[str, Any]) -> Any:
     rows = []
     for key, value in info.items():
+        if key == "provider_checks":
+            value = [f"{c['provider']}: " + ("works" if c["usable"] else f"fails ({c['error']})")
+                     for c in value] or ["not checked yet"]
         if key.endswith("_bytes") and isinstance(value, int):
             value = fmt_bytes(value)
         elif isinstance(value, (list, tuple)):

@@ -70,7 +70,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("hostname", "os", "arch", "cpu_model", "cpu_cores", "memory_total_bytes", "memory_available_bytes", "python_version", "onnxruntime_version", "available_providers", "agent_version", "store_used_bytes", "store_models", "store_datasets", "queue_length", "queue_capacity", "running_job_id", "uptime_s", "agent_name", "caller_name", "agent_cert_not_after_unix", "lease_holder", "lease_expires_unix")
+    __slots__ = ("hostname", "os", "arch", "cpu_model", "cpu_cores", "memory_total_bytes", "memory_available_bytes", "python_version", "onnxruntime_version", "available_providers", "agent_version", "store_used_bytes", "store_models", "store_datasets", "queue_length", "queue_capacity", "running_job_id", "uptime_s", "agent_name", "caller_name", "agent_cert_not_after_unix", "lease_holder", "lease_expires_unix", "features", "onnxruntime_distribution", "onnxruntime_build_info", "provider_checks")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,10 @@ class GetInfoResponse(_message.Message):
     AGENT_CERT_NOT_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
     LEASE_HOLDER_FIELD_NUMBER: _ClassVar[int]
     LEASE_EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    ONNXRUNTIME_DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    ONNXRUNTIME_BUILD_INFO_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_CHECKS_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     os: str
     arch: str
@@ -117,7 +121,11 @@ class GetInfoResponse(_message.Message):
     agent_cert_not_after_unix: float
     lease_holder: str
     lease_expires_unix: float
-    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., python_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., store_used_bytes: _Optional[int] = ..., store_models: _Optional[int] = ..., store_datasets: _Optional[int] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., running_job_id: _Optional[str] = ..., uptime_s: _Optional[float] = ..., agent_name: _Optional[str] = ..., caller_name: _Optional[str] = ..., agent_cert_not_after_unix: _Optional[float] = ..., lease_holder: _Optional[str] = ..., lease_expires_unix: _Optional[float] = ...) -> None: ...
+    features: _containers.RepeatedScalarFieldContainer[str]
+    onnxruntime_distribution: str
+    onnxruntime_build_info: str
+    provider_checks: _containers.RepeatedCompositeFieldContainer[ProviderCheck]
+    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., python_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., store_used_bytes: _Optional[int] = ..., store_models: _Optional[int] = ..., store_datasets: _Optional[int] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., running_job_id: _Optional[str] = ..., uptime_s: _Optional[float] = ..., agent_name: _Optional[str] = ..., caller_name: _Optional[str] = ..., agent_cert_not_after_unix: _Optional[float] = ..., lease_holder: _Optional[str] = ..., lease_expires_unix: _Optional[float] = ..., features: _Optional[_Iterable[str]] = ..., onnxruntime_distribution: _Optional[str] = ..., onnxruntime_build_info: _Optional[str] = ..., provider_checks: _Optional[_Iterable[_Union[ProviderCheck, _Mapping]]] = ...) -> None: ...
 
 class BlobInfo(_message.Message):
     __slots__ = ("kind", "sha256", "size_bytes", "name", "created_unix")
@@ -221,8 +229,31 @@ class Shape(_message.Message):
     dims: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, dims: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class ProviderCheck(_message.Message):
+    __slots__ = ("provider", "usable", "error")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    USABLE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    usable: bool
+    error: str
+    def __init__(self, provider: _Optional[str] = ..., usable: bool = ..., error: _Optional[str] = ...) -> None: ...
+
+class ProviderOptions(_message.Message):
+    __slots__ = ("options",)
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    options: _containers.ScalarMap[str, str]
+    def __init__(self, options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class SessionOptions(_message.Message):
-    __slots__ = ("providers", "intra_op_threads", "inter_op_threads", "graph_optimization", "execution_mode", "input_shapes")
+    __slots__ = ("providers", "intra_op_threads", "inter_op_threads", "graph_optimization", "execution_mode", "input_shapes", "provider_options")
     class InputShapesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -230,19 +261,28 @@ class SessionOptions(_message.Message):
         key: str
         value: Shape
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Shape, _Mapping]] = ...) -> None: ...
+    class ProviderOptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ProviderOptions
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ProviderOptions, _Mapping]] = ...) -> None: ...
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     INTRA_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
     INTER_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
     GRAPH_OPTIMIZATION_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_MODE_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPES_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     providers: _containers.RepeatedScalarFieldContainer[str]
     intra_op_threads: int
     inter_op_threads: int
     graph_optimization: GraphOptimizationLevel
     execution_mode: ExecutionMode
     input_shapes: _containers.MessageMap[str, Shape]
-    def __init__(self, providers: _Optional[_Iterable[str]] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., graph_optimization: _Optional[_Union[GraphOptimizationLevel, str]] = ..., execution_mode: _Optional[_Union[ExecutionMode, str]] = ..., input_shapes: _Optional[_Mapping[str, Shape]] = ...) -> None: ...
+    provider_options: _containers.MessageMap[str, ProviderOptions]
+    def __init__(self, providers: _Optional[_Iterable[str]] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., graph_optimization: _Optional[_Union[GraphOptimizationLevel, str]] = ..., execution_mode: _Optional[_Union[ExecutionMode, str]] = ..., input_shapes: _Optional[_Mapping[str, Shape]] = ..., provider_options: _Optional[_Mapping[str, ProviderOptions]] = ...) -> None: ...
 
 class BenchmarkSpec(_message.Message):
     __slots__ = ("model_sha256", "session", "warmup", "iterations", "min_duration_s", "seed", "dataset_sha256", "return_samples", "free_batch_dims", "thermal")
@@ -401,7 +441,14 @@ class LatencyStats(_message.Message):
     def __init__(self, min_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., std_ms: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., max_ms: _Optional[float] = ...) -> None: ...
 
 class BenchmarkResult(_message.Message):
-    __slots__ = ("latency", "throughput_ips", "load_ms", "first_run_ms", "peak_rss_mb", "iterations", "warmup", "samples_ms", "cpu_freq_mhz", "temperature_c", "providers", "measured_s", "thermal", "load_avg")
+    __slots__ = ("latency", "throughput_ips", "load_ms", "first_run_ms", "peak_rss_mb", "iterations", "warmup", "samples_ms", "cpu_freq_mhz", "temperature_c", "providers", "measured_s", "thermal", "load_avg", "provider_nodes")
+    class ProviderNodesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     LATENCY_FIELD_NUMBER: _ClassVar[int]
     THROUGHPUT_IPS_FIELD_NUMBER: _ClassVar[int]
     LOAD_MS_FIELD_NUMBER: _ClassVar[int]
@@ -416,6 +463,7 @@ class BenchmarkResult(_message.Message):
     MEASURED_S_FIELD_NUMBER: _ClassVar[int]
     THERMAL_FIELD_NUMBER: _ClassVar[int]
     LOAD_AVG_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_NODES_FIELD_NUMBER: _ClassVar[int]
     latency: LatencyStats
     throughput_ips: float
     load_ms: float
@@ -430,10 +478,11 @@ class BenchmarkResult(_message.Message):
     measured_s: float
     thermal: ThermalReport
     load_avg: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., throughput_ips: _Optional[float] = ..., load_ms: _Optional[float] = ..., first_run_ms: _Optional[float] = ..., peak_rss_mb: _Optional[float] = ..., iterations: _Optional[int] = ..., warmup: _Optional[int] = ..., samples_ms: _Optional[_Iterable[float]] = ..., cpu_freq_mhz: _Optional[float] = ..., temperature_c: _Optional[float] = ..., providers: _Optional[_Iterable[str]] = ..., measured_s: _Optional[float] = ..., thermal: _Optional[_Union[ThermalReport, _Mapping]] = ..., load_avg: _Optional[_Iterable[float]] = ...) -> None: ...
+    provider_nodes: _containers.ScalarMap[str, int]
+    def __init__(self, latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., throughput_ips: _Optional[float] = ..., load_ms: _Optional[float] = ..., first_run_ms: _Optional[float] = ..., peak_rss_mb: _Optional[float] = ..., iterations: _Optional[int] = ..., warmup: _Optional[int] = ..., samples_ms: _Optional[_Iterable[float]] = ..., cpu_freq_mhz: _Optional[float] = ..., temperature_c: _Optional[float] = ..., providers: _Optional[_Iterable[str]] = ..., measured_s: _Optional[float] = ..., thermal: _Optional[_Union[ThermalReport, _Mapping]] = ..., load_avg: _Optional[_Iterable[float]] = ..., provider_nodes: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class EvaluateResult(_message.Message):
-    __slots__ = ("samples", "metrics", "load_ms", "elapsed_s")
+    __slots__ = ("samples", "metrics", "load_ms", "elapsed_s", "providers", "provider_nodes")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -441,15 +490,26 @@ class EvaluateResult(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class ProviderNodesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     LOAD_MS_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_NODES_FIELD_NUMBER: _ClassVar[int]
     samples: int
     metrics: _containers.ScalarMap[str, float]
     load_ms: float
     elapsed_s: float
-    def __init__(self, samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., load_ms: _Optional[float] = ..., elapsed_s: _Optional[float] = ...) -> None: ...
+    providers: _containers.RepeatedScalarFieldContainer[str]
+    provider_nodes: _containers.ScalarMap[str, int]
+    def __init__(self, samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., load_ms: _Optional[float] = ..., elapsed_s: _Optional[float] = ..., providers: _Optional[_Iterable[str]] = ..., provider_nodes: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "state", "spec", "created_unix", "started_unix", "finished_unix", "error", "client", "benchmark", "evaluate", "compare", "signed")

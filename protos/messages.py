@@ -109,9 +109,15 @@ class SessionOptions:
     graph_optimization: str = "all"                 # one of GRAPH_OPT_LEVELS
     execution_mode: str = "sequential"              # one of EXECUTION_MODES
     input_shapes: Tuple[Tuple[str, Tuple[int, ...]], ...] = ()  # sorted (name, dims) pairs
+    # sorted (provider, sorted (key, value) pairs): each provider's options for onnxruntime
+    provider_options: Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...] = ()
 
     def shapes(self) -> Dict[str, Tuple[int, ...]]:
         return dict(self.input_shapes)
+
+    def options_of(self) -> Dict[str, Dict[str, str]]:
+        """{provider: {key: value}} as onnxruntime takes them."""
+        return {ep: dict(opts) for ep, opts in self.provider_options}
 
     def as_pb2(self) -> pb.SessionOptions:
         msg = pb.SessionOptions(
@@ -125,6 +131,8 @@ class SessionOptions:
         )
         for name, dims in self.input_shapes:
             msg.input_shapes[name].dims.extend(dims)
+        for provider, opts in self.provider_options:
+            msg.provider_options[provider].options.update(dict(opts))
         return msg
 
     @classmethod
@@ -140,12 +148,18 @@ class SessionOptions:
             graph_optimization="all" if opt == "unspecified" else opt,
             execution_mode="sequential" if mode == "unspecified" else mode,
             input_shapes=tuple(sorted((k, tuple(v.dims)) for k, v in msg.input_shapes.items())),
+            provider_options=tuple(sorted((k, tuple(sorted(v.options.items())))
+                                          for k, v in msg.provider_options.items())),
         )
 
     def as_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["providers"] = list(self.providers)
         d["input_shapes"] = {k: list(v) for k, v in self.input_shapes}
+        if self.provider_options:       # only when given: records made before it look the same
+            d["provider_options"] = self.options_of()
+        else:
+            del d["provider_options"]
         return d
 
     @classmethod
@@ -153,6 +167,8 @@ class SessionOptions:
         d = dict(d)
         d["providers"] = tuple(d.get("providers", ()))
         d["input_shapes"] = tuple(sorted((k, tuple(v)) for k, v in d.get("input_shapes", {}).items()))
+        d["provider_options"] = tuple(sorted((k, tuple(sorted(v.items())))
+                                             for k, v in d.get("provider_options", {}).items()))
         return cls(**d)
 
 
@@ -330,6 +346,7 @@ class BenchmarkResult:
     providers: Tuple[str, ...] = ()
     thermal: Optional[ThermalReport] = None         # set when thermal gating was asked
     load_avg: Tuple[float, ...] = ()                # 1, 5, 15 min load at the end; (): unknown
+    provider_nodes: Tuple[Tuple[str, int], ...] = ()  # sorted (provider, nodes it ran); (): unknown
 
     def as_pb2(self) -> pb.BenchmarkResult:
         msg = pb.BenchmarkResult(
@@ -338,7 +355,7 @@ class BenchmarkResult:
             iterations=self.iterations, warmup=self.warmup, samples_ms=list(self.samples_ms),
             cpu_freq_mhz=self.cpu_freq_mhz, temperature_c=self.temperature_c,
             providers=list(self.providers), measured_s=self.measured_s,
-            load_avg=list(self.load_avg))
+            load_avg=list(self.load_avg), provider_nodes=dict(self.provider_nodes))
         if self.thermal is not None:
             msg.thermal.CopyFrom(self.thermal.as_pb2())
         return msg
@@ -352,7 +369,8 @@ class BenchmarkResult:
             samples_ms=tuple(msg.samples_ms), cpu_freq_mhz=msg.cpu_freq_mhz,
             temperature_c=msg.temperature_c, providers=tuple(msg.providers),
             thermal=ThermalReport.from_pb2(msg.thermal) if msg.HasField("thermal") else None,
-            load_avg=tuple(msg.load_avg))
+            load_avg=tuple(msg.load_avg),
+            provider_nodes=tuple(sorted(msg.provider_nodes.items())))
 
     def as_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -364,6 +382,10 @@ class BenchmarkResult:
             d["load_avg"] = list(self.load_avg)
         else:                  # as jobs recorded before the field existed: nothing
             del d["load_avg"]
+        if self.provider_nodes:
+            d["provider_nodes"] = dict(self.provider_nodes)
+        else:
+            del d["provider_nodes"]
         return d
 
     @classmethod
@@ -374,6 +396,7 @@ class BenchmarkResult:
         d["providers"] = tuple(d.get("providers", ()))
         d["thermal"] = ThermalReport.from_dict(d.get("thermal"))
         d["load_avg"] = tuple(d.get("load_avg", ()))
+        d["provider_nodes"] = tuple(sorted(d.get("provider_nodes", {}).items()))
         return cls(**d)
 
 
@@ -383,27 +406,39 @@ class EvaluateResult:
     metrics: Tuple[Tuple[str, float], ...]          # sorted (name, value) pairs
     load_ms: float = 0.0
     elapsed_s: float = 0.0
+    providers: Tuple[str, ...] = ()                  # (): not said (an older agent)
+    provider_nodes: Tuple[Tuple[str, int], ...] = ()  # as BenchmarkResult's
 
     def metric_dict(self) -> Dict[str, float]:
         return dict(self.metrics)
 
     def as_pb2(self) -> pb.EvaluateResult:
         return pb.EvaluateResult(samples=self.samples, metrics=dict(self.metrics),
-                                 load_ms=self.load_ms, elapsed_s=self.elapsed_s)
+                                 load_ms=self.load_ms, elapsed_s=self.elapsed_s,
+                                 providers=list(self.providers),
+                                 provider_nodes=dict(self.provider_nodes))
 
     @classmethod
     def from_pb2(cls, msg: pb.EvaluateResult) -> "EvaluateResult":
         return cls(samples=msg.samples, metrics=tuple(sorted(msg.metrics.items())),
-                   load_ms=msg.load_ms, elapsed_s=msg.elapsed_s)
+                   load_ms=msg.load_ms, elapsed_s=msg.elapsed_s, providers=tuple(msg.providers),
+                   provider_nodes=tuple(sorted(msg.provider_nodes.items())))
 
     def as_dict(self) -> Dict[str, Any]:
-        return {"samples": self.samples, "metrics": dict(self.metrics),
-                "load_ms": self.load_ms, "elapsed_s": self.elapsed_s}
+        d = {"samples": self.samples, "metrics": dict(self.metrics),
+             "load_ms": self.load_ms, "elapsed_s": self.elapsed_s}
+        if self.providers:             # only when said: records made before look the same
+            d["providers"] = list(self.providers)
+        if self.provider_nodes:
+            d["provider_nodes"] = dict(self.provider_nodes)
+        return d
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "EvaluateResult":
         return cls(samples=d["samples"], metrics=tuple(sorted(d["metrics"].items())),
-                   load_ms=d.get("load_ms", 0.0), elapsed_s=d.get("elapsed_s", 0.0))
+                   load_ms=d.get("load_ms", 0.0), elapsed_s=d.get("elapsed_s", 0.0),
+                   providers=tuple(d.get("providers", ())),
+                   provider_nodes=tuple(sorted(d.get("provider_nodes", {}).items())))
 
 
 @dataclass(frozen=True)
@@ -586,6 +621,30 @@ class BlobInfo:
         return d
 
 
+# What an agent understands beyond 0.1.0's wire (GetInfoResponse.features): a host sends a
+# field an older agent would silently ignore only to an agent that names it here.
+FEATURES = ("provider_options", "provider_nodes", "unknown_fields_refused")
+
+
+@dataclass(frozen=True)
+class ProviderCheck:
+    """Whether one execution provider really creates a session on this board."""
+
+    provider: str
+    usable: bool
+    error: str = ""
+
+    def as_pb2(self) -> pb.ProviderCheck:
+        return pb.ProviderCheck(provider=self.provider, usable=self.usable, error=self.error)
+
+    @classmethod
+    def from_pb2(cls, msg: pb.ProviderCheck) -> "ProviderCheck":
+        return cls(provider=msg.provider, usable=msg.usable, error=msg.error)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"provider": self.provider, "usable": self.usable, "error": self.error}
+
+
 @dataclass(frozen=True)
 class AgentInfo:
     hostname: str
@@ -611,22 +670,35 @@ class AgentInfo:
     agent_cert_not_after_unix: float = 0.0          # 0: an agent that does not say
     lease_holder: str = ""                          # who holds the board's lease; "": free
     lease_expires_unix: float = 0.0                 # when that lease ends unless renewed
+    features: Tuple[str, ...] = ()                  # see FEATURES; (): an agent of 0.1.0's wire
+    onnxruntime_distribution: str = ""              # e.g. onnxruntime, onnxruntime-cann
+    onnxruntime_build_info: str = ""
+    provider_checks: Tuple[ProviderCheck, ...] = ()  # (): not checked (yet, or an older agent)
 
     def as_pb2(self) -> pb.GetInfoResponse:
         d = dataclasses.asdict(self)
         d["available_providers"] = list(self.available_providers)
+        d["features"] = list(self.features)
+        d["provider_checks"] = [c.as_pb2() for c in self.provider_checks]
         return pb.GetInfoResponse(**d)
 
     @classmethod
     def from_pb2(cls, msg: pb.GetInfoResponse) -> "AgentInfo":
         d = {f.name: getattr(msg, f.name) for f in dataclasses.fields(cls)}
         d["available_providers"] = tuple(d["available_providers"])
+        d["features"] = tuple(d["features"])
+        d["provider_checks"] = tuple(ProviderCheck.from_pb2(c) for c in msg.provider_checks)
         return cls(**d)
 
     def as_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["available_providers"] = list(self.available_providers)
+        d["features"] = list(self.features)
+        d["provider_checks"] = [c.as_dict() for c in self.provider_checks]
         return d
+
+    def has(self, feature: str) -> bool:
+        return feature in self.features
 
 
 # ---------------------------------------------------------------- comparisons

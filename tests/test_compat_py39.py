@@ -227,6 +227,17 @@ def this_host_uses(address: str, pki: Any, tmp_path: Path, capsys: pytest.Captur
     assert verified.code == 0, verified.out + verified.err
     assert verified.json["results"][0]["status"] == ("valid" if signs else "unsigned")
 
+    # Provider options: this release's agent takes them and says where the nodes ran; the
+    # previous release would run without them, so the host refuses to send them there.
+    option = run_cli(capsys, "bench", str(DIGITS_MODEL), "--shape", ONE_DIGIT, "--iterations",
+                     "5", "--warmup", "1", "--provider-option",
+                     "CPUExecutionProvider:arena_extend_strategy=kSameAsRequested", *conn, "--json")
+    if signs:
+        assert option.code == 0, option.err
+        assert option.json["results"][0]["provider_nodes"]["CPUExecutionProvider"] > 0
+    else:
+        assert option.code == 10 and "does not take execution-provider options" in option.err
+
     evaluation = run_cli(capsys, "eval", str(DIGITS_MODEL), "--dataset", str(DIGITS_TEST),
                          *conn, "--json")
     assert evaluation.code == 0, evaluation.err

@@ -12,7 +12,7 @@ import argparse
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from edgetune.host.cli import jobs_cmds, store_cmds
 from edgetune.host.cli.common import (add_connection_flags, add_json_flag, add_record_flags,
@@ -50,10 +50,39 @@ def session_from_args(args: argparse.Namespace) -> SessionOptions:
     check_count("--threads", args.threads, minimum=0)
     check_count("--inter-threads", args.inter_threads, minimum=0)
     shapes = dict(parse_shape(s) for s in args.shape or ())
+    providers = parse_list(args.providers)
+    options = parse_provider_options(getattr(args, "provider_option", None) or (), providers)
     return SessionOptions(
-        providers=parse_list(args.providers), intra_op_threads=args.threads or 0,
+        providers=providers, intra_op_threads=args.threads or 0,
         inter_op_threads=args.inter_threads or 0, graph_optimization=args.graph_opt,
-        execution_mode=args.execution_mode, input_shapes=tuple(sorted(shapes.items())))
+        execution_mode=args.execution_mode, input_shapes=tuple(sorted(shapes.items())),
+        provider_options=options)
+
+
+PROVIDER_OPTION_EXAMPLE = "CANNExecutionProvider:precision_mode=force_fp16"
+
+
+def parse_provider_options(values: Sequence[str], providers: Sequence[str]
+                           ) -> Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...]:
+    """``--provider-option EP:KEY=VALUE`` (repeatable) as SessionOptions.provider_options.
+    Each EP must be one the session uses (``--providers``; CPUExecutionProvider by default)."""
+    used = list(providers) or ["CPUExecutionProvider"]
+    given: Dict[str, Dict[str, str]] = {}
+    for text in values:
+        provider, colon, rest = text.partition(":")
+        key, equals, value = rest.partition("=")
+        if not colon or not equals or not provider.strip() or not key.strip():
+            raise UsageError(f"--provider-option takes EP:KEY=VALUE, for example "
+                             f"{PROVIDER_OPTION_EXAMPLE} (got {text!r})")
+        provider, key = provider.strip(), key.strip()
+        if provider not in used:
+            raise UsageError(f"--provider-option {text!r} is for {provider}, which the session "
+                             f"does not use (providers: {', '.join(used)})",
+                             hint=f"add it to --providers, e.g. --providers {provider}")
+        if key in given.setdefault(provider, {}):
+            raise UsageError(f"--provider-option gives {provider}:{key} twice")
+        given[provider][key] = value
+    return tuple(sorted((p, tuple(sorted(o.items()))) for p, o in given.items()))
 
 
 def thermal_from_args(args: argparse.Namespace) -> Optional[ThermalGate]:
@@ -201,6 +230,9 @@ def _session_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--inter-threads", type=int, metavar="N", help="inter-op threads (0: default)")
     g.add_argument("--providers", metavar="P,...",
                    help="execution providers in order of preference (default: CPU)")
+    g.add_argument("--provider-option", action="append", metavar="EP:KEY=VALUE",
+                   help="an option for an execution provider, passed to onnxruntime on the "
+                        f"board (repeatable), e.g. {PROVIDER_OPTION_EXAMPLE}")
     g.add_argument("--graph-opt", choices=GRAPH_OPT_LEVELS, default="all",
                    help="graph optimisation level (default: all)")
     g.add_argument("--execution-mode", choices=EXECUTION_MODES, default="sequential")

@@ -112,6 +112,8 @@ def record_from_run(run: Any, *, label: str = "", run_id: Optional[str] = None,
                    "first_run_ms": result.first_run_ms, "peak_rss_mb": result.peak_rss_mb,
                    "iterations": result.iterations, "warmup": result.warmup,
                    "measured_s": result.measured_s, "providers": list(result.providers)}
+        if result.provider_nodes:            # where the nodes ran (agents that say)
+            metrics["provider_nodes"] = dict(result.provider_nodes)
         return Record(kind=kind or "bench", metrics=metrics,
                       board_state={"cpu_freq_mhz": _known(result.cpu_freq_mhz),
                                    "temperature_c": _known(result.temperature_c),

@@ -1,0 +1,230 @@
+"""Execution providers as the board has them.
+
+- ``create_session``: an onnxruntime session with the spec's providers and each provider's
+  options (``SessionOptions.provider_options``); onnxruntime's own message when it refuses.
+- ``Placement``: which provider ran how many nodes of the optimized graph, read from
+  onnxruntime's profiler over the session's first run only (the profiler stops after it, so
+  the warm-up and the timed runs are not profiled), so that "ran on the NPU" is a fact.
+- ``onnxruntime_distribution`` and ``build_info``: which installed distribution provides the
+  onnxruntime the agent imports (onnxruntime, onnxruntime-gpu, onnxruntime-cann, a vendor's
+  build), found through the installed distributions rather than guessed.
+- ``ProviderChecks``: whether each available provider really creates a session on a tiny
+  model, checked once when the agent starts (in a thread), then cached.
+
+Standard library and onnxruntime only: this runs on a board's Python 3.9.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from edgetune.device.errors import InvalidArgument
+from edgetune.protos.messages import ProviderCheck, SessionOptions
+
+log = logging.getLogger("edgetune.agent.providers")
+
+DEFAULT_PROVIDER = "CPUExecutionProvider"
+GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+                "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+EXEC_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
+# y = x + x on a float[1]: the smallest model every provider should run (opset 13, IR 7, so
+# onnxruntime 1.12 reads it). Made with onnx.helper; the board has no onnx package.
+TINY_MODEL = base64.b64decode(
+    "CAcSCGVkZ2V0dW5lOjkKDgoBeAoBeBIBeSIDQWRkEgVjaGVja1oPCgF4EgoKCAgBEgQKAggBYg8KAXkSCgoICAESBAoC"
+    "CAFCBAoAEA0=")
+_KERNEL_SUFFIX = "_kernel_time"
+
+
+def _ort() -> Any:
+    import onnxruntime
+    return onnxruntime
+
+
+def session_providers(options: SessionOptions, available: List[str]) -> List[Any]:
+    """The ``providers`` argument of an InferenceSession: names, or (name, options) pairs.
+    InvalidArgument for a provider this onnxruntime lacks, or options for a provider the
+    session does not use."""
+    providers = list(options.providers) or [DEFAULT_PROVIDER]
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise InvalidArgument(f"execution provider(s) {', '.join(missing)} not available in this "
+                              f"board's onnxruntime; available: {', '.join(available)}")
+    given = options.options_of()
+    unused = sorted(set(given) - set(providers))
+    if unused:
+        raise InvalidArgument(f"options for {', '.join(unused)}, which this session does not use "
+                              f"(providers: {', '.join(providers)}); add it to the providers")
+    return [(p, given[p]) if given.get(p) else p for p in providers]
+
+
+class Placement:
+    """Profiles a session's first run to learn where its nodes ran (``nodes()``)."""
+
+    def __init__(self) -> None:
+        self.folder = ""
+
+    def configure(self, so: Any) -> None:
+        self.folder = tempfile.mkdtemp(prefix="edgetune-placement-")
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(self.folder, "placement")
+
+    def nodes(self, session: Any) -> Tuple[Tuple[str, int], ...]:
+        """Stop the profiler (after the first run) and count the nodes each provider ran:
+        sorted (provider, nodes). () when the trace cannot be read (said in the log)."""
+        try:
+            path = session.end_profiling()
+            with open(path, encoding="utf-8") as f:
+                events = json.load(f)
+            return count_nodes(events)
+        except Exception as exc:  # noqa: BLE001 - placement is a report, never a failure
+            log.warning("could not read where the model's nodes ran: %s", exc)
+            return ()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Remove the trace's folder (also when the first run never happened)."""
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = ""
+
+
+def count_nodes(events: Any) -> Tuple[Tuple[str, int], ...]:
+    """Distinct nodes per provider in an onnxruntime profiler trace (its kernel events)."""
+    seen: Dict[str, set] = {}
+    for event in events if isinstance(events, list) else ():
+        if not isinstance(event, dict) or event.get("cat") != "Node":
+            continue
+        name = str(event.get("name", ""))
+        args = event.get("args") or {}
+        if not name.endswith(_KERNEL_SUFFIX) or not isinstance(args, dict):
+            continue
+        provider = str(args.get("provider") or "unknown")
+        seen.setdefault(provider, set()).add(name[:-len(_KERNEL_SUFFIX)])
+    return tuple(sorted((p, len(names)) for p, names in seen.items()))
+
+
+def create_session(model_path: Any, options: SessionOptions,
+                   placement: Optional[Placement] = None) -> Tuple[Any, float]:
+    """(InferenceSession, load_ms). InvalidArgument for unavailable providers, options a
+    provider refuses or a model onnxruntime cannot load (onnxruntime's message included).
+    ``placement``: profile the first run to learn where the nodes ran."""
+    ort = _ort()
+    providers = session_providers(options, list(ort.get_available_providers()))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.intra_op_threads
+    so.inter_op_num_threads = options.inter_op_threads
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                          GRAPH_LEVELS[options.graph_optimization])
+    so.execution_mode = getattr(ort.ExecutionMode, EXEC_MODES[options.execution_mode])
+    so.log_severity_level = 3
+    if placement is not None:
+        placement.configure(so)
+    start = time.perf_counter_ns()
+    try:
+        session = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
+    except Exception as exc:
+        if placement is not None:
+            placement.close()
+        raise InvalidArgument(f"onnxruntime cannot load the model: {exc}".strip()) from None
+    return session, (time.perf_counter_ns() - start) / 1e6
+
+
+def onnxruntime_distribution() -> str:
+    """The installed distribution whose files hold the importable ``onnxruntime`` package
+    (name and version, e.g. "onnxruntime-cann 1.18.0"); "" when none owns it (a copy on
+    PYTHONPATH, a distribution package without metadata)."""
+    try:
+        from importlib import metadata
+        import onnxruntime
+        where = os.path.realpath(os.path.dirname(onnxruntime.__file__))
+    except Exception:  # noqa: BLE001 - no onnxruntime at all
+        return ""
+    for dist in metadata.distributions():
+        top = (dist.read_text("top_level.txt") or "").split()
+        files = dist.files or ()
+        if "onnxruntime" not in top and not any(str(f).startswith("onnxruntime/__init__")
+                                                for f in files):
+            continue
+        try:
+            located = os.path.realpath(str(dist.locate_file("onnxruntime")))
+        except Exception:  # noqa: BLE001
+            continue
+        if located == where:
+            return f"{dist.metadata['Name']} {dist.version}"
+    return ""
+
+
+def build_info() -> str:
+    """onnxruntime's own build information (``get_build_info``, onnxruntime >= 1.15), or its
+    device string on older builds."""
+    try:
+        ort = _ort()
+    except Exception:  # noqa: BLE001
+        return ""
+    getter = getattr(ort, "get_build_info", None)
+    try:
+        return str(getter()) if getter is not None else f"device {ort.get_device()}"
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def check_provider(provider: str) -> ProviderCheck:
+    """Whether ``provider`` creates a session on ``TINY_MODEL`` and runs it, alone (no CPU
+    fallback allowed, so a provider that silently hands everything to the CPU is not
+    counted as working)."""
+    try:
+        ort = _ort()
+        import numpy as np
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        session = ort.InferenceSession(TINY_MODEL, sess_options=so, providers=[provider])
+        used = session.get_providers()
+        if provider not in used:
+            return ProviderCheck(provider, False, f"the session fell back to {', '.join(used)}")
+        session.run(None, {"x": np.ones(1, dtype=np.float32)})
+        return ProviderCheck(provider, True)
+    except Exception as exc:  # noqa: BLE001 - the provider's own message is the answer
+        return ProviderCheck(provider, False, str(exc).strip()[:500])
+
+
+class ProviderChecks:
+    """``check_provider`` for each available provider, once, in a thread started with the
+    agent; ``results()`` is () until it is done (GetInfo never waits for it)."""
+
+    def __init__(self) -> None:
+        self._results: Tuple[ProviderCheck, ...] = ()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "ProviderChecks":
+        self._thread = threading.Thread(target=self._run, name="edgetune-provider-checks",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            available = list(_ort().get_available_providers())
+        except Exception:  # noqa: BLE001 - no onnxruntime: nothing to check
+            return
+        results = tuple(check_provider(p) for p in available)
+        for check in results:
+            if not check.usable:
+                log.warning("execution provider %s is listed but does not work: %s",
+                            check.provider, check.error)
+        self._results = results
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def results(self) -> Tuple[ProviderCheck, ...]:
+        return self._results
