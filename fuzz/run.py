@@ -47,7 +47,7 @@ class Outcome:
 
 
 def run_target(name: str, seconds: int, corpus: Path, artifacts: Path, *, timeout_s: int,
-               rss_mb: int) -> Outcome:
+               rss_mb: int, max_len: int) -> Outcome:
     from fuzz.targets import TARGETS, write_seeds
 
     write_seeds(TARGETS[name], corpus)
@@ -57,7 +57,8 @@ def run_target(name: str, seconds: int, corpus: Path, artifacts: Path, *, timeou
     proc = subprocess.run(
         [sys.executable, str(HERE / "harness.py"), name, str(corpus),
          f"-max_total_time={seconds}", f"-timeout={timeout_s}", f"-rss_limit_mb={rss_mb}",
-         f"-artifact_prefix={artifacts}/{name}-", "-print_final_stats=1"],
+         f"-max_len={max_len}", f"-artifact_prefix={artifacts}/{name}-",
+         "-print_final_stats=1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
         timeout=seconds + 300)
     took = time.monotonic() - started
@@ -87,6 +88,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="seconds one input may take before it counts as a hang")
     parser.add_argument("--rss-mb", type=int, default=2048,
                         help="memory bound of a fuzzing process, MB (default 2048)")
+    parser.add_argument("--max-len", type=int, default=65536,
+                        help="largest input the fuzzer makes, bytes (default 65536)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="targets fuzzed at the same time (default 1)")
     parser.add_argument("--json", action="store_true")
@@ -105,7 +108,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"fuzzing {name} ({TARGETS[name].what}) for {args.seconds} s ...",
                       file=sys.stderr, flush=True)
             return run_target(name, args.seconds, root / name, args.artifacts,
-                              timeout_s=args.timeout, rss_mb=args.rss_mb)
+                              timeout_s=args.timeout, rss_mb=args.rss_mb,
+                              max_len=args.max_len)
 
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             outcomes = list(pool.map(one, names))
