@@ -7,6 +7,7 @@ decoded and ``.npy`` rows read (memory-mapped) only then.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -299,7 +300,7 @@ def _read_list(path: Path, name: str) -> List[Path]:
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
-        file = Path(entry).expanduser()
+        file = Path(os.path.expanduser(entry))
         file = file if file.is_absolute() else base / file
         if not file.is_file():
             raise NotFoundError(
@@ -330,7 +331,7 @@ def _scan_folder(folder: Path, any_file: bool) -> List[Path]:
 
 def build_feed(info: InputInfo, source: CalibSource) -> Feed:
     shape = _resolved_shape(info, source)
-    path = Path(source.path).expanduser()
+    path = Path(os.path.expanduser(source.path))
     uses_function = bool(source.preprocess.function) and \
         source.preprocess.function not in pp.PRESETS
     if path.is_dir():

@@ -103,7 +103,7 @@ class ConfigLayer(Mapping):
 
 def load_config(path: Union[str, Path]) -> ConfigLayer:
     """Read a TOML, XQuant JSON or Pegasus config file into a ConfigLayer."""
-    path = Path(path).expanduser()
+    path = Path(os.path.expanduser(path))
     if not path.is_file():
         raise NotFoundError(f"config file {path} does not exist", hint="check the path")
     try:
@@ -232,7 +232,7 @@ def _convert(value: Any, kind: str, key: str, path: Path, base: Path) -> Any:
 
 
 def resolve_path(value: Union[str, Path], base: Path) -> Path:
-    path = Path(value).expanduser()
+    path = Path(os.path.expanduser(value))
     return path if path.is_absolute() else base / path
 
 

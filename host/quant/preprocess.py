@@ -22,8 +22,9 @@ So ``PT_IMAGENET`` with the usual torchvision numbers is written
 
 from __future__ import annotations
 
-import importlib.util
 import hashlib
+import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -236,7 +237,7 @@ def load_preprocess_function(spec: str) -> Callable[..., Any]:
             f"--preprocess {spec!r} is neither a preset nor file.py:function",
             hint=f"presets: {', '.join(PRESETS)}; or e.g. --preprocess prep.py:load_batch")
     file_part, func_name = spec.rsplit(":", 1)
-    path = Path(file_part).expanduser()
+    path = Path(os.path.expanduser(file_part))
     if not path.is_file():
         raise NotFoundError(f"preprocess file {path} does not exist (from {spec!r})",
                             hint="paths in a config file are relative to the config's folder")
