@@ -181,3 +181,31 @@ def test_sample_int8_speed() -> None:
                        checks=["FP32 p50 / INT8 p50 (1 thread)", "held-out samples lost"])
     assert report["fp32_p50_ms"] > 0 and report["int8_p50_ms"] > 0
     assert report["top1"]["samples"] == 450
+
+
+@pytest.mark.slow
+def test_fleet_bench_scale() -> None:
+    report = run_bench("fleet_bench_scale.py", "--boards", "3", "--processes", "1",
+                       "--job-s", "0.5", "--runs", "1",
+                       checks=["control-plane s (wall - slowest board's job, median of runs)",
+                               "wrong rows over all runs"])
+    run = report["runs"][0]
+    assert run["problems"] == [], run
+    assert run["slowest_job_s"] >= 0.5 and run["host_rss_mb"] > 0 and run["host_cpu_s"] > 0
+
+
+@pytest.mark.slow
+def test_fleet_upload() -> None:
+    from bench.netlab import netns_unavailable
+
+    if netns_unavailable():
+        report = run_bench("fleet_upload.py", checks=[])
+        assert report["skipped"]
+        pytest.skip(report["skipped"])
+    report = run_bench("fleet_upload.py", "--boards", "2", "--mib", "2", "--rounds", "1",
+                       "--processes", "1", timeout=600,
+                       checks=["fleet upload / one connection (median of rounds)",
+                               "wrong rows over all rounds"])
+    r = report["rounds"][0]
+    assert r["problems"] == [], r
+    assert r["one_connection_s"] > 0 and r["host_file_passes"] > 0
