@@ -238,6 +238,15 @@ class LeaseBook:
                       self.path, exc.strerror or exc)
 
     def _load(self, path: Path) -> None:
+        # A save cut off by a crash leaves its temporary file (the book itself is whole:
+        # the rename had not happened). Nothing else writes it now: remove it.
+        try:
+            path.with_name(path.name + ".tmp").unlink()
+            log.info("removed %s.tmp left by an interrupted save", path.name)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove %s.tmp: %s", path.name, exc.strerror or exc)
         try:
             with open_file(path, "r") as f:
                 data = json.load(f)
