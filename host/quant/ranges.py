@@ -2,6 +2,8 @@
 
 Calibrate once, then re-quantize with other options (per-tensor, int16 islands, exclusions)
 from the saved ranges, with no calibration data: ``edgetune quantize ... --ranges FILE``.
+FILE may also be an ``OUT.record.json`` (PTQ or QAT): its activation scales and zero points
+give the ranges (``edgetune.host.quant.qat.ranges_from_record``).
 
 The file holds the model's sha256, the method and its parameters, and per-tensor ranges as
 JSON numbers (a float32 printed by Python round-trips exactly, so re-quantizing from the file
@@ -102,6 +104,9 @@ def load_ranges(path: Path, *, model_sha256: str = "",
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadInputError(f"ranges file {path} is not valid JSON: {exc}") from None
+    if isinstance(raw, dict) and raw.get("format") == "edgetune-quantize-record":
+        from edgetune.host.quant.qat import ranges_from_record   # OUT.record.json works too
+        raw = ranges_from_record(raw, path)
     ranges = ranges_from_dict(raw, path)
     if model_sha256 and ranges.model_sha256 and ranges.model_sha256 != model_sha256:
         if model_tensors is None:
