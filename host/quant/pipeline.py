@@ -133,6 +133,16 @@ def _resolve_ranges(settings: QuantizeSettings, prepared: PreparedModel, model, 
             decisions.append(Decision("ranges", f"used ranges from {settings.ranges} made for "
                                       "another model file",
                                       "every tensor they name exists in this model"))
+        if ranges.params.get("from_record"):            # --ranges OUT.record.json
+            from edgetune.host.quant.qat import fill_through_shape_ops
+            filled = fill_through_shape_ops(ranges.tensors, model)
+            if len(filled) > len(ranges.tensors):
+                decisions.append(Decision(
+                    "ranges", f"{len(filled) - len(ranges.tensors)} range(s) taken across "
+                    "Relu/Clip/MaxPool/Flatten/Reshape from the record's neighbouring tensor",
+                    "a record holds the tensors its model quantized; onnxruntime gives "
+                    "these the same scale"))
+                ranges = dataclasses.replace(ranges, tensors=filled, observed=dict(filled))
         wanted = method_label(settings.method, settings.percentile)
         if wanted != ranges.method and wanted != "minmax":   # minmax: the flag's default
             if wanted in ranges.alt:
