@@ -32,6 +32,9 @@ EXAMPLES = """examples:
   edgetune quantize det.onnx -o q.onnx --calib images=imgs/ --calib scale=scales.npy
   edgetune quantize model.onnx -o q2.onnx --ranges q.ranges.json --per-tensor
   edgetune quantize --config xquant.json
+  edgetune quantize --config resnet_onnx_run.cfg
+  edgetune quantize --from-qat qat_export.onnx -o model.q.onnx
+  edgetune quantize model.onnx -o q2.onnx --ranges qat_export.q.record.json
   edgetune quantize model.onnx -o q.onnx --calib calib.npz --max-drop 0.01 --eval test.npz
   edgetune quantize model.onnx -o q.onnx --calib calib.npz --max-drop 0.01 --eval test.npz \
       --fallback-by latency --device board1
@@ -53,6 +56,11 @@ def register(subparsers: Any) -> None:
                         "AIPU builder .cfg; "
                         "flags given beside it win")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--from-qat", type=Path, metavar="MODEL",
+                   help="a model exported from quantization-aware training (Q/DQ pairs "
+                        "already in it): check its scales, fold weight Q/DQ into int8, write "
+                        "OUT and its record; no calibration (a MODEL holding Q/DQ pairs is "
+                        "treated so without this flag)")
 
     add_calibration_flags(p)
 
@@ -131,6 +139,10 @@ def _add_device_flags(parser: argparse.ArgumentParser) -> None:
 # --- running ---------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> int:
+    qat = _qat_model(args)
+    if qat is not None:
+        from edgetune.host.cli.quantize_qat import run_qat
+        return run_qat(args, qat)
     settings, fallback, layer = build_settings(args)
     from edgetune.host.results.location import open_results_store
     # Opened first: a results database that cannot be used stops before any work is done.
@@ -140,6 +152,19 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if store is not None:
             store.close()
+
+
+def _qat_model(args: argparse.Namespace) -> Optional[Path]:
+    """``--from-qat MODEL``, or MODEL when it already holds Q/DQ pairs (auto-detected)."""
+    if args.from_qat is not None:
+        if args.model is not None and args.model != args.from_qat:
+            raise UsageError("give the model once: MODEL or --from-qat MODEL")
+        return args.from_qat
+    if args.model is not None and args.config is None and args.model.is_file():
+        from edgetune.host.quant.qat import has_qdq
+        if has_qdq(args.model):
+            return args.model
+    return None
 
 
 def _run(args: argparse.Namespace, settings: QuantizeSettings,
