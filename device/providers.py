@@ -80,13 +80,17 @@ class Placement:
         """Stop the profiler (after the first run) and count the nodes each provider ran:
         sorted (provider, nodes). () when the trace cannot be read (said in the log)."""
         try:
-            path = session.end_profiling()
-            with open(path, encoding="utf-8") as f:
-                events = json.load(f)
-            return count_nodes(events)
+            return count_nodes(self.events(session))
         except Exception as exc:  # noqa: BLE001 - placement is a report, never a failure
             log.warning("could not read where the model's nodes ran: %s", exc)
             return ()
+
+    def events(self, session: Any) -> Any:
+        """Stop the profiler and return its trace (a list of events); the file is removed."""
+        try:
+            path = session.end_profiling()
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
         finally:
             self.close()
 

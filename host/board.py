@@ -343,6 +343,14 @@ class BoardSession:
         return self._board
 
     def _check_features(self, spec: Any) -> None:
+        if getattr(spec, "profile", False):
+            info = self.board.agent
+            if info is not None and not info.has("profile"):
+                raise IncompatibleError(
+                    f"the agent at {self.address} runs edgetune "
+                    f"{info.agent_version or 'before 0.2'}, which cannot profile operators "
+                    "(--profile): it would measure without a profile",
+                    hint="upgrade the agent (`edgetune deploy upgrade`), or leave out --profile")
         session = getattr(spec, "session", None)
         if session is not None and session.provider_options:
             info = self.board.agent

@@ -74,6 +74,9 @@ def result_record(run: "BoardRun", *, samples: bool = False) -> Dict[str, Any]:
             # where the optimized graph's nodes ran; null: the agent did not say (older)
             "provider_nodes": dict(result.provider_nodes) or None,
         })
+        if result.profile is not None:      # --profile: per-operator times on the board
+            from edgetune.host.render_profile import profile_record
+            record["profile"] = profile_record(result.profile, lat.p50_ms)
         if result.thermal is not None:      # --max-temp: what the agent waited (or could not)
             record["thermal"] = result.thermal.as_dict()
         if samples:
@@ -115,7 +118,8 @@ def result_entries(runs: Sequence["BoardRun"], *, samples: bool = False,
 
 def print_results(kind: str, runs: Sequence["BoardRun"], as_json: bool, *,
                   samples: bool = False,
-                  result_id: Optional[Callable[["BoardRun"], Optional[str]]] = None) -> int:
+                  result_id: Optional[Callable[["BoardRun"], Optional[str]]] = None,
+                  profile_top: int = 10) -> int:
     """Typed results on stdout (a table, or ``{"results": [...]}``, each entry with the
     ``result_id`` of its record in the results database, null when not recorded); failures
     and notes on stderr. Returns how many jobs failed."""
@@ -126,6 +130,11 @@ def print_results(kind: str, runs: Sequence["BoardRun"], as_json: bool, *,
         console = stdout_console()
         console.print(bench_table(runs, console.width) if kind == "benchmark"
                       else eval_table(runs))
+        for run in runs:
+            if isinstance(run.result, BenchmarkResult) and run.result.profile is not None:
+                from edgetune.host.render_profile import print_profile
+                print_profile(console, run.model, run.result.profile,
+                              run.result.latency.p50_ms, profile_top)
         for run in runs:
             if not run.ok:
                 print(f"edgetune: job {run.job_id} ({run.model}) {run.state.value}: {run.error}",

@@ -229,6 +229,32 @@ class Shape(_message.Message):
     dims: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, dims: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class OperatorProfile(_message.Message):
+    __slots__ = ("nodes", "iterations", "profiled_p50_ms")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    PROFILED_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeTime]
+    iterations: int
+    profiled_p50_ms: float
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeTime, _Mapping]]] = ..., iterations: _Optional[int] = ..., profiled_p50_ms: _Optional[float] = ...) -> None: ...
+
+class NodeTime(_message.Message):
+    __slots__ = ("name", "op_type", "provider", "calls", "total_ms", "mean_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OP_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    op_type: str
+    provider: str
+    calls: int
+    total_ms: float
+    mean_ms: float
+    def __init__(self, name: _Optional[str] = ..., op_type: _Optional[str] = ..., provider: _Optional[str] = ..., calls: _Optional[int] = ..., total_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ...) -> None: ...
+
 class ProviderCheck(_message.Message):
     __slots__ = ("provider", "usable", "error")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
@@ -285,7 +311,7 @@ class SessionOptions(_message.Message):
     def __init__(self, providers: _Optional[_Iterable[str]] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., graph_optimization: _Optional[_Union[GraphOptimizationLevel, str]] = ..., execution_mode: _Optional[_Union[ExecutionMode, str]] = ..., input_shapes: _Optional[_Mapping[str, Shape]] = ..., provider_options: _Optional[_Mapping[str, ProviderOptions]] = ...) -> None: ...
 
 class BenchmarkSpec(_message.Message):
-    __slots__ = ("model_sha256", "session", "warmup", "iterations", "min_duration_s", "seed", "dataset_sha256", "return_samples", "free_batch_dims", "thermal")
+    __slots__ = ("model_sha256", "session", "warmup", "iterations", "min_duration_s", "seed", "dataset_sha256", "return_samples", "free_batch_dims", "thermal", "profile")
     class FreeBatchDimsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -303,6 +329,7 @@ class BenchmarkSpec(_message.Message):
     RETURN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     FREE_BATCH_DIMS_FIELD_NUMBER: _ClassVar[int]
     THERMAL_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     model_sha256: str
     session: SessionOptions
     warmup: int
@@ -313,7 +340,8 @@ class BenchmarkSpec(_message.Message):
     return_samples: bool
     free_batch_dims: _containers.ScalarMap[str, str]
     thermal: ThermalGate
-    def __init__(self, model_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., warmup: _Optional[int] = ..., iterations: _Optional[int] = ..., min_duration_s: _Optional[float] = ..., seed: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., return_samples: bool = ..., free_batch_dims: _Optional[_Mapping[str, str]] = ..., thermal: _Optional[_Union[ThermalGate, _Mapping]] = ...) -> None: ...
+    profile: bool
+    def __init__(self, model_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., warmup: _Optional[int] = ..., iterations: _Optional[int] = ..., min_duration_s: _Optional[float] = ..., seed: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., return_samples: bool = ..., free_batch_dims: _Optional[_Mapping[str, str]] = ..., thermal: _Optional[_Union[ThermalGate, _Mapping]] = ..., profile: bool = ...) -> None: ...
 
 class ThermalGate(_message.Message):
     __slots__ = ("max_temp_c", "max_wait_s")
@@ -441,7 +469,7 @@ class LatencyStats(_message.Message):
     def __init__(self, min_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., std_ms: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., max_ms: _Optional[float] = ...) -> None: ...
 
 class BenchmarkResult(_message.Message):
-    __slots__ = ("latency", "throughput_ips", "load_ms", "first_run_ms", "peak_rss_mb", "iterations", "warmup", "samples_ms", "cpu_freq_mhz", "temperature_c", "providers", "measured_s", "thermal", "load_avg", "provider_nodes")
+    __slots__ = ("latency", "throughput_ips", "load_ms", "first_run_ms", "peak_rss_mb", "iterations", "warmup", "samples_ms", "cpu_freq_mhz", "temperature_c", "providers", "measured_s", "thermal", "load_avg", "provider_nodes", "profile")
     class ProviderNodesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -464,6 +492,7 @@ class BenchmarkResult(_message.Message):
     THERMAL_FIELD_NUMBER: _ClassVar[int]
     LOAD_AVG_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_NODES_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     latency: LatencyStats
     throughput_ips: float
     load_ms: float
@@ -479,7 +508,8 @@ class BenchmarkResult(_message.Message):
     thermal: ThermalReport
     load_avg: _containers.RepeatedScalarFieldContainer[float]
     provider_nodes: _containers.ScalarMap[str, int]
-    def __init__(self, latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., throughput_ips: _Optional[float] = ..., load_ms: _Optional[float] = ..., first_run_ms: _Optional[float] = ..., peak_rss_mb: _Optional[float] = ..., iterations: _Optional[int] = ..., warmup: _Optional[int] = ..., samples_ms: _Optional[_Iterable[float]] = ..., cpu_freq_mhz: _Optional[float] = ..., temperature_c: _Optional[float] = ..., providers: _Optional[_Iterable[str]] = ..., measured_s: _Optional[float] = ..., thermal: _Optional[_Union[ThermalReport, _Mapping]] = ..., load_avg: _Optional[_Iterable[float]] = ..., provider_nodes: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    profile: OperatorProfile
+    def __init__(self, latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., throughput_ips: _Optional[float] = ..., load_ms: _Optional[float] = ..., first_run_ms: _Optional[float] = ..., peak_rss_mb: _Optional[float] = ..., iterations: _Optional[int] = ..., warmup: _Optional[int] = ..., samples_ms: _Optional[_Iterable[float]] = ..., cpu_freq_mhz: _Optional[float] = ..., temperature_c: _Optional[float] = ..., providers: _Optional[_Iterable[str]] = ..., measured_s: _Optional[float] = ..., thermal: _Optional[_Union[ThermalReport, _Mapping]] = ..., load_avg: _Optional[_Iterable[float]] = ..., provider_nodes: _Optional[_Mapping[str, int]] = ..., profile: _Optional[_Union[OperatorProfile, _Mapping]] = ...) -> None: ...
 
 class EvaluateResult(_message.Message):
     __slots__ = ("samples", "metrics", "load_ms", "elapsed_s", "providers", "provider_nodes")

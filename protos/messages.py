@@ -234,13 +234,14 @@ class BenchmarkSpec:
     # of the inputs it ran with batch 1 because no shape was given ("" when unnamed)
     free_batch_dims: Tuple[Tuple[str, str], ...] = ()
     thermal: Optional[ThermalGate] = None
+    profile: bool = False                           # also a profiled session (OperatorProfile)
 
     def as_pb2(self) -> pb.BenchmarkSpec:
         msg = pb.BenchmarkSpec(
             model_sha256=self.model_sha256, session=self.session.as_pb2(), warmup=self.warmup,
             iterations=self.iterations, min_duration_s=self.min_duration_s, seed=self.seed,
             dataset_sha256=self.dataset_sha256, return_samples=self.return_samples,
-            free_batch_dims=dict(self.free_batch_dims))
+            free_batch_dims=dict(self.free_batch_dims), profile=self.profile)
         if self.thermal is not None:
             msg.thermal.CopyFrom(self.thermal.as_pb2())
         return msg
@@ -253,13 +254,15 @@ class BenchmarkSpec:
             warmup=msg.warmup, iterations=msg.iterations, min_duration_s=msg.min_duration_s,
             seed=msg.seed, dataset_sha256=msg.dataset_sha256, return_samples=msg.return_samples,
             free_batch_dims=tuple(sorted(msg.free_batch_dims.items())),
-            thermal=ThermalGate.from_pb2(msg.thermal))
+            thermal=ThermalGate.from_pb2(msg.thermal), profile=msg.profile)
 
     def as_dict(self) -> Dict[str, Any]:
-        """Plain JSON types; ``free_batch_dims`` ({input: dimension name}) and ``thermal``
-        only when set."""
+        """Plain JSON types; ``free_batch_dims`` ({input: dimension name}), ``thermal`` and
+        ``profile`` only when set."""
         d = dataclasses.asdict(self)
         d["session"] = self.session.as_dict()
+        if not self.profile:
+            del d["profile"]
         if self.free_batch_dims:
             d["free_batch_dims"] = dict(self.free_batch_dims)
         else:
@@ -331,6 +334,54 @@ class LatencyStats:
 
 
 @dataclass(frozen=True)
+class NodeTime:
+    name: str
+    op_type: str
+    provider: str
+    calls: int
+    total_ms: float
+    mean_ms: float
+
+    def as_pb2(self) -> pb.NodeTime:
+        return pb.NodeTime(**dataclasses.asdict(self))
+
+    @classmethod
+    def from_pb2(cls, msg: pb.NodeTime) -> "NodeTime":
+        return cls(**{f.name: getattr(msg, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class OperatorProfile:
+    """Per-node times from onnxruntime's profiler over a profiled session's timed runs."""
+
+    nodes: Tuple[NodeTime, ...]                     # slowest first
+    iterations: int
+    profiled_p50_ms: float
+
+    def as_pb2(self) -> pb.OperatorProfile:
+        return pb.OperatorProfile(nodes=[n.as_pb2() for n in self.nodes],
+                                  iterations=self.iterations,
+                                  profiled_p50_ms=self.profiled_p50_ms)
+
+    @classmethod
+    def from_pb2(cls, msg: pb.OperatorProfile) -> "OperatorProfile":
+        return cls(nodes=tuple(NodeTime.from_pb2(n) for n in msg.nodes),
+                   iterations=msg.iterations, profiled_p50_ms=msg.profiled_p50_ms)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"nodes": [dataclasses.asdict(n) for n in self.nodes],
+                "iterations": self.iterations, "profiled_p50_ms": self.profiled_p50_ms}
+
+    @classmethod
+    def from_dict(cls, d: Optional[Dict[str, Any]]) -> Optional["OperatorProfile"]:
+        if not d:
+            return None
+        return cls(nodes=tuple(NodeTime(**n) for n in d.get("nodes", ())),
+                   iterations=d.get("iterations", 0),
+                   profiled_p50_ms=d.get("profiled_p50_ms", 0.0))
+
+
+@dataclass(frozen=True)
 class BenchmarkResult:
     latency: LatencyStats
     throughput_ips: float
@@ -347,6 +398,7 @@ class BenchmarkResult:
     thermal: Optional[ThermalReport] = None         # set when thermal gating was asked
     load_avg: Tuple[float, ...] = ()                # 1, 5, 15 min load at the end; (): unknown
     provider_nodes: Tuple[Tuple[str, int], ...] = ()  # sorted (provider, nodes it ran); (): unknown
+    profile: Optional[OperatorProfile] = None        # set when the spec asked for it
 
     def as_pb2(self) -> pb.BenchmarkResult:
         msg = pb.BenchmarkResult(
@@ -358,6 +410,8 @@ class BenchmarkResult:
             load_avg=list(self.load_avg), provider_nodes=dict(self.provider_nodes))
         if self.thermal is not None:
             msg.thermal.CopyFrom(self.thermal.as_pb2())
+        if self.profile is not None:
+            msg.profile.CopyFrom(self.profile.as_pb2())
         return msg
 
     @classmethod
@@ -370,7 +424,8 @@ class BenchmarkResult:
             temperature_c=msg.temperature_c, providers=tuple(msg.providers),
             thermal=ThermalReport.from_pb2(msg.thermal) if msg.HasField("thermal") else None,
             load_avg=tuple(msg.load_avg),
-            provider_nodes=tuple(sorted(msg.provider_nodes.items())))
+            provider_nodes=tuple(sorted(msg.provider_nodes.items())),
+            profile=OperatorProfile.from_pb2(msg.profile) if msg.HasField("profile") else None)
 
     def as_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -386,6 +441,10 @@ class BenchmarkResult:
             d["provider_nodes"] = dict(self.provider_nodes)
         else:
             del d["provider_nodes"]
+        if self.profile is not None:
+            d["profile"] = self.profile.as_dict()
+        else:
+            del d["profile"]
         return d
 
     @classmethod
@@ -397,6 +456,7 @@ class BenchmarkResult:
         d["thermal"] = ThermalReport.from_dict(d.get("thermal"))
         d["load_avg"] = tuple(d.get("load_avg", ()))
         d["provider_nodes"] = tuple(sorted(d.get("provider_nodes", {}).items()))
+        d["profile"] = OperatorProfile.from_dict(d.get("profile"))
         return cls(**d)
 
 
@@ -623,7 +683,7 @@ class BlobInfo:
 
 # What an agent understands beyond 0.1.0's wire (GetInfoResponse.features): a host sends a
 # field an older agent would silently ignore only to an agent that names it here.
-FEATURES = ("provider_options", "provider_nodes", "unknown_fields_refused")
+FEATURES = ("provider_options", "provider_nodes", "unknown_fields_refused", "profile")
 
 
 @dataclass(frozen=True)

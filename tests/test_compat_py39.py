@@ -237,6 +237,9 @@ def this_host_uses(address: str, pki: Any, tmp_path: Path, capsys: pytest.Captur
         assert option.json["results"][0]["provider_nodes"]["CPUExecutionProvider"] > 0
     else:
         assert option.code == 10 and "does not take execution-provider options" in option.err
+        profiled = run_cli(capsys, "bench", str(DIGITS_MODEL), "--shape", ONE_DIGIT,
+                           "--iterations", "5", "--profile", *conn, "--json")
+        assert profiled.code == 10 and "cannot profile operators" in profiled.err
 
     evaluation = run_cli(capsys, "eval", str(DIGITS_MODEL), "--dataset", str(DIGITS_TEST),
                          *conn, "--json")

@@ -202,3 +202,56 @@ def test_job_json_of_an_older_agent_still_reads() -> None:
                                   "p99_ms", "max_ms"), 1.0),
         "throughput_ips": 1.0, "load_ms": 1.0, "first_run_ms": 1.0, "peak_rss_mb": 1.0,
         "iterations": 1, "warmup": 1, "measured_s": 1.0}).as_dict()
+
+
+# ---------------------------------------------------------------- per-operator profiles
+
+def test_profile_counts_only_the_timed_runs() -> None:
+    from edgetune.device.profile import node_times
+
+    def run(ts: int) -> list:
+        return [{"cat": "Session", "name": "model_run", "ts": ts, "dur": 100},
+                {"cat": "Node", "name": "conv_kernel_time", "ts": ts + 10, "dur": 60,
+                 "args": {"op_name": "Conv", "provider": CPU}},
+                {"cat": "Node", "name": "relu_kernel_time", "ts": ts + 80, "dur": 20,
+                 "args": {"op_name": "Relu", "provider": "NpuEP"}}]
+    events = run(0) + run(1000) + run(2000) + [           # a warm-up run, then two timed
+        {"cat": "Node", "name": "stray_kernel_time", "ts": 5000, "dur": 999,
+         "args": {"op_name": "X", "provider": CPU}}]     # outside every run: not counted
+    nodes = node_times(events, 2)
+    assert [(n.name, n.calls, n.total_ms) for n in nodes] == [("conv", 2, 0.12),
+                                                              ("relu", 2, 0.04)]
+    assert nodes[1].provider == "NpuEP" and nodes[0].mean_ms == pytest.approx(0.06)
+    assert node_times("garbage", 2) == () and node_times(events, 0) == ()
+
+
+def test_bench_profile_on_the_board(capsys: Any, local_agent: RunningAgent) -> None:
+    r = run_cli(capsys, "bench", str(DIGITS_MODEL), "--shape", ONE_DIGIT, "--iterations", "30",
+                "--warmup", "2", "--profile", *local_agent.conn(), "--json", "--no-record")
+    assert r.code == 0, r.err
+    result = r.json["results"][0]
+    profile = result["profile"]
+    assert profile["iterations"] == 30 and profile["p50_ms"] == result["latency_ms"]["p50"]
+    assert profile["profiled_p50_ms"] > 0 and profile["overhead"] is not None
+    nodes = profile["nodes"]
+    assert len(nodes) == result["provider_nodes"][CPU]             # every node, once
+    assert all(n["calls"] == 30 and n["provider"] == CPU for n in nodes)
+    assert [n["total_ms"] for n in nodes] == sorted((n["total_ms"] for n in nodes), reverse=True)
+    assert {"Conv", "Gemm"} <= {n["op_type"] for n in nodes}
+    assert sum(r["share"] for r in profile["by_op_type"]) == pytest.approx(1.0)
+    assert profile["by_provider"] == [{"provider": CPU, "total_ms": pytest.approx(
+        sum(n["total_ms"] for n in nodes)), "share": pytest.approx(1.0), "nodes": len(nodes)}]
+    text = run_cli(capsys, "bench", str(DIGITS_MODEL), "--shape", ONE_DIGIT, "--iterations",
+                   "10", "--profile", "--profile-top", "3", *local_agent.conn(), "--no-record")
+    assert text.code == 0, text.err
+    assert "slowest 3 of" in text.out and "time by op type" in text.out
+    assert "profiled" in text.out and "measured" in text.out
+
+
+def test_a_bench_without_profile_carries_none(capsys: Any, local_agent: RunningAgent) -> None:
+    r = run_cli(capsys, "bench", str(DIGITS_MODEL), "--shape", ONE_DIGIT, "--iterations", "3",
+                *local_agent.conn(), "--json", "--no-record")
+    assert r.code == 0 and "profile" not in r.json["results"][0]
+    bad = run_cli(capsys, "bench", str(DIGITS_MODEL), "--profile", "--profile-top", "0",
+                  "--address", "127.0.0.1:9")
+    assert bad.code == 2 and "--profile-top" in bad.err

@@ -120,7 +120,8 @@ def bench_settings(args: argparse.Namespace) -> JobSettings:
         model_sha256="", session=session_from_args(args),
         warmup=10 if args.warmup is None else args.warmup, iterations=iterations,
         min_duration_s=args.duration or 0.0, seed=args.seed or 0, return_samples=args.samples,
-        thermal=thermal_from_args(args))
+        thermal=thermal_from_args(args), profile=bool(getattr(args, "profile", False)))
+    check_count("--profile-top", getattr(args, "profile_top", 10))
     dataset = BlobRef.parse(args.dataset, BlobKind.DATASET) if args.dataset else None
     return JobSettings(kind="benchmark", template=template, dataset=dataset,
                        models=tuple(BlobRef.parse(m, BlobKind.MODEL) for m in args.models),
@@ -183,6 +184,7 @@ def run_jobs(args: argparse.Namespace, settings: JobSettings) -> int:
             return int(ExitStatus.INTERRUPTED)
         runs = [board.result(job, ref.text, ref.path) for job, ref in zip(jobs, settings.models)]
     failed = render.print_results(settings.kind, runs, settings.json, samples=settings.samples,
+                                  profile_top=getattr(args, "profile_top", 10),
                                   result_id=recorder.result_id if recorder else None)
     return int(ExitStatus.AGENT) if failed else 0
 
@@ -260,6 +262,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--seed", type=int, metavar="N", help="seed of the random inputs (default 0)")
     b.add_argument("--dataset", metavar="D.npz", help="take inputs from a dataset (file or sha256)")
     b.add_argument("--samples", action="store_true", help="also return every timing (samples_ms)")
+    b.add_argument("--profile", action="store_true",
+                   help="after the measurement, profile the operators on the board (a second "
+                        "session with onnxruntime's profiler; its overhead is shown)")
+    b.add_argument("--profile-top", type=int, default=10, metavar="N",
+                   help="with --profile: how many of the slowest nodes to list (default 10)")
     b.add_argument("--no-lease", action="store_true",
                    help="do not lease the board while measuring (by default bench holds it, "
                         "so other hosts' jobs wait; without, they may run between ours and "
