@@ -423,18 +423,24 @@ class CompareResult(_message.Message):
     def __init__(self, rounds: _Optional[_Iterable[_Union[CompareRound, _Mapping]]] = ..., evaluate_a: _Optional[_Union[EvaluateResult, _Mapping]] = ..., evaluate_b: _Optional[_Union[EvaluateResult, _Mapping]] = ..., peak_rss_mb: _Optional[float] = ...) -> None: ...
 
 class EvaluateSpec(_message.Message):
-    __slots__ = ("model_sha256", "dataset_sha256", "session", "metrics", "batch_size")
+    __slots__ = ("model_sha256", "dataset_sha256", "session", "metrics", "batch_size", "decoder", "conf", "iou")
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     DATASET_SHA256_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DECODER_FIELD_NUMBER: _ClassVar[int]
+    CONF_FIELD_NUMBER: _ClassVar[int]
+    IOU_FIELD_NUMBER: _ClassVar[int]
     model_sha256: str
     dataset_sha256: str
     session: SessionOptions
     metrics: _containers.RepeatedScalarFieldContainer[str]
     batch_size: int
-    def __init__(self, model_sha256: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., metrics: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    decoder: str
+    conf: float
+    iou: float
+    def __init__(self, model_sha256: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., metrics: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., decoder: _Optional[str] = ..., conf: _Optional[float] = ..., iou: _Optional[float] = ...) -> None: ...
 
 class JobSpec(_message.Message):
     __slots__ = ("benchmark", "evaluate", "compare", "label")

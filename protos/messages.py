@@ -285,20 +285,25 @@ class EvaluateSpec:
     model_sha256: str
     dataset_sha256: str
     session: SessionOptions = field(default_factory=SessionOptions)
-    metrics: Tuple[str, ...] = ()                   # top1, top5, fidelity; empty: all that apply
+    metrics: Tuple[str, ...] = ()                   # top1, top5, fidelity, miou, map; empty:
+                                                    # all that apply (map only when asked)
     batch_size: int = 1
+    decoder: str = ""                               # map: "yolov5" or "boxes"
+    conf: float = 0.0                               # map: score threshold (0: the default)
+    iou: float = 0.0                                # map: NMS IoU threshold (0: the default)
 
     def as_pb2(self) -> pb.EvaluateSpec:
         return pb.EvaluateSpec(
             model_sha256=self.model_sha256, dataset_sha256=self.dataset_sha256,
-            session=self.session.as_pb2(), metrics=list(self.metrics), batch_size=self.batch_size)
+            session=self.session.as_pb2(), metrics=list(self.metrics), batch_size=self.batch_size,
+            decoder=self.decoder, conf=self.conf, iou=self.iou)
 
     @classmethod
     def from_pb2(cls, msg: pb.EvaluateSpec) -> "EvaluateSpec":
         return cls(
             model_sha256=msg.model_sha256, dataset_sha256=msg.dataset_sha256,
             session=SessionOptions.from_pb2(msg.session), metrics=tuple(msg.metrics),
-            batch_size=msg.batch_size)
+            batch_size=msg.batch_size, decoder=msg.decoder, conf=msg.conf, iou=msg.iou)
 
     def as_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -683,7 +688,8 @@ class BlobInfo:
 
 # What an agent understands beyond 0.1.0's wire (GetInfoResponse.features): a host sends a
 # field an older agent would silently ignore only to an agent that names it here.
-FEATURES = ("provider_options", "provider_nodes", "unknown_fields_refused", "profile")
+FEATURES = ("provider_options", "provider_nodes", "unknown_fields_refused", "profile",
+            "detection")                            # EvaluateSpec decoder/conf/iou, "map"
 
 
 @dataclass(frozen=True)
