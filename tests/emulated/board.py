@@ -86,7 +86,7 @@ class EmulatedBoard:
         return f"{SUBNET_PREFIX}.{self.subnet}.1"
 
     def _veth(self, side: str) -> str:
-        return f"etb{self.subnet}{side}"            # at most 15 characters
+        return f"edb{self.subnet}{side}"            # at most 15 characters
 
     # ------------------------------------------------------------------ life cycle
     def __enter__(self) -> "EmulatedBoard":
@@ -136,6 +136,8 @@ class EmulatedBoard:
             self.netns = name
             if _ip("link", "add", self._veth("h"), "type", "veth", "peer", "name",
                    self._veth("b"), check=False).returncode != 0:
+                _ip("netns", "del", name, check=False)
+                self.netns = ""
                 continue
             _ip("link", "set", self._veth("b"), "netns", name)
             _ip("addr", "add", f"{self.host_address}/24", "dev", self._veth("h"))
