@@ -356,6 +356,9 @@ def test_ctrl_c_leaves_the_jobs_on_the_boards_and_resume_reattaches(
             process.kill()
             process.wait()
     assert process.returncode == 130, err.decode()
+    for name in ("good0", "good1"):                 # the boards' leases were let go
+        with fleet.client(name) as client:
+            assert client.info().lease_holder == ""
     assert f"--resume {run_id}" in err.decode() and "stay on their boards" in err.decode()
     with ResultsStore.open(fleet.db) as store:
         rows = {r.device: r for r in RunBook(store).rows(run_id)}

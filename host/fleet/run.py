@@ -148,6 +148,7 @@ class FleetRun:
         self._upload_slots = threading.Semaphore(settings.upload_parallel)
         self._sessions: Dict[str, Any] = {}
         self._warned: set = set()
+        self._held: Dict[str, Any] = {}      # board -> the HeldLease of its lease block
         self._lock = threading.Lock()
         before = {(r.device, r.model_sha256): r for r in rows}
         self.rows: Dict[str, List[_Row]] = {}
@@ -212,7 +213,8 @@ class FleetRun:
                     for row in rows:
                         row.kind = kind
                     self._upload(session, device.name, rows)
-                    with self._lease(session):      # measuring: no other host's jobs between
+                    with self._lease(session) as held:  # no other host's jobs in between
+                        self._held[device.name] = held
                         self._submit(session, rows)
                         waiting = True
                         self._wait(session, device.name, rows)
@@ -244,10 +246,29 @@ class FleetRun:
                     self._note_quarantine(device.name, rows)
                     return
             self._interrupted(rows)
+            self._release_after_cancel(device)
         finally:
             with self._lock:
                 self._sessions.pop(device.name, None)
             _close_quietly(session)
+
+    def _release_after_cancel(self, device: Any) -> None:
+        """After Ctrl-C the board's channel is closed, so its lease could not be released on
+        the way out: release it over a short-lived connection of its own (best effort; it
+        expires by itself otherwise)."""
+        from edgetune.host.client import AgentClient, ClientSettings
+
+        held = self._held.pop(device.name, None)
+        if held is None or not getattr(held, "supported", False) or not held.lease_id:
+            return
+        settings = ClientSettings(timeout_s=3.0, connect_timeout_s=2.0, cert_warning_days=-1)
+        try:
+            with AgentClient(device.address, self.identity, server_name=device.server_name,
+                             settings=settings) as client:
+                client.release_lease(held.lease_id, timeout=3.0)
+        except Exception as exc:  # noqa: BLE001 - the lease expires by itself
+            log.warning("could not release the lease on %s after Ctrl-C (%s); it ends by "
+                        "itself", device.name, exc)
 
     def _check_name(self, device: str, agent: Any) -> None:
         """A board whose certificate names another board (the inventory's address is wrong?):
