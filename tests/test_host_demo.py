@@ -1,5 +1,7 @@
-"""``edgetune demo`` end to end: throw-away PKI, local agent subprocess, INT8 quantization,
-bench and eval of both models, the FP32 vs INT8 comparison; Ctrl-C."""
+"""``edgetune demo`` end to end: throw-away PKI, local agent subprocess, INT8 quantization;
+``--quick``: bench and eval of both models, the FP32 vs INT8 comparison; the default: a tuning
+study on the agent and the FP32 / default INT8 / tuned comparison in interleaved rounds;
+Ctrl-C."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ SAMPLES = Path(__file__).resolve().parents[1] / "host" / "samples"
 def test_demo_json(capsys: pytest.CaptureFixture, tmp_path: Path,
                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))     # where the throw-away dir goes
-    r = run_cli(capsys, "demo", "--json")
+    r = run_cli(capsys, "demo", "--quick", "--json")
     assert r.code == 0, r.err
     doc = r.json
     assert doc["key_type"] == "ecdsa-p256" and doc["kept"] is None
@@ -86,7 +88,7 @@ def test_demo_json(capsys: pytest.CaptureFixture, tmp_path: Path,
 
 def test_demo_no_record(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     db = tmp_path / "never.db"
-    r = run_cli(capsys, "demo", "--json", "--db", str(db), "--no-record")
+    r = run_cli(capsys, "demo", "--quick", "--json", "--db", str(db), "--no-record")
     assert r.code == 0, r.err
     assert r.json["results_db"] is None and r.json["bench"]["results"][0]["result_id"] is None
     assert not db.exists()
@@ -105,7 +107,7 @@ def _table_rows(out: str) -> Dict[str, List[str]]:
 def test_demo_keep_prints_the_comparison_and_writes_a_usable_inventory(
         capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     keep = tmp_path / "demo"
-    r = run_cli(capsys, "demo", "--keep", str(keep))
+    r = run_cli(capsys, "demo", "--quick", "--keep", str(keep))
     assert r.code == 0, r.err
     rows = _table_rows(r.out)
     assert rows[""] == ["FP32", "INT8", "change"]
@@ -130,7 +132,7 @@ def test_demo_keep_prints_the_comparison_and_writes_a_usable_inventory(
     inventory = load_inventory(keep / "edgetune.toml")
     assert inventory.host is not None and inventory.host.cert.is_file()
     assert inventory.device("demo").address.startswith("127.0.0.1:")
-    again = run_cli(capsys, "demo", "--keep", str(keep))
+    again = run_cli(capsys, "demo", "--quick", "--keep", str(keep))
     assert again.code == ExitStatus.USAGE and "new or empty directory" in again.err
 
 
@@ -214,13 +216,13 @@ def _processes_mentioning(text: str) -> List[int]:
 
 
 class DemoProcess:
-    """``python -m edgetune.host demo`` in its own session (so a test can signal its whole process
+    """``python -m edgetune.host demo ARGS`` in its own session (so a test can signal its whole process
     group, as a terminal's Ctrl-C does), with TMPDIR in ``tmp``."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, args: Tuple[str, ...] = ("--quick",)) -> None:
         self.tmp = tmp
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgetune.host", "demo"], stdout=subprocess.PIPE,
+            [sys.executable, "-m", "edgetune.host", "demo", *args], stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp)})
         self.agent_pid = 0
@@ -308,5 +310,87 @@ def test_repeated_ctrl_c_still_stops_the_agent_and_removes_the_directory(demo_tm
         # The last presses may land after the message, as the command exits: killed by SIGINT.
         assert demo.proc.returncode in (ExitStatus.INTERRUPTED, -signal.SIGINT), err
         demo.assert_cleaned_up(workdir, err.split("Traceback")[0])
+    finally:
+        demo.kill()
+
+
+# --- the default demo: the loop with a tuning study ----------------------------------------
+
+def test_trials_belong_to_the_tuning_demo(capsys: pytest.CaptureFixture) -> None:
+    r = run_cli(capsys, "demo", "--quick", "--trials", "3")
+    assert r.code == ExitStatus.USAGE and "--trials is for the tuning study" in r.err
+    r = run_cli(capsys, "demo", "--trials", "0")
+    assert r.code == ExitStatus.USAGE and "--trials must be between 1 and 1000" in r.err
+
+
+@pytest.mark.slow
+def test_demo_loop_json_tunes_compares_and_records(
+        capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    db = tmp_path / "results.db"
+    r = run_cli(capsys, "demo", "--json", "--trials", "3", "--db", str(db))
+    assert r.code == 0, r.err
+    doc = r.json
+    study = doc["study"]
+    assert study["study"].startswith("demo-") and sum(study["trials"].values()) == 3
+    # the default INT8 the demo made is the study's baseline (made once, same file)
+    int8 = doc["models"]["int8_default"]
+    assert int8["quantize"]["method"] == "minmax" and int8["quantize"]["per_channel"] is True
+    assert study["baselines"]["int8_default"]["model_sha256"] == int8["sha256"]
+    assert doc["models"]["fp32"]["size_bytes"] == (SAMPLES / "digits32_cnn.onnx").stat().st_size
+    c = doc["comparison"]
+    assert c["rounds"] == {"fp32": 5, "int8_default": 5, "tuned": 5}
+    # the sample exists because INT8 pays off on it: measured in the interleaved rounds
+    assert c["speedup_vs_fp32"]["int8_default"]["speedup"] > 1.5
+    assert c["speedup_vs_fp32"]["tuned"]["speedup"] > 1.5
+    low, high = c["tuned_vs_int8_default"]["ci"]
+    assert low <= c["tuned_vs_int8_default"]["speedup"] <= high
+    assert all(v >= 0.97 for v in c["accuracy"].values())
+    assert c["accuracy"]["tuned"] >= c["accuracy"]["fp32"] - 0.01      # --max-drop 1 pt
+    assert doc["summary"] == study["summary"] and "FP32" in doc["summary"]
+    assert doc["results_db"] and list(tmp_path.glob("edgetune-demo-*")) == []
+    # every trial and every round is a record of the study's run; the study can be shown
+    from edgetune.host.results.store import ResultsStore
+    with ResultsStore.open(str(db)) as store:
+        ids = study["baselines"]["fp32"]["result_ids"] + study["best"]["final_result_ids"]
+        records = [store.get(i) for i in ids]
+    assert all(rec is not None and rec.run_id == study["run_id"] for rec in records)
+    shown = run_cli(capsys, "tune", "show", study["study"], "--db", str(db), "--json")
+    assert shown.code == 0, shown.err
+    assert shown.json["study"] == study["study"]
+
+
+@pytest.mark.slow
+def test_demo_loop_prints_the_closing_table(capsys: pytest.CaptureFixture,
+                                            tmp_path: Path) -> None:
+    keep = tmp_path / "loop"
+    r = run_cli(capsys, "demo", "--trials", "2", "--keep", str(keep), "--no-record")
+    assert r.code == 0, r.err
+    rows = _table_rows(r.out)
+    assert rows[""] == ["FP32", "default INT8", "tuned", "tuned vs default INT8"]
+    assert rows["size (KiB)"][0] == \
+        f"{(SAMPLES / 'digits32_cnn.onnx').stat().st_size / 1024:.1f}"
+    speed = rows["speed-up (95% CI)"]
+    assert speed[0] == "1.00x"
+    for cell in speed[1:]:
+        assert re.fullmatch(r"\d+\.\d\dx \(\d+\.\d\d-\d+\.\d\d\)", cell), cell
+    assert re.fullmatch(r"\d+\.\d\d%", rows["top-1 accuracy"][2])
+    assert "tuning" in r.out and "95% confidence interval" in r.out
+    assert "results kept" not in r.out                       # --no-record
+    assert list(keep.glob("variants/*.onnx")) and (keep / "pki" / "passphrase").is_file()
+    assert not (keep / "demo-results.db").exists()            # the throw-away study database
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_study_stops_the_agent_and_removes_its_directory(
+        demo_tmp: Path) -> None:
+    demo = DemoProcess(demo_tmp, ())
+    try:
+        workdir = demo.wait_for("demo: 2. tuning study")
+        os.killpg(demo.proc.pid, signal.SIGINT)
+        _, err = demo.proc.communicate(timeout=60)
+        assert demo.proc.returncode == ExitStatus.INTERRUPTED, err
+        assert "edgetune: interrupted" in err, err
+        demo.assert_cleaned_up(workdir, err)
     finally:
         demo.kill()

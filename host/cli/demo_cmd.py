@@ -1,5 +1,9 @@
 """``edgetune demo``: the whole loop on this PC in under a minute, nothing to set up.
 
+Without ``--quick`` the loop runs on the 32x32 digits sample and includes a short tuning study
+and the interleaved FP32 / default INT8 / tuned comparison (``edgetune.host.cli.demo_loop``).
+``--quick`` is the few-second version this module runs itself:
+
 A throw-away PKI (ECDSA P-256 keys: generating three RSA-3072 keys would cost seconds for no
 benefit here), a local agent started as a subprocess and reached over mutual TLS exactly as a
 board would be, then the tool's main job on the shipped digits CNN: quantize it to INT8 with
@@ -29,7 +33,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
-from edgetune.host.cli.common import add_json_flag, add_record_flags
+from edgetune.host.cli.common import add_json_flag, add_record_flags, check_count
 # comparison_rows: re-exported, importable from here as before the split.
 from edgetune.host.cli.demo_compare import (PRECISIONS, comparison, comparison_rows,  # noqa: F401
                                    print_comparison)
@@ -64,14 +68,16 @@ class Samples:
     calib: Path         # digits_calib.npz: 200 training images
 
 
+QUICK_SAMPLES = ("digits_cnn.onnx", "digits_test.npz", "digits_calib.npz")
+
+
 @contextlib.contextmanager
-def sample_files() -> Iterator[Samples]:
-    """The shipped digits model, test set and calibration set, as real files even from a
-    zipped install."""
+def sample_files(names: Tuple[str, str, str] = QUICK_SAMPLES) -> Iterator[Samples]:
+    """A shipped model, its test set and calibration set (in that order), as real files even
+    from a zipped install."""
     import importlib.resources
 
     root = importlib.resources.files("edgetune.host") / "samples"
-    names = ("digits_cnn.onnx", "digits_test.npz", "digits_calib.npz")
     with contextlib.ExitStack() as stack:
         paths = [Path(stack.enter_context(importlib.resources.as_file(root / n))) for n in names]
         missing = [n for n, path in zip(names, paths) if not path.is_file()]
@@ -254,6 +260,13 @@ def run_demo(workdir: Path, as_json: bool,
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgetune.host import render
 
+    if args.trials is not None and args.quick:
+        raise UsageError("--trials is for the tuning study, which --quick leaves out",
+                         hint="drop --quick to tune, or --trials to run the quick demo")
+    if args.trials is None:
+        from edgetune.host.cli.demo_loop import DEMO_TRIALS
+        args.trials = DEMO_TRIALS
+    check_count("--trials", args.trials, minimum=1, maximum=1000)
     keep = args.keep
     if keep is not None:
         if keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
@@ -268,9 +281,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     interrupted = False
     from ulid import ULID
     try:
-        with recording(args, label="demo", run_id=str(ULID())) as recorder:
-            outcome = run_demo(workdir, args.json, started, recorder)
-            results_db = recorder.store.where if recorder is not None else None
+        if args.quick:
+            with recording(args, label="demo", run_id=str(ULID())) as recorder:
+                outcome = run_demo(workdir, args.json, started, recorder)
+                results_db = recorder.store.where if recorder is not None else None
+        else:
+            from edgetune.host.cli.demo_loop import loop_db_url, run_loop_demo, where
+            db_url = loop_db_url(args, workdir)
+            loop = run_loop_demo(workdir, args.json, started, db_url, args.trials)
+            results_db = None if args.no_record else where(db_url)
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -283,6 +302,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if interrupted:
                 print(f"\nedgetune: demo interrupted; {_cleanup_note(started, workdir, keep)}",
                       file=sys.stderr)
+    if not args.quick:
+        from edgetune.host.cli.demo_loop import finish_loop
+        return finish_loop(args, loop, workdir, keep, results_db)
     doc = outcome.doc
     doc["kept"] = str(workdir) if keep is not None else None
     doc["results_db"] = results_db
@@ -356,13 +378,18 @@ def _cleanup_note(started: List[subprocess.Popen], workdir: Path, keep: Optional
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="the whole loop on this PC: a throw-away PKI, a local agent, a small "
-                     "model quantized to INT8, both benchmarked and evaluated, FP32 vs INT8 "
-                     "(a few seconds)",
-        description=__doc__)
+        "demo", help="the whole loop on this PC: a throw-away PKI, a local agent, a sample CNN "
+                     "quantized to INT8, a short tuning study, FP32 / default INT8 / tuned "
+                     "compared in interleaved rounds (under a minute; --quick: a few seconds)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="the few-second version: the 8x8 digits CNN quantized, FP32 and INT8 "
+                        "benchmarked and evaluated once, no tuning")
+    p.add_argument("--trials", type=int, default=None, metavar="N",
+                   help="trials of the tuning study (default 8; not with --quick)")
     p.add_argument("--keep", type=Path, metavar="DIR",
-                   help="keep the PKI, the store, the INT8 model and an edgetune.toml in DIR "
-                        "(new or empty)")
+                   help="keep the PKI, the store, the INT8 model (and with --quick an "
+                        "edgetune.toml) in DIR (new or empty)")
     add_record_flags(p)
     add_json_flag(p)
     p.set_defaults(func=cmd_demo)
