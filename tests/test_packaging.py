@@ -434,7 +434,8 @@ def test_wheel_installed_without_e_runs_the_demo_and_the_agent(
     # `python -m edgetune.device`, quantize, bench and eval of both models.
     env = _clean_env()
     env["TMPDIR"] = str(outside)                           # the demo's throw-away directory
-    demo = _run([str(bin_dir / "edgetune"), "demo", "--json"], timeout=300, cwd=outside, env=env)
+    demo = _run([str(bin_dir / "edgetune"), "demo", "--quick", "--json"], timeout=300,
+                cwd=outside, env=env)                      # the few-second demo
     doc = json.loads(demo.stdout)
     assert doc["info"]["agent_version"] == version()
     assert [r["model"] for r in doc["bench"]["results"]] == ["digits_cnn.onnx",
