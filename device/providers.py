@@ -142,6 +142,26 @@ def create_session(model_path: Any, options: SessionOptions,
     return session, (time.perf_counter_ns() - start) / 1e6
 
 
+NO_ONNXRUNTIME = (
+    "no onnxruntime can be imported by this Python ({problem}); the agent needs one. Install "
+    "the build for this board into the agent's Python: PyPI's `pip install onnxruntime` "
+    "(x86-64 and aarch64 CPUs: Raspberry Pi, RK3588, Jetson's CPU), `pip install "
+    "onnxruntime-cann` on an Ascend Atlas board (CANN), `pip install onnxruntime-gpu` with an "
+    "NVIDIA GPU, and on a SpacemiT K1 (Bianbu) or another Debian riscv64 board the "
+    "distribution's `apt install python3-onnxruntime` with the agent in a venv made with "
+    "--system-site-packages. `pip install 'edgetune[agent]'` installs the agent without "
+    "onnxruntime (for a board's own build); 'edgetune[device]' with PyPI's")
+
+
+def import_problem() -> str:
+    """Why onnxruntime cannot be imported ("" when it can): the agent refuses to start then."""
+    try:
+        import onnxruntime  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - a broken vendor build raises anything
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
 def onnxruntime_distribution() -> str:
     """The installed distribution whose files hold the importable ``onnxruntime`` package
     (name and version, e.g. "onnxruntime-cann 1.18.0"); "" when none owns it (a copy on

@@ -221,6 +221,10 @@ class AgentServer:
         except OSError as exc:
             raise ServerError(f"cannot use the store folder {config.store}: {exc.strerror or exc}"
                               "; pass a writable --store DIR") from None
+        from edgetune.device.providers import NO_ONNXRUNTIME, import_problem
+        problem = await loop.run_in_executor(self._io, import_problem)
+        if problem:
+            raise ServerError(NO_ONNXRUNTIME.format(problem=problem))
         runner = await loop.run_in_executor(self._io, self._make_runner, store)
         info = await loop.run_in_executor(self._io, self._info)   # imports onnxruntime
         queue = JobQueue(Path(config.store) / "jobs.db", runner, config.limits.queue_capacity,
