@@ -12,7 +12,7 @@ import pytest
 from edgetune.exitcodes import ExitStatus
 from edgetune.host.errors import NotFoundError, UsageError
 from edgetune.host.fleet import runbook as rb
-from edgetune.host.fleet.run import FleetSettings, backoff_delays, reason
+from edgetune.host.fleet.policy import FleetSettings, backoff_delays, reason
 from edgetune.host.fleet.runspec import FileRef, FleetRunSpec, file_ref
 from edgetune.host.fleet.summary import RowResult, document, exit_status, summarize
 from edgetune.host.errors import AuthError, LeaseHeldError, UnreachableError

@@ -29,7 +29,7 @@ SELECTOR_HELP = "which boards (a selector: all, names, globs, tag:T, KEY=VALUE; 
 # ---------------------------------------------------------------------- settings
 
 def fleet_settings(args: argparse.Namespace) -> Any:
-    from edgetune.host.fleet.run import FleetSettings
+    from edgetune.host.fleet.policy import FleetSettings
 
     check_count("--retries", args.retries, minimum=0, maximum=20)
     check_count("--parallel", args.parallel, maximum=1024)
