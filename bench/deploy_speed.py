@@ -235,10 +235,6 @@ def main(argv: Sequence[str] = ()) -> int:
                           f"no-op re-run of {args.boards} boards at once: "
                           f"{result['noop_many_s']:.2f} s; ratio to one board {ratio:.2f}"]
             result["checks"] = checks
-            with contextlib.suppress(Exception):
-                cli("deploy", "remove", "b0", "--purge", "--inventory", str(inventory))
-                for i in range(1, args.boards + 1):
-                    cli("deploy", "remove", f"b{i}", "--purge", "--inventory", str(inventory))
             return finish(result, args.json, lines)
     finally:
         _kill_agents(tmp)
@@ -246,7 +242,7 @@ def main(argv: Sequence[str] = ()) -> int:
 
 
 def _kill_agents(tmp: Path) -> None:
-    """Agents a failed run left (their pid files under the temp prefixes)."""
+    """The agents the run started (their pid files under the temp prefixes)."""
     import signal
 
     for pid_file in tmp.glob("*/run/agent.pid"):

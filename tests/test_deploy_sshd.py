@@ -409,3 +409,48 @@ def test_an_encrypted_key_is_opened_with_the_passphrase_from_the_environment_onl
         monkeypatch.setenv(PASSWORD_ENV, "correct horse")
         with SshSession.connect(settings) as session:
             assert session.run("echo ok").out.strip() == "ok"
+
+
+# ------------------------------------------------------------------------ the board's onnxruntime
+
+def test_the_boards_own_onnxruntime_is_kept_and_used(pki: Any, board_wheelhouse: Path,
+                                                     tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A board whose Python imports an onnxruntime (here: this test's own Python, as a vendor
+    image's would): the venv sees it, PyPI's is not installed, deploy says which it uses."""
+    import onnxruntime
+
+    python = sys.executable
+    if subprocess.run([python, "-c", "import sys; sys.exit(sys.version_info[:2] != (%d, %d))"
+                       % tuple(map(int, board_python_version().split(".")))]).returncode:
+        pytest.skip("this Python is not the version the session's wheelhouse was made for")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("EDGETUNE_PASSPHRASE", pki.passphrase.decode())
+    prefix = tmp_path / "vendor"
+    inventory = tmp_path / "edgetune.toml"
+    with local_sshd() as sshd:
+        code, out, err = cli("deploy", "vendor", "--ssh", f"{sshd.user}@{sshd.host}:{sshd.port}",
+                             "--identity", str(sshd.client_key), "--pki", str(pki.dir),
+                             "--prefix", str(prefix), "--listen", f"127.0.0.1:{free_port()}",
+                             "--inventory", str(inventory), "--wheelhouse", str(board_wheelhouse),
+                             "--python", python, "--service-user", "root", "--accept-new")
+        try:
+            assert code == 0, out + err
+            assert f"keeping the board's onnxruntime {onnxruntime.__version__}" in out
+            assert "CPUExecutionProvider" in out
+            venv_site = list(prefix.glob("versions/*/venv/lib/python3*/site-packages"))
+            assert venv_site and not (venv_site[0] / "onnxruntime").exists()
+            assert (venv_site[0] / "edgetune").is_dir()      # edgetune itself is the venv's
+            code, out, err = cli("info", "--device", "vendor", "--json",
+                                 "--inventory", str(inventory))
+            assert code == 0, err
+            assert json.loads(out)["onnxruntime_version"] == onnxruntime.__version__
+        finally:
+            cli("deploy", "remove", "vendor", "--purge", "--inventory", str(inventory))
+    assert not prefix.exists()
+
+
+def board_python_version() -> str:
+    return subprocess.run([board_python(), "-c", "import platform; "
+                           "print('.'.join(platform.python_version_tuple()[:2]))"],
+                          capture_output=True, text=True, check=True).stdout.strip()

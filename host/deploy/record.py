@@ -7,7 +7,7 @@ file's comments and layout; an entry that would not change is not rewritten.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from edgetune.host.deploy.settings import RECORD_KEYS
 from edgetune.host.errors import UsageError
@@ -28,6 +28,10 @@ def upsert_device(path: Path, name: str, address: str, *, tags: Sequence[str],
     unknown = set(deploy) - set(RECORD_KEYS)
     if unknown:
         raise ValueError(f"not recorded: {sorted(unknown)}")
+    want = {k: str(v) for k, v in deploy.items() if v}
+    if host is None or _has_host(path):
+        if _already(path, name, address, tags, want):
+            return False          # the common case of a re-run: no tomlkit round trip
     doc = _load(path)
     changed = False
     if host is not None and "host" not in doc:
@@ -46,7 +50,7 @@ def upsert_device(path: Path, name: str, address: str, *, tags: Sequence[str],
         if other != name and table.get("address") == address:
             raise UsageError(f"{path} already lists {address} as {other!r}",
                              hint=f"deploy it under that name, or `edgetune fleet rm {other}`")
-    want_deploy: Dict[str, str] = {k: str(v) for k, v in sorted(deploy.items()) if v}
+    want_deploy: Dict[str, str] = dict(sorted(want.items()))
     if name in devices:
         table = devices[name]
         if table.get("address") != address:
@@ -79,3 +83,29 @@ def upsert_device(path: Path, name: str, address: str, *, tags: Sequence[str],
     if changed:
         _save(path, doc)
     return changed
+
+
+def _read(path: Path) -> Optional[Mapping[str, Any]]:
+    import tomllib
+
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+
+
+def _has_host(path: Path) -> bool:
+    data = _read(path)
+    return data is not None and "host" in data
+
+
+def _already(path: Path, name: str, address: str, tags: Sequence[str],
+             deploy: Mapping[str, str]) -> bool:
+    """Whether ``[devices.NAME]`` already says all this (read with tomllib, quick)."""
+    data = _read(path) or {}
+    table = (data.get("devices") or {}).get(name)
+    if not isinstance(table, dict) or table.get("address") != address:
+        return False
+    have_tags = list(table.get("tags") or [])
+    return all(t in have_tags for t in tags) and dict(table.get("deploy") or {}) == dict(deploy)
