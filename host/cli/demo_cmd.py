@@ -147,7 +147,7 @@ def make_pki(directory: Path) -> Dict[str, Path]:
 def write_inventory(workdir: Path, address: str) -> Path:
     path = workdir / "edgetune.toml"
     path.write_text(
-        "# Written by `edgetune demo --keep`. The demo's agent is stopped now; start it again:\n"
+        "# Written by `edgetune demo --quick --keep`. The demo's agent is stopped now; start it again:\n"
         f"#   edgetune-agent serve --listen {address} --ca pki/ca-cert.pem "
         f"--cert pki/{DEVICE}-cert.pem --key pki/{DEVICE}-key.pem "
         "--passphrase-file pki/passphrase --store store\n"
