@@ -80,7 +80,7 @@ class _InventoryOnce:
                 raise NotFoundError(
                     f"{why}, but there is no inventory: no --inventory, no $EDGETUNE_CONFIG, no "
                     f"./{CONFIG_NAME}, no ~/.config/edgetune/{CONFIG_NAME}",
-                    hint=f"create {CONFIG_NAME} (see `edgetune demo --keep DIR`), or {NO_TARGET}")
+                    hint=f"create {CONFIG_NAME} (see `edgetune demo --quick --keep DIR`), or {NO_TARGET}")
             self.loaded = load_inventory(path)
         return self.loaded
 
