@@ -19,10 +19,11 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List
 
 from tests.emulated import rootfs
 from tests.emulated.rootfs import Recipe
@@ -190,9 +191,9 @@ def build_edgetune_wheel(out: Path) -> Path:
         ".git", "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache", ".benchmarks",
         ".venv", "pki", "edgetune-demo*"))
     wheels = out / "wheels"
-    proc = subprocess.run(["python", "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                           "--quiet", "-w", str(wheels), str(src)], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                           "--no-build-isolation", "--quiet", "-w", str(wheels), str(src)],
+                          capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(f"building the edgetune wheel failed:\n{proc.stdout}{proc.stderr}")
     shutil.rmtree(src)
@@ -200,12 +201,12 @@ def build_edgetune_wheel(out: Path) -> Path:
     return wheel
 
 
-def install_edgetune(root: Path, wheel: Path, log_file: Path, python: Optional[str] = None) -> None:
+def install_edgetune(root: Path, wheel: Path, log_file: Path) -> None:
     """Install ``wheel`` into the board's agent venv (no dependencies, no network)."""
     staged = root / "tmp" / wheel.name
     shutil.copyfile(wheel, staged)
     try:
-        run_in(root, [python or f"{AGENT_VENV}/bin/pip", "install", "--no-deps", "--no-index",
+        run_in(root, [f"{AGENT_VENV}/bin/pip", "install", "--no-deps", "--no-index",
                       "--no-compile", f"/tmp/{wheel.name}"], board_env(), log_file, timeout=600)
     finally:
         staged.unlink()
