@@ -23,7 +23,7 @@ from edgetune.protos.shapes import format_dims
 GiB = 1 << 30
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 HEX_RE = re.compile(r"[0-9a-f]+")
-EVALUATE_METRICS = ("top1", "top5", "fidelity", "miou")
+EVALUATE_METRICS = ("top1", "top5", "fidelity", "miou", "map")   # map: device.detection
 MAX_INPUT_SHAPES = 64
 MAX_DIM = 1 << 24
 MAX_PROVIDERS = 16
@@ -207,4 +207,23 @@ def validate_evaluate(spec: EvaluateSpec, limits: Limits) -> None:
         if metric not in EVALUATE_METRICS:
             raise InvalidArgument(f"unknown metric {metric!r}; choose from "
                                   f"{', '.join(EVALUATE_METRICS)} (or none for all that apply)")
+    _validate_detection(spec)
     validate_session(spec.session, limits)
+
+
+def _validate_detection(spec: EvaluateSpec) -> None:
+    """``map`` needs a decoder; thresholds in [0, 1]; detection options only with ``map``."""
+    from edgetune.device.detection import DECODERS
+    if "map" in spec.metrics:
+        if spec.decoder not in DECODERS:
+            raise InvalidArgument(f"metric 'map' needs a decoder for the model's output, one of "
+                                  f"{', '.join(DECODERS)} (got {spec.decoder!r})")
+    elif spec.metrics and (spec.decoder or spec.conf or spec.iou):
+        raise InvalidArgument("decoder, conf and iou apply to the metric 'map' only; ask for it")
+    elif spec.decoder and spec.decoder not in DECODERS:
+        raise InvalidArgument(f"unknown decoder {spec.decoder!r}; choose one of "
+                              f"{', '.join(DECODERS)}")
+    for name in ("conf", "iou"):
+        value = getattr(spec, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise InvalidArgument(f"{name} {value!r} is out of range: give a number in [0, 1]")
