@@ -6,7 +6,9 @@ sample. Optional extras:
 
 - ``labels``: integers, shape ``[N]`` for classification (top-1/top-5) or ``[N, H, W]`` for
   segmentation (mIoU);
-- reference outputs keyed by the model's output names, ``[N, ...]``, for fidelity metrics.
+- reference outputs keyed by the model's output names, ``[N, ...]``, for fidelity metrics;
+- ``boxes`` [N, M, 4], ``classes`` [N, M] and optionally ``image_ids`` [N]: detection ground
+  truth for mAP (``edgetune.device.detection``).
 
 ``check_dataset_file`` runs at upload and reads only the npy headers (cheap, and safe
 against compressed members that would unpack to huge arrays); ``load_dataset`` runs at job
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -29,6 +31,7 @@ from edgetune.device.errors import InvalidArgument
 log = logging.getLogger("edgetune.agent.datasets")
 
 LABELS = "labels"
+DETECTION_KEYS = ("boxes", "classes", "image_ids")   # ground truth of a detection set
 NUMERIC_KINDS = "biuf"          # bool, signed, unsigned, float
 SAVE_HINT = "save plain numeric arrays, e.g. np.savez(path, input=x.astype(np.float32), labels=y)"
 
@@ -76,6 +79,7 @@ class MatchedDataset:
     labels: Optional[np.ndarray]
     samples: int
     fixed_batch: Optional[int]              # the model's fixed batch size (None: dynamic)
+    detection: Dict[str, np.ndarray] = field(default_factory=dict)   # boxes, classes, image_ids
 
 
 def _read_header(fp: Any) -> Tuple[Tuple[int, ...], bool, np.dtype]:
@@ -233,11 +237,12 @@ def match_to_model(dataset: Dataset, session_inputs: Sequence[Any],
             f"dataset has arrays {_list(have)} but the model's inputs are {_list(input_names)}; "
             "name each array after a model input")
     unknown = sorted(n for n in arrays if n not in input_names and n not in output_names
-                     and n != LABELS)
+                     and n != LABELS and n not in DETECTION_KEYS)
     if unknown:
         raise InvalidArgument(
             f"dataset arrays {_list(unknown)} match no model input {_list(input_names)} or "
-            f"output {_list(output_names)} and are not '{LABELS}'; rename or drop them")
+            f"output {_list(output_names)} and are not '{LABELS}' (or a detection set's "
+            f"{', '.join(DETECTION_KEYS)}); rename or drop them")
     fixed_batch: Optional[int] = None
     inputs: Dict[str, np.ndarray] = {}
     for node in session_inputs:
@@ -279,8 +284,10 @@ def match_to_model(dataset: Dataset, session_inputs: Sequence[Any],
     if labels is not None and labels.dtype.kind not in "iu":
         raise InvalidArgument(f"dataset array '{LABELS}' is {labels.dtype}; labels must be "
                               "integer class indices (e.g. .astype(np.int64))")
+    detection = {k: arrays[k] for k in DETECTION_KEYS
+                 if k in arrays and k not in input_names and k not in output_names}
     return MatchedDataset(inputs=inputs, references=references, labels=labels,
-                          samples=dataset.samples, fixed_batch=fixed_batch)
+                          samples=dataset.samples, fixed_batch=fixed_batch, detection=detection)
 
 
 def _list(names: Sequence[str]) -> str:

@@ -4,8 +4,9 @@
 then hands over to ``evaluate_session``, which matches the dataset to the model's inputs and
 outputs and runs it batch by batch (the model's fixed batch size wins over ``batch_size``; a
 short last batch is padded for a fixed-batch model and the padding's outputs are dropped).
-Metrics are chosen from what the dataset holds (``labels``, reference outputs) unless the spec
-names them, and are streamed over the batches by ``edgetune.device.metrics``.
+Metrics are chosen from what the dataset holds (``labels``, reference outputs, detection
+boxes with a decoder) unless the spec names them, and are streamed over the batches by
+``edgetune.device.metrics`` and ``edgetune.device.detection`` (mAP).
 
 This module does not import ``edgetune.device.runner`` (which imports it): the runner passes its
 progress reporter and its ``session.run`` wrapper in.
@@ -20,6 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 import numpy as np
 
 from edgetune.device.datasets import Dataset, MatchedDataset, match_to_model
+from edgetune.device.detection import (DEFAULT_CONF, DEFAULT_IOU, DetectionMAP,
+                                       check_decoder, check_ground_truth, decode)
 from edgetune.device.errors import InvalidArgument
 from edgetune.device.metrics import Fidelity, MeanIoU, TopK, as_class_scores
 from edgetune.protos.messages import EvaluateResult, EvaluateSpec
@@ -49,14 +52,14 @@ def evaluate_session(session: Any, load_ms: float, dataset: Dataset, spec: Evalu
     """
     outputs = session.get_outputs()
     matched = match_to_model(dataset, session.get_inputs(), outputs)
-    wanted = _plan_metrics(spec.metrics, matched)
+    wanted = _plan_metrics(spec.metrics, matched, spec.decoder)
     batch = matched.fixed_batch or spec.batch_size
     if matched.fixed_batch and spec.batch_size not in (1, matched.fixed_batch):
         log.info("the model's batch size is fixed at %d; batch_size %d is ignored",
                  matched.fixed_batch, spec.batch_size)
     names = [o.name for o in outputs]
     n = matched.samples
-    acc = _Accumulators(wanted, spec.metrics, matched, names)
+    acc = _Accumulators(wanted, spec.metrics, matched, names, spec)
     start = time.perf_counter()
     rep.report("evaluate", 0, n, force=True)
     for begin in range(0, n, batch):
@@ -77,14 +80,20 @@ def evaluate_session(session: Any, load_ms: float, dataset: Dataset, spec: Evalu
                           load_ms=load_ms, elapsed_s=elapsed)
 
 
-def _plan_metrics(requested: Sequence[str], matched: MatchedDataset) -> List[str]:
-    """The metric families to compute; InvalidArgument when a requested one cannot be."""
+def _plan_metrics(requested: Sequence[str], matched: MatchedDataset,
+                  decoder: str = "") -> List[str]:
+    """The metric families to compute; InvalidArgument when a requested one cannot be.
+    ``map`` is computed when asked for, or when a decoder is given and the dataset holds
+    detection ground truth."""
     labels = matched.labels
+    if "map" in requested:
+        check_ground_truth(matched.detection, matched.samples)
     can = {
         "top1": labels is not None and labels.ndim == 1,
         "top5": labels is not None and labels.ndim == 1,
         "miou": labels is not None and labels.ndim >= 2,
         "fidelity": bool(matched.references),
+        "map": bool(decoder) and "boxes" in matched.detection and "classes" in matched.detection,
     }
     why = {
         "top1": "it needs a 'labels' array of shape [N] (class indices) in the dataset",
@@ -92,13 +101,16 @@ def _plan_metrics(requested: Sequence[str], matched: MatchedDataset) -> List[str
         "miou": "it needs a 'labels' array of shape [N, H, W] (class per pixel) in the dataset",
         "fidelity": "it needs reference outputs in the dataset, stored under the model's "
                     "output names",
+        "map": "it needs a decoder for the model's output (yolov5 or boxes)",
     }
     if requested:
         for metric in requested:
             if not can.get(metric, False):
                 raise InvalidArgument(f"metric {metric!r} cannot be computed: {why.get(metric, '')}")
         return list(dict.fromkeys(requested))
-    chosen = [m for m in ("top1", "top5", "miou", "fidelity") if can[m]]
+    chosen = [m for m in ("top1", "top5", "miou", "fidelity", "map") if can[m]]
+    if "map" in chosen:
+        check_ground_truth(matched.detection, matched.samples)
     if not chosen:
         raise InvalidArgument("no metric applies: the dataset has neither 'labels' nor reference "
                               "outputs named after the model's outputs; add one of them")
@@ -109,7 +121,7 @@ class _Accumulators:
     """Streams the chosen metrics over batches of outputs."""
 
     def __init__(self, wanted: List[str], requested: Sequence[str], matched: MatchedDataset,
-                 names: List[str]) -> None:
+                 names: List[str], spec: Optional[EvaluateSpec] = None) -> None:
         self.wanted = set(wanted)
         self.requested = set(requested)
         self.matched = matched
@@ -119,6 +131,11 @@ class _Accumulators:
         self.miou: Optional[MeanIoU] = None
         self.miou_output = 0
         self.fidelity = {name: Fidelity() for name in matched.references}
+        self.decoder = spec.decoder if spec is not None else ""
+        self.conf = (spec.conf or DEFAULT_CONF) if spec is not None else DEFAULT_CONF
+        self.iou = (spec.iou or DEFAULT_IOU) if spec is not None else DEFAULT_IOU
+        self.map: Optional[DetectionMAP] = None
+        self.map_output = 0
         self.started = False
 
     def _first_batch(self, outputs: List[np.ndarray]) -> None:
@@ -143,6 +160,18 @@ class _Accumulators:
                                               f"only {classes} classes")
                     continue
                 self.topk[k] = TopK(k)
+        if "map" in self.wanted:
+            fits, why = [], []
+            for i, out in enumerate(outputs):
+                try:
+                    check_decoder(self.decoder, out.shape, self.names[i])
+                    fits.append(i)
+                except InvalidArgument as exc:
+                    why.append(str(exc))
+            if not fits:
+                raise InvalidArgument(f"metric 'map' cannot be computed: {'; '.join(why)}")
+            self.map_output = fits[0]
+            self.map = DetectionMAP()
         if "miou" in self.wanted:
             assert labels is not None
             for i, out in enumerate(outputs):
@@ -166,6 +195,13 @@ class _Accumulators:
         if self.miou is not None:
             self.miou.update(outputs[self.miou_output],
                              labels[begin:begin + real])  # type: ignore[index]
+        if self.map is not None:
+            det = self.matched.detection
+            ids = det.get("image_ids")
+            self.map.update(decode(self.decoder, outputs[self.map_output], self.conf, self.iou),
+                            det["boxes"][begin:begin + real], det["classes"][begin:begin + real],
+                            ids[begin:begin + real] if ids is not None
+                            else range(begin, begin + real))
         if "fidelity" in self.wanted:
             for name, acc in self.fidelity.items():
                 out = outputs[self.names.index(name)]
@@ -182,6 +218,8 @@ class _Accumulators:
             metrics[f"top{k}"] = acc.result()
         if self.miou is not None:
             metrics["miou"] = self.miou.result()
+        if self.map is not None:
+            metrics.update(self.map.result())               # map50, map, map_classes
         prefix = len(self.fidelity) > 1
         for name, acc in self.fidelity.items():
             for key, value in acc.result().items():
