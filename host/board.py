@@ -351,6 +351,14 @@ class BoardSession:
                     f"{info.agent_version or 'before 0.2'}, which cannot profile operators "
                     "(--profile): it would measure without a profile",
                     hint="upgrade the agent (`edgetune deploy upgrade`), or leave out --profile")
+        if getattr(spec, "decoder", "") or "map" in (getattr(spec, "metrics", ()) or ()):
+            info = self.board.agent
+            if info is not None and not info.has("detection"):
+                raise IncompatibleError(
+                    f"the agent at {self.address} runs edgetune "
+                    f"{info.agent_version or 'before 0.2'}, which does not compute detection "
+                    "mAP (--metric map, --decoder): it would ignore them and report no mAP",
+                    hint="upgrade the agent (`edgetune deploy upgrade`)")
         session = getattr(spec, "session", None)
         if session is not None and session.provider_options:
             info = self.board.agent
