@@ -26,7 +26,7 @@ from edgetune.protos.messages import (EXECUTION_MODES, GRAPH_OPT_LEVELS, Benchma
 if TYPE_CHECKING:  # pragma: no cover
     from edgetune.host.board import BlobRef
 
-METRICS = ("top1", "top5", "fidelity", "miou")
+METRICS = ("top1", "top5", "fidelity", "miou", "map")
 BENCH_LEASE_TTL_S = 60.0       # bench's lease, renewed every 20 s while it runs
 
 
@@ -136,8 +136,11 @@ def eval_settings(args: argparse.Namespace) -> JobSettings:
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise UsageError(f"--metric {','.join(unknown)}: unknown (choose from {', '.join(METRICS)})")
+    from edgetune.host.cli.eval_detection import detection_options
+    decoder, conf, iou = detection_options(args, metrics)
     template = EvaluateSpec(model_sha256="", dataset_sha256="", session=session_from_args(args),
-                            metrics=metrics, batch_size=args.batch or 1)
+                            metrics=metrics, batch_size=args.batch or 1, decoder=decoder,
+                            conf=conf, iou=iou)
     return JobSettings(kind="evaluate", template=template,
                        dataset=BlobRef.parse(args.dataset, BlobKind.DATASET),
                        models=tuple(BlobRef.parse(m, BlobKind.MODEL) for m in args.models),
@@ -288,6 +291,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--metric", metavar="M,...", help=f"of {', '.join(METRICS)} (default: all "
                                                      "the dataset allows)")
     e.add_argument("--batch", type=int, metavar="N", help="samples per run (default 1)")
+    from edgetune.host.cli.eval_detection import add_detection_flags
+    add_detection_flags(e)
     _session_flags(e)
     add_connection_flags(e)
     add_record_flags(e)
