@@ -186,3 +186,23 @@ def test_dataset_without_boxes_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="repeats"):
         check_ground_truth({"boxes": np.zeros((2, 1, 4)), "classes": np.zeros((2, 1), int),
                             "image_ids": np.array([1, 1])}, 2)
+
+
+def test_agent_checks_the_detection_spec() -> None:
+    """What the agent refuses before running (device/limits.py), whatever the host sent."""
+    from edgetune.device.limits import Limits, validate_evaluate
+    from edgetune.protos.messages import EvaluateSpec
+    base = dict(model_sha256="a" * 64, dataset_sha256="b" * 64)
+    validate_evaluate(EvaluateSpec(**base, metrics=("map",), decoder="yolov5", conf=0.1,
+                                   iou=0.5), Limits())
+    validate_evaluate(EvaluateSpec(**base, decoder="boxes"), Limits())   # map if boxes exist
+    for spec, words in [
+            (EvaluateSpec(**base, metrics=("map",)), "needs a decoder"),
+            (EvaluateSpec(**base, metrics=("map",), decoder="ssd"), "needs a decoder"),
+            (EvaluateSpec(**base, metrics=("top1",), decoder="yolov5"), "'map' only"),
+            (EvaluateSpec(**base, decoder="ssd"), "unknown decoder"),
+            (EvaluateSpec(**base, metrics=("map",), decoder="yolov5", conf=1.5), "conf 1.5"),
+            (EvaluateSpec(**base, metrics=("map",), decoder="yolov5", iou=float("nan")),
+             "iou nan")]:
+        with pytest.raises(InvalidArgument, match=words):
+            validate_evaluate(spec, Limits())
