@@ -343,33 +343,21 @@ class BoardSession:
         return self._board
 
     def _check_features(self, spec: Any) -> None:
-        if getattr(spec, "profile", False):
-            info = self.board.agent
-            if info is not None and not info.has("profile"):
-                raise IncompatibleError(
-                    f"the agent at {self.address} runs edgetune "
-                    f"{info.agent_version or 'before 0.2'}, which cannot profile operators "
-                    "(--profile): it would measure without a profile",
-                    hint="upgrade the agent (`edgetune deploy upgrade`), or leave out --profile")
-        if getattr(spec, "decoder", "") or "map" in (getattr(spec, "metrics", ()) or ()):
-            info = self.board.agent
-            if info is not None and not info.has("detection"):
-                raise IncompatibleError(
-                    f"the agent at {self.address} runs edgetune "
-                    f"{info.agent_version or 'before 0.2'}, which does not compute detection "
-                    "mAP (--metric map, --decoder): it would ignore them and report no mAP",
-                    hint="upgrade the agent (`edgetune deploy upgrade`)")
+        """Refuse what an older agent would silently drop (and so measure without)."""
         session = getattr(spec, "session", None)
-        if session is not None and session.provider_options:
-            info = self.board.agent
-            if info is None or info.has("provider_options"):
-                return
-            raise IncompatibleError(
-                f"the agent at {self.address} runs edgetune {info.agent_version or 'before 0.2'}, "
-                "which does not take execution-provider options (--provider-option): it would "
-                "run the session without them",
-                hint="upgrade the agent (`edgetune deploy upgrade`), or leave out "
-                     "--provider-option")
+        asked = (("profile", "cannot profile operators (--profile)", "--profile",
+                  getattr(spec, "profile", False)),
+                 ("provider_options", "does not take execution-provider options "
+                  "(--provider-option)", "--provider-option",
+                  session is not None and bool(session.provider_options)))
+        info = self.board.agent if any(wanted for *_, wanted in asked) else None
+        for feature, lacks, flag, wanted in asked:
+            if wanted and info is not None and not info.has(feature):
+                raise IncompatibleError(
+                    f"the agent at {self.address} runs edgetune "
+                    f"{info.agent_version or 'before 0.2'}, which {lacks}: it would run the "
+                    "job without it",
+                    hint=f"upgrade the agent (`edgetune deploy upgrade`), or leave out {flag}")
 
     def _recorder_ready(self) -> None:
         """Before the first thing that costs the board work (an upload, a job), wait for a
