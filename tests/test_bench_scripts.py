@@ -209,3 +209,10 @@ def test_fleet_upload() -> None:
     r = report["rounds"][0]
     assert r["problems"] == [], r
     assert r["one_connection_s"] > 0 and r["host_file_passes"] > 0
+
+
+@pytest.mark.slow
+def test_demo_time() -> None:
+    report = run_bench("demo_time.py", "--repeat", "1", "--trials", "2", timeout=900,
+                       checks=["edgetune demo wall time s (worst run)"])
+    assert report["demo"]["runs"][0]["int8_speedup"] > 0 and report["quick"]["max_s"] > 0
