@@ -313,8 +313,8 @@ def evaluate(output: np.ndarray, boxes, classes) -> Dict[str, float]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("host/samples"))
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--train", type=int, default=3000, help="training images")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--train", type=int, default=2000, help="training images")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
