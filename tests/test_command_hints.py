@@ -159,7 +159,7 @@ def test_the_scan_finds_commands_where_hints_put_them() -> None:
     # Proof the scan can fail: each of these names a command that does not exist.
     cases = {
         "delete blobs with `edgetune models delete`": "edgetune models delete",
-        "copy the files to the board (edgetune deploy does it)": "edgetune deploy does it",
+        "copy the files to the board (edgetune install does it)": "edgetune install does it",
         "run edgetune-agent start on the board": "edgetune-agent start on the board",
         "Examples:\n  edgetune bnech model.onnx": "edgetune bnech model.onnx",
         f"see `edgetune {HOLE} delete`": f"edgetune {HOLE} delete",
