@@ -271,3 +271,13 @@ def test_ranges_from_a_record_requantize_without_calibration(qat_path: Path, tmp
 
 def test_has_qdq() -> None:
     assert has_qdq(qat_model()) and not has_qdq(onnx.load(str(FLOAT)))
+
+
+def test_analyze_reads_the_converted_model_as_a_ptq_one(qat_path: Path, tmp_path: Path,
+                                                        capsys) -> None:
+    report = convert_qat(qat_path, tmp_path / "qat.q.onnx")
+    code = main(["analyze", str(FLOAT), str(report.output), "--calib",
+                 str(SAMPLES / "digits_calib.npz"), "--calib-count", "20", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and doc["unmatched"] == [] and len(doc["layers"]) >= 5
+    assert all(layer["score_db"] > 20 for layer in doc["layers"])
