@@ -227,3 +227,15 @@ def test_missing_label_npy_and_cli_exit(guide: Path, capsys) -> None:
     code = main(["quantize", "--config", str(guide), "--no-record"])
     err = capsys.readouterr().err
     assert code == ExitStatus.NOT_FOUND and "calibration_label label.npy does not exist" in err
+
+
+def test_model_type_and_input_data_format_values(guide: Path) -> None:
+    guide.write_text(GUIDE_CFG.replace("model_type = onnx", "model_type = tflite"))
+    with pytest.raises(BadInputError, match="model_type = tflite: edgetune quantizes ONNX"):
+        load_config(guide)
+    guide.write_text(GUIDE_CFG.replace("input = input\n", "input = input\ninput_data_format = CHW\n"))
+    with pytest.raises(BadInputError, match="input_data_format 'chw'"):
+        load_config(guide)
+    guide.write_text(GUIDE_CFG.replace("input_shape = [1, 3, 16, 16]", "input_shape = [1, x, 16]"))
+    with pytest.raises(BadInputError, match="is not integers"):
+        load_config(guide)
