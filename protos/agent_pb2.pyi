@@ -70,7 +70,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("hostname", "os", "arch", "cpu_model", "cpu_cores", "memory_total_bytes", "memory_available_bytes", "python_version", "onnxruntime_version", "available_providers", "agent_version", "store_used_bytes", "store_models", "store_datasets", "queue_length", "queue_capacity", "running_job_id", "uptime_s", "agent_name", "caller_name", "agent_cert_not_after_unix", "lease_holder", "lease_expires_unix", "features", "onnxruntime_distribution", "onnxruntime_build_info", "provider_checks")
+    __slots__ = ("hostname", "os", "arch", "cpu_model", "cpu_cores", "memory_total_bytes", "memory_available_bytes", "python_version", "onnxruntime_version", "available_providers", "agent_version", "store_used_bytes", "store_models", "store_datasets", "queue_length", "queue_capacity", "running_job_id", "uptime_s", "agent_name", "caller_name", "agent_cert_not_after_unix", "lease_holder", "lease_expires_unix", "features", "onnxruntime_distribution", "onnxruntime_build_info", "provider_checks", "runners")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class GetInfoResponse(_message.Message):
     ONNXRUNTIME_DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     ONNXRUNTIME_BUILD_INFO_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_CHECKS_FIELD_NUMBER: _ClassVar[int]
+    RUNNERS_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     os: str
     arch: str
@@ -125,21 +126,34 @@ class GetInfoResponse(_message.Message):
     onnxruntime_distribution: str
     onnxruntime_build_info: str
     provider_checks: _containers.RepeatedCompositeFieldContainer[ProviderCheck]
-    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., python_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., store_used_bytes: _Optional[int] = ..., store_models: _Optional[int] = ..., store_datasets: _Optional[int] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., running_job_id: _Optional[str] = ..., uptime_s: _Optional[float] = ..., agent_name: _Optional[str] = ..., caller_name: _Optional[str] = ..., agent_cert_not_after_unix: _Optional[float] = ..., lease_holder: _Optional[str] = ..., lease_expires_unix: _Optional[float] = ..., features: _Optional[_Iterable[str]] = ..., onnxruntime_distribution: _Optional[str] = ..., onnxruntime_build_info: _Optional[str] = ..., provider_checks: _Optional[_Iterable[_Union[ProviderCheck, _Mapping]]] = ...) -> None: ...
+    runners: _containers.RepeatedCompositeFieldContainer[RunnerInfo]
+    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., python_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., store_used_bytes: _Optional[int] = ..., store_models: _Optional[int] = ..., store_datasets: _Optional[int] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., running_job_id: _Optional[str] = ..., uptime_s: _Optional[float] = ..., agent_name: _Optional[str] = ..., caller_name: _Optional[str] = ..., agent_cert_not_after_unix: _Optional[float] = ..., lease_holder: _Optional[str] = ..., lease_expires_unix: _Optional[float] = ..., features: _Optional[_Iterable[str]] = ..., onnxruntime_distribution: _Optional[str] = ..., onnxruntime_build_info: _Optional[str] = ..., provider_checks: _Optional[_Iterable[_Union[ProviderCheck, _Mapping]]] = ..., runners: _Optional[_Iterable[_Union[RunnerInfo, _Mapping]]] = ...) -> None: ...
+
+class RunnerInfo(_message.Message):
+    __slots__ = ("name", "formats", "can_profile")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORMATS_FIELD_NUMBER: _ClassVar[int]
+    CAN_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    formats: _containers.RepeatedScalarFieldContainer[str]
+    can_profile: bool
+    def __init__(self, name: _Optional[str] = ..., formats: _Optional[_Iterable[str]] = ..., can_profile: bool = ...) -> None: ...
 
 class BlobInfo(_message.Message):
-    __slots__ = ("kind", "sha256", "size_bytes", "name", "created_unix")
+    __slots__ = ("kind", "sha256", "size_bytes", "name", "created_unix", "format")
     KIND_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     kind: BlobKind
     sha256: str
     size_bytes: int
     name: str
     created_unix: float
-    def __init__(self, kind: _Optional[_Union[BlobKind, str]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., name: _Optional[str] = ..., created_unix: _Optional[float] = ...) -> None: ...
+    format: str
+    def __init__(self, kind: _Optional[_Union[BlobKind, str]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., name: _Optional[str] = ..., created_unix: _Optional[float] = ..., format: _Optional[str] = ...) -> None: ...
 
 class GetUploadStatusRequest(_message.Message):
     __slots__ = ("kind", "sha256", "size_bytes", "upload_id")
@@ -164,20 +178,22 @@ class GetUploadStatusResponse(_message.Message):
     def __init__(self, state: _Optional[_Union[UploadState, str]] = ..., committed_bytes: _Optional[int] = ..., max_size_bytes: _Optional[int] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("kind", "sha256", "size_bytes", "name", "offset", "upload_id")
+    __slots__ = ("kind", "sha256", "size_bytes", "name", "offset", "upload_id", "format")
     KIND_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     kind: BlobKind
     sha256: str
     size_bytes: int
     name: str
     offset: int
     upload_id: str
-    def __init__(self, kind: _Optional[_Union[BlobKind, str]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., name: _Optional[str] = ..., offset: _Optional[int] = ..., upload_id: _Optional[str] = ...) -> None: ...
+    format: str
+    def __init__(self, kind: _Optional[_Union[BlobKind, str]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., name: _Optional[str] = ..., offset: _Optional[int] = ..., upload_id: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
 
 class UploadBlobRequest(_message.Message):
     __slots__ = ("header", "data")
@@ -311,7 +327,7 @@ class SessionOptions(_message.Message):
     def __init__(self, providers: _Optional[_Iterable[str]] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., graph_optimization: _Optional[_Union[GraphOptimizationLevel, str]] = ..., execution_mode: _Optional[_Union[ExecutionMode, str]] = ..., input_shapes: _Optional[_Mapping[str, Shape]] = ..., provider_options: _Optional[_Mapping[str, ProviderOptions]] = ...) -> None: ...
 
 class BenchmarkSpec(_message.Message):
-    __slots__ = ("model_sha256", "session", "warmup", "iterations", "min_duration_s", "seed", "dataset_sha256", "return_samples", "free_batch_dims", "thermal", "profile")
+    __slots__ = ("model_sha256", "session", "warmup", "iterations", "min_duration_s", "seed", "dataset_sha256", "return_samples", "free_batch_dims", "thermal", "profile", "runner")
     class FreeBatchDimsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -330,6 +346,7 @@ class BenchmarkSpec(_message.Message):
     FREE_BATCH_DIMS_FIELD_NUMBER: _ClassVar[int]
     THERMAL_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_FIELD_NUMBER: _ClassVar[int]
     model_sha256: str
     session: SessionOptions
     warmup: int
@@ -341,7 +358,8 @@ class BenchmarkSpec(_message.Message):
     free_batch_dims: _containers.ScalarMap[str, str]
     thermal: ThermalGate
     profile: bool
-    def __init__(self, model_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., warmup: _Optional[int] = ..., iterations: _Optional[int] = ..., min_duration_s: _Optional[float] = ..., seed: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., return_samples: bool = ..., free_batch_dims: _Optional[_Mapping[str, str]] = ..., thermal: _Optional[_Union[ThermalGate, _Mapping]] = ..., profile: bool = ...) -> None: ...
+    runner: str
+    def __init__(self, model_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., warmup: _Optional[int] = ..., iterations: _Optional[int] = ..., min_duration_s: _Optional[float] = ..., seed: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., return_samples: bool = ..., free_batch_dims: _Optional[_Mapping[str, str]] = ..., thermal: _Optional[_Union[ThermalGate, _Mapping]] = ..., profile: bool = ..., runner: _Optional[str] = ...) -> None: ...
 
 class ThermalGate(_message.Message):
     __slots__ = ("max_temp_c", "max_wait_s")
@@ -423,7 +441,7 @@ class CompareResult(_message.Message):
     def __init__(self, rounds: _Optional[_Iterable[_Union[CompareRound, _Mapping]]] = ..., evaluate_a: _Optional[_Union[EvaluateResult, _Mapping]] = ..., evaluate_b: _Optional[_Union[EvaluateResult, _Mapping]] = ..., peak_rss_mb: _Optional[float] = ...) -> None: ...
 
 class EvaluateSpec(_message.Message):
-    __slots__ = ("model_sha256", "dataset_sha256", "session", "metrics", "batch_size", "decoder", "conf", "iou")
+    __slots__ = ("model_sha256", "dataset_sha256", "session", "metrics", "batch_size", "decoder", "conf", "iou", "runner")
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     DATASET_SHA256_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
@@ -432,6 +450,7 @@ class EvaluateSpec(_message.Message):
     DECODER_FIELD_NUMBER: _ClassVar[int]
     CONF_FIELD_NUMBER: _ClassVar[int]
     IOU_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_FIELD_NUMBER: _ClassVar[int]
     model_sha256: str
     dataset_sha256: str
     session: SessionOptions
@@ -440,7 +459,8 @@ class EvaluateSpec(_message.Message):
     decoder: str
     conf: float
     iou: float
-    def __init__(self, model_sha256: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., metrics: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., decoder: _Optional[str] = ..., conf: _Optional[float] = ..., iou: _Optional[float] = ...) -> None: ...
+    runner: str
+    def __init__(self, model_sha256: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., metrics: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., decoder: _Optional[str] = ..., conf: _Optional[float] = ..., iou: _Optional[float] = ..., runner: _Optional[str] = ...) -> None: ...
 
 class JobSpec(_message.Message):
     __slots__ = ("benchmark", "evaluate", "compare", "label")

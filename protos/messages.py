@@ -235,13 +235,15 @@ class BenchmarkSpec:
     free_batch_dims: Tuple[Tuple[str, str], ...] = ()
     thermal: Optional[ThermalGate] = None
     profile: bool = False                           # also a profiled session (OperatorProfile)
+    runner: str = ""                                # a board's runner plug-in; "": onnxruntime
 
     def as_pb2(self) -> pb.BenchmarkSpec:
         msg = pb.BenchmarkSpec(
             model_sha256=self.model_sha256, session=self.session.as_pb2(), warmup=self.warmup,
             iterations=self.iterations, min_duration_s=self.min_duration_s, seed=self.seed,
             dataset_sha256=self.dataset_sha256, return_samples=self.return_samples,
-            free_batch_dims=dict(self.free_batch_dims), profile=self.profile)
+            free_batch_dims=dict(self.free_batch_dims), profile=self.profile,
+            runner=self.runner)
         if self.thermal is not None:
             msg.thermal.CopyFrom(self.thermal.as_pb2())
         return msg
@@ -254,7 +256,7 @@ class BenchmarkSpec:
             warmup=msg.warmup, iterations=msg.iterations, min_duration_s=msg.min_duration_s,
             seed=msg.seed, dataset_sha256=msg.dataset_sha256, return_samples=msg.return_samples,
             free_batch_dims=tuple(sorted(msg.free_batch_dims.items())),
-            thermal=ThermalGate.from_pb2(msg.thermal), profile=msg.profile)
+            thermal=ThermalGate.from_pb2(msg.thermal), profile=msg.profile, runner=msg.runner)
 
     def as_dict(self) -> Dict[str, Any]:
         """Plain JSON types; ``free_batch_dims`` ({input: dimension name}), ``thermal`` and
@@ -263,6 +265,8 @@ class BenchmarkSpec:
         d["session"] = self.session.as_dict()
         if not self.profile:
             del d["profile"]
+        if not self.runner:
+            del d["runner"]
         if self.free_batch_dims:
             d["free_batch_dims"] = dict(self.free_batch_dims)
         else:
@@ -291,24 +295,29 @@ class EvaluateSpec:
     decoder: str = ""                               # map: "yolov5" or "boxes"
     conf: float = 0.0                               # map: score threshold (0: the default)
     iou: float = 0.0                                # map: NMS IoU threshold (0: the default)
+    runner: str = ""                                # a board's runner plug-in; "": onnxruntime
 
     def as_pb2(self) -> pb.EvaluateSpec:
         return pb.EvaluateSpec(
             model_sha256=self.model_sha256, dataset_sha256=self.dataset_sha256,
             session=self.session.as_pb2(), metrics=list(self.metrics), batch_size=self.batch_size,
-            decoder=self.decoder, conf=self.conf, iou=self.iou)
+            decoder=self.decoder, conf=self.conf, iou=self.iou, runner=self.runner)
 
     @classmethod
     def from_pb2(cls, msg: pb.EvaluateSpec) -> "EvaluateSpec":
         return cls(
             model_sha256=msg.model_sha256, dataset_sha256=msg.dataset_sha256,
             session=SessionOptions.from_pb2(msg.session), metrics=tuple(msg.metrics),
-            batch_size=msg.batch_size, decoder=msg.decoder, conf=msg.conf, iou=msg.iou)
+            batch_size=msg.batch_size, decoder=msg.decoder, conf=msg.conf, iou=msg.iou,
+            runner=msg.runner)
 
     def as_dict(self) -> Dict[str, Any]:
+        """Plain JSON types; ``runner`` only when set."""
         d = dataclasses.asdict(self)
         d["session"] = self.session.as_dict()
         d["metrics"] = list(self.metrics)
+        if not self.runner:
+            del d["runner"]
         return d
 
     @classmethod
@@ -665,10 +674,11 @@ class BlobInfo:
     size_bytes: int
     name: str = ""
     created_unix: float = 0.0
+    format: str = ""                                # models: "onnx" or an opaque format ("om")
 
     def as_pb2(self) -> pb.BlobInfo:
         return pb.BlobInfo(kind=self.kind.as_pb2(), sha256=self.sha256, size_bytes=self.size_bytes,
-                           name=self.name, created_unix=self.created_unix)
+                           name=self.name, created_unix=self.created_unix, format=self.format)
 
     @classmethod
     def from_pb2(cls, msg: pb.BlobInfo) -> "BlobInfo":
@@ -678,7 +688,8 @@ class BlobInfo:
         if kind is None:
             raise ValueError("blob kind is unspecified")
         return cls(kind=kind, sha256=msg.sha256, size_bytes=msg.size_bytes, name=msg.name,
-                   created_unix=msg.created_unix)
+                   created_unix=msg.created_unix,
+                   format=msg.format or ("onnx" if kind is BlobKind.MODEL else ""))
 
     def as_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -689,7 +700,28 @@ class BlobInfo:
 # What an agent understands beyond 0.1.0's wire (GetInfoResponse.features): a host sends a
 # field an older agent would silently ignore only to an agent that names it here.
 FEATURES = ("provider_options", "provider_nodes", "unknown_fields_refused", "profile",
-            "detection")                            # EvaluateSpec decoder/conf/iou, "map"
+            "detection",                            # EvaluateSpec decoder/conf/iou, "map"
+            "runners")                              # runner plug-ins, UploadHeader.format
+
+
+@dataclass(frozen=True)
+class RunnerInfo:
+    """A runner plug-in the board registers (agent.toml ``[runners.NAME]``)."""
+
+    name: str
+    formats: Tuple[str, ...] = ()
+    can_profile: bool = False
+
+    def as_pb2(self) -> pb.RunnerInfo:
+        return pb.RunnerInfo(name=self.name, formats=list(self.formats),
+                             can_profile=self.can_profile)
+
+    @classmethod
+    def from_pb2(cls, msg: pb.RunnerInfo) -> "RunnerInfo":
+        return cls(name=msg.name, formats=tuple(msg.formats), can_profile=msg.can_profile)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "formats": list(self.formats), "can_profile": self.can_profile}
 
 
 @dataclass(frozen=True)
@@ -740,12 +772,14 @@ class AgentInfo:
     onnxruntime_distribution: str = ""              # e.g. onnxruntime, onnxruntime-cann
     onnxruntime_build_info: str = ""
     provider_checks: Tuple[ProviderCheck, ...] = ()  # (): not checked (yet, or an older agent)
+    runners: Tuple[RunnerInfo, ...] = ()            # the board's runner plug-ins
 
     def as_pb2(self) -> pb.GetInfoResponse:
         d = dataclasses.asdict(self)
         d["available_providers"] = list(self.available_providers)
         d["features"] = list(self.features)
         d["provider_checks"] = [c.as_pb2() for c in self.provider_checks]
+        d["runners"] = [r.as_pb2() for r in self.runners]
         return pb.GetInfoResponse(**d)
 
     @classmethod
@@ -754,6 +788,7 @@ class AgentInfo:
         d["available_providers"] = tuple(d["available_providers"])
         d["features"] = tuple(d["features"])
         d["provider_checks"] = tuple(ProviderCheck.from_pb2(c) for c in msg.provider_checks)
+        d["runners"] = tuple(RunnerInfo.from_pb2(r) for r in msg.runners)
         return cls(**d)
 
     def as_dict(self) -> Dict[str, Any]:
@@ -761,6 +796,7 @@ class AgentInfo:
         d["available_providers"] = list(self.available_providers)
         d["features"] = list(self.features)
         d["provider_checks"] = [c.as_dict() for c in self.provider_checks]
+        d["runners"] = [r.as_dict() for r in self.runners]
         return d
 
     def has(self, feature: str) -> bool:
