@@ -18,6 +18,11 @@ agent.toml (every key optional; flags override it; relative paths are relative t
     max_model_mb = 512
     queue_capacity = 16
 
+    [runners.npu]                      # a runner plug-in (docs/agent.md, "Runner plug-ins")
+    command = ["/opt/vendor/bin/edgetune-npu-runner", "--device", "0"]  # argv, no shell
+    formats = ["om"]                   # model formats it takes ("onnx" allowed)
+    timeout_s = 600                    # a job's whole run of it; then its process group is killed
+
 Unknown keys are an error that names the key. Sizes in ``[limits]`` may be given in bytes
 (``max_model_bytes``) or MiB (``max_model_mb``).
 """
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,10 +51,15 @@ DEFAULT_STORE = "edgetune-store"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _TOP_KEYS = ("listen", "ca", "cert", "key", "passphrase_file", "store", "ready_file",
-             "allowed_clients", "log_level", "limits", "sysfs_root", "allow_readable_key")
+             "allowed_clients", "log_level", "limits", "sysfs_root", "allow_readable_key",
+             "runners")
 _PATH_KEYS = ("ca", "cert", "key", "passphrase_file", "store", "ready_file", "sysfs_root")
 DEFAULT_SYSFS_ROOT = "/sys"
 _MIB = 1 << 20
+_RUNNER_KEYS = ("command", "formats", "timeout_s")
+DEFAULT_RUNNER_TIMEOUT_S = 600.0
+RUNNER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+MODEL_FORMAT = re.compile(r"^[a-z0-9_]{1,16}$")     # "onnx", "om", "nb", "aipu", ...
 
 
 class ConfigError(Exception):
@@ -61,6 +72,21 @@ class ConfigNotFoundError(ConfigError):
     """The config file does not exist (exits as a missing certificate file does)."""
 
     exit_status = ExitStatus.NOT_FOUND
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """A runner plug-in of the board (``[runners.NAME]``): a program the agent runs, never
+    through a shell, with the protocol of ``edgetune.device.plugins``."""
+
+    name: str
+    command: Tuple[str, ...]               # argv; command[0] an absolute path, executable
+    formats: Tuple[str, ...]               # model formats it takes
+    timeout_s: float = DEFAULT_RUNNER_TIMEOUT_S
+
+    def describe(self) -> Dict[str, Any]:
+        return {"command": list(self.command), "formats": list(self.formats),
+                "timeout_s": self.timeout_s}
 
 
 @dataclass(frozen=True)
@@ -78,6 +104,7 @@ class AgentConfig:
     sysfs_root: Path = Path(DEFAULT_SYSFS_ROOT)  # class/thermal, devices/system/cpu below it
     allow_readable_key: bool = False       # serve with a key file others may read (warned)
     source: Optional[Path] = None          # the agent.toml this came from, if any
+    runners: Tuple[RunnerConfig, ...] = ()  # [runners.NAME] tables, by name
 
     @property
     def host(self) -> str:
@@ -99,6 +126,7 @@ class AgentConfig:
             "allowed_clients": list(self.allowed_clients) or "any client certificate of the CA",
             "limits": dataclasses.asdict(self.limits), "log_level": self.log_level,
             "sysfs_root": str(self.sysfs_root), "allow_readable_key": self.allow_readable_key,
+            "runners": {r.name: r.describe() for r in self.runners},
         }
 
 
@@ -160,6 +188,50 @@ def limits_from_table(table: Mapping[str, Any], where: str = "[limits]") -> Limi
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def runners_from_table(table: Any, where: str) -> Tuple[RunnerConfig, ...]:
+    """``[runners.NAME]`` tables -> RunnerConfig, sorted by name. Each program must exist and
+    be executable now: a runner the board cannot start is a config error, not a failed job."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"'runners' in {where} must be tables ([runners.NAME])")
+    runners = []
+    for name, entry in sorted(table.items()):
+        at = f"[runners.{name}] of {where}"
+        if not RUNNER_NAME.match(name):
+            raise ConfigError(f"runner name {name!r} in {where} must be 1-32 lowercase letters, "
+                              "digits, '-' or '_', starting with a letter or digit")
+        if not isinstance(entry, dict):
+            raise ConfigError(f"runners.{name} in {where} must be a table ([runners.{name}])")
+        unknown = sorted(set(entry) - set(_RUNNER_KEYS))
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r} in {at}; known keys: "
+                              + ", ".join(_RUNNER_KEYS))
+        command = entry.get("command")
+        if (not isinstance(command, list) or not command
+                or not all(isinstance(a, str) and a for a in command)):
+            raise ConfigError(f"command in {at} must be a list of non-empty strings, the program "
+                              'and its arguments (no shell), e.g. ["/opt/npu/bin/run", "--fast"]')
+        program = command[0]
+        if not os.path.isabs(program):
+            raise ConfigError(f"command in {at} starts with {program!r}; give the program's "
+                              "absolute path (no PATH lookup, no shell)")
+        if not os.path.isfile(program) or not os.access(program, os.X_OK):
+            raise ConfigError(f"the program of {at}, {program}, does not exist or is not "
+                              f"executable; install it or fix the path (chmod +x {program})")
+        formats = entry.get("formats")
+        if (not isinstance(formats, list) or not formats
+                or not all(isinstance(f, str) and MODEL_FORMAT.match(f) for f in formats)):
+            raise ConfigError(f"formats in {at} must be a non-empty list of model formats "
+                              '(lowercase, e.g. ["om"] or ["onnx"])')
+        timeout = entry.get("timeout_s", DEFAULT_RUNNER_TIMEOUT_S)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ConfigError(f"timeout_s in {at} must be a positive number of seconds "
+                              f"(got {timeout!r})")
+        runners.append(RunnerConfig(name=name, command=tuple(command),
+                                    formats=tuple(dict.fromkeys(formats)),
+                                    timeout_s=float(timeout)))
+    return tuple(runners)
+
+
 def build_config(config_file: Optional[Path] = None,
                  overrides: Optional[Mapping[str, Any]] = None) -> AgentConfig:
     """The one place settings are merged: the TOML file, then the flags that were given.
@@ -182,6 +254,8 @@ def build_config(config_file: Optional[Path] = None,
                 if not isinstance(value, dict):
                     raise ConfigError(f"'limits' in {config_file} must be a table ([limits])")
                 limits = limits_from_table(value, f"[limits] of {config_file}")
+            elif key == "runners":
+                values[key] = runners_from_table(value, str(config_file))
             elif key in _PATH_KEYS:
                 if not isinstance(value, str) or not value:
                     raise ConfigError(f"{key} in {config_file} must be a non-empty path string")
