@@ -103,6 +103,7 @@ class Host:
         self.files = workdir / "files"
         self.files.mkdir(parents=True, exist_ok=True)
         self.jobs: Dict[str, Any] = {}           # id -> last Job seen
+        self.fresh: Set[str] = set()             # jobs seen finishing in the current round
         self.labels_sent: Set[str] = set()       # every label a submission carried
         self.pending_uploads: List[Tuple[str, Path]] = []   # (worker, file) cut off
         self.lease_held: Dict[str, bool] = {}    # lease id -> held as last acknowledged
@@ -139,7 +140,6 @@ class Round:
         self.round_no = round_no
         self.stop = threading.Event()
         self.phases: Dict[str, str] = {}
-        self.in_flight_labels: Set[str] = set()
         self.lease_in_flight: Optional[Tuple[str, str]] = None    # (op, lease id)
         self.threads: List[threading.Thread] = []
         self.errors: List[Tuple[float, str]] = []      # (monotonic time, what failed)
@@ -216,15 +216,15 @@ class Round:
                 self.phases[name] = "jobs:submit"
                 with self.host.lock:
                     self.host.labels_sent.add(label)
-                    self.in_flight_labels.add(label)
                 job, _ = client.submit(spec, label=label)
                 with self.host.lock:
                     self.host.jobs[job.id] = job
-                    self.in_flight_labels.discard(label)
                 while not self.stop.is_set():
                     job = client.get_job(job.id)
                     with self.host.lock:
                         self.host.jobs[job.id] = job
+                        if job.state.value in FINISHED:
+                            self.host.fresh.add(job.id)
                     self.phases[name] = f"jobs:{job.state.value}"
                     if job.state.value in FINISHED:
                         break
@@ -303,25 +303,40 @@ def check_after_restart(store: Path, client: Any, report: Report, round_no: int)
             report.violations.append(f"round {round_no}: orphan side file {meta.name} not cleaned")
 
 
-def check_jobs(store: Path, client: Any, host: Host, in_flight: Set[str], report: Report,
-               round_no: int) -> None:
-    from edgetune.host.errors import AgentError
+def check_jobs(store: Path, client: Any, host: Host, report: Report, round_no: int) -> None:
+    """Every job the host was told of is in the database; one it saw finish keeps its state
+    (and, when it finished in the last round, its result, asked through the agent); the
+    others are finished, queued, running or interrupted with the reason; no label twice, no
+    job that was never submitted (one whose SubmitJob was cut off before the reply is
+    adopted)."""
+    db = sqlite3.connect(f"file:{store / 'jobs.db'}?mode=ro", uri=True)
+    try:
+        rows = {i: (label, state) for i, label, state in
+                db.execute("SELECT id, label, state FROM jobs").fetchall()}
+    finally:
+        db.close()
     with host.lock:
         known = dict(host.jobs)
     for job_id, seen in known.items():
-        try:
-            now = client.get_job(job_id)
-        except AgentError as exc:
-            report.violations.append(f"round {round_no}: job {job_id} ({seen.label}) the host "
-                                     f"was told of is lost: {exc}")
-            continue
         report.jobs_checked += 1
-        report.job_states[now.state.value] += 1
+        if job_id not in rows:
+            report.violations.append(f"round {round_no}: job {job_id} ({seen.label}) the host "
+                                     "was told of is lost")
+            continue
+        state = rows[job_id][1]
+        report.job_states[state] += 1
         if seen.state.value in FINISHED:
-            if now.state != seen.state or _result(now) != _result(seen):
+            if state != seen.state.value:
                 report.violations.append(f"round {round_no}: finished job {job_id} changed: "
-                                         f"{seen.state.value} -> {now.state.value}")
-        elif now.state.value == "interrupted" and "agent stopped" not in now.error:
+                                         f"{seen.state.value} -> {state}")
+            elif job_id in host.fresh:      # finished in the last round: its result too
+                now = client.get_job(job_id)
+                if _result(now) != _result(seen):
+                    report.violations.append(f"round {round_no}: the result of job {job_id} "
+                                             "changed across the restart")
+            continue
+        now = client.get_job(job_id)
+        if now.state.value == "interrupted" and "agent stopped" not in now.error:
             report.violations.append(f"round {round_no}: job {job_id} interrupted without the "
                                      f"reason: {now.error!r}")
         elif now.state.value in ("failed", "cancelled"):
@@ -329,25 +344,17 @@ def check_jobs(store: Path, client: Any, host: Host, in_flight: Set[str], report
                                      f"{now.error}")
         with host.lock:
             host.jobs[job_id] = now
-    # No job twice, none from nowhere: the database itself (read-only, beside the agent).
-    db = sqlite3.connect(f"file:{store / 'jobs.db'}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT id, label FROM jobs").fetchall()
-    finally:
-        db.close()
-    labels = collections.Counter(label for _, label in rows)
+    host.fresh = set()
+    labels = collections.Counter(label for label, _ in rows.values())
     twice = [label for label, n in labels.items() if n > 1 and label]
     if twice:
         report.violations.append(f"round {round_no}: jobs stored twice: {twice[:5]}")
-    known_labels = {j.label for j in known.values()}
-    for job_id, label in rows:
+    for job_id, (label, _) in rows.items():
         if job_id in known:
             continue
         if label not in host.labels_sent:
             report.violations.append(f"round {round_no}: job {job_id} ({label!r}) was never "
                                      "submitted")
-        elif label in known_labels:
-            report.violations.append(f"round {round_no}: job {label!r} stored twice")
         else:                       # its SubmitJob was cut off before the reply: adopt it
             with host.lock:
                 host.jobs[job_id] = client.get_job(job_id)
@@ -438,7 +445,6 @@ def run(pki: BenchPki, workdir: Path, kills: int, *, seed: int = 1,
     host = Host(workdir, rng)
     report = Report()
     model_sha = ""
-    last_in_flight_labels: Set[str] = set()
     last_lease_in_flight: Optional[Tuple[str, str]] = None
     for round_no in range(kills + 1):
         agent = LocalAgent(ready_timeout_s=120)
@@ -451,7 +457,7 @@ def run(pki: BenchPki, workdir: Path, kills: int, *, seed: int = 1,
                     as client:
                 if round_no:
                     check_after_restart(store, client, report, round_no)
-                    check_jobs(store, client, host, last_in_flight_labels, report, round_no)
+                    check_jobs(store, client, host, report, round_no)
                     check_leases(client, host, last_lease_in_flight, report, round_no)
                     resume_uploads(address, pki, host, report, round_no)
                     free_space(client)
@@ -472,7 +478,6 @@ def run(pki: BenchPki, workdir: Path, kills: int, *, seed: int = 1,
             for phase in phases.values():
                 report.kill_points[phase] += 1
             report.agent_last_logged[last] += 1
-            last_in_flight_labels = set(work.in_flight_labels)
             last_lease_in_flight = work.lease_in_flight
             work.join()
             report.violations.extend(f"round {round_no}: before the kill: {what}"
