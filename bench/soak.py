@@ -122,7 +122,7 @@ def client_main(address: str, pki: BenchPki, short_sha: str, active: Any, stop: 
 def _back_pressure(exc: BaseException) -> bool:
     """RESOURCE_EXHAUSTED from a full queue or the stream limits (both say to wait/retry)."""
     text = str(exc)
-    return ("queue is full" in text and "wait" in text) or \
+    return ("queue is full" in text and "retry when" in text) or \
         ("max_streams_" in text and "retry" in text)
 
 

@@ -232,8 +232,9 @@ class JobQueue:
         if self._stopping or self._worker is None:
             raise ShuttingDown("the agent is shutting down; submit the job again when it is back")
         if len(self._pending) >= self.capacity:
-            raise ResourceExhausted(f"queue is full ({self.capacity} jobs); wait or raise "
-                                    "queue_capacity")
+            raise ResourceExhausted(f"queue is full ({self.capacity} jobs); retry when the "
+                                    "running job has finished (jobs run one at a time), or "
+                                    "raise queue_capacity")
         job = Job(id=uuid.uuid4().hex, state=JobState.QUEUED, spec=spec, label=label,
                   created_unix=time.time(), client=client)
         self._database().insert(job)

@@ -39,7 +39,9 @@ def test_soak_ci_length(tmp_path: Path) -> None:
 def test_back_pressure_is_told_apart_from_errors() -> None:
     """What the soak counts as back-pressure: the agent's own messages for a full queue and
     for the stream limits; anything else is an error."""
-    assert soak._back_pressure(Exception("queue is full (16 jobs); wait or raise queue_capacity"))
+    assert soak._back_pressure(Exception(
+        "queue is full (16 jobs); retry when the running job has finished (jobs run one at a "
+        "time), or raise queue_capacity"))
     assert soak._back_pressure(Exception(
         "laptop has 64 calls open on this agent, the limit per client ([limits] "
         "max_streams_per_client); retry in a few seconds, or close calls this host keeps open"))

@@ -432,7 +432,8 @@ def test_full_queue_is_resource_exhausted_and_cancel_rules(make_agent: Any, pki:
         assert [q.queue_position for q in queued] == [1, 2]
         err = rpc_error(bench_job, client, sha, iterations=5)
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert err.details() == "queue is full (2 jobs); wait or raise queue_capacity"
+        assert err.details() == ("queue is full (2 jobs); retry when the running job has "
+                                 "finished (jobs run one at a time), or raise queue_capacity")
         info = client.info()
         assert info.queue_length == 2 and info.running_job_id == running.id
 
