@@ -108,7 +108,8 @@ def summary_line(objective: str, metric_title: str, imp: Dict[str, Any],
     top-1 -0.3 pts"."""
     gain, ci = imp.get("vs_int8_default"), imp.get("ci")
     if gain is None:
-        head = f"tuning measured {objective}"
+        head = (f"no interleaved check of the answer (--final-rounds 0): see the trials' "
+                f"{objective}")
     elif ci is not None and ci[0] <= 0 <= ci[1]:
         head = (f"tuning's {objective} is within noise of default INT8 ({gain:+.0f}%, 95% CI "
                 f"{ci[0]:.0f} to {ci[1]:.0f}%)")

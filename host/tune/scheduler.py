@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from edgetune.host.errors import EdgetuneError
 from edgetune.host.tune.trials import (BoardFailure, ConfigFailure, Measurements, Pruned,
@@ -88,27 +88,38 @@ class Scheduler:
         return adopted
 
     def next(self, board: str) -> Optional[TrialHandle]:
+        """The next trial for ``board``; None when there is none left. While the budget is
+        spent but other workers still run trials (a failing board may give one back), wait."""
+        while True:
+            handle, wait = self._next(board)
+            if handle is not None or not wait:
+                return handle
+            if self.stopping.wait(0.25):
+                handle, _ = self._next(board)
+                return handle
+
+    def _next(self, board: str) -> Tuple[Optional[TrialHandle], bool]:
         with self.lock:
             for i, handle in enumerate(self.pending):       # its jobs' board first
                 boards = {j.get("board") for j in handle.jobs.values()}
                 if not boards or board in boards or not boards & self.ctx.board_names:
                     self.running[handle.number] = self.pending.pop(i)
-                    return handle
+                    return handle, False
             if self.stopping.is_set():
-                return None
+                return None, False
             if self.deadline is not None and time.monotonic() > self.deadline:
                 if not self.stopping.is_set():
                     self.say("the --timeout is reached: no new trials")
                 self.stopping.set()
-                return None
+                return None, False
             if self.used() >= self.ctx.settings.trials:
-                return None
+                return None, bool(self.running)
             trial = self.study.ask()
             params = self.ctx.board_space.suggest(trial, len(self.ctx.ranking))
             trial.set_user_attr("owner", owner_doc())
             handle = TrialHandle(trial, params)
             self.running[handle.number] = handle
-            return handle
+            return handle, False
 
     def give_back(self, handle: TrialHandle) -> None:
         with self.lock:
@@ -215,6 +226,9 @@ class Scheduler:
                     error = exc
                 except EdgetuneError as exc:
                     error = BoardFailure(f"{spec.name}: {exc.message}")
+                except Exception as exc:  # noqa: BLE001 - a worker must tell every trial
+                    log.exception("trial %d on %s", handle.number, spec.name)
+                    error = BoardFailure(f"{spec.name}: {type(exc).__name__}: {exc}")
                 self.finish(handle, spec.name, outcome, error)
                 if isinstance(error, BoardFailure):
                     self.ctx.close_board(board, lease)
@@ -231,15 +245,28 @@ class Scheduler:
         beat_done = threading.Event()
         beat = threading.Thread(target=self.heartbeat, args=(beat_done,), daemon=True)
         beat.start()
-        threads = [threading.Thread(target=self.work, args=(s,), name=f"tune-{s.name}",
-                                    daemon=True) for s in specs]
+        # Waiting on Events, not Thread.join: a join interrupted by Ctrl-C marks a live thread
+        # stopped (Python 3.11, bpo-45274), and the process would exit under its trial.
+        ended = [threading.Event() for _ in specs]
+
+        def work(spec: Any, done: threading.Event) -> None:
+            try:
+                self.work(spec)
+            finally:
+                done.set()
+
+        threads = [threading.Thread(target=work, args=(s, e), name=f"tune-{s.name}",
+                                    daemon=True) for s, e in zip(specs, ended)]
         for t in threads:
             t.start()
         interrupted = False
+
+        def wait_all() -> None:
+            while not all(e.is_set() for e in ended):
+                next(e for e in ended if not e.is_set()).wait(0.2)
+
         try:
-            while any(t.is_alive() for t in threads):
-                for t in threads:
-                    t.join(0.2)
+            wait_all()
         except KeyboardInterrupt:
             interrupted = True
             self.stop()
@@ -248,9 +275,12 @@ class Scheduler:
             self.say("interrupted: no new trials; waiting for the running ones "
                      f"({', '.join(map(str, running)) or 'none'}) to finish and be recorded "
                      "(Ctrl-C again leaves them to re-attach on resume)")
-            while any(t.is_alive() for t in threads):
-                for t in threads:
-                    t.join(0.2)
+            try:
+                wait_all()
+            except KeyboardInterrupt:
+                self.say("interrupted again: the running trials stay RUNNING in the study and "
+                         "re-attach to their board jobs on resume")
+                raise
         finally:
             beat_done.set()
             self._release_pending()
