@@ -145,9 +145,20 @@ def test_wheel_holds_only_the_edgetune_package_and_its_dist_info(wheel: Wheel) -
 
 
 def package_files() -> List[Path]:
-    """Every file of every package folder (modules and data), caches aside."""
-    return sorted(f for d in package_dirs().values() for f in d.iterdir()
-                  if f.is_file() and f.suffix not in (".pyc", ".pyo"))
+    """Every file of every package folder (modules and data), caches aside, with the files of
+    its data folders that are no package of their own (host/deploy/templates/)."""
+    packages = set(package_dirs().values())
+    files = []
+    for d in packages:
+        for f in d.rglob("*"):
+            if not f.is_file() or f.suffix in (".pyc", ".pyo") or "__pycache__" in f.parts:
+                continue
+            between = f.parent
+            while between != d and between not in packages:
+                between = between.parent
+            if between == d:                # the file's nearest package folder is d
+                files.append(f)
+    return sorted(files)
 
 
 def test_wheel_holds_every_module_and_data_file_of_the_checkout(wheel: Wheel) -> None:
