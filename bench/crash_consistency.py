@@ -435,7 +435,10 @@ def _last_logged(agent: Any) -> str:
 
 def run(pki: BenchPki, workdir: Path, kills: int, *, seed: int = 1,
         min_s: float = 0.3, max_s: float = 2.5,
-        progress: Optional[Callable[[str], None]] = None) -> Report:
+        progress: Optional[Callable[[str], None]] = None,
+        stop: Optional[threading.Event] = None) -> Report:
+    """``kills`` rounds (fewer when ``stop`` is set: the round under way ends with its
+    restart and checks, and the report says how many kills there were)."""
     from edgetune.host.client import AgentClient, ClientSettings
     from edgetune.host.localagent import LocalAgent
     from edgetune.protos.messages import BlobKind
@@ -463,7 +466,7 @@ def run(pki: BenchPki, workdir: Path, kills: int, *, seed: int = 1,
                     free_space(client)
                 if not model_sha:
                     model_sha = client.upload(DIGITS_MODEL, BlobKind.MODEL).blob.sha256
-            if round_no == kills:
+            if round_no == kills or (stop is not None and stop.is_set()):
                 break
             work = Round(host, address, pki, model_sha, round_no)
             work.start()
@@ -499,13 +502,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    stop = threading.Event()            # SIGTERM: finish the round, check, report what ran
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with tempfile.TemporaryDirectory(prefix="edgetune-crash-") as tmp:
         pki = make_pki(Path(tmp) / "pki")
         started = time.monotonic()
-        report = run(pki, Path(tmp) / "work", args.kills, seed=args.seed,
+        report = run(pki, Path(tmp) / "work", args.kills, seed=args.seed, stop=stop,
                      progress=None if args.quiet else lambda m: print(m, file=sys.stderr))
         elapsed = time.monotonic() - started
-    result = dict(report.as_dict(), seconds=round(elapsed, 1), seed=args.seed)
+    result = dict(report.as_dict(), seconds=round(elapsed, 1), seed=args.seed,
+                  stopped_early=report.kills < args.kills)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
