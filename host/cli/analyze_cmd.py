@@ -24,6 +24,7 @@ EXAMPLES = """examples:
   edgetune analyze model.onnx model.q.onnx --calib images/ --mean 123.675,116.28,103.53 \\
       --std 58.395,57.12,57.375 --report analysis.md --png analysis.png
   edgetune analyze det.onnx det.q.onnx --calib images=imgs/ --calib scale=scales.npy --json
+  edgetune analyze model.onnx model.q.onnx --calib calib.npz --device board1
 """
 
 
@@ -55,6 +56,8 @@ def register(subparsers: Any) -> None:
                    help="rows of the table shown here and in the Markdown (20; 0: all)")
     r.add_argument("--batch", type=int, metavar="N",
                    help=f"the same as --calib-batch (default {DEFAULT_BATCH})")
+    from edgetune.host.cli.analyze_board import add_board_flags
+    add_board_flags(p)        # --device: the "board vs host INT8" column
     p.set_defaults(func=run)
 
 
@@ -112,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
                                    write_text_atomic)
     from edgetune.host.render import StageProgress
 
+    from edgetune.host.cli import analyze_board
     _check(args)
+    analyze_board.check(args)
     data = build_data(args)
     top = args.top or None
     with StageProgress(enabled=not args.json, transient=True, elapsed=False) as progress:
@@ -120,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
                          max_samples=_count(args), cosine_threshold=args.cosine_threshold,
                          sqnr_threshold_db=args.sqnr_threshold, batch_size=_batch(args),
                          progress=progress)
+    board = analyze_board.run_board(args, data, _count(args)) \
+        if analyze_board.wanted(args) else None
     written: Dict[str, str] = {}
     if args.report is not None:
         if Path(args.report).suffix.lower() == ".json":
@@ -140,9 +147,13 @@ def run(args: argparse.Namespace) -> int:
         doc["written"] = written
         if plot_note:
             doc["plot"] = plot_note
+        if board is not None:
+            doc["board"] = board.as_dict()
         print(json.dumps(doc, indent=2, allow_nan=False))
         return 0
     _print_human(report, top or len(report.ranked()), written, plot_note)
+    if board is not None:
+        analyze_board.print_board(board)
     return 0
 
 
