@@ -47,9 +47,9 @@ def check_ground_truth(arrays: Dict[str, np.ndarray], samples: int) -> None:
     if "boxes" not in arrays or "classes" not in arrays:
         missing = [k for k in ("boxes", "classes") if k not in arrays]
         raise InvalidArgument(
-            f"metric 'map' cannot be computed: the dataset has no {' or '.join(map(repr, missing))} "
-            "array; a detection dataset holds boxes [N, M, 4] (x1, y1, x2, y2 in input pixels) "
-            "and classes [N, M] (padded with -1)")
+            "metric 'map' cannot be computed: the dataset has no "
+            f"{' or '.join(map(repr, missing))} array; a detection dataset holds boxes "
+            "[N, M, 4] (x1, y1, x2, y2 in input pixels) and classes [N, M] (padded with -1)")
     boxes, classes = arrays["boxes"], arrays["classes"]
     if boxes.ndim != 3 or boxes.shape[2] != 4 or boxes.dtype.kind not in "iuf":
         raise InvalidArgument(f"dataset array 'boxes' has shape {list(boxes.shape)}; it must be "

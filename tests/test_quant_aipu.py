@@ -105,8 +105,9 @@ def test_guide_config_end_to_end(guide: Path, capsys, caplog) -> None:
     assert len(warned) == 1 and "[GBuilder] simulator" in warned[0]     # one line, named
     record = json.loads(Path(doc["record"]).read_text())
     notes = "\n".join(record["settings"]["notes"])
-    assert "not applicable to an ONNX QDQ output, ignored: [Common] mode, [GBuilder] inputs, " \
-           "[GBuilder] simulator, [GBuilder] outputs, [GBuilder] profile, [GBuilder] target" in notes
+    assert ("not applicable to an ONNX QDQ output, ignored: [Common] mode, [GBuilder] inputs, "
+            "[GBuilder] simulator, [GBuilder] outputs, [GBuilder] profile, [GBuilder] target"
+            in notes)
     assert "calibration_label label.npy" in notes
     assert record["settings"]["act_type"] == "int8" and record["settings"]["symmetric_act"]
     scales = dq_scales(out)
@@ -233,7 +234,8 @@ def test_model_type_and_input_data_format_values(guide: Path) -> None:
     guide.write_text(GUIDE_CFG.replace("model_type = onnx", "model_type = tflite"))
     with pytest.raises(BadInputError, match="model_type = tflite: edgetune quantizes ONNX"):
         load_config(guide)
-    guide.write_text(GUIDE_CFG.replace("input = input\n", "input = input\ninput_data_format = CHW\n"))
+    guide.write_text(GUIDE_CFG.replace("input = input\n",
+                                       "input = input\ninput_data_format = CHW\n"))
     with pytest.raises(BadInputError, match="input_data_format 'chw'"):
         load_config(guide)
     guide.write_text(GUIDE_CFG.replace("input_shape = [1, 3, 16, 16]", "input_shape = [1, x, 16]"))

@@ -1,4 +1,4 @@
-"""Zhouyi AIPU builder (R329) ``.cfg`` files -> a ConfigLayer (part of ``edgetune.host.quant.config``).
+"""Zhouyi AIPU builder (R329) ``.cfg`` files -> a ConfigLayer (read by ``host.quant.config``).
 
 An INI file with ``[Common]``, ``[Parser]``, ``[AutoQuantizationTool]`` and ``[GBuilder]``
 sections. How each key is honoured (every decision is a note in the output's record):
