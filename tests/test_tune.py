@@ -88,7 +88,8 @@ def test_a_study_runs_and_records_every_trial(study: Dict[str, Any]) -> None:
     tuned = [r for r in records if (r.options.get("tune") or {}).get("trial") is not None
              and not r.options["tune"].get("final")]
     trials = {r.options["tune"]["trial"] for r in tuned}
-    assert trials == set(range(5)), trials
+    # trials 0-4, and a retry when a board failed one (counted in "failed", not in the 5)
+    assert set(range(5)) <= trials and len(trials) <= 5 + counts["failed"], (trials, counts)
     for r in tuned:
         tune = r.options["tune"]
         assert tune["study"] == "digits" and tune["params"]["precision"] in ("fp32", "int8")
