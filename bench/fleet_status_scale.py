@@ -75,19 +75,24 @@ def dead_addresses(count: int) -> tuple[Dict[int, str], List[socket.socket]]:
     return found, holes
 
 
-def run_status(inventory: Path) -> tuple[float, int, Dict[str, Any], str]:
+def run_status(inventory: Path) -> tuple[float, int, Dict[str, Any], str, float]:
+    """(wall s, exit status, JSON, stderr, CPU s) of the command, in a fresh process."""
     env = dict(os.environ, EDGETUNE_CONFIG=str(inventory))
     env.pop("EDGETUNE_PASSPHRASE", None)
-    start = time.perf_counter()
-    proc = subprocess.run([*edgetune_command(), "fleet", "status", "--devices", "all", "--json"],
-                          capture_output=True, text=True, env=env, cwd=inventory.parent,
-                          timeout=120)
-    wall = time.perf_counter() - start
+    out, err = inventory.parent / "status.out", inventory.parent / "status.err"
+    with open(out, "wb") as o, open(err, "wb") as e:
+        start = time.perf_counter()
+        proc = subprocess.Popen([*edgetune_command(), "fleet", "status", "--devices", "all",
+                                 "--json"], stdout=o, stderr=e, env=env, cwd=inventory.parent,
+                                stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
     try:
-        doc = json.loads(proc.stdout)
+        doc = json.loads(out.read_text())
     except json.JSONDecodeError:
         doc = {}
-    return wall, proc.returncode, doc, proc.stderr
+    return (wall, os.waitstatus_to_exitcode(status), doc, err.read_text(errors="replace"),
+            usage.ru_utime + usage.ru_stime)
 
 
 def wrong_rows(doc: Dict[str, Any], expected: Dict[str, str]) -> List[str]:
@@ -152,16 +157,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             one.parent.mkdir()
             write_inventory(one, pki, {live[0]: addresses[live[0]]})
             expected = {n: ("unreachable" if n in dead_names else "serving") for n in names}
-            walls, one_walls, problems, codes = [], [], [], []
+            walls, one_walls, problems, codes, cpus = [], [], [], [], []
             for run in range(args.runs):
-                wall, code, doc, err = run_status(inventory)
+                wall, code, doc, err, cpu = run_status(inventory)
                 walls.append(wall)
+                cpus.append(cpu)
                 codes.append(code)
                 bad = wrong_rows(doc, expected)
                 if code != int(ExitStatus.UNREACHABLE if dead_names else 0):
                     bad.append(f"exit status {code}: {err.strip()[-300:]}")
                 problems.append(bad)
-                one_wall, one_code, one_doc, one_err = run_status(one)
+                one_wall, one_code, one_doc, one_err, _ = run_status(one)
                 one_walls.append(one_wall)
                 if one_code != 0:
                     problems[-1].append(f"one board: exit {one_code}: {one_err.strip()[-300:]}")
@@ -179,6 +185,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "agent_processes": args.processes, "agents_start_s": round(start_s, 2),
         "wall_s_per_run": [round(w, 3) for w in walls],
         "one_board_wall_s_per_run": [round(w, 3) for w in one_walls],
+        "host_cpu_s_per_run": [round(c, 2) for c in cpus],
         "exit_status_per_run": codes, "problems": [p[:10] for p in problems],
         "slowest_rows_last_run": [{k: r.get(k) for k in ("name", "state", "elapsed_s", "reason")}
                                   for r in slowest[:3]],
@@ -188,7 +195,8 @@ def main(argv: Optional[List[str]] = None) -> int:
              f"({args.unreachable} unreachable: {len(dead_names[0::2])} black holes, "
              f"{len(dead_names[1::2])} closed ports; {len(live)} agents in {args.processes} "
              f"processes), {args.runs} runs:",
-             f"  wall s: {result['wall_s_per_run']} (median {median(walls):.2f})",
+             f"  wall s: {result['wall_s_per_run']} (median {median(walls):.2f}); the "
+             f"command's CPU s: {result['host_cpu_s_per_run']}",
              f"  for scale, the same command over one live board: {result['one_board_wall_s_per_run']}",
              f"  slowest rows of the last run: {result['slowest_rows_last_run']}"]
     for i, p in enumerate(problems):
