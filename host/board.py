@@ -349,7 +349,10 @@ class BoardSession:
                   getattr(spec, "profile", False)),
                  ("provider_options", "does not take execution-provider options "
                   "(--provider-option)", "--provider-option",
-                  session is not None and bool(session.provider_options)))
+                  session is not None and bool(session.provider_options)),
+                 ("detection", "does not compute detection mAP (--metric map, --decoder)",
+                  "--metric map", bool(getattr(spec, "decoder", ""))
+                  or "map" in (getattr(spec, "metrics", ()) or ())))
         info = self.board.agent if any(wanted for *_, wanted in asked) else None
         for feature, lacks, flag, wanted in asked:
             if wanted and info is not None and not info.has(feature):
