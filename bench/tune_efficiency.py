@@ -83,9 +83,12 @@ def board_space() -> Any:
 
 def enumerate_configs(space: Any) -> List[Dict[str, Any]]:
     """Every configuration of the tuner's define-by-run space (BruteForceSampler)."""
+    import warnings
+
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     seen: List[Dict[str, Any]] = []
 
     def objective(trial: Any) -> float:
