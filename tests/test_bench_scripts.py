@@ -216,3 +216,20 @@ def test_demo_time() -> None:
     report = run_bench("demo_time.py", "--repeat", "1", "--trials", "2", timeout=900,
                        checks=["edgetune demo wall time s (worst run)"])
     assert report["demo"]["runs"][0]["int8_speedup"] > 0 and report["quick"]["max_s"] > 0
+
+
+@pytest.mark.slow
+def test_tune_efficiency() -> None:
+    report = run_bench("tune_efficiency.py", "--seeds", "1", "--size", "32", "--budget", "0.1",
+                       timeout=1200,
+                       checks=["tuner gap to exhaustive best (median of seeds)",
+                               "tuner gap - random search gap (medians)",
+                               "host overhead per trial s (median)"])
+    assert report["configurations"] >= 48 and report["host_overhead_s"]["trials"] > 0
+
+
+@pytest.mark.slow
+def test_tune_busy() -> None:
+    report = run_bench("tune_busy.py", "--agents", "2", "--trials", "4", "--size", "32",
+                       timeout=900, checks=["mean busy share of the boards after the first trial"])
+    assert set(report["busy_share"]) == {"board0", "board1"}
