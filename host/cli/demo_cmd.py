@@ -381,7 +381,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo", help="the whole loop on this PC: a throw-away PKI, a local agent, a sample CNN "
                      "quantized to INT8, a short tuning study, FP32 / default INT8 / tuned "
                      "compared in interleaved rounds (under a minute; --quick: a few seconds)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description="Run the whole loop on this PC with nothing to set up: a throw-away PKI, "
+                    "a local agent reached over mutual TLS like a board, the 32x32 digits "
+                    "sample quantized with edgetune quantize's defaults, a short tuning study "
+                    "on the agent, then FP32, default INT8 and the tuned model measured in "
+                    "interleaved rounds, ending with one table with 95% confidence intervals "
+                    "(under a minute). --quick: the 8x8 sample, FP32 vs INT8 measured once, no "
+                    "tuning (a few seconds). Results go to the results database (--no-record: "
+                    "none). Ctrl-C stops the agent and removes the throw-away directory (exit "
+                    "130).")
     p.add_argument("--quick", action="store_true",
                    help="the few-second version: the 8x8 digits CNN quantized, FP32 and INT8 "
                         "benchmarked and evaluated once, no tuning")
