@@ -326,6 +326,28 @@ def test_an_upgrade_that_does_not_come_up_is_rolled_back(board: Board, tmp_path:
     assert code == 0, err                            # the old version serves again
 
 
+def test_a_wheelhouse_without_a_wheel_the_board_needs_names_the_package_and_the_tag(
+        board: Board, tmp_path: Path) -> None:
+    from edgetune.host.deploy.probe import BoardFacts
+
+    old = board.state()
+    lacking = tmp_path / "lacking"
+    lacking.mkdir()
+    for wheel in board.wheelhouse.glob("*.whl"):
+        if not wheel.name.startswith("numpy-"):
+            os.symlink(wheel, lacking / wheel.name)
+    code, out, err = cli("deploy", "upgrade", NAME, "--wheelhouse", str(lacking),
+                         *board.flags())
+    helper = Path(__file__).parent.parent / "host" / "deploy" / "boardctl.py"
+    facts = BoardFacts.from_json(json.loads(subprocess.run(
+        [board_python(), "-", "probe", str(board.prefix), "skip-ort"], input=helper.read_bytes(),
+        capture_output=True, check=True).stdout))
+    assert code == 4, err
+    assert "no wheel of numpy" in err and facts.platform_label in err
+    assert board.state()["vid"] == old["vid"]                  # nothing was switched
+    assert os.readlink(board.prefix / "current") == f"versions/{old['vid']}"
+
+
 def test_remove_keeps_the_store_and_certificates_and_purge_removes_everything(
         board: Board) -> None:
     pid = board.agent_pid()
@@ -454,3 +476,49 @@ def board_python_version() -> str:
     return subprocess.run([board_python(), "-c", "import platform; "
                            "print('.'.join(platform.python_version_tuple()[:2]))"],
                           capture_output=True, text=True, check=True).stdout.strip()
+
+
+# ------------------------------------------------------------------------ uploads
+
+def test_uploads_resume_a_partial_file_and_replace_a_wrong_one(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgetune.host.deploy.settings import SshSpec, resolve_ssh
+    from edgetune.host.deploy.ssh import SshSession
+    from edgetune.host.deploy.transfer import upload_wheelhouse
+    from edgetune.host.deploy.wheelhouse import open_wheelhouse
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    house_dir = tmp_path / "house"
+    house_dir.mkdir()
+    blobs = {"edgetune-0.1.0-py3-none-any.whl": os.urandom(3 << 20) + b"end",
+             "a-1.0-py3-none-any.whl": os.urandom(100_000),
+             "b-1.0-py3-none-any.whl": os.urandom(5_000)}
+    for name, data in blobs.items():
+        (house_dir / name).write_bytes(data)
+    house = open_wheelhouse(house_dir)
+    remote = tmp_path / "board" / "wheels"
+    remote.mkdir(parents=True)
+    big = "edgetune-0.1.0-py3-none-any.whl"
+    (remote / f"{big}.part").write_bytes(blobs[big][:1 << 20])                # interrupted
+    (remote / "a-1.0-py3-none-any.whl").write_bytes(b"not the wheel")          # wrong content
+    (remote / "b-1.0-py3-none-any.whl").write_bytes(blobs["b-1.0-py3-none-any.whl"])  # fine
+    with local_sshd() as sshd:
+        known = tmp_path / "known_hosts"
+        known.write_text(_known(sshd))
+        settings = resolve_ssh(SshSpec.parse(f"{sshd.user}@{sshd.host}:{sshd.port}"),
+                               identity=sshd.client_key, known_hosts=known)
+        with SshSession.connect(settings) as session:
+            report = upload_wheelhouse(session, house, str(remote))
+            assert (report.sent_files, report.resumed_files, report.kept_files) == (2, 1, 1)
+            assert report.sent_bytes == len(blobs[big]) - (1 << 20) + 100_000
+            for name, data in blobs.items():
+                assert (remote / name).read_bytes() == data
+            assert not list(remote.glob("*.part"))
+            # a .part that is not a prefix of the file is not trusted: sent again whole
+            (remote / big).unlink()
+            (remote / f"{big}.part").write_bytes(b"x" * 1000)
+            report = upload_wheelhouse(session, house, str(remote))
+            assert (report.sent_files, report.resumed_files, report.kept_files) == (1, 0, 2)
+            assert (remote / big).read_bytes() == blobs[big]
+            report = upload_wheelhouse(session, house, str(remote))
+            assert (report.sent_files, report.sent_bytes, report.kept_files) == (0, 0, 3)

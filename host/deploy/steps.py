@@ -287,12 +287,17 @@ class BoardDeploy:
         flags = "--system-site-packages " if use_board_ort else ""
         reqs = " ".join(shlex.quote(r) for r in requirements)
         # the board's own pip configuration (an index, constraints) is not ours to use
+        # pip sees exactly this wheelhouse (links to its files), not every wheel an earlier
+        # deploy left in PREFIX/wheels
+        links = f"{target}/wheels"
+        names = " ".join(shlex.quote(w.name) for w in house.wheels)
         pip = (f"PIP_CONFIG_FILE=/dev/null {venv}/bin/python -m pip install --quiet --no-index "
-               f"--no-cache-dir --disable-pip-version-check --find-links {layout.wheels}")
+               f"--no-cache-dir --disable-pip-version-check --find-links {links}")
         started = time.monotonic()
         try:
             session.run(
-                f"set -e; rm -rf {target}; mkdir -p {target}; "
+                f"set -e; rm -rf {target}; mkdir -p {links}; "
+                f"for f in {names}; do ln -s {layout.wheels}/$f {links}/$f; done; "
                 f"{shlex.quote(facts.python_executable)} -m venv {flags}{venv}; "
                 f"{pip} {reqs} > {target}/pip.log 2>&1 || {{ cat {target}/pip.log >&2; exit 1; }}; "
                 # edgetune itself always into the venv, even when the board's site has one
