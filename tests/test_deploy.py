@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -293,3 +294,70 @@ def test_the_package_ships_the_templates_and_the_board_helper_runs_on_python39_s
     ast.parse(source, feature_version=(3, 9))
     assert "edgetune" not in [n.names[0].name.split(".")[0] for n in ast.walk(ast.parse(source))
                               if isinstance(n, ast.Import)]
+
+
+# ------------------------------------------------------------------------ the board's certificate
+
+def test_a_certificate_is_issued_for_the_address_as_given_ip_or_dns(pki: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryptography import x509
+
+    from edgetune.certs.keys import load_key_pem
+    from edgetune.host.deploy.device_certs import board_cert_still_good, issue_from_pki
+
+    monkeypatch.setenv("EDGETUNE_PASSPHRASE", pki.passphrase.decode())
+    ca_pem = pki.ca_cert.read_bytes()
+    by_ip = issue_from_pki(pki.dir, "b1", "10.0.0.7", None, ca_pem)
+    sans = x509.load_pem_x509_certificate(by_ip.cert_pem).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
+    assert sans.get_values_for_type(x509.DNSName) == []
+    by_name = issue_from_pki(pki.dir, "b1", "board1.lab", None, ca_pem)
+    sans = x509.load_pem_x509_certificate(by_name.cert_pem).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["board1.lab"]
+    # the key travels encrypted with the board's own passphrase, not the CA's
+    assert by_ip.passphrase != pki.passphrase
+    load_key_pem(by_ip.key_pem, by_ip.passphrase)
+    with pytest.raises(Exception):
+        load_key_pem(by_ip.key_pem, pki.passphrase)
+    # kept on the next run only for the same CA and address
+    assert board_cert_still_good(ca_pem, ca_pem.decode(), by_ip.cert_pem.decode(), "10.0.0.7")
+    assert not board_cert_still_good(ca_pem, ca_pem.decode(), by_ip.cert_pem.decode(), "10.0.0.8")
+    foreign = pki.foreign_ca.cert_pem
+    assert not board_cert_still_good(ca_pem, foreign.decode(), by_ip.cert_pem.decode(), "10.0.0.7")
+
+
+def test_a_ca_that_is_not_this_pcs_is_refused(pki: Any, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgetune.host.deploy.device_certs import issue_from_pki
+    from edgetune.host.errors import AuthError
+
+    monkeypatch.setenv("EDGETUNE_PASSPHRASE", pki.passphrase.decode())
+    with pytest.raises(AuthError, match="not the CA"):
+        issue_from_pki(pki.dir / "foreign", "b1", "10.0.0.7", None,
+                       pki.ca_cert.read_bytes())
+    with pytest.raises(NotFoundError, match="ca-key.pem"):
+        issue_from_pki(tmp_path, "b1", "10.0.0.7", None,
+                       pki.ca_cert.read_bytes())
+
+
+def test_cert_and_key_given_are_checked_and_the_key_re_encrypted(pki: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgetune.certs.keys import load_key_pem
+    from edgetune.host.deploy.device_certs import from_files
+    from edgetune.host.errors import AuthError
+
+    monkeypatch.setenv("EDGETUNE_PASSPHRASE", pki.passphrase.decode())
+    ca_pem = pki.ca_cert.read_bytes()
+    device = pki.device
+    creds = from_files(device.cert, device.key, "127.0.0.1", None, ca_pem)
+    assert creds.cert_pem == device.cert.read_bytes() and creds.passphrase != pki.passphrase
+    load_key_pem(creds.key_pem, creds.passphrase)
+    with pytest.raises(BadInputError, match="does not name 10.0.0.7"):
+        from_files(device.cert, device.key, "10.0.0.7", None, ca_pem)
+    host = pki.host
+    with pytest.raises(BadInputError, match="serverAuth"):
+        from_files(host.cert, host.key, "127.0.0.1", None, ca_pem)
+    with pytest.raises(AuthError, match="not issued by"):
+        from_files(device.cert, device.key, "127.0.0.1", None, pki.foreign_ca.cert_pem)
