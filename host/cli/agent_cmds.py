@@ -47,16 +47,54 @@ class JobSettings:
 
 
 def session_from_args(args: argparse.Namespace) -> SessionOptions:
+    """The session flags over ``--session FILE`` (a session.json from ``edgetune tune -o``):
+    each flag given replaces the file's value."""
     check_count("--threads", args.threads, minimum=0)
     check_count("--inter-threads", args.inter_threads, minimum=0)
-    shapes = dict(parse_shape(s) for s in args.shape or ())
-    providers = parse_list(args.providers)
+    base = read_session_file(args.session) if getattr(args, "session", None) else SessionOptions()
+    shapes = dict(base.input_shapes)
+    shapes.update(parse_shape(s) for s in args.shape or ())
+    providers = parse_list(args.providers) or base.providers
     options = parse_provider_options(getattr(args, "provider_option", None) or (), providers)
+    if not options and not args.providers:
+        options = base.provider_options
     return SessionOptions(
-        providers=providers, intra_op_threads=args.threads or 0,
-        inter_op_threads=args.inter_threads or 0, graph_optimization=args.graph_opt,
-        execution_mode=args.execution_mode, input_shapes=tuple(sorted(shapes.items())),
-        provider_options=options)
+        providers=providers,
+        intra_op_threads=base.intra_op_threads if args.threads is None else args.threads,
+        inter_op_threads=base.inter_op_threads if args.inter_threads is None else args.inter_threads,
+        graph_optimization=args.graph_opt or base.graph_optimization,
+        execution_mode=args.execution_mode or base.execution_mode,
+        input_shapes=tuple(sorted(shapes.items())), provider_options=options)
+
+
+def read_session_file(path: Any) -> SessionOptions:
+    """A session.json (``SessionOptions.as_dict``, as ``edgetune tune -o`` writes it)."""
+    import json
+
+    from edgetune.host.errors import BadInputError, NotFoundError
+
+    try:
+        doc = json.loads(open(path, encoding="utf-8").read())
+    except FileNotFoundError:
+        raise NotFoundError(f"session file {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"session file {path} is not JSON: {exc}") from None
+    known = set(SessionOptions.__dataclass_fields__)
+    if not isinstance(doc, dict) or set(doc) - known:
+        extra = sorted(set(doc) - known) if isinstance(doc, dict) else []
+        raise BadInputError(f"session file {path} is not a session: unknown keys "
+                            f"{', '.join(extra) or '(not an object)'}",
+                            hint=f"the keys are: {', '.join(sorted(known))}")
+    try:
+        session = SessionOptions.from_dict(doc)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise BadInputError(f"session file {path}: {exc}") from None
+    if session.graph_optimization not in GRAPH_OPT_LEVELS \
+            or session.execution_mode not in EXECUTION_MODES:
+        raise BadInputError(f"session file {path}: graph_optimization must be one of "
+                            f"{', '.join(GRAPH_OPT_LEVELS)} and execution_mode one of "
+                            f"{', '.join(EXECUTION_MODES)}")
+    return session
 
 
 PROVIDER_OPTION_EXAMPLE = "CANNExecutionProvider:precision_mode=force_fp16"
@@ -238,9 +276,13 @@ def _session_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--provider-option", action="append", metavar="EP:KEY=VALUE",
                    help="an option for an execution provider, passed to onnxruntime on the "
                         f"board (repeatable), e.g. {PROVIDER_OPTION_EXAMPLE}")
-    g.add_argument("--graph-opt", choices=GRAPH_OPT_LEVELS, default="all",
+    g.add_argument("--graph-opt", choices=GRAPH_OPT_LEVELS,
                    help="graph optimisation level (default: all)")
-    g.add_argument("--execution-mode", choices=EXECUTION_MODES, default="sequential")
+    g.add_argument("--execution-mode", choices=EXECUTION_MODES,
+                   help="(default: sequential)")
+    g.add_argument("--session", metavar="session.json",
+                   help="session options from a file (`edgetune tune -o DIR` writes "
+                        "DIR/session.json); the flags above replace its values")
     g.add_argument("--shape", action="append", metavar="NAME=1x3x224x224",
                    help="fix an input's dynamic dimensions (repeatable)")
     g.add_argument("--label", help="a note shown in `edgetune jobs list` (default: the file name)")
