@@ -325,3 +325,25 @@ def test_boards_of_different_kinds_are_refused(pki: Any, local_agent: Any, tmp_p
 def _ort_version() -> str:
     import onnxruntime
     return onnxruntime.__version__
+
+
+def test_bench_takes_the_session_json(study: Dict[str, Any], local_agent: Any,
+                                      capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """`edgetune bench --session DIR/session.json` measures with the tuned session options;
+    a flag given beside it replaces the file's value."""
+    out = study["work"] / "out"
+    session = json.loads((out / "session.json").read_text())
+    r = run_cli(capsys, "bench", str(out / "model.onnx"), "--session", str(out / "session.json"),
+                "--iterations", "5", "--threads", "1", *local_agent.conn(), "--no-record",
+                "--json")
+    assert r.code == 0, r.err
+    used = r.json["results"][0]["options"]        # the session's keys, flat (input_shapes:
+    keys = [k for k in session if k != "input_shapes"]     # the agent fixes a free batch dim)
+    assert {k: used[k] for k in keys} == {**{k: session[k] for k in keys}, "intra_op_threads": 1}
+    assert session["intra_op_threads"] >= 1 and session["graph_optimization"] in (
+        "basic", "all")
+    bad = tmp_path / "session.json"
+    bad.write_text(json.dumps({**session, "threads": 2}))
+    r = run_cli(capsys, "bench", str(out / "model.onnx"), "--session", str(bad),
+                *local_agent.conn(), "--no-record")
+    assert r.code == ExitStatus.BAD_INPUT and "unknown keys threads" in r.err
