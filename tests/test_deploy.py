@@ -361,3 +361,43 @@ def test_cert_and_key_given_are_checked_and_the_key_re_encrypted(pki: Any,
         from_files(host.cert, host.key, "127.0.0.1", None, ca_pem)
     with pytest.raises(AuthError, match="not issued by"):
         from_files(device.cert, device.key, "127.0.0.1", None, pki.foreign_ca.cert_pem)
+
+
+# ------------------------------------------------------------------------ markers for the board
+
+def test_markers_are_evaluated_for_the_boards_python_not_this_one(tmp_path: Path) -> None:
+    """pip download evaluates markers against the Python running it: tomli (Python < 3.11)
+    would be left out of a 3.9 board's wheelhouse made on a 3.11 PC."""
+    from edgetune.host.deploy.wheelhouse import (for_target, missing_requirements,
+                                                 target_environment)
+
+    tags = facts().platform_tags()
+    py39 = target_environment(tags, (3, 9))
+    py311 = target_environment(tags, (3, 11))
+    assert py39["platform_machine"] == "aarch64"
+    wanted = ['tomli>=1.1; python_version < "3.11"', "numpy>=1.21.6",
+              'cffi>=1.12; platform_python_implementation != "PyPy"']
+    assert for_target(wanted, py39) == ["tomli>=1.1", "numpy>=1.21.6", "cffi>=1.12"]
+    assert for_target(wanted, py311) == ["numpy>=1.21.6", "cffi>=1.12"]
+    _fake_wheel(tmp_path, "edgetune-0.1.0-py3-none-any.whl", [
+        "grpcio>=1.46.5", 'tomli>=1.1; python_version < "3.11" and extra == "device"'])
+    _fake_wheel(tmp_path, "grpcio-1.60.0-cp39-cp39-manylinux_2_17_aarch64.whl", [])
+    _fake_wheel(tmp_path, "cryptography-42.0-cp39-abi3-manylinux_2_28_aarch64.whl", [
+        'cffi>=1.12; platform_python_implementation != "PyPy"',
+        'exceptiongroup>=1; python_version < "3.11"', 'pytest; extra == "test"'])
+    assert missing_requirements(tmp_path, py39) == ["cffi>=1.12", "exceptiongroup>=1"]
+    assert missing_requirements(tmp_path, py311) == ["cffi>=1.12"]
+
+
+@pytest.mark.slow
+def test_a_wheelhouse_for_an_aarch64_python39_board_holds_what_3_9_needs() -> None:
+    from edgetune.host.deploy.wheelhouse import build_wheelhouse, missing_requirements, target_environment
+
+    board = facts()                                   # Debian 11 aarch64, Python 3.9
+    house = build_wheelhouse(board.platform_tags(), board.python_tuple, with_onnxruntime=True)
+    names = [w.name for w in house.wheels]
+    assert any(n.startswith("tomli-") for n in names), names
+    assert any(n.startswith("onnxruntime-") and "cp39" in n and "aarch64" in n for n in names)
+    assert not [n for n in names if "x86_64" in n], names
+    assert missing_requirements(house.directory,
+                                target_environment(board.platform_tags(), (3, 9))) == []

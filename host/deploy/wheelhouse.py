@@ -23,7 +23,7 @@ import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import edgetune
 from edgetune.host.errors import BadInputError, EdgetuneError, NotFoundError
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 PROJECT = "edgetune"
 CACHE_ENV = "EDGETUNE_CACHE"
+WHEELHOUSE_FORMAT = 2      # 2: dependencies of the board's Python added (markers evaluated for it)
 _SOURCE_PARTS = ("pyproject.toml", "README.md", "src", "host", "device", "certs", "protos")
 _NOT_COPIED = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__",
                                      "*.pyc", ".pytest_cache")
@@ -224,12 +225,14 @@ def build_wheelhouse(platform_tags: Sequence[str], python: Tuple[int, int], *,
     ``device`` extra, binary wheels only, for ``platform_tags`` and CPython ``python``."""
     project = project_wheel(cache)
     label = f"{platform_tags[0]} / cp{python[0]}{python[1]}"
-    key = hashlib.sha256(json.dumps([_sha256(project), list(platform_tags), list(python),
-                                     with_onnxruntime]).encode()).hexdigest()[:24]
+    key = hashlib.sha256(json.dumps([WHEELHOUSE_FORMAT, _sha256(project), list(platform_tags),
+                                     list(python), with_onnxruntime]).encode()).hexdigest()[:24]
     out = (cache or cache_root()) / "deploy" / "wheelhouses" / key
     if (out / "complete").is_file():
         return open_wheelhouse(out)
-    requirements = device_requirements(project, with_onnxruntime=with_onnxruntime)
+    env = target_environment(platform_tags, python)
+    requirements = for_target(device_requirements(project, with_onnxruntime=with_onnxruntime),
+                              env)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=str(out.parent)))
     try:
@@ -239,9 +242,19 @@ def build_wheelhouse(platform_tags: Sequence[str], python: Tuple[int, int], *,
                 "--abi", f"cp{python[0]}{python[1]}", "--abi", "abi3", "--abi", "none"]
         for tag in platform_tags:
             args += ["--platform", tag]
-        args += [str(tmp / project.name), *requirements]
         log.info("pip %s", " ".join(args))
-        _pip(args, "the agent's dependencies", label)
+        _pip([*args, str(tmp / project.name), *requirements], "the agent's dependencies", label)
+        # pip evaluates environment markers against this PC's Python, not the board's: a
+        # dependency only the board's Python needs (tomli on 3.9) is fetched in further rounds
+        for _ in range(8):
+            missing = missing_requirements(tmp, env)
+            if not missing:
+                break
+            log.info("for the board's Python also: %s", ", ".join(missing))
+            _pip([*args, *missing], "the agent's dependencies", label)
+        else:
+            raise EdgetuneError(f"the wheelhouse for {label} did not settle: still missing "
+                                + ", ".join(missing_requirements(tmp, env)))
         (tmp / "complete").write_text(label + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -250,6 +263,65 @@ def build_wheelhouse(platform_tags: Sequence[str], python: Tuple[int, int], *,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return open_wheelhouse(out)
+
+
+def _packaging() -> Any:
+    """``packaging`` (markers, requirements, utils loaded), else pip's own copy of it."""
+    import importlib
+
+    for base in ("packaging", "pip._vendor.packaging"):
+        try:
+            for part in ("markers", "requirements", "utils"):
+                importlib.import_module(f"{base}.{part}")
+            return importlib.import_module(base)
+        except ImportError:  # pragma: no cover - pip always carries a copy
+            continue
+    raise EdgetuneError("neither packaging nor pip's copy of it can be imported")
+
+
+def target_environment(platform_tags: Sequence[str], python: Tuple[int, int]) -> Dict[str, str]:
+    """PEP 508 marker variables of the board (CPython ``python`` on Linux, its machine)."""
+    machine = platform_tags[-1].split("_", 1)[1] if "_" in platform_tags[-1] else ""
+    version = f"{python[0]}.{python[1]}"
+    return {"python_version": version, "python_full_version": f"{version}.0",
+            "implementation_version": f"{version}.0", "implementation_name": "cpython",
+            "platform_python_implementation": "CPython", "platform_machine": machine,
+            "platform_system": "Linux", "sys_platform": "linux", "os_name": "posix",
+            "platform_release": "", "platform_version": "", "extra": ""}
+
+
+def for_target(requirements: Sequence[str], env: Mapping[str, str]) -> List[str]:
+    """The requirements whose markers hold on the board, without their markers."""
+    pkg = _packaging()
+    out = []
+    for text in requirements:
+        req = pkg.requirements.Requirement(text)
+        if req.marker is None or req.marker.evaluate(dict(env)):
+            out.append(f"{req.name}{req.specifier}")
+    return out
+
+
+def missing_requirements(directory: Path, env: Mapping[str, str]) -> List[str]:
+    """What the wheels in ``directory`` require on the board (markers evaluated for it) that
+    no wheel there provides."""
+    pkg = _packaging()
+    wheels = sorted(directory.glob("*.whl"))
+    present = {pkg.utils.canonicalize_name(w.name.split("-")[0]) for w in wheels}
+    missing: Dict[str, str] = {}
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            name = next((n for n in zf.namelist() if n.endswith(".dist-info/METADATA")), None)
+            if name is None:
+                continue
+            meta = email.parser.Parser().parsestr(zf.read(name).decode("utf-8", "replace"))
+        for line in meta.get_all("Requires-Dist") or []:
+            req = pkg.requirements.Requirement(line)
+            if req.marker is not None and not req.marker.evaluate(dict(env)):
+                continue          # another Python's, or an extra not asked for
+            key = pkg.utils.canonicalize_name(req.name)
+            if key not in present:
+                missing.setdefault(key, f"{req.name}{req.specifier}")
+    return sorted(missing.values())
 
 
 def requirements_for(house: Wheelhouse, *, with_onnxruntime: bool) -> List[str]:
