@@ -13,8 +13,9 @@ disconnect mid-upload ends in ``close_incomplete``: the bytes received are fsync
 a later resume (after a power cut, the final hash check catches anything the disk lost).
 ``commit`` checks the hash (an upload by id has no announced hash unless the client gave one:
 its hash is what arrived, and a blob stored under it already makes the upload a duplicate,
-discarded), then the content (``VALIDATORS``: ``edgetune.device.onnx_safety`` for models,
-``edgetune.device.datasets`` for datasets), and only then asks the store to make the blob visible.
+discarded), then the content (``VALIDATORS``: ``edgetune.device.onnx_safety`` for ONNX models,
+``edgetune.device.datasets`` for datasets; a model declared in an opaque format, "om" say, is
+kept as bytes for a runner plug-in), and only then asks the store to make the blob visible.
 
 This module does not import ``edgetune.device.store`` (which imports it): the writer reaches the store
 only through the few members listed in ``StoreSide``.
@@ -31,6 +32,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Protocol
 
+from edgetune.device.config import MODEL_FORMAT
 from edgetune.device.errors import (DataLoss, FailedPrecondition, InvalidArgument,
                                     ResourceExhausted, StatusError)
 from edgetune.device.limits import Limits, check_hex
@@ -71,7 +73,7 @@ class StoreSide(Protocol):
     def _stored_info(self, kind: BlobKind, sha256: str) -> Optional[BlobInfo]: ...
 
     def _install(self, kind: BlobKind, sha256: str, size: int, label: str,
-                 key: str = "") -> BlobInfo: ...
+                 key: str = "", format: str = "") -> BlobInfo: ...
 
 
 class BackgroundHash:
@@ -140,6 +142,20 @@ def _fsync_quietly(fd: int) -> None:
         log.debug("background fsync failed: %s", exc)
 
 
+def check_format(kind: BlobKind, format: str) -> str:
+    """A model's declared format, normalised ("" -> "onnx"); InvalidArgument when malformed
+    or given for a dataset."""
+    if kind is not BlobKind.MODEL:
+        if format:
+            raise InvalidArgument(f"a format is declared for a {kind.value}; only models have one")
+        return ""
+    format = format or "onnx"
+    if not isinstance(format, str) or not MODEL_FORMAT.match(format):
+        raise InvalidArgument(f"model format {format!r} is not 1-16 lowercase letters, digits or "
+                              "'_' (e.g. onnx, om, nb, aipu)")
+    return format
+
+
 def _validate_model(path: Path, limits: Limits) -> None:
     from edgetune.device.onnx_safety import check_model_file
     check_model_file(path, limits.max_model_bytes)
@@ -170,9 +186,11 @@ class UploadWriter:
     """
 
     def __init__(self, store: StoreSide, kind: BlobKind, sha256: str, size: int, name: str,
-                 *, already_present: Optional[BlobInfo] = None, upload_id: str = "") -> None:
+                 *, already_present: Optional[BlobInfo] = None, upload_id: str = "",
+                 format: str = "") -> None:
         self._store = store
         self.kind = kind
+        self.format = format            # models: "onnx" (checked as ONNX) or an opaque format
         self.sha256 = sha256
         self.upload_id = upload_id
         self.key = upload_key(sha256, upload_id)
@@ -361,14 +379,15 @@ class UploadWriter:
                     return stored
             part = store._part_path(self.kind, key)
             try:
-                VALIDATORS[self.kind](part, store.limits)
+                if self.kind is not BlobKind.MODEL or self.format in ("", "onnx"):
+                    VALIDATORS[self.kind](part, store.limits)   # opaque models: kept as bytes
             except StatusError:
                 store._drop_partial(self.kind, key)
                 raise
             except Exception as exc:
                 store._drop_partial(self.kind, key)
                 raise InvalidArgument(f"{self.kind.value} refused: {exc}") from exc
-            self.info = store._install(self.kind, got, self.size, self.name, key)
+            self.info = store._install(self.kind, got, self.size, self.name, key, self.format)
             return self.info
         finally:
             self._closed = True
