@@ -44,14 +44,15 @@ import threading
 import time
 import unicodedata
 from pathlib import Path
-from typing import List, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 from edgetune.device.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from edgetune.device.limits import SHA256_RE, Limits, check_sha256
 from edgetune.device.safefs import (check_private_dir, is_regular, make_private, open_file,
                                     regular_stat)
 # UploadWriter and its constants live in device.upload; importable from here as before.
-from edgetune.device.upload import (HASH_READ_BYTES, SYNC_EVERY_BYTES, VALIDATORS,  # noqa: F401
+from edgetune.device.upload import (MODEL_FORMAT, check_format,  # noqa: F401
+                                    HASH_READ_BYTES, SYNC_EVERY_BYTES, VALIDATORS,  # noqa: F401
                            UploadWriter, check_upload_id, upload_key)
 from edgetune.protos.messages import BlobInfo, BlobKind
 
@@ -222,10 +223,13 @@ class BlobStore:
         st = regular_stat(blob)
         meta = _read_json(self._meta_path(kind, sha256))
         created = meta.get("created_unix")
+        fmt = meta.get("format")
         return BlobInfo(kind=kind, sha256=sha256, size_bytes=st.st_size,
                         name=safe_label(meta.get("name", "")),
                         created_unix=float(created) if isinstance(created, (int, float))
-                        else st.st_mtime)
+                        else st.st_mtime,
+                        format=(fmt if isinstance(fmt, str) and MODEL_FORMAT.match(fmt)
+                                else "onnx") if kind is BlobKind.MODEL else "")
 
     def list(self, kind: Optional[KindLike] = None) -> List[BlobInfo]:
         """Complete blobs, oldest first (models before datasets when both kinds are listed)."""
@@ -266,10 +270,12 @@ class BlobStore:
 
     # ------------------------------------------------------------------ uploads
     def begin_upload(self, kind: KindLike, sha256: str, size: int, name: str = "",
-                     offset: int = 0, upload_id: str = "") -> UploadWriter:
+                     offset: int = 0, upload_id: str = "", format: str = "") -> UploadWriter:
         """Start or resume an upload (by id when ``upload_id`` is set; ``sha256`` may then be
-        empty). See the module docstring for the rules."""
+        empty). See the module docstring for the rules. ``format`` (models only): "" or "onnx"
+        for an ONNX model (checked as one), else an opaque format kept for a runner plug-in."""
         kind = _kind(kind)
+        format = check_format(kind, format)
         if upload_id:
             check_upload_id(upload_id)
         if sha256 or not upload_id:
@@ -309,7 +315,8 @@ class BlobStore:
                     f"not enough free space in the agent's store for this {kind.value}: "
                     f"{need} bytes needed, {free} free; delete blobs with `edgetune "
                     f"{FOLDER[kind]} rm` or free space on the board")
-            writer = UploadWriter(self, kind, sha256, size, label, upload_id=upload_id)
+            writer = UploadWriter(self, kind, sha256, size, label, upload_id=upload_id,
+                                  format=format)
             if offset == 0:
                 _write_json_atomic(self._part_meta_path(kind, part_key),
                                    {"size": size, "name": label, "started_unix": time.time()})
@@ -330,7 +337,7 @@ class BlobStore:
         _unlink(self._part_meta_path(kind, key))
 
     def _install(self, kind: BlobKind, sha256: str, size: int, label: str,
-                 key: str = "") -> BlobInfo:
+                 key: str = "", format: str = "") -> BlobInfo:
         """Move a verified partial (the upload ``key``: by default its hash) into place under
         ``sha256`` and record its metadata."""
         key = key or sha256
@@ -338,13 +345,17 @@ class BlobStore:
         name = label or safe_label(part_meta.get("name", ""))
         created = time.time()
         blob = self._blob_path(kind, sha256)
-        _write_json_atomic(self._meta_path(kind, sha256),
-                           {"name": name, "size": size, "created_unix": created})
+        meta: Dict[str, Any] = {"name": name, "size": size, "created_unix": created}
+        if kind is BlobKind.MODEL:
+            format = format or "onnx"
+            meta["format"] = format
+        _write_json_atomic(self._meta_path(kind, sha256), meta)
         os.replace(self._part_path(kind, key), blob)
         _fsync_dir(blob.parent)
         _unlink(self._part_meta_path(kind, key))
         log.info("stored %s %s (%s, %d bytes)", kind.value, sha256, name or "-", size)
-        return BlobInfo(kind=kind, sha256=sha256, size_bytes=size, name=name, created_unix=created)
+        return BlobInfo(kind=kind, sha256=sha256, size_bytes=size, name=name, created_unix=created,
+                        format=format if kind is BlobKind.MODEL else "")
 
     # ------------------------------------------------------------------ removal
     def delete(self, kind: KindLike, sha256: str) -> bool:
