@@ -39,11 +39,12 @@ import os
 import threading
 import time
 from array import array
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgetune.device import sysinfo
+from edgetune.device import plugins, sysinfo
 from edgetune.device.datasets import ORT_DTYPES, MatchedDataset, load_dataset, match_to_model
 from edgetune.device.errors import (Cancelled, FailedPrecondition, InvalidArgument,
                                     ResourceExhausted, StatusError)
@@ -66,6 +67,7 @@ PROGRESS_EVERY_NS = 100_000_000         # at most ~10 progress reports a second
 MAX_DATASET_FEEDS = 64                  # distinct batches a dataset-fed benchmark cycles through
 DEFAULT_THERMAL_WAIT_S = 300.0          # a gate's longest wait when the spec gives none
 THERMAL_POLL_S = 0.25
+PLUGIN_WORK = "plugin-work"             # under the store: one folder per plug-in run
 
 
 class _Reporter:
@@ -187,9 +189,14 @@ def _run(session: Any, names: List[str], feeds: Feeds) -> List[np.ndarray]:
 class Runner:
     """Benchmarks and evaluations of blobs from ``store``, within ``limits``."""
 
-    def __init__(self, store: BlobStore, limits: Limits, sysfs_root: str = "/sys") -> None:
+    def __init__(self, store: BlobStore, limits: Limits, sysfs_root: str = "/sys",
+                 runners: Sequence[Any] = ()) -> None:
         self.store = store
         self.limits = limits
+        self.plugins = {r.name: r for r in runners}  # config.RunnerConfig by name
+        self.plugin_work = Path(store.root) / PLUGIN_WORK
+        if self.plugins:
+            plugins.remove_work(self.plugin_work)  # what a killed agent's plug-ins left
         self.thermal_root = os.path.join(sysfs_root, "class", "thermal")
         self.cpu_root = os.path.join(sysfs_root, "devices", "system", "cpu")
 
@@ -202,6 +209,9 @@ class Runner:
         dataset = load_dataset(self.store.path(BlobKind.DATASET, spec.dataset_sha256)) \
             if spec.dataset_sha256 else None
         sysinfo.reset_peak_rss()
+        if spec.runner:
+            return self._plugin_benchmark(spec, model_path, dataset, rep)
+        self._refuse_opaque(spec.model_sha256)
         return self._session(spec, model_path, dataset, rep)
 
     def _session(self, spec: BenchmarkSpec, model_path: Any, dataset: Any,
@@ -397,6 +407,9 @@ class Runner:
         rep.check()
         model_path = self.store.path(BlobKind.MODEL, spec.model_sha256)
         dataset = load_dataset(self.store.path(BlobKind.DATASET, spec.dataset_sha256))
+        if spec.runner:
+            return self._plugin_evaluate(spec, model_path, dataset, rep)
+        self._refuse_opaque(spec.model_sha256)
         rep.report("load", 0, 0, "creating the onnxruntime session", force=True)
         placement = Placement()
         session, load_ms = create_session(model_path, spec.session, placement)
@@ -415,6 +428,97 @@ class Runner:
             placement.close()
         return dataclasses.replace(result, providers=tuple(session.get_providers()),
                                    provider_nodes=nodes[0] if nodes else ())
+
+
+    # ------------------------------------------------------------------ runner plug-ins
+    def _refuse_opaque(self, sha256: str) -> None:
+        """An opaque model (refused at submit already) never reaches onnxruntime."""
+        fmt = self.store.info(BlobKind.MODEL, sha256).format
+        if fmt != plugins.ONNX:
+            plugins.check_runner(BenchmarkSpec(model_sha256=sha256), self.plugins, fmt)
+
+    def _plugin_model(self, spec: Any, model_path: Path,
+                      dataset: Any) -> Tuple[Any, str, List[Any], List[Any]]:
+        """The runner's config, the model's format, its inputs and (ONNX) outputs."""
+        config = self.plugins.get(spec.runner)
+        fmt = self.store.info(BlobKind.MODEL, spec.model_sha256).format
+        if config is None or fmt not in config.formats:   # the board's config changed since
+            plugins.check_runner(spec, self.plugins, fmt)
+        if fmt == plugins.ONNX:
+            from edgetune.device.onnx_safety import inspect_model
+            summary = inspect_model(model_path, self.limits.max_model_bytes)
+            return (config, fmt, plugins.onnx_values(summary.inputs),
+                    plugins.onnx_values(summary.outputs))
+        return config, fmt, plugins.opaque_inputs(spec.session, dataset), []
+
+    def _plugin_run(self, config: Any, fmt: str, model_path: Path, feeds: Feeds, mode: str,
+                    warmup: int, iterations: int, rep: _Reporter,
+                    after: Callable[..., Any]) -> Any:
+        """Run the plug-in in a fresh work folder (removed after), then ``after(process)``."""
+        work = plugins.work_folder(self.plugin_work)
+        try:
+            proc = plugins.PluginProcess(config, work, model_path, fmt)
+            proc.write_inputs(feeds)
+            begin = time.monotonic()
+            phase = "measure" if mode == "benchmark" else "evaluate"
+
+            def progress() -> None:
+                rep.report(phase, 0, iterations, f"runner {config.name} running "
+                           f"({time.monotonic() - begin:.0f} s)")
+
+            rep.report(phase, 0, iterations, f"runner {config.name} started", force=True)
+            stdout = proc.run(mode, warmup, iterations, rep, progress)
+            return after(proc, stdout)
+        finally:
+            plugins.remove_work(work)
+
+    def _plugin_benchmark(self, spec: BenchmarkSpec, model_path: Path, dataset: Any,
+                          rep: _Reporter) -> BenchmarkResult:
+        config, fmt, inputs, outputs = self._plugin_model(spec, model_path, dataset)
+        thermal = self._thermal_gate(spec.thermal, rep)
+        if dataset is not None:
+            matched = match_to_model(dataset, inputs, outputs)
+            feeds = dataset_feeds(matched, matched.fixed_batch
+                                  or _given_batch(spec.session, inputs) or 1)[0]
+        else:
+            feeds = random_feeds(inputs, resolve_shapes(inputs, spec.session), spec.seed)
+        first = next(iter(feeds.values()), None)
+        batch = int(first.shape[0]) if first is not None and first.ndim else 1
+        timings = self._plugin_run(
+            config, fmt, model_path, feeds, "benchmark", spec.warmup, spec.iterations, rep,
+            lambda proc, out: plugins.parse_timings(out, proc, spec.iterations))
+        samples_ms = timings["samples_ms"]
+        measured_s = sum(samples_ms) / 1000
+        returned: Tuple[float, ...] = ()
+        if spec.return_samples:
+            returned = tuple(samples_ms[:self.limits.max_samples_returned])
+        rep.report("measure", spec.iterations, spec.iterations, "done", force=True)
+        return BenchmarkResult(
+            latency=latency_stats([int(round(v * 1e6)) for v in samples_ms]),
+            throughput_ips=len(samples_ms) * batch / measured_s if measured_s > 0 else 0.0,
+            load_ms=timings.get("load_ms", 0.0), first_run_ms=timings.get("first_run_ms", 0.0),
+            peak_rss_mb=sysinfo.peak_rss_mb(), iterations=len(samples_ms), warmup=spec.warmup,
+            measured_s=measured_s, samples_ms=returned,
+            cpu_freq_mhz=sysinfo.cpu_freq_mhz(self.cpu_root),
+            temperature_c=sysinfo.temperature_c(self.thermal_root), providers=(),
+            thermal=thermal, load_avg=sysinfo.load_average())
+
+    def _plugin_evaluate(self, spec: EvaluateSpec, model_path: Path, dataset: Any,
+                         rep: _Reporter) -> EvaluateResult:
+        config, fmt, inputs, outputs = self._plugin_model(spec, model_path, dataset)
+        matched = match_to_model(dataset, inputs, outputs)     # refused before it runs
+        start = time.perf_counter()
+
+        def evaluate(proc: Any, stdout: str) -> EvaluateResult:
+            if stdout.strip():
+                plugins.parse_timings(stdout, proc, None)      # garbage is an error here too
+            values, arrays = plugins.read_outputs(proc, outputs, matched.samples)
+            session = plugins.Outputs(inputs, values, arrays)
+            return evaluate_session(session, 0.0, dataset, spec, rep, _run)
+
+        result = self._plugin_run(config, fmt, model_path, matched.inputs, "evaluate", 0,
+                                  matched.samples, rep, evaluate)
+        return dataclasses.replace(result, elapsed_s=time.perf_counter() - start)
 
 
 def _given_batch(options: SessionOptions, inputs: Sequence[Any]) -> Optional[int]:
