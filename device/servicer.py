@@ -29,6 +29,7 @@ from edgetune.device.errors import (Aborted, FailedPrecondition, InvalidArgument
 from edgetune.device.jobs import JobQueue
 from edgetune.device.leases import LeaseBook
 from edgetune.device.limits import Limits, validate_benchmark, validate_compare, validate_evaluate
+from edgetune.device.plugins import check_runner, runner_infos
 from edgetune.device.store import BlobStore, UploadState, safe_label
 from edgetune.protos import agent_pb2 as pb
 from edgetune.protos import agent_pb2_grpc
@@ -140,8 +141,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def __init__(self, limits: Limits, agent_name: str, *,
                  io_executor: Optional[concurrent.futures.Executor] = None,
-                 cert_not_after_unix: float = 0.0) -> None:
+                 cert_not_after_unix: float = 0.0, runners: Sequence[Any] = ()) -> None:
         self.limits = limits
+        self.runners = {r.name: r for r in runners}     # config.RunnerConfig, by name
         self.agent_name = agent_name
         self.cert_not_after_unix = cert_not_after_unix   # GetInfo says it (fleet status warns)
         self.started = time.monotonic()
@@ -185,7 +187,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             running_job_id=queue.running_job_id, uptime_s=time.monotonic() - self.started,
             agent_name=self.agent_name, caller_name=peer_name(context),
             agent_cert_not_after_unix=self.cert_not_after_unix, lease_holder=holder,
-            lease_expires_unix=until, **system)
+            lease_expires_unix=until, runners=runner_infos(list(self.runners.values())),
+            **system)
         return info.as_pb2()
 
     # ---------------------------------------------------------------- store
@@ -279,7 +282,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         reserves the upload: the writer it returns is then closed (its bytes kept for a resume,
         its reservation released) as soon as it exists, so no upload stays "in progress"."""
         started = self._io.submit(store.begin_upload, kind, header.sha256, header.size_bytes,
-                                  header.name, header.offset, header.upload_id)
+                                  header.name, header.offset, header.upload_id, header.format)
         try:
             return await asyncio.wrap_future(started)
         except asyncio.CancelledError:
@@ -339,12 +342,16 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         else:
             validate_evaluate(spec, self.limits)
         model_path = await self._thread(store.path, BlobKind.MODEL, spec.model_sha256)
+        model = await self._thread(store.info, BlobKind.MODEL, spec.model_sha256)
+        check_runner(spec, self.runners, model.format)      # the runner takes this job
         if spec.dataset_sha256:
             await self._thread(store.path, BlobKind.DATASET, spec.dataset_sha256)
         if isinstance(spec, CompareSpec):
             b_path = await self._thread(store.path, BlobKind.MODEL, spec.model_b_sha256)
+            model_b = await self._thread(store.info, BlobKind.MODEL, spec.model_b_sha256)
+            check_runner(spec, self.runners, model_b.format)
             spec = await self._check_compare(spec, model_path, b_path)
-        else:
+        elif model.format == "onnx":            # an opaque model's inputs are the runner's
             spec = await self._check_inputs(spec, model_path)
         # Checked again with no await before the submit: a lease granted meanwhile counts.
         self.leases.check(caller, "submit jobs")
