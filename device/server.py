@@ -163,7 +163,8 @@ class AgentServer:
         self._server: Optional[grpc.aio.Server] = None
         self._health: Any = None
         self._servicer = AgentServicer(config.limits, identity.common_name, io_executor=self._io,
-                                       cert_not_after_unix=_not_after_unix(identity.cert_pem))
+                                       cert_not_after_unix=_not_after_unix(identity.cert_pem),
+                                       runners=config.runners)
         self.queue: Optional[JobQueue] = None
         self.store: Optional[BlobStore] = None
         self._stopped = False
@@ -269,7 +270,8 @@ class AgentServer:
 
     def _make_runner(self, store: BlobStore) -> Any:
         from edgetune.device.runner import Runner
-        return Runner(store, self.config.limits, sysfs_root=str(self.config.sysfs_root))
+        return Runner(store, self.config.limits, sysfs_root=str(self.config.sysfs_root),
+                      runners=self.config.runners)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Graceful stop: NOT_SERVING, no ready file, interrupt the running job, drain calls."""
