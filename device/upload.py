@@ -44,6 +44,10 @@ log = logging.getLogger("edgetune.agent.upload")
 SYNC_EVERY_BYTES = 8 << 20           # start a background fsync after this many new bytes
 HASH_READ_BYTES = 4 << 20            # chunk size when re-hashing a partial file on resume
 HASH_QUEUE_DEPTH = 4                 # chunks written and waiting for the hash thread, at most
+# One write() is at most this long: a 2 MiB chunk written at once cost Linux 6.18 2-3x the
+# system time of the same bytes in 1 MiB pieces (the kernel's copy into the page cache); on a
+# board held to a quarter of a core that was a sixth of an upload (bench/upload_links.py).
+WRITE_PIECE_BYTES = 1 << 20
 
 
 def check_upload_id(value: object) -> str:
@@ -273,7 +277,8 @@ class UploadWriter:
         written = 0
         try:
             while written < n:
-                written += f.write(view[written:])  # type: ignore[attr-defined]
+                piece = view[written:written + WRITE_PIECE_BYTES]
+                written += f.write(piece)  # type: ignore[attr-defined]
         except OSError as exc:
             self.committed += written  # what reached the file is a correct prefix
             self._hash.update(view[:written])
