@@ -247,7 +247,7 @@ class AgentClient:
 
     def upload(self, path: Path, kind: KindLike, name: Optional[str] = None,
                progress: Optional[ProgressCallback] = None, *,
-               sha256: str = "") -> UploadOutcome:
+               sha256: str = "", format: str = "") -> UploadOutcome:
         """Store ``path`` on the agent unless it is there already; resume a partial upload.
 
         A file in the hash cache or smaller than ``hash_first_below_bytes`` is sent by hash
@@ -257,7 +257,9 @@ class AgentClient:
         agent keeps the bytes it committed, and the next ``upload`` of the file resumes.
         ``sha256``: the file's hash when the caller has it already (a fleet run hashes each
         file once for all its boards): sent by that hash, neither hashed nor cached here (the
-        agent checks what it receives against it)."""
+        agent checks what it receives against it). ``format``: a model's format for the
+        agent ("" or "onnx": checked as ONNX; "om", "nb", ...: kept opaque for a runner
+        plug-in; only agents with the "runners" feature know it)."""
         path = Path(path)
         kind = _blob_kind(kind)
         cache = HashCache(self.settings.hash_cache)
@@ -280,7 +282,8 @@ class AgentClient:
         failure: List[BaseException] = []
         sent = [0]
         header = pb.UploadHeader(kind=kind.as_pb2(), sha256=sha256, size_bytes=size,
-                                 name=label, offset=offset, upload_id=plan.upload_id)
+                                 name=label, offset=offset, upload_id=plan.upload_id,
+                                 format=format)
         call_box: List[Any] = []
         started = threading.Event()
 
