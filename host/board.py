@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence,
                     Tuple, Union)
 
-from edgetune.host.errors import IncompatibleError, NotFoundError, UsageError
+from edgetune.host.errors import BadInputError, IncompatibleError, NotFoundError, UsageError
 from edgetune.protos.messages import (AgentInfo, BenchmarkResult, BenchmarkSpec, BlobInfo, BlobKind,
                                       CompareResult, CompareSpec, EvaluateResult, EvaluateSpec, Job,
                                       JobEvent, JobState, SignedResult)
@@ -37,6 +37,22 @@ if TYPE_CHECKING:  # pragma: no cover
 
 HEX = re.compile(r"^[0-9a-f]{6,64}$")
 RESUME_HINT = "run the same command again to resume from the bytes the board kept"
+# Model files a runner plug-in takes, by suffix (anything else is sent as ONNX; --format
+# overrides): Ascend .om, VeriSilicon/Amlogic .nb, Zhouyi AIPU binaries, and a few more.
+OPAQUE_SUFFIXES = {".om": "om", ".nb": "nb", ".aipu": "aipu", ".bin": "bin", ".rknn": "rknn",
+                   ".bmodel": "bmodel", ".cvimodel": "cvimodel", ".tflite": "tflite"}
+FORMAT = re.compile(r"^[a-z0-9_]{1,16}$")
+
+
+def model_format(path: Path, given: str = "") -> str:
+    """The format declared when ``path`` is uploaded as a model: ``given`` (--format), else
+    from its suffix (.om -> om), else onnx."""
+    if given:
+        if not FORMAT.match(given):
+            raise UsageError(f"--format {given!r} is not 1-16 lowercase letters, digits or '_' "
+                             "(e.g. onnx, om, nb, aipu)")
+        return given
+    return OPAQUE_SUFFIXES.get(Path(path).suffix.lower(), "onnx")
 EventCallback = Callable[[JobEvent], None]
 
 
@@ -260,6 +276,7 @@ class BlobRef:
     kind: BlobKind
     path: Optional[Path] = None
     sha256: str = ""                   # full or a prefix of at least 6 hex digits
+    format: str = ""                   # a model's declared format; "": from its suffix
 
     @classmethod
     def parse(cls, text: str, kind: BlobKind) -> "BlobRef":
@@ -343,10 +360,13 @@ class BoardSession:
         return self._board
 
     def _check_features(self, spec: Any) -> None:
-        """Refuse what an older agent would silently drop (and so measure without)."""
+        """Refuse what an older agent would silently drop (and so measure without), and a
+        runner the board does not have (naming the ones it has)."""
         session = getattr(spec, "session", None)
+        runner = getattr(spec, "runner", "")
         asked = (("profile", "cannot profile operators (--profile)", "--profile",
                   getattr(spec, "profile", False)),
+                 ("runners", "has no runner plug-ins (--runner)", "--runner", bool(runner)),
                  ("provider_options", "does not take execution-provider options "
                   "(--provider-option)", "--provider-option",
                   session is not None and bool(session.provider_options)),
@@ -361,6 +381,12 @@ class BoardSession:
                     f"{info.agent_version or 'before 0.2'}, which {lacks}: it would run the "
                     "job without it",
                     hint=f"upgrade the agent (`edgetune deploy upgrade`), or leave out {flag}")
+        if runner and info is not None and runner not in {r.name for r in info.runners}:
+            have = ", ".join(f"{r.name} ({'/'.join(r.formats)})" for r in info.runners)
+            raise BadInputError(f"the board at {self.address} has no runner {runner!r}; its "
+                                f"runners: {have or 'none'}",
+                                hint="runners are registered in [runners.NAME] of the board's "
+                                     "agent.toml; leave out --runner to run onnxruntime")
 
     def _recorder_ready(self) -> None:
         """Before the first thing that costs the board work (an upload, a job), wait for a
@@ -415,17 +441,28 @@ class BoardSession:
 
     # ------------------------------------------------------------------ blobs
     def upload(self, path: Path, kind: BlobKind, name: Optional[str] = None,
-               view: Any = None, *, sha256: str = "") -> Any:
+               view: Any = None, *, sha256: str = "", format: str = "") -> Any:
         """Store ``path`` on the board unless it is there (dedup by hash; a partial upload
         resumes): an ``UploadOutcome``. After Ctrl-C, says how to resume and re-raises.
         ``sha256``: the file's hash, when the caller computed it already (a fleet run: once
-        for all its boards)."""
+        for all its boards). ``format`` (models): declared to the agent; "" takes it from the
+        suffix (``model_format``). An opaque format needs an agent with runner plug-ins."""
         path = Path(path)
         view = self._view(view)
+        fmt = model_format(path, format) if kind is BlobKind.MODEL else ""
+        if fmt not in ("", "onnx"):
+            info = self.board.agent
+            if info is not None and not info.has("runners"):
+                raise IncompatibleError(
+                    f"{path.name} is a '{fmt}' model, but the agent at {self.address} runs "
+                    f"edgetune {info.agent_version or 'before 0.2'}, which takes ONNX models only",
+                    hint="upgrade the agent (`edgetune deploy upgrade`), or pass --format onnx "
+                         "if the file is ONNX")
         self._recorder_ready()
         try:
             outcome = self.client.upload(path, kind, name=name, progress=view.upload_callback(
-                path.name, path.stat().st_size), sha256=sha256)
+                path.name, path.stat().st_size), sha256=sha256,
+                format="" if fmt == "onnx" else fmt)
         except KeyboardInterrupt:
             view.__exit__(None, None, None)
             print(f"\nedgetune: upload of {path} interrupted; {RESUME_HINT}", file=sys.stderr)
@@ -439,7 +476,7 @@ class BoardSession:
         if len(ref.sha256) == 64:
             return ref.sha256
         if ref.path is not None:
-            return self.upload(ref.path, ref.kind, view=view).blob.sha256
+            return self.upload(ref.path, ref.kind, view=view, format=ref.format).blob.sha256
         matches = [b.sha256 for b in self.client.list_blobs(ref.kind)
                    if b.sha256.startswith(ref.sha256)]
         if len(matches) == 1:
