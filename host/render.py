@@ -255,6 +255,8 @@ def info_table(info: Dict[str, Any]) -> Any:
         if key == "provider_checks":
             value = [f"{c['provider']}: " + ("works" if c["usable"] else f"fails ({c['error']})")
                      for c in value] or ["not checked yet"]
+        if key == "runners":
+            value = [f"{r['name']} ({'/'.join(r['formats'])})" for r in value] or ["none"]
         if key.endswith("_bytes") and isinstance(value, int):
             value = fmt_bytes(value)
         elif isinstance(value, (list, tuple)):
