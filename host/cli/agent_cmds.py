@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
@@ -158,11 +159,12 @@ def bench_settings(args: argparse.Namespace) -> JobSettings:
         model_sha256="", session=session_from_args(args),
         warmup=10 if args.warmup is None else args.warmup, iterations=iterations,
         min_duration_s=args.duration or 0.0, seed=args.seed or 0, return_samples=args.samples,
-        thermal=thermal_from_args(args), profile=bool(getattr(args, "profile", False)))
+        thermal=thermal_from_args(args), profile=bool(getattr(args, "profile", False)),
+        runner=runner_from_args(args))
     check_count("--profile-top", getattr(args, "profile_top", 10))
     dataset = BlobRef.parse(args.dataset, BlobKind.DATASET) if args.dataset else None
     return JobSettings(kind="benchmark", template=template, dataset=dataset,
-                       models=tuple(BlobRef.parse(m, BlobKind.MODEL) for m in args.models),
+                       models=model_refs(args),
                        samples=args.samples, label=args.label or "", json=args.json,
                        lease_ttl_s=0.0 if args.no_lease else BENCH_LEASE_TTL_S)
 
@@ -178,11 +180,35 @@ def eval_settings(args: argparse.Namespace) -> JobSettings:
     decoder, conf, iou = detection_options(args, metrics)
     template = EvaluateSpec(model_sha256="", dataset_sha256="", session=session_from_args(args),
                             metrics=metrics, batch_size=args.batch or 1, decoder=decoder,
-                            conf=conf, iou=iou)
+                            conf=conf, iou=iou, runner=runner_from_args(args))
     return JobSettings(kind="evaluate", template=template,
                        dataset=BlobRef.parse(args.dataset, BlobKind.DATASET),
-                       models=tuple(BlobRef.parse(m, BlobKind.MODEL) for m in args.models),
+                       models=model_refs(args),
                        label=args.label or "", json=args.json)
+
+
+def runner_from_args(args: argparse.Namespace) -> str:
+    """``--runner NAME``: a runner plug-in of the board ("": onnxruntime)."""
+    name = getattr(args, "runner", None) or ""
+    if name == "onnxruntime":           # the agent's own runner, named explicitly
+        return ""
+    if name and not re.match(r"^[a-z0-9][a-z0-9_-]{0,31}$", name):
+        raise UsageError(f"--runner {name!r} is not a runner name (lowercase letters, digits, "
+                         "'-', '_'); `edgetune info` lists the board's runners")
+    return name
+
+
+def model_refs(args: argparse.Namespace) -> Tuple[BlobRef, ...]:
+    """The MODEL arguments, each with the format ``--format`` declares ("": its suffix's)."""
+    from edgetune.host.board import BlobRef, model_format
+    given = getattr(args, "format", None) or ""
+    refs = []
+    for text in args.models:
+        ref = BlobRef.parse(text, BlobKind.MODEL)
+        if ref.path is not None:
+            ref = dataclasses.replace(ref, format=model_format(ref.path, given))
+        refs.append(ref)
+    return tuple(refs)
 
 
 # ---------------------------------------------------------------------- running jobs
@@ -267,6 +293,16 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- parsers
 
+def _runner_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("runner")
+    g.add_argument("--runner", metavar="NAME",
+                   help="run on one of the board's runner plug-ins (its agent.toml "
+                        "[runners.NAME]; `edgetune info` lists them) instead of onnxruntime")
+    g.add_argument("--format", metavar="FMT",
+                   help="the model file's format for the board (default: from its suffix: "
+                        ".om -> om, .nb -> nb, .aipu -> aipu, else onnx)")
+
+
 def _session_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("onnxruntime session")
     g.add_argument("--threads", type=int, metavar="N", help="intra-op threads (0: default)")
@@ -320,6 +356,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "fresh session (a job of its own), models interleaved; prints the median p50 "
                    "with its run-to-run spread and flags board-state changes")
     add_thermal_flags(b)
+    _runner_flags(b)
     _session_flags(b)
     add_connection_flags(b)
     add_record_flags(b)
@@ -335,6 +372,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--batch", type=int, metavar="N", help="samples per run (default 1)")
     from edgetune.host.cli.eval_detection import add_detection_flags
     add_detection_flags(e)
+    _runner_flags(e)
     _session_flags(e)
     add_connection_flags(e)
     add_record_flags(e)
