@@ -347,3 +347,59 @@ def test_bench_takes_the_session_json(study: Dict[str, Any], local_agent: Any,
     r = run_cli(capsys, "bench", str(out / "model.onnx"), "--session", str(bad),
                 *local_agent.conn(), "--no-record")
     assert r.code == ExitStatus.BAD_INPUT and "unknown keys threads" in r.err
+
+
+def test_a_configuration_that_cannot_run_is_infeasible_and_not_retried(
+        local_agent: Any, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """int8 activations with uint8 weights: the quantizer refuses them. The trial is recorded
+    infeasible with that error; nothing retries it."""
+    r = run_cli(capsys, *tune_args(local_agent, tmp_path, "--set", "precision=int8",
+                                   "--set", "act_type=int8", "--set", "weight_type=uint8",
+                                   "--set", "method=minmax", "--set", "calib_count=32",
+                                   "--set", "keep_k=0", "--set", "intra_op_threads=1",
+                                   "--trials", "2", "--study", "bad", "--json"))
+    assert r.code == ExitStatus.TARGET_NOT_MET, r.err
+    doc = r.json
+    assert doc["trials"] == {"complete": 0, "pruned": 0, "failed": 0, "infeasible": 2}
+    shown = run_cli(capsys, "tune", "show", "bad", "--db", str(tmp_path / "results.db"),
+                    "--json").json
+    assert len(shown["trial_list"]) == 2
+    for t in shown["trial_list"]:
+        assert t["state"] == "infeasible"
+        assert "int8 activations with uint8 weights" in t["error"]
+
+
+def test_the_study_lives_beside_the_results_on_one_database(db_url: str) -> None:
+    """Optuna's tables and the results store share one URL (SQLite and PostgreSQL); a study
+    is found again by name, and another identity under that name is refused."""
+    import sqlalchemy as sa
+
+    from edgetune.host.errors import BadInputError
+    from edgetune.host.results.store import ResultsStore
+    from edgetune.host.tune import study as studies
+
+    with ResultsStore.open(db_url) as store:
+        storage = studies.open_storage(store.url)
+        ident = studies.identity("ab" * 32, "f" * 64, "p50", "top1",
+                                 {"arch": "x86_64", "cpu_model": "c", "onnxruntime_version": "1"})
+        sampler = studies.make_sampler("tpe", 0)
+        study, meta, created = studies.create_or_load(
+            storage, "s1", ident, new_study=False, sampler=sampler,
+            make_meta=lambda: {"run_id": "R1", "ranking": ["conv1"]})
+        assert created and meta["run_id"] == "R1"
+        again, meta2, created2 = studies.create_or_load(
+            storage, "s1", ident, new_study=False, sampler=sampler,
+            make_meta=lambda: pytest.fail("a study that exists is not made again"))
+        assert not created2 and meta2["ranking"] == ["conv1"]
+        other = dict(ident, objective="p90")
+        with pytest.raises(BadInputError, match="exists with a different objective"):
+            studies.create_or_load(storage, "s1", other, new_study=False, sampler=sampler,
+                                   make_meta=dict)
+        _, meta3, created3 = studies.create_or_load(storage, "s1", other, new_study=True,
+                                                    sampler=sampler, make_meta=lambda: {"run_id": "R2"})
+        assert created3 and meta3["run_id"] == "R2"
+        tables = set(sa.inspect(store.engine).get_table_names())
+        assert {"results", "edgetune_alembic_version", "studies", "trials",
+                "alembic_version"} <= tables
+        assert [s["study"] for s in studies.summaries(storage)] == ["s1"]
+        assert store.count() == 0
