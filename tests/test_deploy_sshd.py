@@ -522,3 +522,40 @@ def test_uploads_resume_a_partial_file_and_replace_a_wrong_one(tmp_path: Path,
             assert (remote / big).read_bytes() == blobs[big]
             report = upload_wheelhouse(session, house, str(remote))
             assert (report.sent_files, report.sent_bytes, report.kept_files) == (0, 0, 3)
+
+
+# ------------------------------------------------------------------------ an old Python board
+
+def test_a_python39_board_gets_a_wheelhouse_made_here_for_cp39(pki: Any, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A board with Python 3.9 (vendor images): no --wheelhouse, so deploy builds edgetune's
+    wheel and fetches the device extra for cp39 here, including what only 3.9 needs (tomli),
+    which pip download alone leaves out on a newer PC."""
+    from tests.test_compat_py39 import find_python39
+
+    python39 = find_python39()
+    if python39 is None:
+        pytest.skip("no Python 3.9 here (EDGETUNE_PYTHON39, python3.9 on PATH, or pyenv)")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("EDGETUNE_PASSPHRASE", pki.passphrase.decode())
+    prefix = tmp_path / "py39"
+    inventory = tmp_path / "edgetune.toml"
+    with local_sshd() as sshd:
+        code, out, err = cli("deploy", "old", "--ssh", f"{sshd.user}@{sshd.host}:{sshd.port}",
+                             "--identity", str(sshd.client_key), "--pki", str(pki.dir),
+                             "--prefix", str(prefix), "--listen", f"127.0.0.1:{free_port()}",
+                             "--inventory", str(inventory), "--python", python39,
+                             "--onnxruntime", "pypi", "--service-user", "root", "--accept-new",
+                             "--json")
+        try:
+            assert code == 0, out + err
+            assert json.loads(out)["vid"].endswith("-pypi-py39")
+            assert "Python 3.9." in err
+            wheels = [p.name for p in (prefix / "wheels").iterdir()]
+            assert any(w.startswith("tomli-") for w in wheels), wheels
+            assert any(w.startswith("onnxruntime-") and "cp39" in w for w in wheels), wheels
+            code, out, err = cli("info", "--device", "old", "--json", "--inventory", str(inventory))
+            assert code == 0, err
+            assert json.loads(out)["python_version"].startswith("3.9.")
+        finally:
+            cli("deploy", "remove", "old", "--purge", "--inventory", str(inventory))
