@@ -84,12 +84,22 @@ def ranges_from_dict(raw: Dict[str, Any], path: Path) -> Ranges:
     tensors = _read_pairs(raw.get("tensors"), "tensors", path)
     observed = _read_pairs(raw.get("observed", {}), "observed", path)
     alt = {str(label): _read_pairs(r, f"alt.{label}", path)
-           for label, r in (raw.get("alt") or {}).items()}
+           for label, r in _object(raw, "alt", path).items()}
+    n_samples = raw.get("n_samples") or 0
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 0:
+        raise BadInputError(f"ranges file {path}: 'n_samples' is not a count ({n_samples!r})")
     return Ranges(method=str(raw.get("method", "minmax")), tensors=tensors,
                   observed=observed or dict(tensors), alt=alt,
-                  stats=dict(raw.get("stats") or {}), params=dict(raw.get("params") or {}),
-                  n_samples=int(raw.get("n_samples") or 0),
-                  model_sha256=str(raw.get("model_sha256") or ""))
+                  stats=_object(raw, "stats", path), params=_object(raw, "params", path),
+                  n_samples=n_samples, model_sha256=str(raw.get("model_sha256") or ""))
+
+
+def _object(raw: Dict[str, Any], key: str, path: Path) -> Dict[str, Any]:
+    """``raw[key]`` when it is an object (absent or null: {}); BadInputError otherwise."""
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise BadInputError(f"ranges file {path}: '{key}' is not an object")
+    return dict(value)
 
 
 def load_ranges(path: Path, *, model_sha256: str = "",
