@@ -88,8 +88,19 @@ def test_a_study_runs_and_records_every_trial(study: Dict[str, Any]) -> None:
     tuned = [r for r in records if (r.options.get("tune") or {}).get("trial") is not None
              and not r.options["tune"].get("final")]
     trials = {r.options["tune"]["trial"] for r in tuned}
-    # trials 0-4, and a retry when a board failed one (counted in "failed", not in the 5)
-    assert set(range(5)) <= trials and len(trials) <= 5 + counts["failed"], (trials, counts)
+    # trials 0-4 (but one the sampler proposed again: it reuses the earlier measurement),
+    # and a retry when a board failed one (counted in "failed", not in the 5)
+    import optuna
+    study_trials = optuna.load_study(study_name="digits", storage=f"sqlite:///"
+                                     f"{study['work'] / 'results.db'}").get_trials()
+    reused = {t.number: t.user_attrs["duplicate_of"] for t in study_trials
+              if "duplicate_of" in t.user_attrs}
+    assert set(range(5)) - set(reused) <= trials and len(trials) <= 5 + counts["failed"]
+    assert not set(reused) & trials                      # a reused trial measured nothing
+    for number, earlier in reused.items():
+        same = {t.number: t for t in study_trials}
+        assert same[number].params == same[earlier].params
+        assert same[number].values == same[earlier].values
     for r in tuned:
         tune = r.options["tune"]
         assert tune["study"] == "digits" and tune["params"]["precision"] in ("fp32", "int8")
@@ -403,3 +414,21 @@ def test_the_study_lives_beside_the_results_on_one_database(db_url: str) -> None
                 "alembic_version"} <= tables
         assert [s["study"] for s in studies.summaries(storage)] == ["s1"]
         assert store.count() == 0
+
+
+def test_a_configuration_proposed_again_reuses_its_measurement(
+        local_agent: Any, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A space of one configuration: trial 0 measures it, trials 1 and 2 reuse its numbers
+    (no board job, said in the log)."""
+    r = run_cli(capsys, *tune_args(local_agent, tmp_path, "--set", "precision=fp32",
+                                   "--set", "intra_op_threads=1", "--set", "inter_op_threads=1",
+                                   "--set", "execution_mode=sequential",
+                                   "--set", "graph_optimization=all", "--trials", "3",
+                                   "--study", "one", "--final-rounds", "0"))
+    assert r.code == 0, r.err
+    assert r.err.count("its measurement reused") == 2
+    from edgetune.host.results.store import ResultsStore
+    with ResultsStore.open(f"sqlite:///{tmp_path / 'results.db'}") as store:
+        stages = sorted((rec.options["tune"]["trial"], rec.options["tune"]["stage"])
+                        for rec in store.list(limit=None))
+    assert stages == [(0, "eval"), (0, "full"), (0, "short")]

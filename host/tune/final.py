@@ -137,7 +137,7 @@ class _Entry:
 def answer(ctx: Any, m: Any, boards: Sequence[Any], scheduler: Any) -> StudyResult:
     from optuna.trial import TrialState
 
-    from edgetune.host.tune.space import QuantParams
+    from edgetune.host.tune.space import Candidate, QuantParams
     from edgetune.host.tune.trials import TuneRecorder
 
     s = ctx.settings
@@ -155,14 +155,15 @@ def answer(ctx: Any, m: Any, boards: Sequence[Any], scheduler: Any) -> StudyResu
     if not front:
         done = [t for t in all_trials if t.state == TrialState.COMPLETE and t.values]
         if not done:
-            result.target_met = s.max_drop is None and False
-            result.summary = "no trial finished: nothing to report"
+            result.target_met = False
+            result.summary = ("no trial finished (see each trial's error with `edgetune tune "
+                              f"show {ctx.name}`): nothing to report")
             ctx.study.set_user_attr("answer", result.as_json())
             return result
         found = min(done, key=lambda t: (t.user_attrs.get("drop_pts", 0.0), t.values[0]))
         cand = candidate(found.params)
         result.target_met = False
-        result.best_variant = _variant_of(ctx, m, cand)
+        result.best_variant = m.variant(cand)
         result.best_session = with_shapes(cand.session, s.input_shapes)
         result.best = _best_doc(ctx, found, result.best_variant, result.best_session,
                                 found.user_attrs.get("latency_ms")
@@ -185,7 +186,7 @@ def answer(ctx: Any, m: Any, boards: Sequence[Any], scheduler: Any) -> StudyResu
     entries.append(_Entry("int8_default", int8, base_session))
     for p in chosen_points:
         cand = candidate(by_number[p.number].params)
-        entries.append(_Entry(f"trial {p.number}", _variant_of(ctx, m, cand),
+        entries.append(_Entry(f"trial {p.number}", m.variant(cand),
                               with_shapes(cand.session, s.input_shapes), p.number))
     rounds = s.final_rounds
     spec = next((b for b in boards if b.name not in scheduler.retired), boards[0])
@@ -206,7 +207,6 @@ def answer(ctx: Any, m: Any, boards: Sequence[Any], scheduler: Any) -> StudyResu
                 if r % 2:
                     order = order[::-1]
                 for e in order:
-                    from edgetune.host.tune.space import Candidate
                     run, rid = m.benchmark(board, recorder, None, f"final {e.role} round {r + 1}",
                                            e.variant, Candidate(None, e.session),
                                            s.full_iterations,
@@ -257,10 +257,6 @@ def answer(ctx: Any, m: Any, boards: Sequence[Any], scheduler: Any) -> StudyResu
     result.summary = summary_line(key, ctx.metric_title, best["improvement"], delta)
     ctx.study.set_user_attr("answer", result.as_json())
     return result
-
-
-def _variant_of(ctx: Any, m: Any, cand: Any) -> Variant:
-    return m.variant(cand)
 
 
 def _best_doc(ctx: Any, t: Any, variant: Variant, session: SessionOptions,

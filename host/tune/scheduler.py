@@ -149,6 +149,8 @@ class Scheduler:
                                    outcome["stage"] == "full")
                 what = (f"{self.ctx.objective} {latency:.4g} ms, {self.ctx.metric_title} "
                         f"{100 * accuracy:.2f}% ({outcome['drop']:+.2f} pts)")
+                if outcome.get("note"):
+                    what += f"; {outcome['note']}"
                 if outcome["stage"] == "short":
                     what += f"; stopped after the short measurement: {trial.user_attrs.get('early_stop') or 'infeasible'}"
                 elif not feasible:

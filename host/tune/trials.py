@@ -222,6 +222,27 @@ class Measurements:
         return self.run_job(board, recorder, handle, stage, spec, variant, label,
                             {**options, "stage": stage})
 
+    # ------------------------------------------------------------------ duplicates
+    def measured_before(self, params: Dict[str, Any]) -> Optional[Any]:
+        """A finished trial with these very params and a full measurement (the sampler
+        proposes a configuration again, more often in a small space): its numbers are reused,
+        nothing is measured again."""
+        from optuna.trial import TrialState
+
+        for t in self.ctx.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.params == params and t.user_attrs.get("stage") == "full" and t.values:
+                return t
+        return None
+
+    def reuse(self, handle: TrialHandle, same: Any) -> Dict[str, Any]:
+        for key in _reuse_keys():
+            if key in same.user_attrs:
+                handle.set(key, same.user_attrs[key])
+        handle.set("duplicate_of", same.number)
+        return {"values": list(same.values), "drop": float(same.user_attrs.get("drop_pts", 0.0)),
+                "stage": "full", "note": f"the configuration of trial {same.number}: its "
+                                         "measurement reused"}
+
     # ------------------------------------------------------------------ one trial
     def run_trial(self, board: Any, recorder: TuneRecorder, handle: TrialHandle
                   ) -> Dict[str, Any]:
@@ -229,6 +250,9 @@ class Measurements:
         BoardFailure."""
         ctx = self.ctx
         cand = handle.candidate
+        same = None if handle.adopted else self.measured_before(handle.params)
+        if same is not None:
+            return self.reuse(handle, same)
         options = {"study": ctx.name, "trial": handle.number, "params": handle.params}
         handle.set("board", board.name)
         variant = self.variant(cand)
@@ -269,6 +293,11 @@ class Measurements:
         handle.set("stage", "full")
         return {"values": [obj.latency_of(full.result, ctx.objective), acc["value"]],
                 "drop": drop, "stage": "full"}
+
+
+def _reuse_keys() -> Tuple[str, ...]:
+    return ("board", "model_sha256", "variant", "accuracy", "drop_pts", "result_ids",
+            "short_latency_ms", "latency_ms", "stage")
 
 
 def trial_line(number: int, board: str, cand: Candidate, outcome: str) -> str:
