@@ -91,8 +91,9 @@ def test_benchmark_through_a_plugin_is_aggregated_like_onnxruntime(runner: Runne
         assert result.throughput_ips == pytest.approx(60 / result.measured_s, rel=1e-6)
     in_process = runner.run_benchmark(BenchmarkSpec(model, ONE_DIGIT, warmup=3, iterations=60),
                                       lambda p: None, threading.Event())
-    # the same model on the same CPU: within a factor of 5 either way on a loaded machine
-    assert in_process.latency.p50_ms / 5 < result.latency.p50_ms < in_process.latency.p50_ms * 5
+    # the same model on the same CPU: the fastest runs within a factor of 5 either way (a
+    # loaded machine; bench/plugin_overhead.py measures the p50s side by side properly)
+    assert in_process.latency.min_ms / 5 < result.latency.min_ms < in_process.latency.min_ms * 5
 
 
 def test_evaluate_through_a_plugin_gives_the_in_process_top1(runner: Runner, digits: Any) -> None:

@@ -3,10 +3,14 @@ onnxruntime in its own process, so its numbers can be set beside the agent's in-
 
 ``--behave`` picks a misbehaviour the agent must survive: crash, hang, garbage, wrong-shape,
 few-lines; ``--summary`` prints one {"samples_ms": [...]} line instead of one line per
-iteration. Everything else is the protocol's own arguments.
+iteration; ``--threads N`` sets onnxruntime's intra- and inter-op threads as the agent's
+session options do (bench/plugin_overhead.py). Everything else is the protocol's own
+arguments. The timed loop is the agent's: ``session.run`` alone between two
+``perf_counter_ns`` reads, the garbage collector off.
 """
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -20,6 +24,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--behave", default="ok")
     parser.add_argument("--summary", action="store_true")
+    parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--mode", required=True, choices=("benchmark", "evaluate"))
     parser.add_argument("--model", required=True)
     parser.add_argument("--inputs", required=True)
@@ -43,7 +48,13 @@ def main() -> int:
 
     import onnxruntime as ort
     start = time.perf_counter()
-    session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if args.threads:
+        options.intra_op_num_threads = options.inter_op_num_threads = args.threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(args.model, sess_options=options,
+                                   providers=["CPUExecutionProvider"])
     load_ms = (time.perf_counter() - start) * 1e3
     feeds = {p.name[:-4]: np.load(p) for p in sorted(Path(args.inputs).glob("*.npy"))}
     names = [o.name for o in session.get_outputs()]
@@ -67,10 +78,13 @@ def main() -> int:
         session.run(names, feeds)
     run, clock = session.run, time.perf_counter_ns
     samples = []
+    gc.collect()
+    gc.disable()
     for _ in range(args.iterations):
         t0 = clock()
         run(names, feeds)
         samples.append((clock() - t0) / 1e6)
+    gc.enable()
     if args.behave == "few-lines":
         samples = samples[:-1]
     if args.summary:
