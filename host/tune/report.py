@@ -117,6 +117,9 @@ def write_plot(result: Any, path: Path) -> Optional[Path]:
         if lat is not None and acc is not None:
             ax.scatter([lat], [100 * acc], marker="*", s=160, color="gold", edgecolor="black",
                        zorder=5, label=f"chosen (trial {result.best['trial']})")
+    spans = [p[0] for pts in groups.values() for p in pts if p[0] > 0]
+    if spans and max(spans) > 20 * min(spans):       # a slow outlier would flatten the rest
+        ax.set_xscale("log")
     ax.set_xlabel(f"{result.objective} latency (ms)")
     ax.set_ylabel(f"{result.metric} (%)")
     ax.set_title(f"study {result.study}")
