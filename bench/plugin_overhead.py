@@ -1,16 +1,16 @@
 """Runner plug-in overhead: does timing a model through a runner plug-in (device/plugins.py)
 report the p50 that onnxruntime in the agent's own process reports?
 
-    python bench/plugin_overhead.py [--threads 1] [--rounds 10] [--iterations 60] \\
-        [--warmup 10] [--json]
+    python bench/plugin_overhead.py [--model resnet18] [--threads 1] [--rounds 10] \\
+        [--iterations 60] [--warmup 10] [--json]
 
 One local agent (mutual TLS) whose agent.toml registers one runner plug-in,
 tests/plugins/ort_plugin.py: a Python program that runs the model with onnxruntime in its own
 process with the same session options (CPU provider, ``--threads`` intra/inter-op threads,
 graph optimisation "all", sequential), the same timed loop (``session.run`` alone between two
 ``perf_counter_ns`` reads, GC off) and prints one ``{"ms": ...}`` line per timed iteration, as
-the protocol asks. The model: ``host.builders.resnet18_shape`` (seed 0, 1x3x224x224), stored
-once. Each round runs two benchmark jobs of the same length on the same stored model, in
+the protocol asks. The model: ``host.builders.resnet18_shape`` (seed 0, 1x3x224x224; or
+another builder's with ``--model``), stored once. Each round runs two benchmark jobs of the same length on the same stored model, in
 alternating order (in-process, plug-in; plug-in, in-process; ...), so a shared machine's drift
 falls on both. The ratio per round is plug-in p50 / in-process p50; the target is a median
 ratio <= 1.02 (the protocol adds at most 2 % to p50).
@@ -58,6 +58,8 @@ def p50(client: Any, sha256: str, runner: str, threads: int, warmup: int,
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("resnet18", "mobilenetv2", "tiny_cnn"),
+                        default="resnet18")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--iterations", type=int, default=60)
@@ -74,7 +76,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgetune-bench-") as tmp:
         d = Path(tmp)
         pki = make_pki(d / "pki")
-        model = builders.save(builders.build("resnet18", seed=0, batch=1), d / "resnet18.onnx")
+        model = builders.save(builders.build(args.model, seed=0, batch=1),
+                              d / f"{args.model}.onnx")
         config = d / "agent.toml"
         config.write_text(runner_table(args.threads))
         with local_agent(pki, d / "store", ["--config", str(config)]) as agent, \
@@ -94,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ratios = [r["ratio"] for r in rounds]
     med = median(ratios)
     result = {
-        "benchmark": "plugin_overhead", "model": "resnet18", "threads": args.threads,
+        "benchmark": "plugin_overhead", "model": args.model, "threads": args.threads,
         "iterations": args.iterations, "warmup": args.warmup, "rounds": rounds,
         "median_ratio": round(med, 4),
         "median_p50_ms": {"in_process": round(median(r["in_process"]["p50_ms"] for r in rounds), 3),
@@ -102,7 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "checks": [check("plug-in p50 / in-process p50 (median of rounds)", med, "<=", TARGET)],
         "machine": machine(),
     }
-    lines = [f"runner plug-in overhead, resnet18 shape, {args.threads} thread(s), "
+    lines = [f"runner plug-in overhead, {args.model} shape, {args.threads} thread(s), "
              f"{args.iterations} iterations after {args.warmup} warm-up, {args.rounds} rounds:",
              "  round  in-process p50   plug-in p50   plug-in/in-process"]
     lines += [f"  {r['round']:>5}  {r['in_process']['p50_ms']:11.3f} ms "

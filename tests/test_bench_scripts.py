@@ -90,6 +90,15 @@ def test_timing_fidelity() -> None:
     assert report["checks"][0]["value"] > 0
 
 
+@pytest.mark.slow
+def test_plugin_overhead() -> None:
+    report = run_bench("plugin_overhead.py", "--model", "tiny_cnn", "--rounds", "2",
+                       "--iterations", "5", "--warmup", "1",
+                       checks=["plug-in p50 / in-process p50 (median of rounds)"])
+    assert report["checks"][0]["value"] > 0 and len(report["rounds"]) == 2
+    assert [r["plugin_first"] for r in report["rounds"]] == [False, True]
+
+
 def test_agent_footprint() -> None:
     # report only unless given targets: here one no agent can meet and one any agent meets,
     # so the script must report both and exit 1 for the missed one
