@@ -23,7 +23,8 @@ from edgetune.device.limits import Limits
 from edgetune.device.plugins import check_runner
 from edgetune.device.runner import Runner
 from edgetune.device.store import BlobStore
-from edgetune.protos.messages import BenchmarkSpec, BlobKind, EvaluateSpec, SessionOptions
+from edgetune.protos.messages import (BenchmarkSpec, BlobKind, CompareSpec, EvaluateSpec,
+                                      SessionOptions)
 
 SAMPLES = Path(__file__).resolve().parent.parent / "host" / "samples"
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "ort_plugin.py"
@@ -212,6 +213,11 @@ def test_submit_checks_name_the_boards_runners() -> None:
         check_runner(BenchmarkSpec("0" * 64, runner="npu"), runners, "onnx")
     with pytest.raises(InvalidArgument, match="no runner for 'nb'"):
         check_runner(EvaluateSpec("0" * 64, "1" * 64), runners, "nb")
+    with pytest.raises(InvalidArgument, match="fixed number of iterations"):
+        check_runner(BenchmarkSpec("0" * 64, iterations=0, min_duration_s=5.0, runner="cpu"),
+                     runners, "onnx")
+    with pytest.raises(InvalidArgument, match="a comparison runs onnxruntime"):
+        check_runner(CompareSpec("0" * 64, "1" * 64), runners, "om")
     with pytest.raises(InvalidArgument, match="session options"):
         check_runner(BenchmarkSpec("0" * 64, SessionOptions(intra_op_threads=2), runner="cpu"),
                      runners, "onnx")
