@@ -42,6 +42,12 @@ if TYPE_CHECKING:  # annotations only
 
 ORT_QUANTIZED_BINS = 255           # onnxruntime's num_quantized_bins as edgetune used it
 _FLOOR = 1e-9                      # q's floor where p has mass q cannot represent
+# Entropy clips long tails; a window that would clip more than this share of the (non-zero)
+# values is no candidate. Without it a tensor of a few distinct values (a detector's anchor
+# sizes, two spikes) scored KL 0 for a window ending just past its first spike, and all its
+# values were clipped to one: a 3-class detector lost its whole mAP.
+MAX_CLIPPED_SHARE = 0.01
+_TIE = 1e-12                       # KL values this close are a tie: the wider window wins
 
 
 def quant_levels(act_type: str, symmetric: bool) -> int:
@@ -101,13 +107,17 @@ def kl_window(hist: np.ndarray, starts: np.ndarray, ends: np.ndarray,
         a, b, c = int(a), int(b), int(c)
         if b - a < c or c < 1:
             continue
+        clipped = csum[a] + (total - csum[b])
+        if clipped > MAX_CLIPPED_SHARE * total:
+            continue
         window = counts[a:b]
         p = window.copy()
         p[0] += csum[a]
         p[-1] += total - csum[b]
         div = _kl(p, _candidate_q(window, c))
-        if div <= best_div:           # later candidates are wider: ties go to the wider
-            best_div = div
+        # Later candidates are wider: a tie (within rounding) goes to the wider.
+        if div <= best_div + _TIE:
+            best_div = min(best_div, div)
             best = k
     return best
 
