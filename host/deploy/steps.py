@@ -164,15 +164,15 @@ class BoardDeploy:
             transfer.write_file(session, layout.config, config.encode(), 0o644)
             if systemd:
                 service.install_unit(unit)
+            if state.get("mode") and state.get("mode") != desired["mode"]:
+                service_for(session, facts).disable()     # the old way must not hold the port
             self._switch(session, layout, vid)
-            service.restart()
-            ok, why = self._wait(service)
+            ok, why = self._restart_and_wait(service)
             if not ok:
                 rolled_back = False
                 if previous and previous != vid and self._installed(session, layout, previous):
                     self._switch(session, layout, previous)
-                    service.restart()
-                    rolled_back, _ = self._wait(service)
+                    rolled_back, _ = self._restart_and_wait(service)
                 lines = service.log_tail(20) or ["(the log is empty)"]
                 tail = "\n".join(f"    {line}" for line in lines)
                 back = (f"; rolled back to {previous}, which serves again" if rolled_back else
@@ -333,7 +333,12 @@ class BoardDeploy:
         session.run(f"ln -sfn versions/{vid} {layout.current}.new && "
                     f"mv -T {layout.current}.new {layout.current}")
 
-    def _wait(self, service: Service) -> tuple:
+    def _restart_and_wait(self, service: Service) -> tuple:
+        """(True, "SERVING") once the restarted agent serves, else (False, why)."""
+        try:
+            service.restart()
+        except RemoteError as exc:
+            return False, exc.message
         return wait_serving(self.address, self.host.identity, self.settings.timeout_s,
                             still_running=service.active)
 
