@@ -48,7 +48,9 @@ def trials_of(work: Path, name: str) -> List[Any]:
     import sqlite3
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-    if not {"edgetune_alembic_version", "trials", "version_info"} <= names:
+        made = {"edgetune_alembic_version", "studies", "version_info"} <= names and \
+            conn.execute("SELECT count(*) FROM studies").fetchone()[0] > 0
+    if not made:
         return []           # not made yet: opening it here would race the tuner making it
     try:
         return optuna.load_study(study_name=name,

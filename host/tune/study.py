@@ -48,11 +48,18 @@ def open_storage(url: str) -> Any:
     quiet_optuna()
     kwargs: Dict[str, Any] = ({"connect_args": {"timeout": 30}} if sqlite_path(url) is not None
                               or url.startswith("sqlite") else {"pool_pre_ping": True})
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except (SQLAlchemyError, RuntimeError) as exc:
-        from edgetune.host.results.engine import connection_error
-        raise connection_error(url, exc) from exc
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except (SQLAlchemyError, RuntimeError) as exc:
+            # two processes making Optuna's tables in a new database at once: the loser's
+            # CREATE TABLE fails ("already exists"); the tables are there on the next try
+            if "already exists" in str(exc) and attempt < 2:
+                time.sleep(0.5)
+                continue
+            from edgetune.host.results.engine import connection_error
+            raise connection_error(url, exc) from exc
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def identity(model_sha256: str, space_fingerprint: str, objective: str, metric: str,
