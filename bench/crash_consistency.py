@@ -39,7 +39,6 @@ import argparse
 import collections
 import hashlib
 import io
-import json
 import os
 import random
 import signal
@@ -55,7 +54,7 @@ from typing import Any, Callable, Counter, Dict, List, Optional, Set, Tuple
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BenchPki, make_pki  # noqa: E402
+from bench.common import BenchPki, check, finish, machine, make_pki  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent / "host" / "samples"
 DIGITS_MODEL = SAMPLES / "digits_cnn.onnx"
@@ -511,13 +510,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                      progress=None if args.quiet else lambda m: print(m, file=sys.stderr))
         elapsed = time.monotonic() - started
     result = dict(report.as_dict(), seconds=round(elapsed, 1), seed=args.seed,
-                  stopped_early=report.kills < args.kills)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for key, value in result.items():
-            print(f"{key}: {value}")
-    return 1 if report.violations or report.kills < args.kills else 0
+                  stopped_early=report.kills < args.kills, machine=machine())
+    result["checks"] = [check("violations", len(report.violations), "<=", 0),
+                        check("kills made / asked", report.kills / max(1, args.kills), ">=", 1)]
+    lines = [f"{key}: {value}" for key, value in result.items()
+             if key not in ("checks", "machine")]
+    return finish(result, args.json, lines)
 
 
 if __name__ == "__main__":
