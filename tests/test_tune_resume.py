@@ -246,3 +246,26 @@ def test_a_board_that_stops_answering_fails_only_its_trial(
             and not t.user_attrs.get("board_error")]
     assert len(done) == 6
     assert result.json["trials"]["failed"] >= 1
+
+
+def test_a_dataset_without_labels_tunes_for_fidelity(local_agent: RunningAgent, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """No labels: the accuracy objective is fidelity (cosine to the FP32 model's outputs,
+    computed here once and uploaded as references); FP32 scores 1.0 and drops nothing."""
+    import numpy as np
+
+    with np.load(DIGITS_TEST) as npz:
+        arrays = {"input": npz["input"]}
+    dataset = tmp_path / "inputs.npz"
+    np.savez(dataset, **arrays)
+    args = base_args(tmp_path, *local_agent.conn(), "--trials", "4", "--study", "fid",
+                     "--iterations", "200", "--final-rounds", "2", "--max-drop", "1", "--json")
+    args[args.index("--dataset") + 1] = str(dataset)
+    r = run_cli(capsys, *args)
+    assert r.code == 0, r.err
+    doc = r.json
+    assert doc["metric"] == "fidelity"
+    fp32 = doc["baselines"]["fp32"]["accuracy"]
+    assert fp32["metric"] == "fidelity" and fp32["value"] > 0.9999
+    assert 0.99 < doc["best"]["accuracy"]["value"] <= 1.0 + 1e-6
+    assert "cosine" in doc["summary"]
