@@ -33,7 +33,9 @@ from edgetune.device.servicer import parse_upload_request, with_defaults
 from edgetune.device.store import BlobStore
 from edgetune.host.errors import EdgetuneError
 from edgetune.host.inventory import load_inventory
-from edgetune.host.quant.config import load_config
+from edgetune.host.quant import aipu, pegasus, xquant  # noqa: F401 - imported here so the
+from edgetune.host.quant.config import load_config     # harness instruments them (load_config
+                                                        # imports them lazily)
 from edgetune.host.quant.ranges import Ranges, load_ranges, ranges_to_dict
 from edgetune.protos.messages import (BenchmarkSpec, BlobKind, CompareSpec, EvaluateSpec,
                                       SessionOptions, UnknownToThisVersion, job_spec_from_pb2, pb)
@@ -300,6 +302,24 @@ def _quant_toml_seeds() -> List[bytes]:
             b'precision = "int16"\n[fallback]\nmax_drop = 1.0\nstrategy = "greedy"\n', b""]
 
 
+def _aipu_seeds() -> List[bytes]:
+    """The R329 guide's builder config, pointing at a model and arrays that exist (so the
+    fuzzer starts past the file checks)."""
+    model = _WORK / "aipu_model.onnx"
+    model.write_bytes((SAMPLES / "digits_cnn.onnx").read_bytes())
+    np.save(_WORK / "aipu_data.npy", np.zeros((4, 1, 8, 8), np.float32))
+    np.save(_WORK / "aipu_label.npy", np.arange(4, dtype=np.int64))
+    cfg = (f"[Common]\nmode = build\n\n[Parser]\nmodel_type = onnx\nmodel_name = digits\n"
+           f"input_model = {model}\ninput = input\ninput_shape = [1, 1, 8, 8]\n"
+           f"output = logits\noutput_dir = ./out\n\n[AutoQuantizationTool]\n"
+           f"quantize_method = SYMMETRIC\nops_per_channel = DepthwiseConv\n"
+           f"calibration_data = {_WORK / 'aipu_data.npy'}\n"
+           f"calibration_label = {_WORK / 'aipu_label.npy'}\npreprocess_mode = normalize\n"
+           f"quant_precision = int8\nreverse_rgb = False\n\n[GBuilder]\n"
+           f"simulator = aipu_simulator_z1\ntarget = Z1_0701\n")
+    return [cfg.encode(), b"[Parser]\ninput_model = missing.onnx\n"]
+
+
 def _inventory(data: bytes) -> None:
     load_inventory(_as_file(data, ".toml"))
 
@@ -340,6 +360,8 @@ TARGETS = {t.name: t for t in (
            _host_errors(), _pegasus_seeds),
     Target("quant_toml", "an edgetune quantization config in TOML", _quant_config(".toml"),
            _host_errors(), _quant_toml_seeds),
+    Target("aipu_cfg", "a Zhouyi AIPU builder config (.cfg INI)", _quant_config(".cfg"),
+           _host_errors(), _aipu_seeds),
     Target("inventory", "edgetune.toml", _inventory, _host_errors(), _inventory_seeds),
 )}
 
