@@ -37,6 +37,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,9 @@ from edgetune.protos.messages import BenchmarkSpec, CompareSpec, RunnerInfo, Ses
 log = logging.getLogger("edgetune.agent.plugins")
 
 ONNX = "onnx"
-POLL_S = 0.02                           # how often a running plug-in is checked
+WAKE_S = 0.25                           # how often the agent looks at a running plug-in (cancel,
+                                        # timeout, output size, progress): rarely, so that its
+                                        # wake-ups do not disturb what the plug-in times
 STDERR_TAIL = 2000                      # characters of its stderr quoted in an error
 MAX_STDOUT_BYTES = 16 << 20             # more than this is garbage: the plug-in is killed
 NUMPY_TO_ORT = {np.dtype(v).name: k for k, v in ORT_DTYPES.items()}
@@ -221,26 +224,32 @@ class PluginProcess:
                 raise PluginError(f"runner {self.config.name!r} could not start "
                                   f"{self.config.command[0]}: {exc.strerror or exc}") from None
         deadline = time.monotonic() + self.config.timeout_s
+        finished = threading.Event()         # set by a thread blocked in wait(): no polling
+
+        def reap() -> None:
+            proc.wait()
+            finished.set()
+
+        threading.Thread(target=reap, name=f"edgetune-runner-{self.config.name}",
+                         daemon=True).start()
         try:
-            while proc.poll() is None:
+            while not finished.wait(WAKE_S):
                 if rep.cancelled.is_set():
-                    self._kill(proc)
+                    self._kill(proc, finished)
                     rep.check()
                 if time.monotonic() > deadline:
-                    self._kill(proc)
+                    self._kill(proc, finished)
                     raise self.error(f"did not finish within its timeout of "
                                      f"{self.config.timeout_s:g} s (timeout_s in its "
                                      "[runners] table) and was killed")
-                size = self.stdout_path.stat().st_size
-                if size > MAX_STDOUT_BYTES:
-                    self._kill(proc)
+                if self.stdout_path.stat().st_size > MAX_STDOUT_BYTES:
+                    self._kill(proc, finished)
                     raise self.error(f"printed more than {MAX_STDOUT_BYTES} bytes and was killed")
                 if progress is not None:
                     progress()
-                time.sleep(POLL_S)
         finally:
-            if proc.poll() is None:          # an exception above, e.g. KeyboardInterrupt
-                self._kill(proc)
+            if not finished.is_set():        # an exception above, e.g. KeyboardInterrupt
+                self._kill(proc, finished)
             else:
                 _kill_group(proc.pid)        # children it left behind
         if proc.returncode != 0:
@@ -250,11 +259,9 @@ class PluginProcess:
         with open(self.stdout_path, "rb") as f:
             return f.read(MAX_STDOUT_BYTES).decode("utf-8", errors="replace")
 
-    def _kill(self, proc: "subprocess.Popen[bytes]") -> None:
+    def _kill(self, proc: "subprocess.Popen[bytes]", finished: threading.Event) -> None:
         _kill_group(proc.pid)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+        if not finished.wait(10):
             log.error("runner %s: process %d did not die after SIGKILL", self.config.name,
                       proc.pid)
 
