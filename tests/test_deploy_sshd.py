@@ -288,6 +288,12 @@ def test_one_line_per_board_and_a_failing_board_does_not_stop_the_others(board: 
         assert lines[0].startswith(NAME) and "SERVING" in lines[0]
         assert lines[1].startswith("ghost") and "FAILED" in lines[1]
         assert code == 5                                 # unreachable
+        # deploy itself, the same way: b1 is up to date, ghost fails on its own line
+        pid = board.agent_pid()
+        code, out, err = cli("deploy", "--devices", "tag:loopback", "--json", *board.flags())
+        rows = {row["device"]: row for row in json.loads(out)["devices"]}
+        assert rows[NAME]["action"] == "up to date" and board.agent_pid() == pid
+        assert rows["ghost"]["error"]["exit_status"] == 5 and code == 5
     finally:
         from edgetune.host.fleet.inventory_edit import remove_device
         remove_device(board.inventory, "ghost")
