@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -28,7 +27,7 @@ from typing import Dict, List, Tuple
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import check, finish, log_progress, machine, make_pki, local_agent  # noqa: E402
-from bench.tune_efficiency import SPACE, build_inputs  # noqa: E402
+from bench.tune_efficiency import SPACE, build_inputs, workdir  # noqa: E402
 
 
 def covered(intervals: List[Tuple[float, float]], start: float, end: float) -> float:
@@ -65,6 +64,8 @@ def main(argv=None) -> int:
     parser.add_argument("--agents", type=int, default=4, help="local agents (4)")
     parser.add_argument("--trials", type=int, default=24, help="trials of the study (24)")
     parser.add_argument("--size", type=int, default=112, help="input height and width (112)")
+    parser.add_argument("--workdir", type=Path,
+                        help="work in this new directory and keep it (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
 
@@ -75,9 +76,7 @@ def main(argv=None) -> int:
     from edgetune.host.tune import study as studies
     from edgetune.host.tune.space import Space
 
-    with tempfile.TemporaryDirectory(prefix="edgetune-bench-") as tmp_name, \
-            contextlib.ExitStack() as stack:
-        tmp = Path(tmp_name)
+    with workdir(args.workdir) as tmp, contextlib.ExitStack() as stack:
         pki = make_pki(tmp / "pki")
         model, calib, dataset = build_inputs(tmp, args.size)
         cache_dir = tmp / "variants"

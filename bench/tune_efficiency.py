@@ -27,13 +27,14 @@ search's; median host overhead per trial <= 0.5 s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -50,6 +51,17 @@ SPACE: Dict[str, Any] = {
 }
 WARMUP = 10
 ITERATIONS = 100
+
+
+@contextlib.contextmanager
+def workdir(chosen: Optional[Path]) -> Iterator[Path]:
+    """``chosen`` (made, kept), or a temporary directory removed at the end."""
+    if chosen is not None:
+        chosen.mkdir(parents=True, exist_ok=False)
+        yield chosen.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="edgetune-bench-") as name:
+        yield Path(name)
 
 
 def key(params: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
@@ -189,14 +201,15 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=112, help="input height and width (112)")
     parser.add_argument("--budget", type=float, default=0.4,
                         help="trials per study as a share of the configurations (0.4)")
+    parser.add_argument("--workdir", type=Path,
+                        help="work in this new directory and keep it (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
 
     from edgetune.host.tune.boards import BoardSpec
 
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgetune-bench-") as tmp_name:
-        tmp = Path(tmp_name)
+    with workdir(args.workdir) as tmp:
         pki = make_pki(tmp / "pki")
         model, calib, dataset = build_inputs(tmp, args.size)
         shapes = (("input", (1, 3, args.size, args.size)),)
