@@ -269,3 +269,40 @@ def test_a_dataset_without_labels_tunes_for_fidelity(local_agent: RunningAgent, 
     assert fp32["metric"] == "fidelity" and fp32["value"] > 0.9999
     assert 0.99 < doc["best"]["accuracy"]["value"] <= 1.0 + 1e-6
     assert "cosine" in doc["summary"]
+
+
+def test_a_provider_that_cannot_load_the_model_is_infeasible(
+        pki: Any, tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A board whose onnxruntime reports a provider that cannot run (as a vendor build whose
+    device is missing): its trials fail on the board, are recorded infeasible with the
+    board's error and are not retried; the CPU trials carry the study."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "import onnxruntime\n_real = onnxruntime.get_available_providers\n"
+        "onnxruntime.get_available_providers = lambda: ['BrokenExecutionProvider', *_real()]\n")
+    monkeypatch.setenv("PYTHONPATH", str(shim))
+    agent = start_agent(pki, tmp_path / "agent")
+    monkeypatch.delenv("PYTHONPATH")
+    try:
+        r = run_cli(capsys, *base_args(tmp_path, *agent.conn(), "--set", "precision=fp32",
+                                       "--set", "intra_op_threads=1", "--set",
+                                       "execution_mode=sequential", "--set",
+                                       "graph_optimization=all", "--trials", "6",
+                                       "--study", "broken", "--iterations", "50",
+                                       "--final-rounds", "0", "--json"))
+        assert r.code == 0, r.err
+    finally:
+        agent.agent.stop()
+    trials = trials_of(tmp_path, "broken")
+    broken = [t for t in trials if t.params.get("providers") == "BrokenExecutionProvider"]
+    assert broken, "the sampler never tried the broken provider"
+    for t in broken:
+        assert "did not take the model" in t.user_attrs.get("infeasible", ""), t.user_attrs
+        assert not t.user_attrs.get("board_error")
+    again = [t for t in broken if t.user_attrs.get("duplicate_of") is not None]
+    assert all("not run again" in t.user_attrs["infeasible"] for t in again)
+    assert not [t for t in trials if t.user_attrs.get("retry_of") is not None]
+    assert r.json["trials"]["infeasible"] >= 1 and r.json["best"]["session"]["providers"] == [
+        "CPUExecutionProvider"]

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from edgetune.host.errors import (AgentError, EdgetuneError, NotFoundError,
+from edgetune.host.errors import (AgentError, BadInputError, EdgetuneError, NotFoundError,
                                   TimeoutError_, UnreachableError)
 from edgetune.host.results.recording import StoreRecorder
 from edgetune.host.tune import objective as obj
@@ -162,6 +162,8 @@ class Measurements:
             raise BoardFailure(f"{board.name}: {exc.message}") from None
         except AgentError as exc:
             raise BoardFailure(f"{board.name}: {exc.message}") from None
+        except BadInputError as exc:         # the board refused this job's options
+            raise ConfigFailure(f"{stage} refused by {board.name}: {exc.message}") from None
         except EdgetuneError:
             raise
         except Exception as exc:  # noqa: BLE001 - grpc and transport errors
@@ -229,16 +231,25 @@ class Measurements:
         nothing is measured again."""
         from optuna.trial import TrialState
 
-        for t in self.ctx.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.params == params and t.user_attrs.get("stage") == "full" and t.values:
+        for t in self.ctx.study.get_trials(deepcopy=False,
+                                           states=(TrialState.COMPLETE, TrialState.FAIL)):
+            if t.params != params:
+                continue
+            if t.state == TrialState.FAIL and t.user_attrs.get("infeasible"):
+                return t
+            if t.state == TrialState.COMPLETE and t.user_attrs.get("stage") == "full" \
+                    and t.values:
                 return t
         return None
 
     def reuse(self, handle: TrialHandle, same: Any) -> Dict[str, Any]:
+        handle.set("duplicate_of", same.number)
+        if same.user_attrs.get("infeasible"):
+            raise ConfigFailure(f"{same.user_attrs['infeasible']} (the configuration of trial "
+                                f"{same.number}: not run again)")
         for key in _reuse_keys():
             if key in same.user_attrs:
                 handle.set(key, same.user_attrs[key])
-        handle.set("duplicate_of", same.number)
         return {"values": list(same.values), "drop": float(same.user_attrs.get("drop_pts", 0.0)),
                 "stage": "full", "note": f"the configuration of trial {same.number}: its "
                                          "measurement reused"}
@@ -269,6 +280,11 @@ class Measurements:
         feasible = ctx.settings.max_drop is None or drop <= ctx.settings.max_drop + 1e-9
         short, short_id = self.benchmark(board, recorder, handle, "short", variant, cand,
                                          ctx.settings.short_iterations, options)
+        wanted = (cand.session.providers or (CPU,))[0]
+        used = tuple(short.result.providers)
+        if used and wanted not in used:
+            raise ConfigFailure(f"{wanted} did not take the model on {board.name}: the session "
+                                f"ran on {', '.join(used)} (onnxruntime's fallback)")
         latency = obj.latency_of(short.result, ctx.objective)
         handle.set("short_latency_ms", obj.latency_doc(short.result))
         result_ids = {"eval": acc["result_id"], "short": short_id}
