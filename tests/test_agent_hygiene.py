@@ -107,16 +107,17 @@ class SServer:
              f"file:{passphrase_file}", "-naccept", "1", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + 10
+        fd = self.proc.stdout.fileno()      # raw reads: a buffered reader hides lines from select
+        deadline = time.monotonic() + 30
         self.head = b""
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            ready, _, _ = select.select([fd], [], [], 0.2)
             if ready:
-                line = self.proc.stdout.readline()
-                self.head += line
-                if line.startswith(b"ACCEPT"):      # listening (a probe would use up -naccept)
+                data = os.read(fd, 4096)
+                self.head += data
+                if b"ACCEPT" in self.head:          # listening (a probe would use up -naccept)
                     return
-                if not line:
+                if not data:
                     break
         self.close()
         raise AssertionError(f"openssl s_server did not listen: {self.head!r}")
