@@ -233,3 +233,21 @@ def test_the_total_limit_refuses_every_client(pki: Any, tmp_path: Path) -> None:
     finally:
         idle.close()
         running.agent.stop()
+
+
+@pytest.mark.slow
+def test_a_peer_that_never_speaks_tls_is_dropped(agent: RunningAgent) -> None:
+    """grpc.server_handshake_timeout_ms = 20 s (grpc's default is 120 s): a TCP connection
+    that sends nothing is closed by the agent."""
+    import socket
+    host, port = agent.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.settimeout(60)
+        start = time.monotonic()
+        try:
+            data = sock.recv(1)             # b"" once the agent closes it
+        except ConnectionResetError:
+            data = b""
+        elapsed = time.monotonic() - start
+    assert data == b""
+    assert 15 <= elapsed <= 40, elapsed
