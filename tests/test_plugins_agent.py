@@ -115,3 +115,16 @@ def test_an_om_model_is_refused_by_onnxruntime_and_run_by_a_plugin(
     assert listed.code == 0, listed.err
     assert "om" in [b.get("format") for b in (listed.json if isinstance(listed.json, list)
                                               else listed.json["models"])]
+
+
+def test_a_models_format_comes_from_its_suffix_or_format() -> None:
+    from edgetune.host.board import model_format
+    from edgetune.host.errors import UsageError
+
+    assert [model_format(Path(p)) for p in ("m.onnx", "m.ONNX", "m", "m.om", "m.nb",
+                                            "m.aipu", "m.v2")] == \
+        ["onnx", "onnx", "onnx", "om", "nb", "aipu", "onnx"]
+    assert model_format(Path("m.om"), "onnx") == "onnx"       # --format overrides
+    assert model_format(Path("m.onnx"), "rknn") == "rknn"
+    with pytest.raises(UsageError, match="--format 'OM!'"):
+        model_format(Path("m.om"), "OM!")
