@@ -278,7 +278,7 @@ def _print_info(name: str, address: str, identity: Any) -> None:
 
 
 def _status(args: argparse.Namespace, request: Request) -> int:
-    from edgetune.host.deploy.steps import status
+    from edgetune.host.deploy.actions import status
 
     host = _host_side(args, request.inventory)
     fleet = len(request.names) > 1 or bool(args.devices)
@@ -308,7 +308,7 @@ def _status_line(name: str, r: Dict[str, Any]) -> str:
 
 
 def _logs(args: argparse.Namespace, request: Request) -> int:
-    from edgetune.host.deploy.steps import logs
+    from edgetune.host.deploy.actions import logs
 
     name = request.names[0]
     lines = logs(_deploy_settings(args, request, name), args.lines or 50,
@@ -321,7 +321,7 @@ def _logs(args: argparse.Namespace, request: Request) -> int:
 
 
 def _remove(args: argparse.Namespace, request: Request) -> int:
-    from edgetune.host.deploy.steps import remove
+    from edgetune.host.deploy.actions import remove
 
     name = request.names[0]
     result = remove(_deploy_settings(args, request, name), args.purge,

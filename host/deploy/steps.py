@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 from edgetune.host.deploy import transfer
 from edgetune.host.deploy.device_certs import (DeviceCredentials, board_cert_still_good,
@@ -369,7 +369,7 @@ def default_prefix_for(session: SshSession) -> str:
     return default_prefix(root)
 
 
-# ------------------------------------------------------------------------ the other actions
+# ------------------------------------------------------------------------ shared with actions
 
 def connect_and_probe(ssh: SshSettings, prefix: Optional[str], say: Say,
                       python: str = "python3") -> tuple:
@@ -390,51 +390,5 @@ def service_for(session: SshSession, facts: BoardFacts) -> Service:
                    user=str(state.get("service_user") or facts.user))
 
 
-def status(settings: DeploySettings, identity: Any, say: Say) -> Dict[str, Any]:
-    """What is installed and whether it serves (nothing changes on the board)."""
-    address = agent_address(settings)
-    session, facts = connect_and_probe(settings.ssh, settings.prefix, say, settings.python)
-    with session:
-        state = facts.state or {}
-        health = check_once(address, identity, 5.0) if state else "not installed"
-        return {"device": settings.name, "ssh": settings.ssh.label, "prefix": facts.prefix,
-                "installed": state.get("version"), "vid": state.get("vid"),
-                "previous": state.get("previous"), "mode": state.get("mode"),
-                "running": facts.service_active, "health": health, "address": address,
-                "board": facts.describe()}
-
-
-def logs(settings: DeploySettings, lines: int, say: Say) -> List[str]:
-    session, facts = connect_and_probe(settings.ssh, settings.prefix, say, settings.python)
-    with session:
-        if not facts.state:
-            raise BadInputError(f"no edgetune install under {facts.prefix} on "
-                                f"{settings.ssh.label}")
-        return list(service_for(session, facts).log_tail(lines) or [])
-
-
-def remove(settings: DeploySettings, purge: bool, say: Say) -> Dict[str, Any]:
-    """Stop and disable the agent, remove the install; the store and certificates only with
-    ``purge`` (then the whole prefix)."""
-    session, facts = connect_and_probe(settings.ssh, settings.prefix, say, settings.python)
-    with session:
-        layout = Layout(check_prefix(facts.prefix, settings.ssh.label))
-        leftovers = session.run(f"test -e {layout.prefix}", check=False).status == 0
-        if not facts.state and not (purge and leftovers):
-            raise BadInputError(f"no edgetune install under {facts.prefix} on "
-                                f"{settings.ssh.label}")
-        service = service_for(session, facts)
-        service.disable()
-        if purge:
-            session.run(f"rm -rf -- {layout.prefix}")
-            removed = [layout.prefix]
-        else:
-            removed = [layout.versions, layout.current, layout.wheels, layout.config,
-                       layout.run, layout.state]
-            session.run("rm -rf -- " + " ".join(removed))
-        kept = [] if purge else [layout.store, layout.pki, layout.log_dir]
-        return {"removed": removed, "kept": kept, "mode": service.mode}
-
-
 __all__ = ["BoardDeploy", "DeployFailed", "HostSide", "Outcome", "RemoteError", "agent_address",
-           "logs", "remove", "status"]
+           "connect_and_probe", "default_prefix_for", "service_for"]
