@@ -506,18 +506,21 @@ class Runner:
     def _plugin_evaluate(self, spec: EvaluateSpec, model_path: Path, dataset: Any,
                          rep: _Reporter) -> EvaluateResult:
         config, fmt, inputs, outputs = self._plugin_model(spec, model_path, dataset)
-        matched = match_to_model(dataset, inputs, outputs)     # refused before it runs
+        if outputs:                          # ONNX: the dataset is checked before it runs
+            feeds = match_to_model(dataset, inputs, outputs).inputs
+        else:                                # opaque: its outputs are known once written
+            feeds = {v.name: dataset.arrays[v.name] for v in inputs}
         start = time.perf_counter()
 
         def evaluate(proc: Any, stdout: str) -> EvaluateResult:
             if stdout.strip():
                 plugins.parse_timings(stdout, proc, None)      # garbage is an error here too
-            values, arrays = plugins.read_outputs(proc, outputs, matched.samples)
+            values, arrays = plugins.read_outputs(proc, outputs, dataset.samples)
             session = plugins.Outputs(inputs, values, arrays)
             return evaluate_session(session, 0.0, dataset, spec, rep, _run)
 
-        result = self._plugin_run(config, fmt, model_path, matched.inputs, "evaluate", 0,
-                                  matched.samples, rep, evaluate)
+        result = self._plugin_run(config, fmt, model_path, feeds, "evaluate", 0,
+                                  dataset.samples, rep, evaluate)
         return dataclasses.replace(result, elapsed_s=time.perf_counter() - start)
 
 

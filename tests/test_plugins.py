@@ -195,6 +195,14 @@ def test_an_opaque_model_goes_to_a_plugin_never_to_onnxruntime(runner: Runner,
         str(refused.value)
     result = bench(runner, om, "npu", iterations=10)     # inputs from --shape, float32
     assert result.iterations == 10
+    data = put(store, BlobKind.DATASET, (SAMPLES / "digits_test.npz").read_bytes())
+    by_onnx = evaluate(runner, put(store, BlobKind.MODEL, (SAMPLES / "digits_cnn.onnx")
+                                   .read_bytes()), data, "")
+    by_npu = runner.run_evaluate(EvaluateSpec(om, data, ONE_DIGIT, runner="npu"),
+                                 lambda p: None, threading.Event())
+    # the outputs it wrote are the model's: top-1 and fidelity against the dataset's logits
+    assert dict(by_npu.metrics)["top1"] == dict(by_onnx.metrics)["top1"] > 0.9
+    assert dict(by_npu.metrics)["cosine"] > 0.9999
     blob = put(store, BlobKind.MODEL, b"\x00not onnx at all" * 100, format="nb")
     assert store.info(BlobKind.MODEL, blob).format == "nb"  # no ONNX check for opaque bytes
     with pytest.raises(StatusError):                    # but never as ONNX
