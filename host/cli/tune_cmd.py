@@ -111,6 +111,8 @@ def run_tune(args: argparse.Namespace) -> int:
     if args.json:
         doc = result.as_json()
         doc["outputs"] = [str(p) for p in written]
+        if written and doc.get("best"):            # the chosen model as written (-o DIR)
+            doc["best"] = {**doc["best"], "model": str(settings.out_dir / "model.onnx")}
         render.print_json(doc)
         return 0 if result.target_met else int(ExitStatus.TARGET_NOT_MET)
     print_result(result, written, settings.db_url)
