@@ -20,13 +20,14 @@ default files; a password or key passphrase only from a prompt or $EDGETUNE_SSH_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from edgetune.host.errors import EdgetuneError, ExitStatus, NotFoundError, UsageError
 from edgetune.host.inventory import CONFIG_NAME, Device, Inventory, find_config, load_inventory
@@ -249,7 +250,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if fleet:
         return _finish_many(args, _many(request.names, work), _deploy_line)
     started = time.monotonic()
-    result = work(request.names[0])
+    if args.json or not sys.stdout.isatty():
+        result = work(request.names[0])
+    else:
+        with _upload_bars() as progress:
+            name = request.names[0]
+            result = BoardDeploy(_deploy_settings(args, request, name), host, say,
+                                 progress).run(upgrade_only=upgrade).as_json()
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -257,6 +264,21 @@ def cmd_deploy(args: argparse.Namespace) -> int:
           f"{result['mode']}) at {result['address']} in {time.monotonic() - started:.1f} s")
     _print_info(result["device"], result["address"], host.identity)
     return 0
+
+
+@contextlib.contextmanager
+def _upload_bars() -> Iterator[Callable[[str, int, int], None]]:
+    """A bar per wheel while the wheelhouse goes to the board (a terminal only)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    tasks: Dict[str, Any] = {}
+    with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  transient=True) as progress:
+        def update(wheel: str, done: int, total: int) -> None:
+            if wheel not in tasks:
+                tasks[wheel] = progress.add_task(f"upload {wheel}", total=total)
+            progress.update(tasks[wheel], completed=done)
+        yield update
 
 
 def _deploy_line(name: str, r: Dict[str, Any]) -> str:

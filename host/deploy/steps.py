@@ -109,10 +109,12 @@ def _dial_host(address: str) -> str:
 class BoardDeploy:
     """Deploy to one board over one SSH session."""
 
-    def __init__(self, settings: DeploySettings, host: HostSide, say: Say) -> None:
+    def __init__(self, settings: DeploySettings, host: HostSide, say: Say,
+                 progress: Optional[Callable[[str, int, int], None]] = None) -> None:
         self.settings = settings
         self.host = host
         self.say = say
+        self.progress = progress          # (wheel, bytes sent, its size), as the upload goes
         self.address = agent_address(settings)
 
     # -------------------------------------------------------------------- the sequence
@@ -277,7 +279,7 @@ class BoardDeploy:
         s = self.settings
         if self._installed(session, layout, vid):
             return
-        report = transfer.upload_wheelhouse(session, house, layout.wheels)
+        report = transfer.upload_wheelhouse(session, house, layout.wheels, self.progress)
         self.say(f"{s.name}: wheelhouse on the board: {report.sent_files} sent "
                  f"({report.sent_bytes / 1e6:.1f} MB, {report.resumed_files} resumed), "
                  f"{report.kept_files} already there, each checked by sha256")
