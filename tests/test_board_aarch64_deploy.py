@@ -2,7 +2,7 @@
 address and sshd; tests/emulated/): the probe finds aarch64 and Python 3.9, the wheelhouse is
 made here for manylinux aarch64 / cp39, the agent ends up serving over mutual TLS, and this x86
 host's info, bench and eval through the inventory name give the same top-1 as an x86 agent.
-Then the re-run changes nothing ("up to date").
+Then the re-run with the same wheelhouse changes nothing ("up to date").
 
 The board starts from the cached root file system only (no agent layer): what deploy installs
 is all there is. Skips (fails under ``CI``) where an emulated board cannot run; see
@@ -44,7 +44,11 @@ def process_uid(pid: int) -> int:
 
 
 def test_deploy_to_emulated_aarch64_board(pki: Any, local_agent: RunningAgent, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture) -> None:
+                                          capsys: pytest.CaptureFixture,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # deploy's own cache (project wheel, wheelhouses) for this test alone, so the wheelhouse
+    # it makes for the board can be named afterwards; pip's download cache stays shared.
+    monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "cache"))
     key = ssh_key(tmp_path)
     pki_dir = tmp_path / "pki"
     shutil.copytree(pki.dir, pki_dir)
@@ -66,11 +70,6 @@ def test_deploy_to_emulated_aarch64_board(pki: Any, local_agent: RunningAgent, t
             not in known_hosts.read_text()
 
         first = run_cli(capsys, *deploy, "--accept-new", "--json")
-        if first.code != 0 and "no wheel of tomli for manylinux_2_31_aarch64 / cp39" in first.out:
-            # Only this exact failure: any other one fails the test.
-            pytest.xfail("known deploy bug: the host-made wheelhouse drops the device extra's "
-                         "`tomli; python_version < '3.11'` (pip download evaluates the marker "
-                         "against the host's Python 3.11, not the board's 3.9)")
         assert first.code == 0, first.out + first.err
         result = first.json
         assert (result["device"], result["action"], result["mode"]) == \
@@ -83,8 +82,13 @@ def test_deploy_to_emulated_aarch64_board(pki: Any, local_agent: RunningAgent, t
         # The host key deploy accepted is the one this board run made.
         assert board.host_key_public.split()[1] in known_hosts.read_text()
         # The wheelhouse was made here for the board: aarch64 / cp39 wheels, nothing else.
-        installed = board.run(["ls", "/opt/edgetune/wheels"], timeout=60)
-        wheels = installed.stdout.split()
+        (house,) = [d for d in (tmp_path / "cache" / "deploy" / "wheelhouses").iterdir()
+                    if (d / "complete").is_file()]
+        assert (house / "complete").read_text().strip() == "manylinux_2_31_aarch64 / cp39"
+        wheels = sorted(p.name for p in house.glob("*.whl"))
+        on_board = board.run(["ls", "/opt/edgetune/wheels"], timeout=60).stdout.split()
+        assert set(wheels) <= set(on_board), (wheels, on_board)
+        assert any(w.startswith("tomli-") for w in wheels), wheels     # Python 3.9 needs it
         assert any(w.startswith("onnxruntime-") and "cp39" in w and "aarch64" in w
                    for w in wheels), wheels
         assert not [w for w in wheels if "x86_64" in w], wheels
@@ -119,7 +123,9 @@ def test_deploy_to_emulated_aarch64_board(pki: Any, local_agent: RunningAgent, t
                              *conn, "--json")
         assert board_eval.code == 0, board_eval.err
 
-        again = run_cli(capsys, *deploy, "--json")
+        # Nothing changed: the same wheelhouse (given by name, as this shared checkout's files
+        # may change meanwhile and deploy would rightly build a new edgetune wheel then).
+        again = run_cli(capsys, *deploy, "--wheelhouse", str(house), "--json")
         assert again.code == 0, again.out + again.err
         assert again.json["action"] == "up to date", again.json
 
