@@ -41,9 +41,10 @@ def write_outputs(result: Any, out: Path) -> List[Path]:
         model = out / "model.onnx"
         shutil.copyfile(result.best_variant.path, model)
         written.append(model)
-        if result.best_variant.record_path is not None and result.best_variant.record_path.is_file():
+        record_path = result.best_variant.record_path
+        if record_path is not None and record_path.is_file():
             record = out / "model.record.json"
-            shutil.copyfile(result.best_variant.record_path, record)
+            shutil.copyfile(record_path, record)
             written.append(record)
         else:
             stale = out / "model.record.json"

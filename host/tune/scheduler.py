@@ -152,7 +152,8 @@ class Scheduler:
                 if outcome.get("note"):
                     what += f"; {outcome['note']}"
                 if outcome["stage"] == "short":
-                    what += f"; stopped after the short measurement: {trial.user_attrs.get('early_stop') or 'infeasible'}"
+                    why = trial.user_attrs.get("early_stop") or "infeasible"
+                    what += f"; stopped after the short measurement: {why}"
                 elif not feasible:
                     what += "; over --max-drop"
                 self.say(trial_line(handle.number, board, cand, what))

@@ -91,8 +91,9 @@ class VariantCache:
         return self._digests[count]
 
     def key(self, quant: QuantParams, kept: Sequence[str]) -> str:
-        doc = {"format": FORMAT, "model": self.model_sha256, "data": self._digest(quant.calib_count),
-               "quant": quant.as_dict(), "kept": list(kept)}
+        doc = {"format": FORMAT, "model": self.model_sha256,
+               "data": self._digest(quant.calib_count), "quant": quant.as_dict(),
+               "kept": list(kept)}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
     def settings(self, quant: QuantParams, kept: Sequence[str], output: Path) -> QuantizeSettings:
