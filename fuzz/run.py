@@ -65,7 +65,8 @@ def run_target(name: str, seconds: int, corpus: Path, artifacts: Path, *, timeou
     output = proc.stdout
     stats = _DONE.findall(output) or _STAT.findall(output)
     execs, cov, ft, corp = (int(x) for x in stats[-1]) if stats else (0, 0, 0, 0)
-    found = sorted(str(p) for p in set(artifacts.iterdir()) - before)
+    found = sorted(str(p) for p in set(artifacts.iterdir()) - before
+                   if p.name.startswith(f"{name}-"))      # not a target fuzzed beside it
     crashed = proc.returncode != 0 or bool(found)
     return Outcome(name, round(took, 1), execs, cov, ft, corp, crashed, found,
                    output[-3000:] if crashed else "")
