@@ -128,3 +128,35 @@ def test_a_models_format_comes_from_its_suffix_or_format() -> None:
     assert model_format(Path("m.onnx"), "rknn") == "rknn"
     with pytest.raises(UsageError, match="--format 'OM!'"):
         model_format(Path("m.om"), "OM!")
+
+
+def test_the_agent_itself_refuses_what_a_runner_cannot_do(agent: RunningAgent,
+                                                          tmp_path: Path) -> None:
+    """Straight to SubmitJob (no host-side check): the agent's own refusals."""
+    from edgetune.host.client import AgentClient
+    from edgetune.host.errors import EdgetuneError
+    from edgetune.protos.messages import BenchmarkSpec, BlobKind, SessionOptions
+
+    shape = SessionOptions(input_shapes=(("input", (1, 1, 8, 8)),))
+    with AgentClient(agent.address, agent.pki.host.identity) as client:
+        sha = client.upload(DIGITS_MODEL, BlobKind.MODEL).blob.sha256
+        for spec, words in [
+                (BenchmarkSpec(sha, shape, runner="vpu"), "this board has no runner 'vpu'; its "
+                 "runners: crash (onnx/om), garbage (onnx/om), hang (onnx/om), npu (onnx/om)"),
+                (BenchmarkSpec(sha, shape, runner="npu", profile=True),
+                 "runner 'npu' cannot profile operators"),
+                (BenchmarkSpec(sha, SessionOptions(input_shapes=shape.input_shapes,
+                                                   intra_op_threads=2), runner="npu"),
+                 "session options")]:
+            with pytest.raises(EdgetuneError) as refused:
+                client.submit(spec)
+            assert refused.value.exit_status == ExitStatus.BAD_INPUT
+            assert words in refused.value.message
+        nb = tmp_path / "model.nb"
+        nb.write_bytes(b"\x00vendor graph" * 64)
+        blob = client.upload(nb, BlobKind.MODEL, format="nb").blob
+        assert blob.format == "nb"
+        with pytest.raises(EdgetuneError) as refused:
+            client.submit(BenchmarkSpec(blob.sha256, shape))
+        assert "a 'nb' file and onnxruntime cannot run it; this board has no runner for 'nb'" \
+            in refused.value.message
