@@ -273,8 +273,11 @@ def blobs_table(kind: str, blobs: Sequence[BlobInfo]) -> Any:
     rows = [(b.sha256[:16], b.name or "-", fmt_bytes(b.size_bytes),
              datetime.datetime.fromtimestamp(b.created_unix).strftime("%Y-%m-%d %H:%M"))
             for b in blobs]
-    return _table(f"{kind}s ({len(blobs)})", ("sha256", "name", "size", "stored"), rows,
-                  right=("size",))
+    columns = ("sha256", "name", "size", "stored")
+    if any(b.format not in ("", "onnx") for b in blobs):    # opaque models for runner plug-ins
+        rows = [(*row, b.format or "-") for row, b in zip(rows, blobs)]
+        columns += ("format",)
+    return _table(f"{kind}s ({len(blobs)})", columns, rows, right=("size",))
 
 
 def jobs_table(jobs: Sequence[Job]) -> Any:
