@@ -115,6 +115,8 @@ def test_an_om_model_is_refused_by_onnxruntime_and_run_by_a_plugin(
     assert listed.code == 0, listed.err
     assert "om" in [b.get("format") for b in (listed.json if isinstance(listed.json, list)
                                               else listed.json["models"])]
+    table = run_cli(capsys, "models", "list", *agent.conn())
+    assert table.code == 0 and "format" in table.out and "digits.om" in table.out
 
 
 def test_a_models_format_comes_from_its_suffix_or_format() -> None:
