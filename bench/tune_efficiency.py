@@ -55,13 +55,27 @@ ITERATIONS = 100
 
 @contextlib.contextmanager
 def workdir(chosen: Optional[Path]) -> Iterator[Path]:
-    """``chosen`` (made, kept), or a temporary directory removed at the end."""
+    """``chosen`` (made if new, kept: a run there resumes the one before), or a temporary
+    directory removed at the end."""
     if chosen is not None:
-        chosen.mkdir(parents=True, exist_ok=False)
+        chosen.mkdir(parents=True, exist_ok=True)
         yield chosen.resolve()
         return
     with tempfile.TemporaryDirectory(prefix="edgetune-bench-") as name:
         yield Path(name)
+
+
+def reuse_pki(directory: Path) -> Any:
+    """The PKI ``make_pki`` wrote into a kept --workdir."""
+    from bench.common import DEVICE_NAME, HOST_NAME, PASSPHRASE, BenchPki
+
+    return BenchPki(dir=directory, passphrase=PASSPHRASE,
+                    passphrase_file=directory / "passphrase",
+                    ca_cert=directory / "ca-cert.pem",
+                    device_cert=directory / f"{DEVICE_NAME}-cert.pem",
+                    device_key=directory / f"{DEVICE_NAME}-key.pem",
+                    host_cert=directory / f"{HOST_NAME}-cert.pem",
+                    host_key=directory / f"{HOST_NAME}-key.pem")
 
 
 def key(params: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
@@ -79,9 +93,12 @@ def build_inputs(tmp: Path, size: int) -> Tuple[Path, Path, Path]:
     dims[2].dim_value = size
     dims[3].dim_value = size
     onnx.checker.check_model(model)
-    path = builders.save(model, tmp / f"resnet18_{size}.onnx")
-    rng = np.random.default_rng(0)
+    path = tmp / f"resnet18_{size}.onnx"
     calib, dataset = tmp / "calib.npz", tmp / "eval.npz"
+    if path.is_file() and calib.is_file() and dataset.is_file():    # a kept --workdir
+        return path, calib, dataset
+    builders.save(model, path)
+    rng = np.random.default_rng(0)
     np.savez(calib, input=rng.standard_normal((8, 3, size, size)).astype(np.float32))
     np.savez(dataset, input=rng.standard_normal((16, 3, size, size)).astype(np.float32))
     return path, calib, dataset
@@ -124,6 +141,12 @@ def ground_truth(configs: List[Dict[str, Any]], model: Path, calib: Path, cache_
     from edgetune.host.tune.variants import VariantCache
     from edgetune.protos.messages import BenchmarkSpec
 
+    import json
+
+    saved = cache_dir.parent / "ground_truth.json"
+    if saved.is_file():                     # a kept --workdir: measured by an earlier run
+        rows = json.loads(saved.read_text())
+        return {key(row["params"]): float(row["p50_ms"]) for row in rows}
     sources = (CalibSource(path=calib),)
     data = load_calibration(model, QuantizeSettings(model=model, output=cache_dir / "x.onnx",
                                                     calib=sources, calib_count=100, seed=0))
@@ -144,6 +167,8 @@ def ground_truth(configs: List[Dict[str, Any]], model: Path, calib: Path, cache_
                                 f"{truth[key(params)]:.3f} ms")
     finally:
         board.close()
+    saved.write_text(json.dumps([{"params": dict(k), "p50_ms": v} for k, v in truth.items()],
+                                indent=1))
     return truth
 
 
@@ -210,7 +235,7 @@ def main(argv=None) -> int:
 
     started = time.perf_counter()
     with workdir(args.workdir) as tmp:
-        pki = make_pki(tmp / "pki")
+        pki = make_pki(tmp / "pki") if not (tmp / "pki").is_dir() else reuse_pki(tmp / "pki")
         model, calib, dataset = build_inputs(tmp, args.size)
         shapes = (("input", (1, 3, args.size, args.size)),)
         cache_dir = tmp / "variants"
