@@ -223,15 +223,14 @@ def _quarantined_now(args: argparse.Namespace) -> Dict[str, Any]:
     import os
 
     from edgetune.host.inventory import find_config, load_inventory
-    from edgetune.host.results.engine import sqlite_path
-    from edgetune.host.results.location import DB_ENV, resolve_location
+    from edgetune.host.results.location import DB_ENV, resolve_location, sqlite_file
 
     flag = getattr(args, "db", None)
     inventory_path = None if flag or os.environ.get(DB_ENV) else \
         find_config(getattr(args, "inventory", None))
     inventory_db = load_inventory(inventory_path).results_db if inventory_path else None
     url = resolve_location(flag, os.environ, inventory_path, inventory_db).url
-    path = sqlite_path(url)
+    path = sqlite_file(url)             # no SQLAlchemy import when there is no database
     if path is not None and not path.exists():
         return {}
     try:

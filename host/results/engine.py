@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,6 +19,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from edgetune.host.errors import BadInputError, UnreachableError
+from edgetune.host.results.location import as_url  # noqa: F401 - where callers import it from
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 30_000
@@ -30,14 +30,6 @@ _DRIVER_HINTS = {
     "postgresql": "pip install 'edgetune[postgres]' (psycopg 3), and use postgresql+psycopg://",
     "mysql": "edgetune supports SQLite and PostgreSQL",
 }
-
-
-def as_url(text: str) -> str:
-    """A database URL as given, or a plain file path as a SQLite URL."""
-    text = text.strip()
-    if "://" in text:
-        return text
-    return f"sqlite:///{Path(os.path.expanduser(text)).resolve()}"
 
 
 def safe_url(url: str) -> str:

@@ -9,6 +9,7 @@ command from writing at all.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
@@ -26,10 +27,16 @@ class ResultsLocation:
     origin: str          # what chose it: --db, $EDGETUNE_DB, the inventory, the default
 
 
+def as_url(text: str) -> str:
+    """A database URL as given, or a plain file path as a SQLite URL (no SQLAlchemy needed)."""
+    text = text.strip()
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(os.path.expanduser(text)).resolve()}"
+
+
 def resolve_location(flag: Optional[str], env: Mapping[str, str],
                      inventory_path: Optional[Path], inventory_db: Optional[str]) -> ResultsLocation:
-    from edgetune.host.results.engine import as_url
-
     if flag:
         return ResultsLocation(as_url(flag), "--db")
     if env.get(DB_ENV):
@@ -44,10 +51,21 @@ def resolve_location(flag: Optional[str], env: Mapping[str, str],
     return ResultsLocation(f"sqlite:///{data / 'results.db'}", "the user data directory")
 
 
+def sqlite_file(url: str) -> Optional[Path]:
+    """The file of a ``sqlite:///FILE`` URL (None for another database, memory or a ``file:``
+    URI), read without SQLAlchemy: a command that only needs to know whether a results
+    database exists does not pay for importing it."""
+    for prefix in ("sqlite:///", "sqlite+pysqlite:///"):
+        if url.startswith(prefix):
+            rest = url[len(prefix):].split("?", 1)[0]
+            if not rest or rest.startswith((":memory:", "file:")):
+                return None
+            return Path(rest)
+    return None
+
+
 def open_results_store(db: Optional[str], inventory: Optional[Path]) -> "ResultsStore":
     """The results store the flags (``--db``, ``--inventory``) and the environment name."""
-    import os
-
     from edgetune.host.inventory import find_config, load_inventory
     from edgetune.host.results.store import ResultsStore
 
