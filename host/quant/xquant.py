@@ -166,14 +166,16 @@ def _int(value: Any, key: str, path: Path) -> int:
 
 
 def _calibration_type(value: Any, key: str) -> str:
-    if value not in CALIBRATION_TYPES:
+    if not isinstance(value, str) or value not in CALIBRATION_TYPES:
         raise BadInputError(f"unsupported XQuant {key} {value!r}",
                             hint=f"use one of {', '.join(CALIBRATION_TYPES)}")
     return CALIBRATION_TYPES[value]
 
 
 def _precision_level(value: Any, key: str) -> str:
-    if isinstance(value, bool) or value not in PRECISION_LEVELS:
+    # Only a number can be a level (a list or an object would not even hash).
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or value not in PRECISION_LEVELS:
         raise BadInputError(
             f"unsupported XQuant {key} {value!r}",
             hint="edgetune honours 0 (int8) and 2 (int16 activations); for a finer choice "
