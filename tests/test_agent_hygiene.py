@@ -127,9 +127,13 @@ class SServer:
         return f"127.0.0.1:{self.port}"
 
     def close(self) -> str:
-        if self.proc.poll() is None:
+        """What s_server printed; it ends by itself after its one connection (-naccept 1)
+        and prints its counters then, so it is given time before being killed."""
+        try:
+            out, _ = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
-        out, _ = self.proc.communicate(timeout=10)
+            out, _ = self.proc.communicate(timeout=10)
         return (self.head + out).decode("latin-1")
 
 
