@@ -330,7 +330,7 @@ def test_a_store_folder_that_is_a_link_is_refused(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------- names are labels
 
-HOSTILE_NAMES = ["../../../escaped", "/tmp/escaped-abs", "models/../../escaped",
+HOSTILE_NAMES = ["../../../escaped", "/srv/escaped-abs", "models/../../escaped",
                  "..", "a\x00b", "escaped\n../x", "C:\\escaped"]
 
 
@@ -350,7 +350,7 @@ def test_a_name_or_label_never_becomes_a_path(agent: RunningAgent, tmp_path: Pat
         assert rel.parts[0] in ("models", "partial", "datasets") or rel.name.startswith("jobs.db"), rel
         stem = rel.name.split(".")[0]
         assert rel.parts[0] not in ("models", "datasets") or len(stem) == 64, rel
-    for probe in (agent.store.parent / "escaped", Path("/tmp/escaped-abs"),
+    for probe in (agent.store.parent / "escaped", Path("/srv/escaped-abs"),
                   agent.store / "escaped", agent.store.parent.parent / "escaped"):
         assert not probe.exists(), probe
 
