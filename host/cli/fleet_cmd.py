@@ -124,7 +124,8 @@ def status_table(statuses: List[Any]) -> Any:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("fleet", help="many boards at once: list them, their status",
+    parser = sub.add_parser("fleet", help="many boards at once: add/rm, status, bench/eval "
+                                          "runs (runs, show, --resume), check, release",
                             description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = parser.add_subparsers(dest="fleet_action", metavar="ACTION", required=True)
