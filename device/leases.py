@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from edgetune.device.errors import FailedPrecondition, InvalidArgument
-from edgetune.device.safefs import open_file
+from edgetune.device.safefs import fsync_dir, open_file
 from edgetune.protos.leases import LEASE_EXPIRES_METADATA, LEASE_HOLDER_METADATA, Lease
 
 log = logging.getLogger("edgetune.agent.leases")
@@ -232,7 +232,7 @@ class LeaseBook:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         except OSError as exc:   # the lease still holds in memory; a restart would lose it
             log.error("cannot keep the lease in %s (%s): it will not survive a restart",
                       self.path, exc.strerror or exc)
@@ -281,19 +281,6 @@ class LeaseBook:
                      _when(until, now))
         else:
             self._holder = ""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 __all__ = ["FILE_NAME", "LeaseBook", "LeaseHeld"]

@@ -104,5 +104,22 @@ def make_private(path: PathLike) -> None:
         os.chmod(str(path), FILE_MODE)
 
 
-__all__ = ["DIR_MODE", "FILE_MODE", "SymlinkRefused", "check_private_dir", "is_regular",
-           "make_private", "open_fd", "open_file", "regular_stat"]
+
+
+def fsync_dir(path: PathLike) -> None:
+    """fsync a folder, so a file renamed into it survives a power loss (best effort where the
+    platform has no directory descriptors)."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+__all__ = ["DIR_MODE", "FILE_MODE", "SymlinkRefused", "check_private_dir", "fsync_dir",
+           "is_regular", "make_private", "open_fd", "open_file", "regular_stat"]

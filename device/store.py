@@ -48,8 +48,8 @@ from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 from edgetune.device.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from edgetune.device.limits import SHA256_RE, Limits, check_sha256
-from edgetune.device.safefs import (check_private_dir, is_regular, make_private, open_file,
-                                    regular_stat)
+from edgetune.device.safefs import (check_private_dir, fsync_dir, is_regular, make_private,
+                                    open_file, regular_stat)
 # UploadWriter and its constants live in device.upload; importable from here as before.
 from edgetune.device.upload import (MODEL_FORMAT, check_format,  # noqa: F401
                                     HASH_READ_BYTES, SYNC_EVERY_BYTES, VALIDATORS,  # noqa: F401
@@ -89,19 +89,6 @@ def _kind(kind: KindLike) -> BlobKind:
         return BlobKind(kind)
     except ValueError:
         raise InvalidArgument(f"blob kind must be 'model' or 'dataset' (got {kind!r})") from None
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -351,7 +338,7 @@ class BlobStore:
             meta["format"] = format
         _write_json_atomic(self._meta_path(kind, sha256), meta)
         os.replace(self._part_path(kind, key), blob)
-        _fsync_dir(blob.parent)
+        fsync_dir(blob.parent)
         _unlink(self._part_meta_path(kind, key))
         log.info("stored %s %s (%s, %d bytes)", kind.value, sha256, name or "-", size)
         return BlobInfo(kind=kind, sha256=sha256, size_bytes=size, name=name, created_unix=created,
