@@ -169,10 +169,16 @@ def project_wheel(cache: Optional[Path] = None) -> Path:
             elif source.is_file():
                 shutil.copy2(source, tree / part)
         built = Path(tmp) / "dist"
-        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                               "--no-build-isolation", "--wheel-dir", str(built), str(tree)],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
+        # Without build isolation first (fast, offline); a Python whose setuptools cannot
+        # make wheels by itself (before 70.1, without the `wheel` package: a fresh venv)
+        # then builds in pip's isolated environment, as pyproject's build-system asks.
+        for isolation in (["--no-build-isolation"], []):
+            done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                                   *isolation, "--wheel-dir", str(built), str(tree)],
+                                  capture_output=True, text=True)
+            if done.returncode == 0:
+                break
+        else:
             raise EdgetuneError(f"building the edgetune wheel failed:\n{done.stderr[-2000:]}")
         out.mkdir(parents=True, exist_ok=True)
         wheel = sorted(built.glob(f"{PROJECT}-*.whl"))[0]

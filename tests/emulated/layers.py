@@ -191,9 +191,14 @@ def build_edgetune_wheel(out: Path) -> Path:
         ".git", "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache", ".benchmarks",
         ".venv", "pki", "edgetune-demo*"))
     wheels = out / "wheels"
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                           "--no-build-isolation", "--quiet", "-w", str(wheels), str(src)],
-                          capture_output=True, text=True, timeout=300)
+    # Without build isolation first; a venv whose setuptools cannot make wheels by itself
+    # (before 70.1, no `wheel` package) builds in pip's isolated environment instead.
+    for isolation in (["--no-build-isolation"], []):
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation,
+                               "--quiet", "-w", str(wheels), str(src)],
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0:
+            break
     if proc.returncode != 0:
         raise RuntimeError(f"building the edgetune wheel failed:\n{proc.stdout}{proc.stderr}")
     shutil.rmtree(src)
