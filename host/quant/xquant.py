@@ -28,6 +28,7 @@ How each field is honoured (and recorded in the output's record as a note):
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -233,16 +234,31 @@ def _input_entry(entry: Any, index: int, path: Path, base: Path) -> CalibSource:
         raise BadInputError(f"{where}: unsupported file_type {file_type!r}",
                             hint="use img, npy or raw")
     color = str(entry.get("color_format") or "rgb").lower()
-    mean = entry.get("mean_value")
-    std = entry.get("std_value")
-    pre = Preprocess(
-        interpolation="area", color=color,
-        mean=tuple(float(v) for v in mean) if mean is not None else (0.0,),
-        std=tuple(float(v) for v in std) if std is not None else (1.0,),
-        function=resolve_function(entry.get("preprocess_file") or None, base))
-    return CalibSource(path=resolve_path(str(entry["data_list_path"]), base),
-                       input_name=entry.get("input_name") or None, file_type=file_type,
-                       preprocess=pre, shape=shape)
+    mean = _numbers(entry.get("mean_value"), f"{where}.mean_value", (0.0,))
+    std = _numbers(entry.get("std_value"), f"{where}.std_value", (1.0,))
+    if any(v <= 0 for v in std):
+        raise BadInputError(f"{where}: std_value must be positive (got {list(std)})")
+    function = entry.get("preprocess_file") or None
+    name = entry.get("input_name") or None
+    for key, value in (("preprocess_file", function), ("input_name", name),
+                       ("data_list_path", entry["data_list_path"])):
+        if value is not None and not isinstance(value, str):
+            raise BadInputError(f"{where}: {key} must be a string (got {value!r})")
+    pre = Preprocess(interpolation="area", color=color, mean=mean, std=std,
+                     function=resolve_function(function, base))
+    return CalibSource(path=resolve_path(entry["data_list_path"], base),
+                       input_name=name, file_type=file_type, preprocess=pre, shape=shape)
+
+
+def _numbers(value: Any, where: str, default: Tuple[float, ...]) -> Tuple[float, ...]:
+    """A number, or a non-empty list of numbers (finite), as floats; ``default`` when absent."""
+    if value is None:
+        return default
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                            and math.isfinite(v) for v in items):
+        raise BadInputError(f"{where} must be a number or a list of numbers (got {value!r})")
+    return tuple(float(v) for v in items)
 
 
 def _custom(entry: Any, path: Path) -> SubgraphOverride:
