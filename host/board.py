@@ -441,12 +441,15 @@ class BoardSession:
 
     # ------------------------------------------------------------------ blobs
     def upload(self, path: Path, kind: BlobKind, name: Optional[str] = None,
-               view: Any = None, *, sha256: str = "", format: str = "") -> Any:
+               view: Any = None, *, sha256: str = "", format: str = "",
+               chunks: Any = None) -> Any:
         """Store ``path`` on the board unless it is there (dedup by hash; a partial upload
         resumes): an ``UploadOutcome``. After Ctrl-C, says how to resume and re-raises.
         ``sha256``: the file's hash, when the caller computed it already (a fleet run: once
         for all its boards). ``format`` (models): declared to the agent; "" takes it from the
-        suffix (``model_format``). An opaque format needs an agent with runner plug-ins."""
+        suffix (``model_format``). An opaque format needs an agent with runner plug-ins.
+        ``chunks(offset)``: the file's bytes from a reader shared by several boards
+        (``AgentClient.upload``)."""
         path = Path(path)
         view = self._view(view)
         fmt = model_format(path, format) if kind is BlobKind.MODEL else ""
@@ -462,7 +465,7 @@ class BoardSession:
         try:
             outcome = self.client.upload(path, kind, name=name, progress=view.upload_callback(
                 path.name, path.stat().st_size), sha256=sha256,
-                format="" if fmt == "onnx" else fmt)
+                format="" if fmt == "onnx" else fmt, chunks=chunks)
         except KeyboardInterrupt:
             view.__exit__(None, None, None)
             print(f"\nedgetune: upload of {path} interrupted; {RESUME_HINT}", file=sys.stderr)

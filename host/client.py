@@ -100,6 +100,13 @@ def _upload_request_bytes(message: Any) -> bytes:
     return bytes(head) + message
 
 
+def _file_chunks(path: Path, offset: int, chunk_bytes: int) -> Iterator[bytes]:
+    """``path``'s bytes from ``offset`` on, ``chunk_bytes`` at a time."""
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        yield from iter(lambda: fh.read(chunk_bytes), b"")
+
+
 def _blob_kind(kind: KindLike) -> BlobKind:
     return kind if isinstance(kind, BlobKind) else BlobKind(kind)
 
@@ -247,7 +254,8 @@ class AgentClient:
 
     def upload(self, path: Path, kind: KindLike, name: Optional[str] = None,
                progress: Optional[ProgressCallback] = None, *,
-               sha256: str = "", format: str = "") -> UploadOutcome:
+               sha256: str = "", format: str = "",
+               chunks: Optional[Callable[[int], Iterator[bytes]]] = None) -> UploadOutcome:
         """Store ``path`` on the agent unless it is there already; resume a partial upload.
 
         A file in the hash cache or smaller than ``hash_first_below_bytes`` is sent by hash
@@ -259,7 +267,10 @@ class AgentClient:
         file once for all its boards): sent by that hash, neither hashed nor cached here (the
         agent checks what it receives against it). ``format``: a model's format for the
         agent ("" or "onnx": checked as ONNX; "om", "nb", ...: kept opaque for a runner
-        plug-in; only agents with the "runners" feature know it)."""
+        plug-in; only agents with the "runners" feature know it). ``chunks(offset)``: where
+        the bytes come from instead of reading ``path`` here: an iterator of the file's bytes
+        from ``offset`` on (a fleet run reads each file once for all its boards:
+        ``edgetune.host.fleet.fanout``); it is closed when the stream ends."""
         path = Path(path)
         kind = _blob_kind(kind)
         cache = HashCache(self.settings.hash_cache)
@@ -291,21 +302,25 @@ class AgentClient:
             yield pb.UploadBlobRequest(header=header)
             if status.state == "complete":
                 return
+            source: Any = None
             try:
-                with path.open("rb") as fh:
-                    fh.seek(offset)
-                    chunk_bytes = self.settings.upload_chunk_bytes
-                    for chunk in iter(lambda: fh.read(chunk_bytes), b""):
-                        yield chunk             # see _upload_request_bytes
-                        sent[0] += len(chunk)
-                        if progress is not None:
-                            progress(offset + sent[0], size)
+                source = (chunks(offset) if chunks is not None
+                          else _file_chunks(path, offset, self.settings.upload_chunk_bytes))
+                for chunk in source:
+                    yield chunk                 # see _upload_request_bytes
+                    sent[0] += len(chunk)
+                    if progress is not None:
+                        progress(offset + sent[0], size)
             except GeneratorExit:               # grpc dropped the stream (cancelled, failed)
                 raise
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 failure.append(exc)
                 started.wait(10.0)
                 call_box[0].cancel()            # not a short stream: the agent keeps the bytes
+            finally:
+                close = getattr(source, "close", None)
+                if close is not None:
+                    close()
 
         self.connect()
         deadline = self.settings.timeout_s + (size - offset) / self.settings.upload_min_rate_bytes_s
