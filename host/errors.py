@@ -67,6 +67,16 @@ class IncompatibleError(EdgetuneError):
     exit_status = ExitStatus.INCOMPATIBLE
 
 
+class BusyError(AgentError):
+    """The agent refused for now, with a hint to retry (its documented back-pressure:
+    RESOURCE_EXHAUSTED for a full job queue or too many open calls): the same request may
+    succeed later. ``queue_full``: it was the job queue."""
+
+    @property
+    def queue_full(self) -> bool:
+        return "queue is full" in self.message
+
+
 class LeaseHeldError(AgentError):
     """The board is leased to another host certificate (``holder``) until ``expires_unix``
     (the agent's clock): the agent refused a job, a renewal or a lease."""

@@ -16,9 +16,9 @@ from typing import Any, Optional, Tuple
 
 import grpc
 
-from edgetune.host.errors import (AgentError, AuthError, BadInputError, EdgetuneError,
-                                  IncompatibleError, LeaseHeldError, NotFoundError, TimeoutError_,
-                                  UnreachableError)
+from edgetune.host.errors import (AgentError, AuthError, BadInputError, BusyError,
+                                  EdgetuneError, IncompatibleError, LeaseHeldError,
+                                  NotFoundError, TimeoutError_, UnreachableError)
 from edgetune.protos.leases import LEASE_EXPIRES_METADATA, LEASE_HOLDER_METADATA
 from edgetune.protos.messages import INCOMPATIBLE_METADATA
 
@@ -74,6 +74,8 @@ def translate_rpc_error(err: grpc.RpcError, ctx: RpcContext) -> EdgetuneError:
         return NotFoundError(details or f"the agent at {addr} does not know that object")
     if code is grpc.StatusCode.INVALID_ARGUMENT:
         return BadInputError(f"the agent at {addr} refused the request: {details}")
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and "retry" in details.lower():
+        return BusyError(f"the agent at {addr} refused the request for now: {details}")
     if code in _REFUSED_CALL:
         return AgentError(f"the agent at {addr} refused the request: {details}")
     if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
