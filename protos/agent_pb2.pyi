@@ -70,7 +70,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("hostname", "os", "arch", "cpu_model", "cpu_cores", "memory_total_bytes", "memory_available_bytes", "python_version", "onnxruntime_version", "available_providers", "agent_version", "store_used_bytes", "store_models", "store_datasets", "queue_length", "queue_capacity", "running_job_id", "uptime_s", "agent_name", "caller_name", "agent_cert_not_after_unix", "lease_holder", "lease_expires_unix", "features", "onnxruntime_distribution", "onnxruntime_build_info", "provider_checks", "runners")
+    __slots__ = ("hostname", "os", "arch", "cpu_model", "cpu_cores", "memory_total_bytes", "memory_available_bytes", "python_version", "onnxruntime_version", "available_providers", "agent_version", "store_used_bytes", "store_models", "store_datasets", "queue_length", "queue_capacity", "running_job_id", "uptime_s", "agent_name", "caller_name", "agent_cert_not_after_unix", "lease_holder", "lease_expires_unix", "features", "onnxruntime_distribution", "onnxruntime_build_info", "provider_checks", "runners", "max_job_output_bytes")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,7 @@ class GetInfoResponse(_message.Message):
     ONNXRUNTIME_BUILD_INFO_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_CHECKS_FIELD_NUMBER: _ClassVar[int]
     RUNNERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_JOB_OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     os: str
     arch: str
@@ -127,7 +128,8 @@ class GetInfoResponse(_message.Message):
     onnxruntime_build_info: str
     provider_checks: _containers.RepeatedCompositeFieldContainer[ProviderCheck]
     runners: _containers.RepeatedCompositeFieldContainer[RunnerInfo]
-    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., python_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., store_used_bytes: _Optional[int] = ..., store_models: _Optional[int] = ..., store_datasets: _Optional[int] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., running_job_id: _Optional[str] = ..., uptime_s: _Optional[float] = ..., agent_name: _Optional[str] = ..., caller_name: _Optional[str] = ..., agent_cert_not_after_unix: _Optional[float] = ..., lease_holder: _Optional[str] = ..., lease_expires_unix: _Optional[float] = ..., features: _Optional[_Iterable[str]] = ..., onnxruntime_distribution: _Optional[str] = ..., onnxruntime_build_info: _Optional[str] = ..., provider_checks: _Optional[_Iterable[_Union[ProviderCheck, _Mapping]]] = ..., runners: _Optional[_Iterable[_Union[RunnerInfo, _Mapping]]] = ...) -> None: ...
+    max_job_output_bytes: int
+    def __init__(self, hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., python_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., available_providers: _Optional[_Iterable[str]] = ..., agent_version: _Optional[str] = ..., store_used_bytes: _Optional[int] = ..., store_models: _Optional[int] = ..., store_datasets: _Optional[int] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., running_job_id: _Optional[str] = ..., uptime_s: _Optional[float] = ..., agent_name: _Optional[str] = ..., caller_name: _Optional[str] = ..., agent_cert_not_after_unix: _Optional[float] = ..., lease_holder: _Optional[str] = ..., lease_expires_unix: _Optional[float] = ..., features: _Optional[_Iterable[str]] = ..., onnxruntime_distribution: _Optional[str] = ..., onnxruntime_build_info: _Optional[str] = ..., provider_checks: _Optional[_Iterable[_Union[ProviderCheck, _Mapping]]] = ..., runners: _Optional[_Iterable[_Union[RunnerInfo, _Mapping]]] = ..., max_job_output_bytes: _Optional[int] = ...) -> None: ...
 
 class RunnerInfo(_message.Message):
     __slots__ = ("name", "formats", "can_profile")
@@ -441,7 +443,7 @@ class CompareResult(_message.Message):
     def __init__(self, rounds: _Optional[_Iterable[_Union[CompareRound, _Mapping]]] = ..., evaluate_a: _Optional[_Union[EvaluateResult, _Mapping]] = ..., evaluate_b: _Optional[_Union[EvaluateResult, _Mapping]] = ..., peak_rss_mb: _Optional[float] = ...) -> None: ...
 
 class EvaluateSpec(_message.Message):
-    __slots__ = ("model_sha256", "dataset_sha256", "session", "metrics", "batch_size", "decoder", "conf", "iou", "runner")
+    __slots__ = ("model_sha256", "dataset_sha256", "session", "metrics", "batch_size", "decoder", "conf", "iou", "runner", "dump_outputs")
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     DATASET_SHA256_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
@@ -451,6 +453,7 @@ class EvaluateSpec(_message.Message):
     CONF_FIELD_NUMBER: _ClassVar[int]
     IOU_FIELD_NUMBER: _ClassVar[int]
     RUNNER_FIELD_NUMBER: _ClassVar[int]
+    DUMP_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     model_sha256: str
     dataset_sha256: str
     session: SessionOptions
@@ -460,7 +463,8 @@ class EvaluateSpec(_message.Message):
     conf: float
     iou: float
     runner: str
-    def __init__(self, model_sha256: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., metrics: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., decoder: _Optional[str] = ..., conf: _Optional[float] = ..., iou: _Optional[float] = ..., runner: _Optional[str] = ...) -> None: ...
+    dump_outputs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_sha256: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., session: _Optional[_Union[SessionOptions, _Mapping]] = ..., metrics: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., decoder: _Optional[str] = ..., conf: _Optional[float] = ..., iou: _Optional[float] = ..., runner: _Optional[str] = ..., dump_outputs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
     __slots__ = ("benchmark", "evaluate", "compare", "label")
@@ -538,7 +542,7 @@ class BenchmarkResult(_message.Message):
     def __init__(self, latency: _Optional[_Union[LatencyStats, _Mapping]] = ..., throughput_ips: _Optional[float] = ..., load_ms: _Optional[float] = ..., first_run_ms: _Optional[float] = ..., peak_rss_mb: _Optional[float] = ..., iterations: _Optional[int] = ..., warmup: _Optional[int] = ..., samples_ms: _Optional[_Iterable[float]] = ..., cpu_freq_mhz: _Optional[float] = ..., temperature_c: _Optional[float] = ..., providers: _Optional[_Iterable[str]] = ..., measured_s: _Optional[float] = ..., thermal: _Optional[_Union[ThermalReport, _Mapping]] = ..., load_avg: _Optional[_Iterable[float]] = ..., provider_nodes: _Optional[_Mapping[str, int]] = ..., profile: _Optional[_Union[OperatorProfile, _Mapping]] = ...) -> None: ...
 
 class EvaluateResult(_message.Message):
-    __slots__ = ("samples", "metrics", "load_ms", "elapsed_s", "providers", "provider_nodes")
+    __slots__ = ("samples", "metrics", "load_ms", "elapsed_s", "providers", "provider_nodes", "output_bytes")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -559,13 +563,15 @@ class EvaluateResult(_message.Message):
     ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_NODES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     samples: int
     metrics: _containers.ScalarMap[str, float]
     load_ms: float
     elapsed_s: float
     providers: _containers.RepeatedScalarFieldContainer[str]
     provider_nodes: _containers.ScalarMap[str, int]
-    def __init__(self, samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., load_ms: _Optional[float] = ..., elapsed_s: _Optional[float] = ..., providers: _Optional[_Iterable[str]] = ..., provider_nodes: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    output_bytes: int
+    def __init__(self, samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., load_ms: _Optional[float] = ..., elapsed_s: _Optional[float] = ..., providers: _Optional[_Iterable[str]] = ..., provider_nodes: _Optional[_Mapping[str, int]] = ..., output_bytes: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "state", "spec", "created_unix", "started_unix", "finished_unix", "error", "client", "benchmark", "evaluate", "compare", "signed")
@@ -688,6 +694,26 @@ class CancelJobResponse(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: Job
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class ReadJobOutputRequest(_message.Message):
+    __slots__ = ("job_id", "offset", "chunk_bytes")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    offset: int
+    chunk_bytes: int
+    def __init__(self, job_id: _Optional[str] = ..., offset: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class JobOutputChunk(_message.Message):
+    __slots__ = ("offset", "data", "total_bytes")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    total_bytes: int
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class Lease(_message.Message):
     __slots__ = ("holder", "lease_id", "expires_unix", "ttl_s", "remaining_s", "board_expires_unix", "claims")

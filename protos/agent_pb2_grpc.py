@@ -79,6 +79,11 @@ class AgentStub(object):
                 request_serializer=edgetune_dot_protos_dot_agent__pb2.ReleaseLeaseRequest.SerializeToString,
                 response_deserializer=edgetune_dot_protos_dot_agent__pb2.ReleaseLeaseResponse.FromString,
                 )
+        self.ReadJobOutput = channel.unary_stream(
+                '/edgetune.agent.v1.Agent/ReadJobOutput',
+                request_serializer=edgetune_dot_protos_dot_agent__pb2.ReadJobOutputRequest.SerializeToString,
+                response_deserializer=edgetune_dot_protos_dot_agent__pb2.JobOutputChunk.FromString,
+                )
 
 
 class AgentServicer(object):
@@ -173,6 +178,16 @@ class AgentServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadJobOutput(self, request, context):
+        """The output file of a finished evaluation that asked for it (EvaluateSpec.dump_outputs),
+        streamed in chunks from request.offset on (resume a dropped stream from the offset
+        after the last chunk received). Only the certificate that submitted the job may read it.
+        Agents with the "job_output" feature only; older ones answer UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -240,6 +255,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.ReleaseLease,
                     request_deserializer=edgetune_dot_protos_dot_agent__pb2.ReleaseLeaseRequest.FromString,
                     response_serializer=edgetune_dot_protos_dot_agent__pb2.ReleaseLeaseResponse.SerializeToString,
+            ),
+            'ReadJobOutput': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadJobOutput,
+                    request_deserializer=edgetune_dot_protos_dot_agent__pb2.ReadJobOutputRequest.FromString,
+                    response_serializer=edgetune_dot_protos_dot_agent__pb2.JobOutputChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -469,5 +489,22 @@ class Agent(object):
         return grpc.experimental.unary_unary(request, target, '/edgetune.agent.v1.Agent/ReleaseLease',
             edgetune_dot_protos_dot_agent__pb2.ReleaseLeaseRequest.SerializeToString,
             edgetune_dot_protos_dot_agent__pb2.ReleaseLeaseResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ReadJobOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(request, target, '/edgetune.agent.v1.Agent/ReadJobOutput',
+            edgetune_dot_protos_dot_agent__pb2.ReadJobOutputRequest.SerializeToString,
+            edgetune_dot_protos_dot_agent__pb2.JobOutputChunk.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

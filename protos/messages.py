@@ -296,12 +296,14 @@ class EvaluateSpec:
     conf: float = 0.0                               # map: score threshold (0: the default)
     iou: float = 0.0                                # map: NMS IoU threshold (0: the default)
     runner: str = ""                                # a board's runner plug-in; "": onnxruntime
+    dump_outputs: Tuple[str, ...] = ()              # outputs written to the job's output file
 
     def as_pb2(self) -> pb.EvaluateSpec:
         return pb.EvaluateSpec(
             model_sha256=self.model_sha256, dataset_sha256=self.dataset_sha256,
             session=self.session.as_pb2(), metrics=list(self.metrics), batch_size=self.batch_size,
-            decoder=self.decoder, conf=self.conf, iou=self.iou, runner=self.runner)
+            decoder=self.decoder, conf=self.conf, iou=self.iou, runner=self.runner,
+            dump_outputs=list(self.dump_outputs))
 
     @classmethod
     def from_pb2(cls, msg: pb.EvaluateSpec) -> "EvaluateSpec":
@@ -309,15 +311,17 @@ class EvaluateSpec:
             model_sha256=msg.model_sha256, dataset_sha256=msg.dataset_sha256,
             session=SessionOptions.from_pb2(msg.session), metrics=tuple(msg.metrics),
             batch_size=msg.batch_size, decoder=msg.decoder, conf=msg.conf, iou=msg.iou,
-            runner=msg.runner)
+            runner=msg.runner, dump_outputs=tuple(msg.dump_outputs))
 
     def as_dict(self) -> Dict[str, Any]:
-        """Plain JSON types; ``runner`` only when set."""
+        """Plain JSON types; ``runner`` and ``dump_outputs`` only when set."""
         d = dataclasses.asdict(self)
         d["session"] = self.session.as_dict()
         d["metrics"] = list(self.metrics)
-        if not self.runner:
-            del d["runner"]
+        d["dump_outputs"] = list(self.dump_outputs)
+        for key in ("runner", "dump_outputs"):
+            if not d[key]:
+                del d[key]
         return d
 
     @classmethod
@@ -325,6 +329,7 @@ class EvaluateSpec:
         d = dict(d)
         d["session"] = SessionOptions.from_dict(d.get("session", {}))
         d["metrics"] = tuple(d.get("metrics", ()))
+        d["dump_outputs"] = tuple(d.get("dump_outputs", ()))
         return cls(**d)
 
 
@@ -482,6 +487,7 @@ class EvaluateResult:
     elapsed_s: float = 0.0
     providers: Tuple[str, ...] = ()                  # (): not said (an older agent)
     provider_nodes: Tuple[Tuple[str, int], ...] = ()  # as BenchmarkResult's
+    output_bytes: int = 0                            # the job's output file (dump_outputs)
 
     def metric_dict(self) -> Dict[str, float]:
         return dict(self.metrics)
@@ -490,13 +496,15 @@ class EvaluateResult:
         return pb.EvaluateResult(samples=self.samples, metrics=dict(self.metrics),
                                  load_ms=self.load_ms, elapsed_s=self.elapsed_s,
                                  providers=list(self.providers),
-                                 provider_nodes=dict(self.provider_nodes))
+                                 provider_nodes=dict(self.provider_nodes),
+                                 output_bytes=self.output_bytes)
 
     @classmethod
     def from_pb2(cls, msg: pb.EvaluateResult) -> "EvaluateResult":
         return cls(samples=msg.samples, metrics=tuple(sorted(msg.metrics.items())),
                    load_ms=msg.load_ms, elapsed_s=msg.elapsed_s, providers=tuple(msg.providers),
-                   provider_nodes=tuple(sorted(msg.provider_nodes.items())))
+                   provider_nodes=tuple(sorted(msg.provider_nodes.items())),
+                   output_bytes=msg.output_bytes)
 
     def as_dict(self) -> Dict[str, Any]:
         d = {"samples": self.samples, "metrics": dict(self.metrics),
@@ -505,6 +513,8 @@ class EvaluateResult:
             d["providers"] = list(self.providers)
         if self.provider_nodes:
             d["provider_nodes"] = dict(self.provider_nodes)
+        if self.output_bytes:
+            d["output_bytes"] = self.output_bytes
         return d
 
     @classmethod
@@ -512,7 +522,8 @@ class EvaluateResult:
         return cls(samples=d["samples"], metrics=tuple(sorted(d["metrics"].items())),
                    load_ms=d.get("load_ms", 0.0), elapsed_s=d.get("elapsed_s", 0.0),
                    providers=tuple(d.get("providers", ())),
-                   provider_nodes=tuple(sorted(d.get("provider_nodes", {}).items())))
+                   provider_nodes=tuple(sorted(d.get("provider_nodes", {}).items())),
+                   output_bytes=int(d.get("output_bytes", 0)))
 
 
 @dataclass(frozen=True)
@@ -668,6 +679,23 @@ class JobEvent:
 
 
 @dataclass(frozen=True)
+class OutputChunk:
+    """One piece of a job's output file (``ReadJobOutput``): ``data`` starts at ``offset``
+    of a file of ``total_bytes``."""
+
+    offset: int
+    data: bytes
+    total_bytes: int
+
+    def as_pb2(self) -> pb.JobOutputChunk:
+        return pb.JobOutputChunk(offset=self.offset, data=self.data, total_bytes=self.total_bytes)
+
+    @classmethod
+    def from_pb2(cls, msg: pb.JobOutputChunk) -> "OutputChunk":
+        return cls(offset=msg.offset, data=msg.data, total_bytes=msg.total_bytes)
+
+
+@dataclass(frozen=True)
 class BlobInfo:
     kind: BlobKind
     sha256: str
@@ -701,7 +729,8 @@ class BlobInfo:
 # field an older agent would silently ignore only to an agent that names it here.
 FEATURES = ("provider_options", "provider_nodes", "unknown_fields_refused", "profile",
             "detection",                            # EvaluateSpec decoder/conf/iou, "map"
-            "runners")                              # runner plug-ins, UploadHeader.format
+            "runners",                              # runner plug-ins, UploadHeader.format
+            "job_output")                           # EvaluateSpec.dump_outputs, ReadJobOutput
 
 
 @dataclass(frozen=True)
@@ -773,6 +802,7 @@ class AgentInfo:
     onnxruntime_build_info: str = ""
     provider_checks: Tuple[ProviderCheck, ...] = ()  # (): not checked (yet, or an older agent)
     runners: Tuple[RunnerInfo, ...] = ()            # the board's runner plug-ins
+    max_job_output_bytes: int = 0                   # [limits] of the board; 0: not said
 
     def as_pb2(self) -> pb.GetInfoResponse:
         d = dataclasses.asdict(self)

@@ -294,11 +294,13 @@ class Measurements:
             handle.set("stage", "short")
             handle.set("early_stop", f"accuracy drop {drop:.2f} pts is over --max-drop")
             return {"values": [latency, acc["value"]], "drop": drop, "stage": "short"}
+        bound = obj.short_bound(short.result)
         better = None if seeded else obj.dominating(
-            ctx.points(), latency, acc["value"], ctx.settings.prune_margin)
+            ctx.points(), bound, acc["value"], ctx.settings.prune_margin)
         if better is not None:
-            reason = (f"short {ctx.objective} {latency:.4g} ms; trial {better.number} is at "
-                      f"least as accurate at {better.latency_ms:.4g} ms")
+            reason = (f"short {ctx.objective} {latency:.4g} ms, fastest run {bound:.4g} ms; "
+                      f"trial {better.number} is at least as accurate at "
+                      f"{better.latency_ms:.4g} ms")
             handle.set("early_stop", reason)
             raise Pruned(reason)
         full, full_id = self.benchmark(board, recorder, handle, "full", variant, cand,

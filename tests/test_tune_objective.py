@@ -1,0 +1,41 @@
+"""The tuner's judgement without a board: the early stop compares a lower bound of a trial's
+latency (the short measurement's fastest run) with the front, and the sampler a study gets."""
+
+from __future__ import annotations
+
+from edgetune.host.tune import objective as obj
+from edgetune.protos.messages import BenchmarkResult, LatencyStats
+
+
+def short_result(min_ms: float, p50_ms: float) -> BenchmarkResult:
+    stats = LatencyStats(min_ms=min_ms, mean_ms=p50_ms, std_ms=0.1, p50_ms=p50_ms,
+                         p90_ms=p50_ms * 1.2, p95_ms=p50_ms * 1.3, p99_ms=p50_ms * 1.5,
+                         max_ms=p50_ms * 2)
+    return BenchmarkResult(latency=stats, throughput_ips=1000 / p50_ms, load_ms=1.0,
+                           first_run_ms=p50_ms, peak_rss_mb=10.0, iterations=20, warmup=10,
+                           measured_s=0.02 * p50_ms)
+
+
+def test_a_short_window_slowed_by_load_does_not_stop_a_configuration_as_fast_as_the_best(
+) -> None:
+    # the best so far: 1.00 ms. A configuration as fast, measured while something else ran:
+    # its short p50 is 1.25 ms (the p50 rule stopped it), its fastest run 1.01 ms
+    front = [obj.Point(0, 1.00, 0.99, True)]
+    noisy = short_result(min_ms=1.01, p50_ms=1.25)
+    assert obj.short_bound(noisy) == 1.01
+    assert obj.dominating(front, obj.short_bound(noisy), 0.99, 0.10) is None
+
+
+def test_a_configuration_slower_in_every_run_is_stopped() -> None:
+    front = [obj.Point(0, 1.00, 0.99, True), obj.Point(1, 0.90, 0.995, True)]
+    slow = short_result(min_ms=1.30, p50_ms=1.40)
+    better = obj.dominating(front, obj.short_bound(slow), 0.99, 0.10)
+    assert better is not None and better.number == 1          # the fastest that dominates
+
+
+def test_a_more_accurate_configuration_is_not_stopped_by_a_less_accurate_one() -> None:
+    front = [obj.Point(0, 1.00, 0.95, True)]
+    slow = short_result(min_ms=1.50, p50_ms=1.60)
+    assert obj.dominating(front, obj.short_bound(slow), 0.99, 0.10) is None
+    # an infeasible point stops nothing
+    assert obj.dominating([obj.Point(0, 0.5, 1.0, False)], 1.5, 0.99, 0.10) is None
