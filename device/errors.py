@@ -84,3 +84,9 @@ class Cancelled(StatusError):
     """A job was cancelled while it ran."""
 
     status = "CANCELLED"
+
+
+class PermissionDenied(StatusError):
+    """The caller's certificate may not do this (read another certificate's job output)."""
+
+    status = "PERMISSION_DENIED"

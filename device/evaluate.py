@@ -31,6 +31,8 @@ log = logging.getLogger("edgetune.agent.evaluate")
 
 Feeds = Dict[str, np.ndarray]
 RunFn = Callable[[Any, List[str], Feeds], List[np.ndarray]]
+# (first sample, samples, output names, the batch's outputs): a job output file's writer
+SinkFn = Callable[[int, int, List[str], List[np.ndarray]], None]
 
 
 class ProgressReporter(Protocol):
@@ -43,16 +45,19 @@ class ProgressReporter(Protocol):
 
 
 def evaluate_session(session: Any, load_ms: float, dataset: Dataset, spec: EvaluateSpec,
-                     rep: ProgressReporter, run: RunFn) -> EvaluateResult:
+                     rep: ProgressReporter, run: RunFn,
+                     sink: Optional[SinkFn] = None) -> EvaluateResult:
     """Evaluate ``dataset`` on a loaded onnxruntime ``session``.
 
     ``run(session, output_names, feeds)`` runs one batch (the runner's wrapper, which turns
     onnxruntime errors into StatusError); ``rep`` reports progress and raises Cancelled.
     InvalidArgument when the dataset does not fit the model or a metric cannot be computed.
+    ``sink`` receives every batch's outputs (``spec.dump_outputs``: the job output file);
+    with it, no metric needs to apply.
     """
     outputs = session.get_outputs()
     matched = match_to_model(dataset, session.get_inputs(), outputs)
-    wanted = _plan_metrics(spec.metrics, matched, spec.decoder)
+    wanted = _plan_metrics(spec.metrics, matched, spec.decoder, optional=sink is not None)
     batch = matched.fixed_batch or spec.batch_size
     if matched.fixed_batch and spec.batch_size not in (1, matched.fixed_batch):
         log.info("the model's batch size is fixed at %d; batch_size %d is ignored",
@@ -73,6 +78,8 @@ def evaluate_session(session: Any, load_ms: float, dataset: Dataset, spec: Evalu
             feed[name] = np.ascontiguousarray(part)
         results = run(session, names, feed)
         acc.update(begin, real, [r[:real] for r in results])
+        if sink is not None:
+            sink(begin, real, names, results)
         rep.report("evaluate", begin + real, n)
     elapsed = time.perf_counter() - start
     rep.report("evaluate", n, n, "done", force=True)
@@ -81,7 +88,7 @@ def evaluate_session(session: Any, load_ms: float, dataset: Dataset, spec: Evalu
 
 
 def _plan_metrics(requested: Sequence[str], matched: MatchedDataset,
-                  decoder: str = "") -> List[str]:
+                  decoder: str = "", optional: bool = False) -> List[str]:
     """The metric families to compute; InvalidArgument when a requested one cannot be.
     ``map`` is computed when asked for, or when a decoder is given and the dataset holds
     detection ground truth."""
@@ -111,7 +118,7 @@ def _plan_metrics(requested: Sequence[str], matched: MatchedDataset,
     chosen = [m for m in ("top1", "top5", "miou", "fidelity", "map") if can[m]]
     if "map" in chosen:
         check_ground_truth(matched.detection, matched.samples)
-    if not chosen:
+    if not chosen and not optional:
         raise InvalidArgument("no metric applies: the dataset has neither 'labels' nor reference "
                               "outputs named after the model's outputs; add one of them")
     return chosen

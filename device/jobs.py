@@ -22,6 +22,7 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -349,6 +350,8 @@ class JobQueue:
         method = getattr(self.runner, {"benchmark": "run_benchmark", "evaluate": "run_evaluate",
                                        "compare": "run_compare"}[job.kind])
         progress = self._progress_callback(active)
+        if getattr(job.spec, "dump_outputs", ()):   # the output file is named by the job
+            method = functools.partial(method, job_id=job.id)
         try:
             result = await self._loop.run_in_executor(
                 self._executor, method, job.spec, progress, active.cancel)

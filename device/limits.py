@@ -30,6 +30,10 @@ MAX_PROVIDERS = 16
 MAX_ROUNDS = 100                        # rounds of a comparison
 MAX_TEMP_C = 150.0                      # a --max-temp beyond this is a typo
 MAX_TEMP_WAIT_S = 3600.0
+MAX_DUMP_OUTPUTS = 4096                 # outputs one evaluation may write to its output file
+MAX_OUTPUT_NAME = 1024
+MIN_OUTPUT_CHUNK_BYTES = 4096
+MAX_OUTPUT_CHUNK_BYTES = 4 << 20        # under the gRPC message limit of both sides
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,11 @@ class Limits:
     upload_idle_timeout_s: float = 60.0    # an upload that sends nothing this long is closed
     max_upload_in_flight_bytes: int = 16 << 20  # received, not yet written, per upload
     max_job_spec_bytes: int = 64 << 10     # a SubmitJob request, as serialized
+    # Job output files (EvaluateSpec.dump_outputs, device.joboutput; read with ReadJobOutput):
+    max_job_output_bytes: int = 256 << 20  # one job's file; a job that would write more fails
+    max_job_outputs: int = 8               # files kept at once: the oldest goes first
+    job_output_ttl_s: float = 3600.0       # a file is removed this long after its job ended
+    max_output_chunk_bytes: int = 1 << 20  # the largest chunk ReadJobOutput sends
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -62,6 +71,10 @@ class Limits:
                 raise ValueError(f"limits.{f.name} must be a positive number (got {value!r})")
             if not math.isfinite(value):
                 raise ValueError(f"limits.{f.name} must be finite (got {value!r})")
+        if not MIN_OUTPUT_CHUNK_BYTES <= self.max_output_chunk_bytes <= MAX_OUTPUT_CHUNK_BYTES:
+            raise ValueError(f"limits.max_output_chunk_bytes must be between "
+                             f"{MIN_OUTPUT_CHUNK_BYTES} and {MAX_OUTPUT_CHUNK_BYTES} "
+                             f"(got {self.max_output_chunk_bytes!r})")
         if self.min_lease_ttl_s > self.max_lease_ttl_s:
             raise ValueError(f"limits.min_lease_ttl_s ({self.min_lease_ttl_s:g}) is above "
                              f"limits.max_lease_ttl_s ({self.max_lease_ttl_s:g})")
@@ -208,7 +221,25 @@ def validate_evaluate(spec: EvaluateSpec, limits: Limits) -> None:
             raise InvalidArgument(f"unknown metric {metric!r}; choose from "
                                   f"{', '.join(EVALUATE_METRICS)} (or none for all that apply)")
     _validate_detection(spec)
+    _validate_dump(spec)
     validate_session(spec.session, limits)
+
+
+def _validate_dump(spec: EvaluateSpec) -> None:
+    """``dump_outputs``: at most MAX_DUMP_OUTPUTS distinct, non-empty names. Whether the
+    model has them is checked when the job runs (its outputs are known then)."""
+    names = spec.dump_outputs
+    if len(names) > MAX_DUMP_OUTPUTS:
+        raise InvalidArgument(f"at most {MAX_DUMP_OUTPUTS} outputs may be written to a job's "
+                              f"output file (got {len(names)})")
+    for name in names:
+        if not isinstance(name, str) or not name or len(name) > MAX_OUTPUT_NAME:
+            raise InvalidArgument(f"dump_outputs holds {str(name)[:80]!r}: output names are "
+                                  f"1 to {MAX_OUTPUT_NAME} characters")
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise InvalidArgument(f"dump_outputs names {', '.join(map(repr, twice[:5]))} more "
+                              "than once")
 
 
 def _validate_detection(spec: EvaluateSpec) -> None:

@@ -49,6 +49,7 @@ from edgetune.device.datasets import ORT_DTYPES, MatchedDataset, load_dataset, m
 from edgetune.device.errors import (Cancelled, FailedPrecondition, InvalidArgument,
                                     ResourceExhausted, StatusError)
 from edgetune.device.evaluate import evaluate_session
+from edgetune.device.joboutput import JobOutputs
 from edgetune.device.limits import Limits
 from edgetune.device.profile import profile_model
 from edgetune.device.providers import Placement, create_session
@@ -198,6 +199,8 @@ class Runner:
         if self.plugins:
             plugins.remove_work(self.plugin_work)  # what a killed agent's plug-ins left
         self.thermal_root = os.path.join(sysfs_root, "class", "thermal")
+        self.outputs = JobOutputs(store.root, limits)   # EvaluateSpec.dump_outputs files
+        self.outputs.remove_partial()                   # what a killed agent was writing
         self.cpu_root = os.path.join(sysfs_root, "devices", "system", "cpu")
 
     # ------------------------------------------------------------------ benchmark
@@ -402,13 +405,28 @@ class Runner:
 
     # ------------------------------------------------------------------ evaluate
     def run_evaluate(self, spec: EvaluateSpec, progress: ProgressFn,
-                     cancelled: threading.Event) -> EvaluateResult:
+                     cancelled: threading.Event, job_id: str = "") -> EvaluateResult:
+        """``job_id``: names the job's output file when ``spec.dump_outputs`` asks for one
+        (``edgetune.device.joboutput``); it is complete, or absent, when this returns."""
         rep = _Reporter(progress, cancelled)
         rep.check()
         model_path = self.store.path(BlobKind.MODEL, spec.model_sha256)
         dataset = load_dataset(self.store.path(BlobKind.DATASET, spec.dataset_sha256))
+        if not spec.dump_outputs:
+            return self._evaluate(spec, model_path, dataset, rep)
+        writer = self.outputs.writer(job_id, spec.dump_outputs, dataset.samples)
+        try:
+            result = self._evaluate(spec, model_path, dataset, rep, writer.write_batch)
+            size = writer.commit()
+        except BaseException:
+            writer.discard()
+            raise
+        return dataclasses.replace(result, output_bytes=size)
+
+    def _evaluate(self, spec: EvaluateSpec, model_path: Path, dataset: Any, rep: _Reporter,
+                  sink: Any = None) -> EvaluateResult:
         if spec.runner:
-            return self._plugin_evaluate(spec, model_path, dataset, rep)
+            return self._plugin_evaluate(spec, model_path, dataset, rep, sink)
         self._refuse_opaque(spec.model_sha256)
         rep.report("load", 0, 0, "creating the onnxruntime session", force=True)
         placement = Placement()
@@ -423,7 +441,7 @@ class Runner:
                     nodes.append(placement.nodes(session))
 
         try:
-            result = evaluate_session(session, load_ms, dataset, spec, rep, run)
+            result = evaluate_session(session, load_ms, dataset, spec, rep, run, sink)
         finally:
             placement.close()
         return dataclasses.replace(result, providers=tuple(session.get_providers()),
@@ -504,7 +522,7 @@ class Runner:
             thermal=thermal, load_avg=sysinfo.load_average())
 
     def _plugin_evaluate(self, spec: EvaluateSpec, model_path: Path, dataset: Any,
-                         rep: _Reporter) -> EvaluateResult:
+                         rep: _Reporter, sink: Any = None) -> EvaluateResult:
         config, fmt, inputs, outputs = self._plugin_model(spec, model_path, dataset)
         if outputs:                          # ONNX: the dataset is checked before it runs
             feeds = match_to_model(dataset, inputs, outputs).inputs
@@ -517,7 +535,7 @@ class Runner:
                 plugins.parse_timings(stdout, proc, None)      # garbage is an error here too
             values, arrays = plugins.read_outputs(proc, outputs, dataset.samples)
             session = plugins.Outputs(inputs, values, arrays)
-            return evaluate_session(session, 0.0, dataset, spec, rep, _run)
+            return evaluate_session(session, 0.0, dataset, spec, rep, _run, sink)
 
         result = self._plugin_run(config, fmt, model_path, feeds, "evaluate", 0,
                                   dataset.samples, rep, evaluate)

@@ -25,17 +25,19 @@ import grpc.aio
 
 from edgetune.device.auth import peer_name
 from edgetune.device.errors import (Aborted, FailedPrecondition, InvalidArgument,
-                                    ResourceExhausted, StatusError)
+                                    PermissionDenied, ResourceExhausted, StatusError)
+from edgetune.device.joboutput import JobOutputs, read_at
 from edgetune.device.jobs import JobQueue
 from edgetune.device.leases import LeaseBook
-from edgetune.device.limits import Limits, validate_benchmark, validate_compare, validate_evaluate
+from edgetune.device.limits import (MIN_OUTPUT_CHUNK_BYTES, Limits, validate_benchmark,
+                                    validate_compare, validate_evaluate)
 from edgetune.device.plugins import check_runner, runner_infos
 from edgetune.device.store import BlobStore, UploadState, safe_label
 from edgetune.protos import agent_pb2 as pb
 from edgetune.protos import agent_pb2_grpc
 from edgetune.protos.messages import (INCOMPATIBLE_METADATA, VERSION_METADATA, AgentInfo,
                                       BenchmarkResult, BenchmarkSpec, BlobKind, CompareResult,
-                                      CompareSpec, EvaluateSpec, Job, JOB_KINDS,
+                                      CompareSpec, EvaluateSpec, Job, JOB_KINDS, JobState,
                                       UnknownToThisVersion, has_unknown_fields, job_spec_from_pb2)
 
 log = logging.getLogger("edgetune.agent.servicer")
@@ -188,7 +190,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             agent_name=self.agent_name, caller_name=peer_name(context),
             agent_cert_not_after_unix=self.cert_not_after_unix, lease_holder=holder,
             lease_expires_unix=until, runners=runner_infos(list(self.runners.values())),
-            **system)
+            max_job_output_bytes=self.limits.max_job_output_bytes, **system)
         return info.as_pb2()
 
     # ---------------------------------------------------------------- store
@@ -483,6 +485,59 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         except Exception as exc:
             log.exception("WatchJob failed")
             await context.abort(grpc.StatusCode.INTERNAL, _internal(exc))
+
+    async def ReadJobOutput(self, request: pb.ReadJobOutputRequest,
+                            context: Any) -> AsyncIterator[pb.JobOutputChunk]:
+        """The job's output file from ``request.offset`` on, one chunk per message, read
+        from disk as the caller takes them (grpc's flow control holds the loop): the agent
+        holds one chunk per stream. Only the job's submitter may read it."""
+        handle = None
+        try:
+            store, queue = self._ready()
+            outputs = JobOutputs(store.root, self.limits)
+            outputs.path(request.job_id)                    # a job id, never a path
+            job = queue.get(request.job_id)
+            if job.client != peer_name(context):
+                raise PermissionDenied(
+                    f"job {job.id} was submitted by another certificate; only the "
+                    "certificate that submitted a job may read its output")
+            if not isinstance(job.spec, EvaluateSpec) or not job.spec.dump_outputs:
+                raise FailedPrecondition(f"job {job.id} wrote no output file: only evaluations "
+                                         "that name dump_outputs do")
+            if job.state is not JobState.SUCCEEDED:
+                raise FailedPrecondition(f"job {job.id} is {job.state.value}; its output can be "
+                                         "read once it has succeeded")
+            most = self.limits.max_output_chunk_bytes
+            chunk = request.chunk_bytes or most
+            if not MIN_OUTPUT_CHUNK_BYTES <= chunk <= most:
+                raise InvalidArgument(
+                    f"chunk_bytes must be 0 (the agent's {most}) or between "
+                    f"{MIN_OUTPUT_CHUNK_BYTES} and {most} ([limits] max_output_chunk_bytes; "
+                    f"got {request.chunk_bytes})")
+            handle, size = await self._thread(outputs.open, job.id)
+            if not 0 <= request.offset <= size:
+                raise InvalidArgument(f"offset {request.offset} is outside job {job.id}'s output "
+                                      f"file of {size} bytes")
+            position = request.offset
+            while True:
+                data = await self._thread(read_at, handle, position, chunk)
+                if not data and position < size:            # cannot shrink: it is replaced
+                    raise FailedPrecondition(f"the output file of job {job.id} changed "
+                                             "while it was read")
+                yield pb.JobOutputChunk(offset=position, data=data, total_bytes=size)
+                position += len(data)
+                if position >= size:
+                    return
+        except StatusError as exc:
+            await context.abort(exc.grpc_code, str(exc))
+        except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:
+            log.exception("ReadJobOutput failed")
+            await context.abort(grpc.StatusCode.INTERNAL, _internal(exc))
+        finally:
+            if handle is not None:
+                handle.close()
 
 
 async def _next_or_idle(messages: Any, idle_s: float) -> Any:
