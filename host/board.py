@@ -359,6 +359,11 @@ class BoardSession:
             self._board = BoardInfo(self.name, self.address, self.client.info())
         return self._board
 
+    def check_features(self, spec: Any) -> None:
+        """Refuse ``spec`` now, before any work, if the board cannot run it as asked (see
+        ``submit``)."""
+        self._check_features(spec)
+
     def _check_features(self, spec: Any) -> None:
         """Refuse what an older agent would silently drop (and so measure without), and a
         runner the board does not have (naming the ones it has)."""
@@ -372,14 +377,17 @@ class BoardSession:
                   session is not None and bool(session.provider_options)),
                  ("detection", "does not compute detection mAP (--metric map, --decoder)",
                   "--metric map", bool(getattr(spec, "decoder", ""))
-                  or "map" in (getattr(spec, "metrics", ()) or ())))
+                  or "map" in (getattr(spec, "metrics", ()) or ())),
+                 ("job_output", "cannot send a job's output tensors back (analyze --device)",
+                  "--device", bool(getattr(spec, "dump_outputs", ()))))
         info = self.board.agent if any(wanted for *_, wanted in asked) else None
         for feature, lacks, flag, wanted in asked:
             if wanted and info is not None and not info.has(feature):
+                from edgetune import __version__
                 raise IncompatibleError(
                     f"the agent at {self.address} runs edgetune "
                     f"{info.agent_version or 'before 0.2'}, which {lacks}: it would run the "
-                    "job without it",
+                    f"job without it (this PC runs edgetune {__version__})",
                     hint=f"upgrade the agent (`edgetune deploy upgrade`), or leave out {flag}")
         if runner and info is not None and runner not in {r.name for r in info.runners}:
             have = ", ".join(f"{r.name} ({'/'.join(r.formats)})" for r in info.runners)
@@ -547,6 +555,16 @@ class BoardSession:
 
     def cancel(self, job_id: str) -> Job:
         return self.client.cancel_job(job_id)
+
+    def read_output(self, run: "EvaluationRun", *, offset: int = 0,
+                    chunk_bytes: int = 0) -> Any:
+        """The output file of a succeeded evaluation that asked for one (``dump_outputs``):
+        an ``OutputStream`` of chunks, resumed by offset after a dropped stream."""
+        if not run.ok or not run.options.dump_outputs:
+            raise BadInputError(f"job {run.job_id} wrote no output file to read")
+        assert run.result is not None
+        return self.client.read_job_output(run.job_id, offset, chunk_bytes=chunk_bytes,
+                                           expected_bytes=run.result.output_bytes)
 
     def get_job(self, job_id: str) -> Job:
         return self.client.get_job(job_id)

@@ -32,7 +32,7 @@ from edgetune.protos import agent_pb2 as pb
 from edgetune.protos import agent_pb2_grpc
 from edgetune.protos.leases import Lease
 from edgetune.protos.messages import (JOB_KINDS, VERSION_METADATA, AgentInfo, BlobInfo, BlobKind,
-                                      Job, JobEvent, UnknownToThisVersion)
+                                      Job, JobEvent, OutputChunk, UnknownToThisVersion)
 
 log = logging.getLogger(__name__)
 
@@ -498,12 +498,110 @@ class AgentClient:
                              f"`edgetune jobs watch {job_id}`") from None
                 time.sleep(min(2.0, 0.25 + (now - lost_since) / 4))
 
+    def read_job_output(self, job_id: str, offset: int = 0, *, chunk_bytes: int = 0,
+                        expected_bytes: int = 0) -> "OutputStream":
+        """The output file of a finished job that wrote one (``EvaluateSpec.dump_outputs``),
+        as ``OutputChunk``s from ``offset`` on. A dropped stream (UNAVAILABLE, or an end
+        before the file's last byte) is resumed from the byte after the last chunk received,
+        for ``reattach_window_s``. ``chunk_bytes``: 0 for the agent's default, else 4096 up
+        to its limit. ``expected_bytes`` (the job's ``output_bytes``) sets the deadline of each
+        stream as an upload's: ``timeout_s`` + size / ``upload_min_rate_bytes_s``."""
+        return OutputStream(self, job_id, offset, chunk_bytes, expected_bytes)
+
+    def _read_output_raw(self, job_id: str, offset: int, chunk_bytes: int,
+                         timeout: float) -> Iterator[OutputChunk]:
+        """OutputChunks of one ReadJobOutput stream; raises grpc.RpcError untranslated."""
+        self.connect()
+        with GATE.deferred():
+            call = self._stub.ReadJobOutput(
+                pb.ReadJobOutputRequest(job_id=job_id, offset=offset, chunk_bytes=chunk_bytes),
+                timeout=timeout, metadata=CALL_METADATA)
+        try:
+            while True:
+                with GATE.deferred():
+                    GATE.on_interrupt(call.cancel)
+                    message = next(call, None)
+                if message is None:
+                    return
+                yield OutputChunk.from_pb2(message)
+        finally:
+            with GATE.deferred():
+                call.cancel()
+
     def run(self, spec: Any, on_event: Optional[EventCallback] = None, label: str = "") -> Job:
         """Submit ``spec`` and wait for its end (see ``wait``)."""
         job, position = self.submit(spec, label)
         if on_event is not None:
             on_event(JobEvent(job_id=job.id, state=job.state, queue_position=position, job=job))
         return self.wait(job.id, on_event)
+
+
+class OutputStream:
+    """Iterates over a job's output file in chunks (``AgentClient.read_job_output``), one
+    chunk in memory at a time, resuming a dropped stream by offset. ``chunks``: received;
+    ``resumes``: streams opened again after a drop; ``total_bytes``: the file's size (-1
+    until the first chunk)."""
+
+    def __init__(self, client: AgentClient, job_id: str, offset: int, chunk_bytes: int,
+                 expected_bytes: int) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.offset = offset
+        self.chunk_bytes = chunk_bytes
+        self.expected_bytes = expected_bytes
+        self.chunks = 0
+        self.resumes = 0
+        self.total_bytes = -1
+
+    def __iter__(self) -> Iterator[OutputChunk]:
+        settings = self.client.settings
+        lost_since: Optional[float] = None
+        while True:
+            remaining = max(self.expected_bytes - self.offset, 0)
+            timeout = settings.timeout_s + remaining / settings.upload_min_rate_bytes_s
+            try:
+                for chunk in self.client._read_output_raw(self.job_id, self.offset,
+                                                          self.chunk_bytes, timeout):
+                    if chunk.offset != self.offset:
+                        raise AgentError(f"the agent at {self.client.address} sent job "
+                                         f"{self.job_id}'s output from byte {chunk.offset}, "
+                                         f"not {self.offset} as asked")
+                    lost_since = None
+                    self.total_bytes = chunk.total_bytes
+                    self.chunks += 1
+                    self.offset += len(chunk.data)
+                    yield chunk
+                if 0 <= self.total_bytes <= self.offset:
+                    return
+                raise _Dropped()                # ended early: the agent stopped, say
+            except (grpc.RpcError, _Dropped) as err:
+                code = err.code() if isinstance(err, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
+                if code is grpc.StatusCode.PERMISSION_DENIED:
+                    raise AuthError(
+                        f"the agent at {self.client.address} refused to send job "
+                        f"{self.job_id}'s output to {self.client.identity.common_name!r}: "
+                        f"{err.details()}",   # type: ignore[union-attr]
+                        hint="read it with the certificate that submitted the job") from None
+                if code is not grpc.StatusCode.UNAVAILABLE:
+                    assert isinstance(err, grpc.RpcError)
+                    raise translate_rpc_error(err, self.client._ctx) from None
+                now = time.monotonic()
+                if lost_since is None:
+                    lost_since = now
+                    log.warning("the output stream of job %s dropped at byte %d; resuming",
+                                self.job_id, self.offset)
+                if now - lost_since > settings.reattach_window_s:
+                    raise UnreachableError(
+                        f"lost the connection to {self.client.address} while reading job "
+                        f"{self.job_id}'s output at byte {self.offset} and could not resume "
+                        f"within {settings.reattach_window_s:g} s",
+                        hint="run the command again while the board keeps the output") from None
+                self.resumes += 1
+                time.sleep(min(2.0, 0.1 + (now - lost_since) / 4))
+
+
+class _Dropped(Exception):
+    """A ReadJobOutput stream that ended before the file's last byte."""
 
 
 def _version_key(version: str) -> Tuple[int, ...]:
