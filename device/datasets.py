@@ -12,7 +12,8 @@ sample. Optional extras:
 
 ``check_dataset_file`` runs at upload and reads only the npy headers (cheap, and safe
 against compressed members that would unpack to huge arrays); ``load_dataset`` runs at job
-time and loads every array into memory with ``allow_pickle=False``.
+time and loads every array into memory with ``allow_pickle=False``, from the stored file the
+runner opened (``BlobStore.open``), never by its name again.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.lib.format as npy_format
@@ -174,10 +175,18 @@ def _common_length(shapes: Dict[str, Tuple[int, ...]]) -> int:
     return samples
 
 
-def load_dataset(path: Path) -> Dataset:
-    """Load every array (pickle disabled); InvalidArgument for object arrays or a bad file."""
+def load_dataset(source: Union[Path, str, BinaryIO]) -> Dataset:
+    """Load every array (pickle disabled); InvalidArgument for object arrays or a bad file.
+
+    ``source``: a path, or a binary file object open on the ``.npz`` (the agent passes the
+    stored file it opened and checked, ``BlobStore.open``, so the name is not resolved again);
+    a file object is read from its start and left open."""
     try:
-        npz = np.load(str(path), allow_pickle=False)
+        if hasattr(source, "read"):
+            source.seek(0)                  # type: ignore[union-attr]
+            npz = np.load(source, allow_pickle=False)
+        else:
+            npz = np.load(str(source), allow_pickle=False)
     except Exception as exc:
         raise InvalidArgument(f"dataset refused: not an .npz file ({exc}); save it with "
                               "numpy.savez") from None

@@ -20,6 +20,7 @@ leave the page cache, and the small remainder is parsed with the generated code.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import ntpath
@@ -27,7 +28,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Tuple, Union
+from typing import Any, BinaryIO, Iterator, List, Optional, Tuple, Union
 
 from edgetune.device.errors import InvalidArgument, ResourceExhausted
 from edgetune.protos import onnx_subset_pb2 as onnx_pb
@@ -236,18 +237,21 @@ def _walk(model: "onnx_pb.ModelProto") -> Tuple[int, List[Tuple["onnx_pb.TensorP
     return nodes, tensors
 
 
-def inspect_model(path: Path, max_bytes: int) -> ModelSummary:
+def inspect_model(path: Path, max_bytes: int, file: Optional[BinaryIO] = None) -> ModelSummary:
     """Parse ``path`` as ONNX and summarise it; InvalidArgument when it is not ONNX or
     when external data points outside the model's folder. External data inside the folder
-    is listed in ``ModelSummary.external``, not refused (``check_model_file`` does that)."""
+    is listed in ``ModelSummary.external``, not refused (``check_model_file`` does that).
+    ``file``: the model opened already (the agent's ``BlobStore.open``): its bytes are read
+    through it, and ``path`` only names its folder."""
     path = Path(path)
-    size = path.stat().st_size
+    size = os.fstat(file.fileno()).st_size if file is not None else path.stat().st_size
     if size > max_bytes:
         raise ResourceExhausted(f"model of {size} bytes exceeds this agent's limit of "
                                 f"{max_bytes} bytes; raise [limits] max_model_bytes to accept it")
     if size == 0:
         raise InvalidArgument("not an ONNX model: the file is empty")
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+    opened = contextlib.nullcontext(file) if file is not None else open(path, "rb")
+    with opened as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         try:
             data = skim(mm, onnx_pb.ModelProto.DESCRIPTOR)
         except _Malformed as exc:

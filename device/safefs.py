@@ -16,12 +16,14 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any, Optional, Union
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+FD_FOLDER = "/proc/self/fd"         # Linux: opening FD_FOLDER/N opens the file fd N holds
 
 PathLike = Union[str, Path]
 
@@ -75,6 +77,81 @@ def regular_stat(path: PathLike) -> os.stat_result:
     return st
 
 
+class OpenedFile:
+    """A regular file of the store, opened once for reading (``open_regular``), so that what
+    reads it reads the very file that was checked: its name is never resolved again.
+
+    ``file`` is a binary file object over it (for numpy's ``np.load`` and mmap). ``source()``
+    is for libraries that open by path (onnxruntime): ``/proc/self/fd/N`` where that names this
+    very file (Linux; opening it opens the file held, even if its name in the store was
+    replaced since), else the file's bytes (read at each call: only where there is no
+    ``/proc``). Close it (or use ``with``): it holds a file descriptor."""
+
+    def __init__(self, file: "IO[bytes]", path: str) -> None:
+        self.file = file
+        self.path = path                    # its name in the store, for messages only
+        self.size = os.fstat(file.fileno()).st_size
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+    def fd_path(self) -> Optional[str]:
+        """``/proc/self/fd/N`` if it opens this very file here, else None."""
+        fd = self.file.fileno()
+        path = f"{FD_FOLDER}/{fd}"
+        try:
+            named, held = os.stat(path), os.fstat(fd)
+        except OSError:
+            return None
+        if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+            return None                     # not a procfs that hands back the file held
+        return path
+
+    def source(self) -> Union[str, bytes]:
+        """What to hand a library that takes a path or bytes: see the class docstring."""
+        return self.fd_path() or self.read_bytes()
+
+    def read_bytes(self) -> bytes:
+        """The whole file, from its start."""
+        self.file.seek(0)
+        return self.file.read()
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "OpenedFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_regular(path: PathLike) -> OpenedFile:
+    """Open ``path`` for reading without following a symbolic link, and make sure what was
+    opened is a regular file (checked on the descriptor, not the name: ``fstat``).
+    FileNotFoundError for anything else (a link, a folder, a FIFO, which O_NONBLOCK keeps from
+    blocking the open), so a planted one reads as absent."""
+    try:
+        fd = open_fd(path, os.O_RDONLY | NONBLOCK)
+    except SymlinkRefused:
+        raise FileNotFoundError(errno.ENOENT, "a symbolic link, not a stored file",
+                                str(path)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FileNotFoundError(errno.ENOENT, "not a regular file", str(path))
+        if NONBLOCK and hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        file = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        return OpenedFile(file, str(path))
+    except BaseException:
+        file.close()
+        raise
+
+
 def check_private_dir(path: PathLike) -> None:
     """Make ``path`` a real folder with mode 0700 (created if missing); SymlinkRefused when
     it is a symbolic link, NotADirectoryError when it is something else."""
@@ -121,5 +198,6 @@ def fsync_dir(path: PathLike) -> None:
         os.close(fd)
 
 
-__all__ = ["DIR_MODE", "FILE_MODE", "SymlinkRefused", "check_private_dir", "fsync_dir",
-           "is_regular", "make_private", "open_fd", "open_file", "regular_stat"]
+__all__ = ["DIR_MODE", "FILE_MODE", "OpenedFile", "SymlinkRefused", "check_private_dir",
+           "fsync_dir", "is_regular", "make_private", "open_fd", "open_file", "open_regular",
+           "regular_stat"]

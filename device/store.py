@@ -48,8 +48,8 @@ from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 from edgetune.device.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from edgetune.device.limits import SHA256_RE, Limits, check_sha256
-from edgetune.device.safefs import (check_private_dir, fsync_dir, is_regular, make_private,
-                                    open_file, regular_stat)
+from edgetune.device.safefs import (OpenedFile, check_private_dir, fsync_dir, is_regular,
+                                    make_private, open_file, open_regular, regular_stat)
 # UploadWriter and its constants live in device.upload; importable from here as before.
 from edgetune.device.upload import (MODEL_FORMAT, check_format,  # noqa: F401
                                     HASH_READ_BYTES, SYNC_EVERY_BYTES, VALIDATORS,  # noqa: F401
@@ -193,6 +193,19 @@ class BlobStore:
         if not is_regular(blob):           # a planted symbolic link is not a blob
             raise NotFound(f"{kind.value} {sha256} is not stored on this board; {UPLOAD_HINT[kind]}")
         return blob
+
+    def open(self, kind: KindLike, sha256: str) -> OpenedFile:
+        """A complete blob, opened once without following a link and checked to be a regular
+        file on the descriptor (``edgetune.device.safefs.open_regular``): jobs read through
+        it, so the file checked is the file used even if its name is replaced meanwhile.
+        NotFound (saying how to upload it) if it is not stored. Close it when done."""
+        kind = _kind(kind)
+        check_sha256(sha256, f"{kind.value} sha256")
+        try:
+            return open_regular(self._blob_path(kind, sha256))
+        except FileNotFoundError:
+            raise NotFound(f"{kind.value} {sha256} is not stored on this board; "
+                           f"{UPLOAD_HINT[kind]}") from None
 
     def info(self, kind: KindLike, sha256: str) -> BlobInfo:
         kind = _kind(kind)
