@@ -76,7 +76,8 @@ def result_record(run: "BoardRun", *, samples: bool = False) -> Dict[str, Any]:
         })
         if result.profile is not None:      # --profile: per-operator times on the board
             from edgetune.host.render_profile import profile_record
-            record["profile"] = profile_record(result.profile, lat.p50_ms)
+            record["profile"] = profile_record(result.profile, lat.p50_ms,
+                                               getattr(run, "model_path", None))
         if result.thermal is not None:      # --max-temp: what the agent waited (or could not)
             record["thermal"] = result.thermal.as_dict()
         if samples:
@@ -134,7 +135,7 @@ def print_results(kind: str, runs: Sequence["BoardRun"], as_json: bool, *,
             if isinstance(run.result, BenchmarkResult) and run.result.profile is not None:
                 from edgetune.host.render_profile import print_profile
                 print_profile(console, run.model, run.result.profile,
-                              run.result.latency.p50_ms, profile_top)
+                              run.result.latency.p50_ms, profile_top, run.model_path)
         for run in runs:
             if not run.ok:
                 print(f"edgetune: job {run.job_id} ({run.model}) {run.state.value}: {run.error}",

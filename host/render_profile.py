@@ -2,13 +2,16 @@
 
 The board returns per-node times (``OperatorProfile``); the shares by op type and by provider
 are summed here, and the profiler's own overhead is stated: the profiled runs' p50 beside the
-unprofiled measurement's.
+unprofiled measurement's. Each node is also put back on the user's model when its file is at
+hand (``host.profile_names``): the model node and tensor that ``edgetune analyze`` names.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from edgetune.host.profile_names import map_to_model
 from edgetune.protos.messages import OperatorProfile
 
 
@@ -24,38 +27,49 @@ def _shares(profile: OperatorProfile, key: str) -> List[Dict[str, Any]]:
     return sorted(rows, key=lambda r: -r["total_ms"])
 
 
-def profile_record(profile: OperatorProfile, p50_ms: float) -> Dict[str, Any]:
-    """``"profile"`` of a bench result in ``--json``."""
+def profile_record(profile: OperatorProfile, p50_ms: float,
+                   model_path: Optional[Path] = None) -> Dict[str, Any]:
+    """``"profile"`` of a bench result in ``--json``; ``model_path``: the local model, to name
+    each node's ``model_node`` and ``tensor`` (null: inserted by onnxruntime, or no model)."""
     per_run = profile.iterations or 1
+    mapped = map_to_model((n.name for n in profile.nodes), model_path)
     return {
         "iterations": profile.iterations,
         "profiled_p50_ms": profile.profiled_p50_ms, "p50_ms": p50_ms,
         "overhead": (profile.profiled_p50_ms / p50_ms - 1.0) if p50_ms > 0 else None,
         "nodes": [{"name": n.name, "op_type": n.op_type, "provider": n.provider,
                    "calls": n.calls, "total_ms": n.total_ms, "mean_ms": n.mean_ms,
-                   "per_run_ms": n.total_ms / per_run} for n in profile.nodes],
+                   "per_run_ms": n.total_ms / per_run,
+                   "model_node": mapped[n.name].node if n.name in mapped else None,
+                   "tensor": mapped[n.name].tensor if n.name in mapped else None}
+                  for n in profile.nodes],
         "by_op_type": _shares(profile, "op_type"),
         "by_provider": _shares(profile, "provider"),
     }
 
 
 def print_profile(console: Any, model: str, profile: OperatorProfile, p50_ms: float,
-                  top: int) -> None:
+                  top: int, model_path: Optional[Path] = None) -> None:
     from rich.table import Table
 
-    doc = profile_record(profile, p50_ms)
+    doc = profile_record(profile, p50_ms, model_path)
+    mapped = any(n["model_node"] for n in doc["nodes"])
     overhead: Optional[float] = doc["overhead"]
     said = f", {overhead:+.0%} with the profiler on" if overhead is not None else ""
     nodes = Table(title=f"{model}: slowest {min(top, len(profile.nodes))} of "
                         f"{len(profile.nodes)} nodes over {profile.iterations} profiled runs "
                         f"(p50 {profile.profiled_p50_ms:.3f} ms profiled, {p50_ms:.3f} ms "
                         f"measured{said})", title_justify="left")
-    for column in ("node", "op type", "provider", "ms per run", "share"):
+    columns = ["node", "op type", "provider", "ms per run", "share"]
+    if mapped:          # the model's own names, as `edgetune analyze` reports them
+        columns[1:1] = ["model node", "tensor"]
+    for column in columns:
         nodes.add_column(column, justify="right" if column in ("ms per run", "share") else "left")
     total = sum(n.total_ms for n in profile.nodes) or 1.0
-    for n in profile.nodes[:top]:
-        nodes.add_row(n.name, n.op_type, n.provider, f"{n.total_ms / (profile.iterations or 1):.4f}",
-                      f"{n.total_ms / total:.1%}")
+    for n, entry in zip(profile.nodes[:top], doc["nodes"]):
+        names = [entry["model_node"] or "-", entry["tensor"] or "-"] if mapped else []
+        nodes.add_row(n.name, *names, n.op_type, n.provider,
+                      f"{n.total_ms / (profile.iterations or 1):.4f}", f"{n.total_ms / total:.1%}")
     console.print(nodes)
     for key, title in (("op_type", "by op type"), ("provider", "by provider")):
         table = Table(title=f"{model}: time {title}", title_justify="left")
