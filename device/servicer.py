@@ -233,6 +233,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                                                        thread_name_prefix="edgetune-upload")
         in_flight: Deque[Tuple[asyncio.Future, int]] = collections.deque()
         in_flight_bytes, max_in_flight = 0, self.limits.max_upload_in_flight_bytes
+        peak, paused = 0, 0                 # reported when the upload ends (debug log)
         # Each chunk carries its offset: the writer refuses one that does not follow what it
         # wrote, since cancelling queued writes below can skip a chunk while a later one runs.
         position = writer.committed
@@ -249,8 +250,11 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                         raise InvalidArgument("only data chunks may follow the upload's header")
                     message = message.data
                 # Bounded memory per upload: at most WRITES_IN_FLIGHT chunks and
-                # max_upload_in_flight_bytes wait for the writer; then receiving waits (and
-                # HTTP/2 flow control holds the sender).
+                # max_upload_in_flight_bytes wait for the writer (a chunk larger than that goes
+                # alone); beyond, receiving waits and HTTP/2 flow control holds the sender.
+                if in_flight and (len(in_flight) >= WRITES_IN_FLIGHT or
+                                  in_flight_bytes + len(message) > max_in_flight):
+                    paused += 1
                 while in_flight and (len(in_flight) >= WRITES_IN_FLIGHT or
                                      in_flight_bytes + len(message) > max_in_flight):
                     done, size = in_flight.popleft()
@@ -259,6 +263,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
                 in_flight.append((loop.run_in_executor(thread, writer.write, message, position),
                                   len(message)))
                 in_flight_bytes += len(message)
+                peak = max(peak, in_flight_bytes)
                 position += len(message)
             while in_flight:
                 await in_flight.popleft()[0]
@@ -274,6 +279,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             raise
         finally:
             thread.shutdown(wait=False)
+            log.debug("upload of %s %s ended: %d bytes received, at most %d bytes waited for the "
+                      "writer (limit %d); receiving paused %d times", writer.kind.value,
+                      writer.what, position - writer.start_offset, peak, max_in_flight, paused)
         # An upload by id of content stored already: its bytes were discarded at commit.
         return pb.UploadBlobResponse(blob=info.as_pb2(), received_bytes=writer.received,
                                      already_present=writer.duplicate)
