@@ -1,19 +1,26 @@
-"""``analyze FLOAT QUANT --device``: "board vs host INT8" on a real local agent is ~exact; a
-model change on the "board" makes one layer depart and flags it; a board too small for the
-tensors is refused saying how many fit."""
+"""``analyze FLOAT QUANT --device``: the board's tensors come back in chunks and are compared
+on the host. "board vs host INT8" on a real local agent is ~exact; a model change on the
+"board" makes one layer depart and flags it; a large tensor arrives in several chunks while
+the host holds one sample's references; a board whose agent.toml cannot hold the tensors is
+refused saying how many fit; the reader refuses a malformed file. (The previous release's
+agent is refused in tests/test_compat_py39.py.)"""
 
 from __future__ import annotations
 
-import dataclasses
+import json
+import math
+import struct
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgetune.host.errors import BadInputError, ExitStatus
-from tests.host_fixtures import RunningAgent, local_agent, run_cli  # noqa: F401
+from edgetune.device.joboutput import MAGIC
+from edgetune.host.errors import ExitStatus
+from tests.host_fixtures import RunningAgent, local_agent, run_cli, start_agent  # noqa: F401
 
 SAMPLES = Path(__file__).resolve().parent.parent / "host" / "samples"
 FLOAT = SAMPLES / "digits_cnn.onnx"
@@ -37,6 +44,11 @@ def test_board_column_is_exact_on_the_local_agent(capsys, local_agent: RunningAg
     board = r.json["board"]
     assert board["samples"] == 8 and board["flagged"] == []
     assert board["thresholds"] == {"board_sqnr_db": 40.0, "board_cosine": 0.9999}
+    stream = board["stream"]                           # the tensors came back, not numbers
+    assert stream["output_bytes"] > 8 * 23_000 and stream["resumes"] == 0
+    assert stream["chunks"] == 1                       # under the agent's 1 MiB chunk
+    # the chunk (the whole file here) and one sample's references (2 x 23.9 KB)
+    assert stream["output_bytes"] < stream["host_buffer_bytes"] < stream["output_bytes"] + 60_000
     tensors = {t["tensor"]: t for t in board["tensors"]}
     assert {"relu1_out", "relu2_out", "pool_out", "logits"} <= set(tensors)
     for t in tensors.values():
@@ -47,6 +59,7 @@ def test_board_column_is_exact_on_the_local_agent(capsys, local_agent: RunningAg
                     "--calib-count", "4", *local_agent.conn())
     assert human.code == 0 and "board vs host INT8" in human.out
     assert "below 40 dB or cosine below 0.9999" in human.out
+    assert "read back: job" in human.out and "chunk(s)" in human.out
 
 
 def _changed_on_the_board(quantized: Path) -> bytes:
@@ -83,18 +96,151 @@ def test_a_layer_that_differs_on_the_board_is_flagged(local_agent: RunningAgent,
     assert by_name["relu2_out"].vs_host_int8["sqnr_db"] < 40
 
 
-def test_a_board_too_small_for_the_tensors(capsys, local_agent: RunningAgent, quantized: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgetune.host.client import AgentClient
-    real = AgentClient.info
+@pytest.fixture(scope="module")
+def small_board(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
+    """A real agent whose agent.toml keeps a job's output to 64 KiB."""
+    work = tmp_path_factory.mktemp("small-board")
+    config = work / "agent.toml"
+    config.write_text("[limits]\nmax_job_output_bytes = 65536\n")
+    running = start_agent(pki, work, extra_args=["--config", str(config)])
+    try:
+        yield running
+    finally:
+        running.agent.stop()
 
-    def small(self):
-        return dataclasses.replace(real(self), memory_available_bytes=4 * 40_000)
-    monkeypatch.setattr(AgentClient, "info", small)
+
+def test_a_board_too_small_for_the_tensors(capsys, small_board: RunningAgent,
+                                           quantized: Path) -> None:
+    """The 8 digits tensors take 23.9 KB a sample (headers included): 8 samples need 191 KB;
+    the 5 smallest take 57.5 KB, within the board's 64 KiB; the 6th would not be."""
     r = run_cli(capsys, "analyze", str(FLOAT), str(quantized), "--calib", str(CALIB),
-                "--calib-count", "8", *local_agent.conn())
+                "--calib-count", "8", *small_board.conn())
     assert r.code == ExitStatus.BAD_INPUT, (r.code, r.err)
-    assert "more than" in r.err and "of the 8 tensors fit" in r.err
+    assert "the 8 tensors asked for take 186.6 KiB over 8 samples" in r.err, r.err
+    assert "max_job_output_bytes" in r.err and "5 of the 8 tensors fit" in r.err
+    assert "--board-samples" in r.err
+    assert not list((small_board.store / "models").glob("*.onnx"))   # nothing was sent
+    fewer = run_cli(capsys, "analyze", str(FLOAT), str(quantized), "--calib", str(CALIB),
+                    "--calib-count", "8", "--board-samples", "2", *small_board.conn(), "--json")
+    assert fewer.code == 0, fewer.err
+    assert fewer.json["board"]["samples"] == 2 and fewer.json["board"]["flagged"] == []
+
+
+def _wide_cnn(path: Path) -> Path:
+    """A float CNN whose first activation is large: 16 x 64 x 64 floats (256 KiB) a sample."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32),
+                                       name)
+               for name, shape in (("w1", (16, 1, 3, 3)), ("b1", (16,)),
+                                   ("w2", (4, 16, 3, 3)), ("b2", (4,)))]
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["conv1_out"], name="conv1",
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv1_out"], ["relu1_out"], name="relu1"),
+             helper.make_node("Conv", ["relu1_out", "w2", "b2"], ["conv2_out"], name="conv2",
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv2_out"], ["relu2_out"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["relu2_out"], ["pool_out"], name="pool"),
+             helper.make_node("Flatten", ["pool_out"], ["out"], name="flatten")]
+    graph = helper.make_graph(
+        nodes, "wide", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                      ["batch", 1, 64, 64])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_large_tensor_arrives_in_several_chunks_and_the_host_holds_one_sample(
+        local_agent: RunningAgent, tmp_path: Path) -> None:
+    from edgetune.host.board import BoardSession
+    from edgetune.host.cli import main
+    from edgetune.host.client import AgentClient
+    from edgetune.host.quant.board_analysis import board_analysis
+    fmodel = _wide_cnn(tmp_path / "wide.onnx")
+    x = np.random.default_rng(1).random((16, 1, 64, 64), dtype=np.float32)
+    np.savez(str(tmp_path / "calib.npz"), input=x)
+    qmodel = tmp_path / "wide.q.onnx"
+    assert main(["quantize", str(fmodel), "-o", str(qmodel), "--calib",
+                 str(tmp_path / "calib.npz"), "--no-record"]) == 0
+    chunk = 64 << 10
+    with BoardSession(AgentClient(local_agent.address, local_agent.pki.host.identity),
+                      "local") as board:
+        result = board_analysis(fmodel, qmodel, {"input": x[:8]}, board, chunk_bytes=chunk)
+    stream = result.stream
+    assert stream is not None and stream.resumes == 0
+    assert stream.output_bytes > 8 * (256 << 10)
+    assert stream.chunks == math.ceil(stream.output_bytes / chunk) >= 32
+    by_name = {t.tensor: t for t in result.tensors}
+    assert by_name["relu1_out"].vs_host_int8["sqnr_db"] > 100      # 4 chunks a sample, exact
+    assert result.flagged() == []
+    # One sample's references (INT8 and FP32: 2 x ~340 KiB) and one chunk, never the file.
+    one_sample = 2 * (16 + 256 + 64 + 4) * 1024
+    assert stream.host_buffer_bytes <= one_sample + chunk + (64 << 10)
+    assert stream.host_buffer_bytes < stream.output_bytes / 3
+
+
+class _Refs:
+    """A HostReference stand-in for the reader: fixed tensors for every sample."""
+
+    def __init__(self, int8: Any) -> None:
+        self.int8, self.fp32 = int8, {}
+
+    def __call__(self, sample: int) -> "_Refs":
+        return self
+
+
+def _record(sample: int, name: str, value: np.ndarray, **override: Any) -> bytes:
+    head = {"sample": sample, "name": name, "dtype": "float32", "shape": list(value.shape),
+            "bytes": int(value.nbytes), **override}
+    text = json.dumps(head).encode()
+    return struct.pack("<I", len(text)) + text + value.astype(np.float32).tobytes()
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda a: b"not-a-job-output-file!\n" + _record(0, "t", a), "does not start with"),
+    (lambda a: MAGIC + _record(0, "u", a), "'u' of sample 0 where 't' of sample 0"),
+    (lambda a: MAGIC + _record(1, "t", a), "'t' of sample 1 where 't' of sample 0"),
+    (lambda a: MAGIC + _record(0, "t", a) + _record(1, "t", a) + _record(2, "t", a),
+     "more than the 2 samples"),
+    (lambda a: MAGIC + _record(0, "t", a)[:-3], "ended early: 't' of sample 0 is cut short"),
+    (lambda a: MAGIC + _record(0, "t", a), "ended early: 't' of sample 1"),
+    (lambda a: MAGIC + struct.pack("<I", 1 << 20), "record header of 1048576 bytes"),
+    (lambda a: MAGIC + struct.pack("<I", 4) + b"{}{}", "malformed record"),
+    (lambda a: MAGIC + _record(0, "t", a, bytes=3), "says 3 bytes"),
+    (lambda a: MAGIC + _record(0, "t", a, dtype="object"), "bytes of object"),
+    (lambda a: MAGIC + _record(0, "t", np.zeros(5, np.float32)), "the board ran another model"),
+])
+def test_the_reader_refuses_a_malformed_file(make: Any, words: str) -> None:
+    from edgetune.host.errors import AgentError
+    from edgetune.host.quant.board_analysis import OutputReader
+    a = np.arange(6, dtype=np.float32)
+    raw = make(a)
+    reader = OutputReader(2, [("t", "t")], _Refs({"t": a}))
+    with pytest.raises(AgentError) as err:
+        for i in range(0, len(raw), 7):                  # in small, odd pieces
+            reader.feed(raw[i:i + 7])
+        reader.finish()
+    assert words in err.value.message, err.value.message
+
+
+def test_the_reader_compares_across_odd_chunk_boundaries() -> None:
+    from edgetune.host.quant.board_analysis import OutputReader
+    a = np.linspace(-1, 1, 37, dtype=np.float32)
+    b = a + np.float32(0.01)
+    raw = MAGIC + _record(0, "t", a) + _record(1, "t", b)
+    reader = OutputReader(2, [("t", "t")], _Refs({"t": a}))
+    for i in range(0, len(raw), 5):
+        reader.feed(raw[i:i + 5])
+    reader.finish()
+    got = reader.vs_int8["t"].result()
+    err = float(np.sum((a.astype(np.float64) - b) ** 2))
+    expected = 10 * math.log10(2 * float(np.sum(a.astype(np.float64) ** 2)) / err)
+    assert got["sqnr_db"] == pytest.approx(expected, rel=1e-9)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    cos_b = float(np.dot(a64, b64) / np.linalg.norm(a64) / np.linalg.norm(b64))
+    assert got["cosine"] == pytest.approx((1.0 + cos_b) / 2, rel=1e-9)
 
 
 def test_board_flags_need_a_board(capsys, quantized: Path) -> None:

@@ -9,6 +9,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from edgetune.host.errors import UsageError
+from edgetune.host.quant.board_analysis import BOARD_COSINE, BOARD_SQNR_DB
 
 DEFAULT_BOARD_SAMPLES = 8
 
@@ -16,7 +17,14 @@ DEFAULT_BOARD_SAMPLES = 8
 def add_board_flags(parser: argparse.ArgumentParser) -> None:
     from edgetune.host.cli.common import add_connection_flags
     add_connection_flags(parser)
-    b = parser.add_argument_group("on the board (--device)")
+    b = parser.add_argument_group(
+        "on the board (--device)",
+        "The board runs a copy of QUANT that outputs every analysed tensor and sends the "
+        "tensors back in chunks; each is compared here with this PC's FP32 and INT8 runs. "
+        f"Flagged BOARD: board vs host INT8 SQNR below {BOARD_SQNR_DB:g} dB or cosine below "
+        f"{BOARD_COSINE:g}. The tensors of all samples must fit the board's [limits] "
+        "max_job_output_bytes (the error says how many fit); the agent needs edgetune 0.2 "
+        "or later.")
     b.add_argument("--board-samples", type=int, metavar="N",
                    help=f"samples run on the board (default {DEFAULT_BOARD_SAMPLES}, at most "
                         "--calib-count)")
@@ -78,6 +86,12 @@ def print_board(result: Any) -> None:
     console.print(f"flagged (BOARD): board vs host INT8 SQNR below {th['board_sqnr_db']:g} dB "
                   f"or cosine below {th['board_cosine']:g}: the board's kernels depart from "
                   f"the host's simulation there ({len(result.flagged())} tensor(s))")
+    stream = result.stream
+    if stream is not None:
+        console.print(f"read back: job {stream.job_id}, {stream.output_bytes} bytes in "
+                      f"{stream.chunks} chunk(s)"
+                      + (f", resumed {stream.resumes} time(s)" if stream.resumes else "")
+                      + f"; this PC held at most {stream.host_buffer_bytes} bytes of tensors")
 
 
 def _f(value: Any, digits: int) -> str:
