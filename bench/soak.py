@@ -29,6 +29,15 @@ Pass (exit 0) when:
 
 The p50 criterion needs a quiet machine: on a shared one, other processes' load lands on
 either phase at random, so read the per-phase p50s before the ratio.
+
+CPU time, per phase, over the long benchmark's run (from the moment it starts running to its
+end), so a slower load phase can be put down to its cause: the job thread (the benchmark
+itself: ``intra_op_threads=1`` runs it in that thread), the rest of the agent (serving the
+clients: the event loop, upload writers and hashers, the io threads), the 8 client
+processes, this driver, and the rest of the machine (``/proc/stat``). Here the clients run
+on the same cores as the agent; on a board they sit on the PC. If the job thread gets less
+than a core while the clients take the other, that is contention for the cores this machine
+shares, not work the agent adds; time the agent spends outside the job thread is its own.
 """
 
 from __future__ import annotations
@@ -48,8 +57,8 @@ from typing import Any, Dict, List, Optional
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (BenchPki, check, finish, local_agent, log_progress, machine,  # noqa: E402
-                          make_pki, median, rss_mb, status_kb)
+from bench.common import (BenchPki, check, cpu_seconds, finish, local_agent,  # noqa: E402
+                          log_progress, machine, make_pki, median, rss_mb, status_kb)
 
 SAMPLES = Path(__file__).resolve().parent.parent / "host" / "samples"
 SHORT_MODEL = SAMPLES / "digits_cnn.onnx"
@@ -157,8 +166,71 @@ class Sampler:
         self._thread.join(5)
 
 
-def long_benchmark(client: Any, sha: str, seconds: float) -> Dict[str, float]:
-    from edgetune.protos.messages import BenchmarkSpec, SessionOptions
+def thread_cpu_seconds(pid: int) -> Dict[str, float]:
+    """User + system CPU seconds of each thread of ``pid``, by thread id."""
+    out: Dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue                                # the thread ended meanwhile
+        out[tid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: all but idle and iowait)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    busy = sum(fields[:8]) - fields[3] - fields[4]      # user nice system idle iowait irq ...
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds of the agent (its job thread apart), the clients, this driver and the whole
+    machine, between ``start`` and ``stop``. The job thread is the agent's busiest thread over
+    the window (it runs the benchmark, a core's worth; Python names its threads for itself
+    only, so /proc cannot tell them apart by name)."""
+
+    def __init__(self, agent_pid: int, client_pids: List[int]) -> None:
+        self.agent_pid = agent_pid
+        self.client_pids = list(client_pids)
+        self._begin: Dict[str, Any] = {}
+
+    def _now(self) -> Dict[str, Any]:
+        return {"t": time.monotonic(), "agent": cpu_seconds(self.agent_pid),
+                "threads": thread_cpu_seconds(self.agent_pid),  # type: ignore[dict-item]
+                "clients": sum(cpu_seconds(p) for p in self.client_pids),
+                "driver": cpu_seconds(), "machine": machine_busy_seconds()}
+
+    def start(self) -> None:
+        self._begin = self._now()
+
+    def stop(self) -> Dict[str, float]:
+        """CPU seconds spent since ``start``, and the wall time."""
+        end, begin = self._now(), self._begin
+        before: Dict[str, float] = begin["threads"]  # type: ignore[assignment]
+        after: Dict[str, float] = end["threads"]  # type: ignore[assignment]
+        d = {k: end[k] - begin[k] for k in end if k != "threads"}
+        d["job"] = max((t - before.get(tid, 0.0) for tid, t in after.items()), default=0.0)
+        other = d["machine"] - d["agent"] - d["clients"] - d["driver"]
+        return {"wall_s": round(d["t"], 3), "job_thread": round(d["job"], 2),
+                "agent_other": round(d["agent"] - d["job"], 2), "clients": round(d["clients"], 2),
+                "driver": round(d["driver"], 2), "machine_other": round(max(other, 0.0), 2)}
+
+
+def long_benchmark(client: Any, sha: str, seconds: float,
+                   meter: Optional[CpuMeter] = None) -> Dict[str, Any]:
+    from edgetune.protos.messages import BenchmarkSpec, JobState, SessionOptions
     spec = BenchmarkSpec(model_sha256=sha, iterations=0, min_duration_s=seconds, warmup=5,
                          session=SessionOptions(intra_op_threads=1, inter_op_threads=1))
     deadline = time.monotonic() + 600
@@ -170,12 +242,30 @@ def long_benchmark(client: Any, sha: str, seconds: float) -> Dict[str, float]:
             if not _back_pressure(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+    if meter is not None:                   # measure from when it runs, not while queued
+        while client.get_job(job.id).state is JobState.QUEUED:
+            time.sleep(0.05)
+        meter.start()
     done = client.wait(job.id)
+    cpu = meter.stop() if meter is not None else None
     if done.state.value != "succeeded":
         raise RuntimeError(f"the long benchmark {done.state.value}: {done.error}")
     result = done.result
-    return {"p50_ms": result.latency.p50_ms, "iterations": result.iterations,
-            "mean_ms": result.latency.mean_ms}
+    out: Dict[str, Any] = {"p50_ms": result.latency.p50_ms, "iterations": result.iterations,
+                           "mean_ms": result.latency.mean_ms}
+    if cpu is not None:
+        out["cpu_s"] = cpu
+    return out
+
+
+def cpu_summary(phases: List[Dict[str, Any]], kind: str) -> Dict[str, float]:
+    """Median over the ``kind`` phases of each CPU share, in cores (CPU seconds / wall)."""
+    rows = [p["cpu_s"] for p in phases if p["phase"] == kind and "cpu_s" in p]
+    if not rows:
+        return {}
+    keys = [k for k in rows[0] if k != "wall_s"]
+    return {k: round(median(r[k] / r["wall_s"] for r in rows if r["wall_s"] > 0), 3)
+            for k in keys}
 
 
 def drain(client: Any, timeout: float = 300.0) -> None:
@@ -212,6 +302,7 @@ def run(pki: BenchPki, workdir: Path, seconds: float, *, clients: int = 8,
             for p in procs:
                 p.start()
             sampler = Sampler(agent.process.pid)
+            meter = CpuMeter(agent.process.pid, [p.pid for p in procs if p.pid])
             phases: List[Dict[str, Any]] = []
             order = ["idle", "load", "load", "idle"]
             started = time.monotonic()
@@ -231,10 +322,11 @@ def run(pki: BenchPki, workdir: Path, seconds: float, *, clients: int = 8,
                     else:
                         active.set()
                         time.sleep(1.0)             # the clients are at it
-                    bench = long_benchmark(client, long_sha, long_s)
+                    bench = long_benchmark(client, long_sha, long_s, meter)
                     phases.append(dict(bench, phase=phase))
                     log_progress(quiet, f"{phase}: p50 {bench['p50_ms']:.2f} ms "
-                                        f"({bench['iterations']} runs), agent {sampler.now()}")
+                                        f"({bench['iterations']} runs), cpu {bench['cpu_s']}, "
+                                        f"agent {sampler.now()}")
             finally:
                 stop.set()
                 active.set()
@@ -263,7 +355,10 @@ def run(pki: BenchPki, workdir: Path, seconds: float, *, clients: int = 8,
     result = {
         "seconds": round(time.monotonic() - started, 1), "clients": clients, "long_s": long_s,
         "phases": phases, "p50_idle_ms": median(idle), "p50_load_ms": median(load),
-        "p50_ratio": round(ratio, 4), "client_counts": totals, "errors": errors[:20],
+        "p50_ratio": round(ratio, 4),
+        "cpu_cores": {"idle": cpu_summary(phases, "idle"), "load": cpu_summary(phases, "load"),
+                      "cores": os.cpu_count()},
+        "client_counts": totals, "errors": errors[:20],
         "error_count": len(errors),
         "rss_mb": {"warm": warm["rss_mb"], "end": end["rss_mb"], "growth": round(rss_growth, 4),
                    "max_after_warm": max(s["rss_mb"] for s in after),
@@ -304,6 +399,8 @@ def main(argv: Optional[List[str]] = None) -> int:
              f"{args.long_s:g} s x {len(result['phases'])}",
              f"  p50 idle {result['p50_idle_ms']:.2f} ms, under load "
              f"{result['p50_load_ms']:.2f} ms (ratio {result['p50_ratio']:.4f})",
+             f"  CPU in cores during the long benchmark (medians; {result['cpu_cores']['cores']}"
+             f" cores): idle {result['cpu_cores']['idle']}, load {result['cpu_cores']['load']}",
              f"  client calls {result['client_counts']}, errors {result['error_count']}",
              f"  agent RSS MB {result['rss_mb']}, fds {result['fds']}, "
              f"threads {result['threads']}"]
