@@ -409,14 +409,21 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         """The model's ``inspect_model`` summary (cached by hash)."""
         summary = self._summaries.get(sha256)
         if summary is None:
-            from edgetune.device.onnx_safety import inspect_model
-            summary = await self._thread(inspect_model, model_path, self.limits.max_model_bytes)
+            summary = await self._thread(self._inspect, sha256, model_path)
             self._summaries[sha256] = summary
             while len(self._summaries) > SUMMARY_CACHE:
                 self._summaries.popitem(last=False)
         else:
             self._summaries.move_to_end(sha256)
         return summary
+
+    def _inspect(self, sha256: str, model_path: Path) -> Any:
+        """``inspect_model`` of the stored model, read through the file opened and checked
+        (``BlobStore.open``), never by its name again."""
+        from edgetune.device.onnx_safety import inspect_model
+        store, _ = self._ready()
+        with store.open(BlobKind.MODEL, sha256) as blob:
+            return inspect_model(model_path, self.limits.max_model_bytes, file=blob.file)
 
     async def _check_compare(self, spec: CompareSpec, a_path: Path, b_path: Path) -> CompareSpec:
         """A comparison runs both models on the same inputs: refuse two models whose inputs
