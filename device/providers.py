@@ -7,7 +7,8 @@
   the warm-up and the timed runs are not profiled), so that "ran on the NPU" is a fact.
 - ``onnxruntime_distribution`` and ``build_info``: which installed distribution provides the
   onnxruntime the agent imports (onnxruntime, onnxruntime-gpu, onnxruntime-cann, a vendor's
-  build), found through the installed distributions rather than guessed.
+  build), found through the installed distributions rather than guessed, and the Debian
+  package owning its files when there is one (Debian's python3-onnxruntime).
 - ``ProviderChecks``: whether each available provider really creates a session on a tiny
   model, checked once when the agent starts (in a thread), then cached.
 
@@ -162,28 +163,95 @@ def import_problem() -> str:
     return ""
 
 
-def onnxruntime_distribution() -> str:
-    """The installed distribution whose files hold the importable ``onnxruntime`` package
-    (name and version, e.g. "onnxruntime-cann 1.18.0"); "" when none owns it (a copy on
-    PYTHONPATH, a distribution package without metadata)."""
+DPKG_ADMIN = "/var/lib/dpkg"
+
+
+def onnxruntime_distribution(admindir: str = DPKG_ADMIN) -> str:
+    """Who installed the importable ``onnxruntime``: the Python distribution whose files hold
+    it (name and version, e.g. "onnxruntime-cann 1.18.0"), and the Debian package owning those
+    files when there is one: Debian 13's python3-onnxruntime carries an egg-info named plain
+    "onnxruntime 1.21", which alone would read as PyPI's wheel, so the report is "onnxruntime
+    1.21, Debian package python3-onnxruntime 1.21.0+dfsg-1". "" when nothing owns it (a copy
+    on PYTHONPATH)."""
     try:
-        from importlib import metadata
         import onnxruntime
-        where = os.path.realpath(os.path.dirname(onnxruntime.__file__))
+        init_file = str(onnxruntime.__file__)
     except Exception:  # noqa: BLE001 - no onnxruntime at all
         return ""
-    for dist in metadata.distributions():
+    return distribution_of(init_file, "onnxruntime", admindir)
+
+
+def distribution_of(init_file: str, package: str, admindir: str = DPKG_ADMIN) -> str:
+    """``onnxruntime_distribution`` for the package whose ``__init__`` is ``init_file``."""
+    where = os.path.realpath(os.path.dirname(init_file))
+    found = python_distribution_of(where, package)
+    deb, version = dpkg_owner(init_file, admindir)
+    debian = " ".join(part for part in ("Debian package", deb, version) if part) if deb else ""
+    return ", ".join(part for part in (found, debian) if part)
+
+
+def python_distribution_of(where: str, package: str) -> str:
+    """The installed Python distribution (name version) whose ``package`` is at ``where``."""
+    try:
+        from importlib import metadata
+        dists = list(metadata.distributions())
+    except Exception:  # noqa: BLE001
+        return ""
+    for dist in dists:
         top = (dist.read_text("top_level.txt") or "").split()
         files = dist.files or ()
-        if "onnxruntime" not in top and not any(str(f).startswith("onnxruntime/__init__")
-                                                for f in files):
+        if package not in top and not any(str(f).startswith(package + "/__init__")
+                                          for f in files):
             continue
         try:
-            located = os.path.realpath(str(dist.locate_file("onnxruntime")))
+            located = os.path.realpath(str(dist.locate_file(package)))
         except Exception:  # noqa: BLE001
             continue
         if located == where:
             return f"{dist.metadata['Name']} {dist.version}"
+    return ""
+
+
+def dpkg_owner(path: str, admindir: str = DPKG_ADMIN) -> Tuple[str, str]:
+    """(package, version) of the installed Debian package whose file list holds ``path`` (what
+    ``dpkg -S`` answers, read from dpkg's database without running a program); ("", "") on a
+    system without dpkg or when no package owns it."""
+    candidates = {path, os.path.realpath(path)}
+    info = os.path.join(admindir, "info")
+    try:
+        lists = sorted(n for n in os.listdir(info) if n.endswith(".list"))
+    except OSError:
+        return "", ""
+    for name in lists:
+        try:
+            with open(os.path.join(info, name), encoding="utf-8", errors="replace") as f:
+                owned = any(line.rstrip("\n") in candidates for line in f)
+        except OSError:
+            continue
+        if owned:
+            package, _, arch = name[:-len(".list")].partition(":")   # multiarch: pkg:arch
+            return package, dpkg_version(package, arch, admindir)
+    return "", ""
+
+
+def dpkg_version(package: str, arch: str = "", admindir: str = DPKG_ADMIN) -> str:
+    """The installed version of ``package`` (of ``arch`` when given) in dpkg's status file."""
+    try:
+        with open(os.path.join(admindir, "status"), encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return ""
+    for paragraph in text.split("\n\n"):
+        fields: Dict[str, str] = {}
+        for line in paragraph.splitlines():
+            key, sep, value = line.partition(":")
+            if sep and not line[:1].isspace():
+                fields[key.strip()] = value.strip()
+        if fields.get("Package") != package or not fields.get("Status", "").endswith(" installed"):
+            continue
+        if arch and fields.get("Architecture") not in (arch, "all"):
+            continue
+        return fields.get("Version", "")
     return ""
 
 

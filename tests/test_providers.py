@@ -76,6 +76,73 @@ def test_provider_checks_and_the_distribution() -> None:
     assert found[CPU].usable and set(found) == set(onnxruntime.get_available_providers())
 
 
+def debian_system(root: Path, *, owned: bool = True, egg_info: bool = False) -> Path:
+    """A Debian-like system under ``root``: an ``ortlike`` package in dist-packages (with an
+    egg-info as Debian 13's python3-onnxruntime has, when ``egg_info``), and a dpkg database
+    that lists its files under python3-ortlike when ``owned``, beside an unrelated package and
+    another version of python3-ortlike for another architecture, not installed."""
+    site = root / "usr/lib/python3/dist-packages"
+    package = site / "ortlike"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    if egg_info:
+        info = site / "ortlike-1.21.egg-info"
+        info.mkdir()
+        (info / "PKG-INFO").write_text("Metadata-Version: 2.2\nName: ortlike\nVersion: 1.21\n")
+        (info / "top_level.txt").write_text("ortlike\n")
+    admin = root / "var/lib/dpkg"
+    (admin / "info").mkdir(parents=True)
+    (admin / "info/coreutils.list").write_text("/.\n/usr/bin/ls\n")
+    (admin / "info/libortlike1.21:riscv64.list").write_text("/.\n/usr/lib/libortlike.so.1\n")
+    if owned:
+        (admin / "info/python3-ortlike.list").write_text(
+            f"/.\n/usr\n{package}\n{package / '__init__.py'}\n")
+    (admin / "status").write_text(
+        "Package: coreutils\nStatus: install ok installed\nArchitecture: riscv64\n"
+        "Version: 9.7-3\n\n"
+        "Package: python3-ortlike\nStatus: deinstall ok config-files\nArchitecture: arm64\n"
+        "Version: 1.20.0-1\n\n"
+        "Package: python3-ortlike\nStatus: install ok installed\nArchitecture: riscv64\n"
+        "Version: 1.21.0+dfsg-1\nDescription: a runtime\n"
+        " Version: 0.0 (a continuation line, not a field)\n")
+    return package / "__init__.py"
+
+
+def test_a_debian_package_is_named_from_dpkg(tmp_path: Path, monkeypatch: Any) -> None:
+    """Debian's python3-onnxruntime: the Debian package owning the files is reported with its
+    installed version (read from dpkg's database), beside the egg-info's plain name, which
+    alone would read as PyPI's wheel; without Python metadata, the Debian package alone."""
+    init_file = debian_system(tmp_path / "bare")
+    admin = str(tmp_path / "bare/var/lib/dpkg")
+    assert providers.dpkg_owner(str(init_file), admin) == ("python3-ortlike", "1.21.0+dfsg-1")
+    assert providers.distribution_of(str(init_file), "ortlike", admin) == \
+        "Debian package python3-ortlike 1.21.0+dfsg-1"
+
+    init_file = debian_system(tmp_path / "egg", egg_info=True)
+    monkeypatch.syspath_prepend(str(init_file.parent.parent))   # where metadata is searched
+    assert providers.distribution_of(str(init_file), "ortlike",
+                                     str(tmp_path / "egg/var/lib/dpkg")) == \
+        "ortlike 1.21, Debian package python3-ortlike 1.21.0+dfsg-1"
+
+
+def test_an_unowned_copy_or_no_dpkg_names_no_distribution(tmp_path: Path) -> None:
+    """A copy no package owns, or a system without dpkg's database: nothing is guessed."""
+    init_file = debian_system(tmp_path / "a", owned=False)
+    assert providers.distribution_of(str(init_file), "ortlike",
+                                     str(tmp_path / "a/var/lib/dpkg")) == ""
+    init_file = debian_system(tmp_path / "b")
+    assert providers.distribution_of(str(init_file), "ortlike", str(tmp_path / "none")) == ""
+
+
+def test_a_pip_installed_onnxruntime_is_named_from_its_metadata_alone(tmp_path: Path) -> None:
+    """PyPI's wheel, where a dpkg database exists but does not own it: just its name."""
+    import onnxruntime
+
+    debian_system(tmp_path)
+    assert providers.onnxruntime_distribution(str(tmp_path / "var/lib/dpkg")) == \
+        f"onnxruntime {onnxruntime.__version__}"
+
+
 def test_info_reports_the_build_the_features_and_the_checks(capsys: Any,
                                                             local_agent: RunningAgent) -> None:
     deadline = time.monotonic() + 60
