@@ -51,19 +51,36 @@ def sqlite_path(url: str) -> Optional[Path]:
 
 
 def check_sqlite_file(path: Path) -> None:
-    """Refuse a file that is not a SQLite database (never overwrite someone's file)."""
+    """Refuse a file that is not a SQLite database (never overwrite someone's file).
+
+    The header is read through SQLite, never with an ``open()``/``close()`` of our own: closing
+    any descriptor of a database file drops every POSIX lock this process holds on it, among
+    them the SHARED lock its open SQLite connections keep in WAL mode (a second store or
+    Optuna storage opened while one is open). Another process that then closes its last
+    connection finds the file unused, checkpoints it and deletes the WAL and its index under
+    our connections: the next write goes to a deleted file or fails with "disk I/O error".
+    SQLite itself keeps a descriptor open while a lock of the process needs it."""
     if path.is_dir():
         raise BadInputError(f"{path} is a directory, not a results database",
                             hint="pass --db sqlite:///FILE with a file name")
     if not path.exists() or path.stat().st_size == 0:
         return
-    with path.open("rb") as fh:
-        header = fh.read(len(SQLITE_HEADER))
-    if header != SQLITE_HEADER:
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        if "not a database" not in str(exc):
+            raise BadInputError(f"the results database {path} cannot be read: {exc}",
+                                hint="check the file's permissions") from None
         raise BadInputError(
             f"{path} is not a SQLite database (it does not start with the SQLite header); "
             "refusing to use or overwrite it",
-            hint="point --db (or EDGETUNE_DB) at another file, or move this one away")
+            hint="point --db (or EDGETUNE_DB) at another file, or move this one away") from None
 
 
 def create_engine(url: str) -> Engine:
@@ -84,7 +101,7 @@ def create_engine(url: str) -> Engine:
         if backend == "sqlite":
             engine = sa.create_engine(url, json_serializer=_dumps, json_deserializer=_loads,
                                       connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
-            _make_sqlite_safe(engine)
+            make_sqlite_safe(engine)
         else:
             engine = sa.create_engine(url, pool_pre_ping=True, json_serializer=_dumps,
                                       json_deserializer=_loads,
@@ -109,7 +126,13 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, allow_nan=False, separators=(",", ":"))
 
 
-def _make_sqlite_safe(engine: Engine) -> None:
+def make_sqlite_safe(engine: Engine, *, immediate: bool = False) -> None:
+    """The settings every engine on a results database uses (WAL, the busy timeout, NORMAL
+    sync, foreign keys, transactions begun here). ``immediate``: every transaction takes the
+    write lock when it begins (for a library that reads and then writes in one transaction,
+    as Optuna's storage does: a deferred reader whose snapshot another connection changed
+    cannot upgrade, and SQLite fails it at once with "database is locked" instead of waiting).
+    Call it before the engine's first connection, or ``dispose()`` the engine after."""
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None           # transactions are begun below
@@ -122,7 +145,7 @@ def _make_sqlite_safe(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        write = conn.get_execution_options().get("edgetune_write")
+        write = immediate or conn.get_execution_options().get("edgetune_write")
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 

@@ -41,16 +41,29 @@ def quiet_optuna() -> None:
 
 def open_storage(url: str) -> Any:
     """Optuna's RDB storage on the results database ``url`` (open the ``ResultsStore``
-    first: it refuses a file that is not a database and creates the directory)."""
+    first: it refuses a file that is not a database and creates the directory).
+
+    On SQLite its engine gets the results store's settings (WAL, busy timeout, NORMAL sync)
+    and begins every transaction with the write lock: Optuna reads a trial and then writes it
+    in one transaction, and a deferred reader that another thread's commit overtook cannot
+    upgrade (SQLite fails it at once, "database is locked", without waiting). Its first
+    connections (made by Optuna's table check, without those settings) are closed here."""
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
+    from edgetune.host.results.engine import BUSY_TIMEOUT_MS, make_sqlite_safe
+
     quiet_optuna()
-    kwargs: Dict[str, Any] = ({"connect_args": {"timeout": 30}} if sqlite_path(url) is not None
-                              or url.startswith("sqlite") else {"pool_pre_ping": True})
+    sqlite = sqlite_path(url) is not None or url.startswith("sqlite")
+    kwargs: Dict[str, Any] = ({"connect_args": {"timeout": BUSY_TIMEOUT_MS / 1000}} if sqlite
+                              else {"pool_pre_ping": True})
     for attempt in range(3):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            if sqlite:
+                make_sqlite_safe(storage.engine, immediate=True)
+                storage.engine.dispose()
+            return storage
         except (SQLAlchemyError, RuntimeError) as exc:
             # two processes making Optuna's tables in a new database at once: the loser's
             # CREATE TABLE fails ("already exists"); the tables are there on the next try
