@@ -179,11 +179,40 @@ class Outputs:
 
 # ---------------------------------------------------------------------- running the program
 
+def place_model(model: Any, target: Path) -> None:
+    """Put the model at ``target`` for the program. An opened model (``BlobStore.open``) is
+    hard-linked from its descriptor (``/proc/self/fd/N``, followed to the file held: the
+    file the store checked, whatever its name in the store is now), or else copied from
+    it; a path is hard-linked, or else linked symbolically."""
+    fd_path = model.fd_path() if hasattr(model, "fd_path") else None
+    if fd_path:
+        folder = os.open(str(target.parent), os.O_RDONLY)
+        try:
+            # With dst_dir_fd, os.link is linkat(..., AT_SYMLINK_FOLLOW): the file, not the
+            # /proc link (the same file system: no copy).
+            os.link(fd_path, target.name, dst_dir_fd=folder)
+            return
+        except OSError:
+            pass
+        finally:
+            os.close(folder)
+    if hasattr(model, "file"):
+        model.file.seek(0)
+        with open(target, "wb") as out:
+            shutil.copyfileobj(model.file, out, 1 << 20)
+        return
+    try:
+        os.link(model, target)              # same file system: no copy
+    except OSError:
+        os.symlink(os.path.abspath(model), target)
+
+
 class PluginProcess:
     """One run of a plug-in program in ``work`` (a fresh folder it owns)."""
 
-    def __init__(self, config: RunnerConfig, work: Path, model_path: Path,
+    def __init__(self, config: RunnerConfig, work: Path, model: Any,
                  model_format: str) -> None:
+        """``model``: the stored model, opened (``BlobStore.open``), or a path."""
         self.config = config
         self.work = work
         self.inputs = work / "inputs"
@@ -191,10 +220,7 @@ class PluginProcess:
         self.inputs.mkdir()
         self.outputs.mkdir()
         self.model = work / f"model.{model_format}"
-        try:
-            os.link(model_path, self.model)      # same file system: no copy
-        except OSError:
-            os.symlink(os.path.abspath(model_path), self.model)
+        place_model(model, self.model)
         self.stdout_path = work / "stdout"
         self.stderr_path = work / "stderr"
 

@@ -121,6 +121,9 @@ def create_session(model_path: Any, options: SessionOptions,
                    placement: Optional[Placement] = None) -> Tuple[Any, float]:
     """(InferenceSession, load_ms). InvalidArgument for unavailable providers, options a
     provider refuses or a model onnxruntime cannot load (onnxruntime's message included).
+    ``model_path``: a path, the model's bytes, or the stored model opened
+    (``edgetune.device.safefs.OpenedFile``: onnxruntime then reads that very file, through
+    ``/proc/self/fd/N``, or its bytes where there is no such folder).
     ``placement``: profile the first run to learn where the nodes ran."""
     ort = _ort()
     providers = session_providers(options, list(ort.get_available_providers()))
@@ -135,12 +138,22 @@ def create_session(model_path: Any, options: SessionOptions,
         placement.configure(so)
     start = time.perf_counter_ns()
     try:
-        session = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
+        session = ort.InferenceSession(_model_source(model_path), sess_options=so,
+                                       providers=providers)
     except Exception as exc:
         if placement is not None:
             placement.close()
         raise InvalidArgument(f"onnxruntime cannot load the model: {exc}".strip()) from None
     return session, (time.perf_counter_ns() - start) / 1e6
+
+
+def _model_source(model: Any) -> Any:
+    """What ``InferenceSession`` takes: a path string or bytes."""
+    if isinstance(model, bytes):
+        return model
+    if hasattr(model, "source"):            # an OpenedFile
+        return model.source()
+    return str(model)
 
 
 NO_ONNXRUNTIME = (

@@ -32,6 +32,7 @@ report with ``no_sensor`` set, and nothing is waited.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -53,6 +54,7 @@ from edgetune.device.joboutput import JobOutputs
 from edgetune.device.limits import Limits
 from edgetune.device.profile import profile_model
 from edgetune.device.providers import Placement, create_session
+from edgetune.device.safefs import OpenedFile
 from edgetune.device.store import BlobStore
 from edgetune.protos.messages import (BenchmarkResult, BenchmarkSpec, BlobKind, CompareResult,
                                       CompareRound, CompareSpec, EvaluateResult, EvaluateSpec,
@@ -208,30 +210,35 @@ class Runner:
                       cancelled: threading.Event) -> BenchmarkResult:
         rep = _Reporter(progress, cancelled)
         rep.check()
-        model_path = self.store.path(BlobKind.MODEL, spec.model_sha256)
-        dataset = load_dataset(self.store.path(BlobKind.DATASET, spec.dataset_sha256)) \
-            if spec.dataset_sha256 else None
-        sysinfo.reset_peak_rss()
-        if spec.runner:
-            return self._plugin_benchmark(spec, model_path, dataset, rep)
-        self._refuse_opaque(spec.model_sha256)
-        return self._session(spec, model_path, dataset, rep)
+        with self.store.open(BlobKind.MODEL, spec.model_sha256) as model:
+            dataset = self._dataset(spec.dataset_sha256) if spec.dataset_sha256 else None
+            sysinfo.reset_peak_rss()
+            if spec.runner:
+                return self._plugin_benchmark(spec, model, dataset, rep)
+            self._refuse_opaque(spec.model_sha256)
+            return self._session(spec, model, dataset, rep)
 
-    def _session(self, spec: BenchmarkSpec, model_path: Any, dataset: Any,
+    def _dataset(self, sha256: str) -> Any:
+        """The stored dataset, loaded from the file opened and checked (``BlobStore.open``)."""
+        with self.store.open(BlobKind.DATASET, sha256) as blob:
+            return load_dataset(blob.file)
+
+    def _session(self, spec: BenchmarkSpec, model: OpenedFile, dataset: Any,
                  rep: _Reporter) -> BenchmarkResult:
         """One measured session: wait for the board to cool (``spec.thermal``), create the
-        session, build the inputs, first run, warm-up, the timed loop."""
+        session, build the inputs, first run, warm-up, the timed loop. ``model``: the stored
+        model, opened (onnxruntime reads that file, never the store's name for it)."""
         thermal = self._thermal_gate(spec.thermal, rep)
         rep.report("load", 0, 0, "creating the onnxruntime session", force=True)
         placement = Placement()
-        session, load_ms = create_session(model_path, spec.session, placement)
+        session, load_ms = create_session(model, spec.session, placement)
         try:
-            return self._measured(spec, model_path, session, load_ms, dataset, thermal,
+            return self._measured(spec, model, session, load_ms, dataset, thermal,
                                   placement, rep)
         finally:
             placement.close()
 
-    def _measured(self, spec: BenchmarkSpec, model_path: Any, session: Any, load_ms: float,
+    def _measured(self, spec: BenchmarkSpec, model: OpenedFile, session: Any, load_ms: float,
                   dataset: Any, thermal: Optional[ThermalReport], placement: Placement,
                   rep: _Reporter) -> BenchmarkResult:
         inputs, names = session.get_inputs(), [o.name for o in session.get_outputs()]
@@ -265,7 +272,7 @@ class Runner:
         profile = None
         if spec.profile:                   # a second, profiled session: the times above stay clean
             rep.report("profile", 0, 0, "profiling the operators", force=True)
-            profile = profile_model(model_path, spec.session, names, feeds, iterations,
+            profile = profile_model(model, spec.session, names, feeds, iterations,
                                     _run, rep.check)
         measured_s = measured_ns / 1e9
         rep.report("measure", iterations if spec.iterations else measured_ns // 1_000_000,
@@ -330,9 +337,14 @@ class Runner:
         dataset; see the module's docstring."""
         rep = _Reporter(progress, cancelled)
         rep.check()
-        paths = {sha: self.store.path(BlobKind.MODEL, sha) for sha in spec.models}
-        dataset = load_dataset(self.store.path(BlobKind.DATASET, spec.dataset_sha256)) \
-            if spec.dataset_sha256 else None
+        with contextlib.ExitStack() as stack:
+            models = {sha: stack.enter_context(self.store.open(BlobKind.MODEL, sha))
+                      for sha in spec.models}
+            dataset = self._dataset(spec.dataset_sha256) if spec.dataset_sha256 else None
+            return self._compare(spec, models, dataset, rep)
+
+    def _compare(self, spec: CompareSpec, models: Dict[str, OpenedFile], dataset: Any,
+                 rep: _Reporter) -> CompareResult:
         sysinfo.reset_peak_rss()
         shas = {"a": spec.model_a_sha256, "b": spec.model_b_sha256}
         rounds: List[CompareRound] = []
@@ -341,7 +353,7 @@ class Runner:
             done: Dict[str, BenchmarkResult] = {}
             for which in ("b", "a") if b_first else ("a", "b"):
                 rep.prefix = f"round {index + 1}/{spec.rounds} {which.upper()}"
-                done[which] = self._session(spec.benchmark(shas[which]), paths[shas[which]],
+                done[which] = self._session(spec.benchmark(shas[which]), models[shas[which]],
                                             None, rep)
             rounds.append(CompareRound(a=done["a"], b=done["b"], b_first=b_first))
         evaluations: Dict[str, Optional[EvaluateResult]] = {"a": None, "b": None}
@@ -349,7 +361,7 @@ class Runner:
             for which in ("a", "b"):
                 rep.prefix = f"evaluate {which.upper()}"
                 rep.report("load", 0, 0, "creating the onnxruntime session", force=True)
-                session, load_ms = create_session(paths[shas[which]], spec.session)
+                session, load_ms = create_session(models[shas[which]], spec.session)
                 evaluations[which] = evaluate_session(
                     session, load_ms, dataset, spec.evaluation(shas[which]), rep, _run)
                 del session
@@ -410,27 +422,31 @@ class Runner:
         (``edgetune.device.joboutput``); it is complete, or absent, when this returns."""
         rep = _Reporter(progress, cancelled)
         rep.check()
-        model_path = self.store.path(BlobKind.MODEL, spec.model_sha256)
-        dataset = load_dataset(self.store.path(BlobKind.DATASET, spec.dataset_sha256))
+        with self.store.open(BlobKind.MODEL, spec.model_sha256) as model:
+            return self._evaluate_dumping(spec, model, self._dataset(spec.dataset_sha256), rep,
+                                          job_id)
+
+    def _evaluate_dumping(self, spec: EvaluateSpec, model: OpenedFile, dataset: Any,
+                          rep: _Reporter, job_id: str) -> EvaluateResult:
         if not spec.dump_outputs:
-            return self._evaluate(spec, model_path, dataset, rep)
+            return self._evaluate(spec, model, dataset, rep)
         writer = self.outputs.writer(job_id, spec.dump_outputs, dataset.samples)
         try:
-            result = self._evaluate(spec, model_path, dataset, rep, writer.write_batch)
+            result = self._evaluate(spec, model, dataset, rep, writer.write_batch)
             size = writer.commit()
         except BaseException:
             writer.discard()
             raise
         return dataclasses.replace(result, output_bytes=size)
 
-    def _evaluate(self, spec: EvaluateSpec, model_path: Path, dataset: Any, rep: _Reporter,
+    def _evaluate(self, spec: EvaluateSpec, model: OpenedFile, dataset: Any, rep: _Reporter,
                   sink: Any = None) -> EvaluateResult:
         if spec.runner:
-            return self._plugin_evaluate(spec, model_path, dataset, rep, sink)
+            return self._plugin_evaluate(spec, model, dataset, rep, sink)
         self._refuse_opaque(spec.model_sha256)
         rep.report("load", 0, 0, "creating the onnxruntime session", force=True)
         placement = Placement()
-        session, load_ms = create_session(model_path, spec.session, placement)
+        session, load_ms = create_session(model, spec.session, placement)
         nodes: List[Tuple[Tuple[str, int], ...]] = []
 
         def run(session: Any, names: List[str], feeds: Feeds) -> List[np.ndarray]:
@@ -455,7 +471,7 @@ class Runner:
         if fmt != plugins.ONNX:
             plugins.check_runner(BenchmarkSpec(model_sha256=sha256), self.plugins, fmt)
 
-    def _plugin_model(self, spec: Any, model_path: Path,
+    def _plugin_model(self, spec: Any, model: OpenedFile,
                       dataset: Any) -> Tuple[Any, str, List[Any], List[Any]]:
         """The runner's config, the model's format, its inputs and (ONNX) outputs."""
         config = self.plugins.get(spec.runner)
@@ -464,18 +480,19 @@ class Runner:
             plugins.check_runner(spec, self.plugins, fmt)
         if fmt == plugins.ONNX:
             from edgetune.device.onnx_safety import inspect_model
-            summary = inspect_model(model_path, self.limits.max_model_bytes)
+            summary = inspect_model(Path(model.path), self.limits.max_model_bytes,
+                                    file=model.file)
             return (config, fmt, plugins.onnx_values(summary.inputs),
                     plugins.onnx_values(summary.outputs))
         return config, fmt, plugins.opaque_inputs(spec.session, dataset), []
 
-    def _plugin_run(self, config: Any, fmt: str, model_path: Path, feeds: Feeds, mode: str,
+    def _plugin_run(self, config: Any, fmt: str, model: OpenedFile, feeds: Feeds, mode: str,
                     warmup: int, iterations: int, rep: _Reporter,
                     after: Callable[..., Any]) -> Any:
         """Run the plug-in in a fresh work folder (removed after), then ``after(process)``."""
         work = plugins.work_folder(self.plugin_work)
         try:
-            proc = plugins.PluginProcess(config, work, model_path, fmt)
+            proc = plugins.PluginProcess(config, work, model, fmt)
             proc.write_inputs(feeds)
             begin = time.monotonic()
             phase = "measure" if mode == "benchmark" else "evaluate"
@@ -490,9 +507,9 @@ class Runner:
         finally:
             plugins.remove_work(work)
 
-    def _plugin_benchmark(self, spec: BenchmarkSpec, model_path: Path, dataset: Any,
+    def _plugin_benchmark(self, spec: BenchmarkSpec, model: OpenedFile, dataset: Any,
                           rep: _Reporter) -> BenchmarkResult:
-        config, fmt, inputs, outputs = self._plugin_model(spec, model_path, dataset)
+        config, fmt, inputs, outputs = self._plugin_model(spec, model, dataset)
         thermal = self._thermal_gate(spec.thermal, rep)
         if dataset is not None:
             matched = match_to_model(dataset, inputs, outputs)
@@ -503,7 +520,7 @@ class Runner:
         first = next(iter(feeds.values()), None)
         batch = int(first.shape[0]) if first is not None and first.ndim else 1
         timings = self._plugin_run(
-            config, fmt, model_path, feeds, "benchmark", spec.warmup, spec.iterations, rep,
+            config, fmt, model, feeds, "benchmark", spec.warmup, spec.iterations, rep,
             lambda proc, out: plugins.parse_timings(out, proc, spec.iterations))
         samples_ms = timings["samples_ms"]
         measured_s = sum(samples_ms) / 1000
@@ -521,9 +538,9 @@ class Runner:
             temperature_c=sysinfo.temperature_c(self.thermal_root), providers=(),
             thermal=thermal, load_avg=sysinfo.load_average())
 
-    def _plugin_evaluate(self, spec: EvaluateSpec, model_path: Path, dataset: Any,
+    def _plugin_evaluate(self, spec: EvaluateSpec, model: OpenedFile, dataset: Any,
                          rep: _Reporter, sink: Any = None) -> EvaluateResult:
-        config, fmt, inputs, outputs = self._plugin_model(spec, model_path, dataset)
+        config, fmt, inputs, outputs = self._plugin_model(spec, model, dataset)
         if outputs:                          # ONNX: the dataset is checked before it runs
             feeds = match_to_model(dataset, inputs, outputs).inputs
         else:                                # opaque: its outputs are known once written
@@ -537,7 +554,7 @@ class Runner:
             session = plugins.Outputs(inputs, values, arrays)
             return evaluate_session(session, 0.0, dataset, spec, rep, _run, sink)
 
-        result = self._plugin_run(config, fmt, model_path, feeds, "evaluate", 0,
+        result = self._plugin_run(config, fmt, model, feeds, "evaluate", 0,
                                   dataset.samples, rep, evaluate)
         return dataclasses.replace(result, elapsed_s=time.perf_counter() - start)
 
