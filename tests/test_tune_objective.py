@@ -39,3 +39,18 @@ def test_a_more_accurate_configuration_is_not_stopped_by_a_less_accurate_one() -
     assert obj.dominating(front, obj.short_bound(slow), 0.99, 0.10) is None
     # an infeasible point stops nothing
     assert obj.dominating([obj.Point(0, 0.5, 1.0, False)], 1.5, 0.99, 0.10) is None
+
+
+def test_the_answer_measures_the_near_ties_of_the_fastest_again() -> None:
+    from edgetune.host.tune.final import MAX_NEAR, NEAR, near_ties
+
+    fastest = obj.Point(3, 1.00, 0.99, True)
+    points = [fastest, obj.Point(1, 1.02, 0.98, True), obj.Point(2, 1.0 + NEAR / 2, 0.999, True),
+              obj.Point(4, 1.01, 0.999, False),           # infeasible: not a candidate
+              obj.Point(5, 1.5, 1.0, True),               # clearly slower
+              obj.Point(6, 1.03, 0.97, True), obj.Point(7, 1.04, 0.97, True)]
+    feasible = [p for p in points if p.feasible]
+    ties = near_ties(feasible, fastest, {3})
+    assert [p.number for p in ties] == [1, 6][:MAX_NEAR]
+    assert all(p.latency_ms <= 1.0 * (1 + NEAR) for p in ties)
+    assert near_ties(feasible, fastest, {3, 1, 6, 7, 2}) == []

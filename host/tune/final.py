@@ -1,7 +1,11 @@
-"""The answer of a study: the best few candidates (the knee of the feasible Pareto front and
-the fastest feasible trial) measured again, interleaved in rounds against the baselines (FP32
-with the default session, INT8 with edgetune's defaults and the default session), so the
-reported gain is not a lucky trial.
+"""The answer of a study: the best few candidates (the knee of the feasible Pareto front, the
+fastest feasible trial, and the feasible trials whose one measurement came within ``NEAR`` of
+the fastest's) measured again, interleaved in rounds against the baselines (FP32 with the
+default session, INT8 with edgetune's defaults and the default session), so the reported gain
+is not a lucky trial -- and, with ``--max-drop``, the chosen configuration is not one either:
+among near-ties, the fastest single measurement is mostly the luckiest one (a small space
+holds several configurations within a few % of each other: the same INT8 model sequential or
+parallel, per-channel or per-tensor), so they are told apart in the rounds.
 
 Each round measures every model once, in an order that rotates from round to round, as
 separate benchmark jobs (the models run with different session options, which one comparison
@@ -22,6 +26,9 @@ from edgetune.host.tune import study as studies
 from edgetune.host.tune.space import CPU, candidate, with_shapes
 from edgetune.host.tune.variants import Variant
 from edgetune.protos.messages import SessionOptions
+
+NEAR = 0.10          # feasible trials within 10 % of the fastest are measured again with it
+MAX_NEAR = 2         # ... at most this many besides the fastest and the knee
 
 
 @dataclass
@@ -178,6 +185,8 @@ def answer(ctx: Any, m: Any, boards: Sequence[Any], scheduler: Any) -> StudyResu
     fastest = front[0]
     chosen_points = [fastest] + ([knee] if knee is not None and knee.number != fastest.number
                                  else [])
+    if s.max_drop is not None:      # the answer is the fastest feasible: its near-ties too
+        chosen_points += near_ties(feasible, fastest, {p.number for p in chosen_points})
     entries: List[_Entry] = []
     base_session = SessionOptions(input_shapes=tuple(sorted(s.input_shapes)))
     fp32 = ctx.cache.fp32()
@@ -240,7 +249,7 @@ def answer(ctx: Any, m: Any, boards: Sequence[Any], scheduler: Any) -> StudyResu
         imp = improvement(interval(e, int8_e), interval(e, fp32_e))
         lat_doc = _median_doc(e.runs) or t.user_attrs.get("latency_ms") or {}
         doc = _best_doc(ctx, t, e.variant, e.session, lat_doc, imp)
-        doc["role"] = "fastest" if e.trial == fastest.number else "knee"
+        doc["role"] = "fastest" if e.trial == fastest.number else "near the fastest"
         if knee is not None and e.trial == knee.number:
             doc["role"] = "fastest, knee" if e.trial == fastest.number else "knee"
         doc["final_result_ids"] = e.result_ids
@@ -257,6 +266,15 @@ def answer(ctx: Any, m: Any, boards: Sequence[Any], scheduler: Any) -> StudyResu
     result.summary = summary_line(key, ctx.metric_title, best["improvement"], delta)
     ctx.study.set_user_attr("answer", result.as_json())
     return result
+
+
+def near_ties(feasible: Sequence[obj.Point], fastest: obj.Point, taken: Any
+              ) -> List[obj.Point]:
+    """Feasible trials (not in ``taken``) whose measured latency is within ``NEAR`` of the
+    fastest's, fastest first, at most ``MAX_NEAR``: one measurement each cannot order them."""
+    close = [p for p in feasible if p.number not in taken
+             and p.latency_ms <= fastest.latency_ms * (1 + NEAR)]
+    return sorted(close, key=lambda p: (p.latency_ms, p.number))[:MAX_NEAR]
 
 
 def _best_doc(ctx: Any, t: Any, variant: Variant, session: SessionOptions,
