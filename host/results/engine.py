@@ -75,8 +75,7 @@ def check_sqlite_file(path: Path) -> None:
             conn.close()
     except sqlite3.DatabaseError as exc:
         if "not a database" not in str(exc):
-            raise BadInputError(f"the results database {path} cannot be read: {exc}",
-                                hint="check the file's permissions") from None
+            return                  # damaged, locked, ...: opening it says so (connection_error)
         raise BadInputError(
             f"{path} is not a SQLite database (it does not start with the SQLite header); "
             "refusing to use or overwrite it",
