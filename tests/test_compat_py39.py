@@ -320,3 +320,27 @@ def test_previous_release_agent_serves_this_host(board_python: Callable[[str], P
     agent = [str(py), "-m", "device"]  # bare-import-ok
     with serving_agent(agent, pki, tmp_path / "board", env) as address:
         this_host_uses(address, pki, tmp_path, capsys, versions["onnxruntime"], signs=False)
+
+
+def test_previous_release_agent_is_refused_for_analyze_on_the_board(
+        board_python: Callable[[str], Path], previous_release: Path, pki: Any, tmp_path: Path,
+        capsys: pytest.CaptureFixture, digits_q: Path) -> None:
+    """``analyze --device`` needs the board's tensors back (ReadJobOutput, the ``job_output``
+    feature); the 0.1.0 agent has neither, so the host refuses before sending anything, with
+    the incompatible exit code and both versions named."""
+    from edgetune import __version__
+    py = board_python("newest")
+    env = _env()
+    env["PYTHONPATH"] = str(previous_release)
+    agent = [str(py), "-m", "device"]  # bare-import-ok
+    with serving_agent(agent, pki, tmp_path / "board", env) as address:
+        conn = ["--address", address, "--ca", str(pki.ca_cert), "--cert", str(pki.host.cert),
+                "--key", str(pki.host.key), "--passphrase-file",
+                str(write_passphrase_file(tmp_path / "passphrase", pki.passphrase))]
+        r = run_cli(capsys, "analyze", str(DIGITS_MODEL), str(digits_q), "--calib", str(DIGITS_MODEL.parent / "digits_calib.npz"),
+                    "--calib-count", "4", *conn)
+    assert r.code == 10, (r.code, r.err)
+    assert "runs edgetune 0.1.0" in r.err and f"this PC runs edgetune {__version__}" in r.err
+    assert "cannot send a job's output tensors back" in r.err
+    assert not (tmp_path / "board" / "store" / "models").exists() or \
+        not list((tmp_path / "board" / "store" / "models").iterdir())
