@@ -332,6 +332,46 @@ def test_an_upgrade_that_does_not_come_up_is_rolled_back(board: Board, tmp_path:
     assert code == 0, err                            # the old version serves again
 
 
+def _house_with_extra(good: Path, out: Path, extra: str) -> Path:
+    """The same wheelhouse plus one small wheel nothing requires: another version id."""
+    out.mkdir()
+    for wheel in good.glob("*.whl"):
+        os.symlink(wheel, out / wheel.name)
+    with zipfile.ZipFile(out / f"{extra}-1.0-py3-none-any.whl", "w") as whl:
+        whl.writestr(f"{extra}/__init__.py", "")
+        whl.writestr(f"{extra}-1.0.dist-info/METADATA",
+                     f"Metadata-Version: 2.1\nName: {extra}\nVersion: 1.0\n")
+    return out
+
+
+def test_upgrades_keep_two_versions_and_only_the_wheels_they_installed_from(
+        board: Board, tmp_path: Path) -> None:
+    original = board.state()["vid"]
+    wheels = board.prefix / "wheels"
+    vids = []
+    for extra in ("etextraone", "etextratwo"):
+        house = _house_with_extra(board.wheelhouse, tmp_path / extra, extra)
+        code, out, err = cli("deploy", "upgrade", NAME, "--wheelhouse", str(house),
+                             *board.flags())
+        assert code == 0, err
+        vids.append(board.state()["vid"])
+    assert len({original, *vids}) == 3
+    assert sorted(os.listdir(board.prefix / "versions")) == sorted(vids)   # original pruned
+    assert (wheels / "etextraone-1.0-py3-none-any.whl").exists()    # the previous one's
+    (wheels / "stale.whl.part").write_bytes(b"left by an interrupted upload")
+    code, out, err = cli("deploy", "upgrade", NAME, "--wheelhouse", str(board.wheelhouse),
+                         *board.flags())
+    assert code == 0, err
+    assert board.state()["vid"] == original
+    assert sorted(os.listdir(board.prefix / "versions")) == sorted([original, vids[1]])
+    left = set(os.listdir(wheels))
+    assert "etextraone-1.0-py3-none-any.whl" not in left and "stale.whl.part" not in left
+    assert "etextratwo-1.0-py3-none-any.whl" in left                 # the kept previous's
+    assert {w.name for w in board.wheelhouse.glob("*.whl")} <= left
+    code, out, err = cli("info", "--device", NAME, "--json", *board.flags())
+    assert code == 0, err
+
+
 def test_a_wheelhouse_without_a_wheel_the_board_needs_names_the_package_and_the_tag(
         board: Board, tmp_path: Path) -> None:
     from edgetune.host.deploy.probe import BoardFacts

@@ -345,9 +345,16 @@ class BoardDeploy:
                             still_running=service.active)
 
     def _prune(self, session: SshSession, layout: Layout, keep: tuple) -> None:
+        """Delete the versions not in ``keep``, then every file of ``PREFIX/wheels`` that no
+        kept version's wheelhouse links to (wheels of deleted versions, ``.part`` leftovers):
+        without it each upgrade's wheels (onnxruntime alone is tens of MB) stay forever."""
         keep_names = " ".join(shlex.quote(k) for k in keep)
         session.run(f"cd {layout.versions} && for d in *; do case \" {keep_names} \" in "
                     f"*\" $d \"*) ;; *) rm -rf -- \"$d\";; esac; done", check=False)
+        session.run(f"cd {layout.wheels} && for f in *; do [ -e \"$f\" ] || continue; "
+                    f"used=; for v in {layout.versions}/*/wheels; do "
+                    f"if [ -L \"$v/$f\" ]; then used=1; break; fi; done; "
+                    f"[ -n \"$used\" ] || rm -f -- \"$f\"; done", check=False)
 
     def _record(self, facts: BoardFacts) -> bool:
         s = self.settings
