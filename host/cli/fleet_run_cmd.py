@@ -7,9 +7,9 @@
     edgetune fleet show RUN [--json]
 
 The job flags are ``bench``'s and ``eval``'s (the same flags make the same job); the fleet's
-own: --retries, --parallel, --upload-parallel, --reattach-window. Exit 0 when every row
-succeeded, 11 when some failed, 12 when none succeeded, 130 on Ctrl-C (the jobs stay on the
-boards; --resume re-attaches them).
+own: --retries, --parallel, --upload-parallel, --reattach-window, --queue-wait. Exit 0 when
+every row succeeded, 11 when some failed, 12 when none succeeded, 130 on Ctrl-C (the jobs stay
+on the boards; --resume re-attaches them).
 """
 
 from __future__ import annotations
@@ -34,15 +34,17 @@ def fleet_settings(args: argparse.Namespace) -> Any:
     check_count("--retries", args.retries, minimum=0, maximum=20)
     check_count("--parallel", args.parallel, maximum=1024)
     check_count("--upload-parallel", args.upload_parallel, maximum=256)
-    for flag, value in (("--timeout", args.timeout), ("--reattach-window", args.reattach_window)):
-        if not value > 0:
+    for flag, value in (("--timeout", args.timeout), ("--reattach-window", args.reattach_window),
+                        ("--queue-wait", args.queue_wait)):
+        if not 0 < value < 1e7:
             raise UsageError(f"{flag} must be a positive number of seconds (got {value:g})")
     lease = 0.0 if getattr(args, "no_lease", True) else LEASE_TTL_S
     return FleetSettings(retries=args.retries, parallel=args.parallel, lease_ttl_s=lease,
                          strict=args.strict,
                          upload_parallel=args.upload_parallel, timeout_s=args.timeout,
                          connect_timeout_s=min(10.0, args.timeout / 2),
-                         reattach_window_s=args.reattach_window)
+                         reattach_window_s=args.reattach_window,
+                         queue_wait_s=args.queue_wait)
 
 
 def choose_devices(args: argparse.Namespace, inventory: Any, identity: Any,
@@ -305,6 +307,10 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reattach-window", type=float, default=60.0, metavar="S",
                    help="how long a board that drops a running job's watch is waited for "
                         "before its row fails as lost mid-run (default 60)")
+    g.add_argument("--queue-wait", type=float, default=600.0, metavar="S",
+                   help="a board whose job queue is full: while jobs of this run wait there, "
+                        "the next is submitted when one ends; when other hosts' jobs fill it, "
+                        "it is tried again for S seconds before its rows fail (default 600)")
     g.add_argument("--strict", action="store_true",
                    help="refuse a board whose certificate names another board than its "
                         "inventory name (default: a warning)")

@@ -1,15 +1,15 @@
 """How a fleet run treats its boards: its settings (retries and their back-off, parallelism,
 deadlines, the lease, --strict), which failures are worth a retry, and how a failed row's
-reason names what happened (``unreachable:``, ``refused:``, ``leased:``, ``lost mid-run:``,
-``agent restarted mid-run:``, ``timeout:``)."""
+reason names what happened (``unreachable:``, ``refused:``, ``leased:``, ``busy:``,
+``lost mid-run:``, ``agent restarted mid-run:``, ``timeout:``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, List
 
-from edgetune.host.errors import (AuthError, EdgetuneError, LeaseHeldError, TimeoutError_,
-                                  UnreachableError)
+from edgetune.host.errors import (AuthError, BusyError, EdgetuneError, LeaseHeldError,
+                                  TimeoutError_, UnreachableError)
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,14 @@ class FleetSettings:
     reattach_window_s: float = 60.0     # how long a dropped watch is re-attached
     lease_ttl_s: float = 0.0            # 0: take no lease
     strict: bool = False                # a board whose certificate names another board: refused
+    queue_wait_s: float = 600.0         # a board whose queue others' jobs fill: waited this long
+    window_chunks: int = 8              # upload chunks a shared reading keeps for slower boards
 
     def __post_init__(self) -> None:
-        if self.retries < 0 or self.parallel < 1 or self.upload_parallel < 1:
-            raise ValueError("retries >= 0, parallel >= 1 and upload_parallel >= 1")
+        if self.retries < 0 or self.parallel < 1 or self.upload_parallel < 1 or \
+                self.window_chunks < 1 or not self.queue_wait_s >= 0:
+            raise ValueError("retries >= 0, parallel >= 1, upload_parallel >= 1, "
+                             "window_chunks >= 1 and queue_wait_s >= 0")
 
     def client_settings(self) -> Any:
         from edgetune.host.client import ClientSettings
@@ -35,6 +39,10 @@ class FleetSettings:
         # cert_warning_days=-1: the caller checked our own certificate once for the fleet
         return ClientSettings(timeout_s=self.timeout_s, connect_timeout_s=self.connect_timeout_s,
                               reattach_window_s=self.reattach_window_s, cert_warning_days=-1)
+
+
+class Cancelled(Exception):
+    """Ctrl-C: the main thread asked every board to stop."""
 
 
 class Restarted(UnreachableError):
@@ -48,6 +56,8 @@ def reason(error: BaseException, *, mid_run: bool) -> str:
     """A row's error: what kind of failure, then the message."""
     if isinstance(error, Restarted):
         return f"agent restarted mid-run: {error.message}"
+    if isinstance(error, BusyError):
+        return f"busy: {error.message}"
     if isinstance(error, LeaseHeldError):
         return f"leased: {error.message}"
     if isinstance(error, AuthError):

@@ -5,8 +5,10 @@
     rows = run.execute()              # a RowResult per board x model; KeyboardInterrupt on Ctrl-C
 
 Each board gets its own ``BoardSession`` (the one path to a board) and its own worker thread,
-which connects, uploads what the board lacks (every file hashed once, by the caller; uploads
-bounded by ``upload_parallel`` across the fleet), submits one job per model and watches them.
+which connects, uploads what the board lacks (every file hashed once, by the caller, and read
+once for the boards uploading it together: ``fanout.SharedFile``; uploads bounded by
+``upload_parallel`` across the fleet), submits one job per model and watches them
+(``board_jobs``: a full queue is waited out, not failed).
 A board's failure ends only that board's rows, with the reason; unreachable boards, lost
 connections, timeouts and jobs interrupted by an agent restart are retried ``retries`` times,
 with a doubling back-off.
@@ -29,50 +31,18 @@ import concurrent.futures as cf
 import contextlib
 import logging
 import threading
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from edgetune.host.errors import (AuthError, BadInputError, EdgetuneError, NotFoundError,
-                                  UnreachableError)
+from edgetune.host.errors import AuthError, EdgetuneError, UnreachableError
 from edgetune.host.fleet import runbook as rb
-from edgetune.host.fleet.policy import (TRANSIENT, FleetSettings, Restarted, backoff_delays,
-                                        reason)
+from edgetune.host.fleet.board_jobs import BoardJobs, Row
+from edgetune.host.fleet.policy import (TRANSIENT, Cancelled, FleetSettings, Restarted,
+                                        backoff_delays, reason)
 from edgetune.host.fleet.runspec import FileRef, FleetRunSpec, unique
-from edgetune.host.fleet.summary import RowResult, board_kind, row_values
-from edgetune.protos.messages import BlobKind, JobState
+from edgetune.host.fleet.summary import RowResult, board_kind
+from edgetune.protos.messages import BlobKind
 
 log = logging.getLogger(__name__)
-
-
-class _Cancelled(Exception):
-    """Ctrl-C: the main thread asked every board to stop."""
-
-
-@dataclass
-class _Row:
-    """One board x model while the run goes (owned by the board's worker)."""
-
-    device: str
-    model: FileRef
-    state: str = rb.PENDING
-    job_id: Optional[str] = None
-    result_id: Optional[str] = None
-    error: str = ""
-    attempts: int = 0
-    run: Any = None                     # the typed BoardRun once finished
-    kind: Optional[Dict[str, str]] = None
-    extra: Dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def final(self) -> bool:
-        return self.state in rb.FINAL
-
-    def result(self) -> RowResult:
-        latency, metrics = row_values(self.run.result if self.run is not None else None)
-        return RowResult(device=self.device, model=self.model.display,
-                         sha256=self.model.sha256, state=self.state, job_id=self.job_id,
-                         result_id=self.result_id, latency_ms=latency, metrics=metrics,
-                         error=self.error, kind=self.kind)
 
 
 class FleetRun:
@@ -99,17 +69,18 @@ class FleetRun:
         self.progress = progress or NoProgress()
         self.cancel = threading.Event()
         self._upload_slots = threading.Semaphore(settings.upload_parallel)
+        self._files: Dict[str, Any] = {}     # sha256 -> the SharedFile its uploads read
         self._sessions: Dict[str, Any] = {}
         self._warned: set = set()
         self._held: Dict[str, Any] = {}      # board -> the HeldLease of its lease block
         self._lock = threading.Lock()
         before = {(r.device, r.model_sha256): r for r in rows}
-        self.rows: Dict[str, List[_Row]] = {}
+        self.rows: Dict[str, List[Row]] = {}
         for device in self.devices:
             board_rows = []
             for model in spec.models:
                 old = before.get((device.name, model.sha256))
-                row = _Row(device.name, model)
+                row = Row(device.name, model)
                 if old is not None:
                     row.state = rb.DONE if old.state == rb.DONE else rb.PENDING
                     row.job_id, row.result_id = old.job_id, old.result_id
@@ -140,6 +111,8 @@ class FleetRun:
             raise
         finally:
             pool.shutdown(wait=False)
+            for shared in self._files.values():
+                shared.close()
         for future in futures:
             future.result()             # a bug in a worker is not swallowed
         return self.results()
@@ -155,7 +128,7 @@ class FleetRun:
         lost: Optional[BaseException] = None    # how the board was lost while jobs ran on it
         try:
             while not self.cancel.is_set():
-                waiting = False
+                jobs = BoardJobs(self, None, device.name)
                 try:
                     if session is None:
                         session = self._open(device)
@@ -168,15 +141,14 @@ class FleetRun:
                     self._upload(session, device.name, rows)
                     with self._lease(session) as held:  # no other host's jobs in between
                         self._held[device.name] = held
-                        self._submit(session, rows)
-                        waiting = True
-                        self._wait(session, device.name, rows)
+                        jobs.session = session
+                        jobs.run_rows(rows)
                     self._note_quarantine(device.name, rows)
                     return
                 except Exception as exc:  # noqa: BLE001 - every failure ends in a row's reason
                     if self.cancel.is_set():
                         break
-                    if waiting and isinstance(exc, UnreachableError) and \
+                    if jobs.on_board and isinstance(exc, UnreachableError) and \
                             not isinstance(exc, Restarted):
                         lost = exc
                     why = reason(lost or exc, mid_run=lost is not None)
@@ -195,7 +167,7 @@ class FleetRun:
                         why += f" (then, retrying: {reason(exc, mid_run=False)})"
                     for row in rows:
                         if not row.final:
-                            self._finish(row, rb.FAILED, why, attempts=attempt + 1)
+                            self.finish(row, rb.FAILED, why, attempts=attempt + 1)
                     self._note_quarantine(device.name, rows)
                     return
             self._interrupted(rows)
@@ -257,7 +229,7 @@ class FleetRun:
             return session.lease(self.settings.lease_ttl_s, required=False)
         return contextlib.nullcontext()
 
-    def _upload(self, session: Any, device: str, rows: List[_Row]) -> None:
+    def _upload(self, session: Any, device: str, rows: List[Row]) -> None:
         needed = [r.model for r in rows if not r.final and r.job_id is None]
         files = [(f, BlobKind.MODEL) for f in unique(needed) if f.path is not None]
         if self.spec.dataset is not None and self.spec.dataset.path is not None and needed:
@@ -265,71 +237,39 @@ class FleetRun:
         for ref, kind in files:
             with self._upload_slots:
                 if self.cancel.is_set():
-                    raise _Cancelled()
-                session.upload(ref.path, kind, sha256=ref.sha256)
+                    raise Cancelled()
+                session.upload(ref.path, kind, sha256=ref.sha256,
+                               chunks=self.shared_file(ref).chunks)
 
-    def _submit(self, session: Any, rows: List[_Row]) -> None:
-        """Queue a job per row without one; a row with a job id (a resumed run, a retry)
-        keeps its job while the board still has it queued, running or succeeded."""
-        for row in rows:
-            if row.final:
-                continue
-            if row.job_id is not None:
-                try:
-                    job = session.get_job(row.job_id)
-                except NotFoundError:
-                    job = None
-                if job is not None and job.state in (JobState.QUEUED, JobState.RUNNING,
-                                                     JobState.SUCCEEDED):
-                    self.progress.board(row.device, f"re-attached {row.model.display} "
-                                                    f"({job.state.value})")
-                    continue
-                row.job_id = None
-            label = self.spec.label or row.model.display
-            try:
-                job, position = session.submit(self.spec.job_spec(row.model), label)
-            except (NotFoundError, BadInputError) as exc:   # this job's input: only its row
-                self._finish(row, rb.FAILED, f"job refused: {exc.message}")
-                continue
-            row.job_id = job.id
-            row.state = rb.SUBMITTED
-            self._note(row, state=rb.SUBMITTED, job_id=job.id)
-            self.progress.board(row.device, f"queued {row.model.display} at position "
-                                            f"{position}" if position else
-                                f"running {row.model.display}")
+    def shared_file(self, ref: FileRef) -> Any:
+        """The one reader of ``ref``'s file that every board's upload of it draws from."""
+        from edgetune.host.fleet.fanout import SharedFile
 
-    def _wait(self, session: Any, device: str, rows: List[_Row]) -> None:
-        from edgetune.host.render import describe_event
+        with self._lock:
+            shared = self._files.get(ref.sha256)
+            if shared is None:
+                chunk = self.settings.client_settings().upload_chunk_bytes
+                shared = SharedFile(ref.path, ref.size if ref.size is not None
+                                    else ref.path.stat().st_size, chunk_bytes=chunk,
+                                    window_chunks=self.settings.window_chunks)
+                self._files[ref.sha256] = shared
+            return shared
 
-        for row in rows:
-            if row.final:
-                continue
-
-            def on_event(event: Any, name: str = row.model.display) -> None:
-                self.progress.board(device, f"{describe_event(event)}: {name}")
-
-            job = session.wait(row.job_id, on_event)
-            if job.state is JobState.INTERRUPTED:     # submitted again by a retry (_submit)
-                raise Restarted(f"job {job.id} was interrupted on {device} (the agent "
-                                "restarted while it ran)")
-            run = session.result(job, row.model.text, row.model.path)
-            row.run = run
-            if self.recorder is not None:
-                row.result_id = self.recorder.result_id(run)
-            if run.ok:
-                self._finish(row, rb.DONE, "")
-            else:
-                self._finish(row, rb.FAILED, f"job {job.state.value}: {run.error}")
+    def files_read(self) -> Dict[str, int]:
+        """sha256 -> bytes read from that file for the uploads so far (over every board)."""
+        with self._lock:
+            return {sha: f.bytes_read for sha, f in self._files.items()}
 
     # ------------------------------------------------------------------ row outcomes
-    def _finish(self, row: _Row, state: str, error: str, attempts: int = 0) -> None:
+    def finish(self, row: Row, state: str, error: str, attempts: int = 0) -> None:
+        """End ``row`` as ``state`` (with ``error``): kept, and shown."""
         row.state, row.error = state, error
         row.attempts = max(row.attempts, attempts)
-        self._note(row, state=state, error=error, result_id=row.result_id,
+        self.note(row, state=state, error=error, result_id=row.result_id,
                    job_id=row.job_id, attempts=row.attempts)
         self.progress.finished(row.result())
 
-    def _note_quarantine(self, device: str, rows: List[_Row]) -> None:
+    def _note_quarantine(self, device: str, rows: List[Row]) -> None:
         """Tell the quarantine how the board's jobs of this run went (once per board: a
         success resets its count of failures in a row, a failure adds one)."""
         if self.quarantine is None:
@@ -345,15 +285,16 @@ class FleetRun:
         if entry is not None:
             self.progress.note(f"{device} is now quarantined: {entry.reason}")
 
-    def _interrupted(self, rows: List[_Row]) -> None:
+    def _interrupted(self, rows: List[Row]) -> None:
         for row in rows:
             if not row.final:
                 row.state = rb.INTERRUPTED if row.job_id else rb.PENDING
                 row.error = ("interrupted; the job stays on the board" if row.job_id
                              else "interrupted before it was submitted")
-                self._note(row, state=row.state, error=row.error, job_id=row.job_id)
+                self.note(row, state=row.state, error=row.error, job_id=row.job_id)
 
-    def _note(self, row: _Row, **values: Any) -> None:
+    def note(self, row: Row, **values: Any) -> None:
+        """Keep ``values`` of ``row`` in the run's book (the results database)."""
         if self.book is None:
             return
         try:
@@ -372,4 +313,4 @@ def _close_quietly(session: Any) -> None:
         log.debug("closing a board session: %s", exc)
 
 
-__all__ = ["FleetRun", "FleetSettings", "Restarted", "backoff_delays", "reason"]
+__all__ = ["FleetRun", "FleetSettings", "Restarted", "Row", "backoff_delays", "reason"]
