@@ -1,5 +1,7 @@
-"""``python -m tests.emulated build [--prepare-host]``: make or refresh the cached board (the
-root file system and the agent's dependency layer) and print how long each part took."""
+"""``python -m tests.emulated build [--arch arm64|riscv64|all] [--prepare-host]``: make or
+refresh the cached boards (each one's root file system and the agent's dependency layer) and
+print how long each part took. The default builds both: the Debian 11 arm64 board and the
+Debian 13 riscv64 board with the distribution's onnxruntime."""
 
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from tests.emulated import rootfs
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.emulated")
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="build the cached board when missing or stale")
+    build = sub.add_parser("build", help="build the cached boards when missing or stale")
+    build.add_argument("--arch", choices=(*rootfs.RECIPES, "all"), default="all",
+                       help="which board (Debian's architecture name); default: all")
     build.add_argument("--prepare-host", action="store_true",
                        help="apt-get install qemu-user-static, binfmt-support, debootstrap, "
                             "iproute2 when missing and enable binfmt (root)")
@@ -23,17 +27,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                        help="only the root file system, not the agent's dependency layer")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    recipe = rootfs.DEBIAN11_ARM64
-    if args.prepare_host:
-        rootfs.prepare_host(recipe)
-    began = time.monotonic()
-    entry = rootfs.ensure_built(recipe)
-    print(f"root file system: {entry} ({time.monotonic() - began:.0f} s)")
-    if not args.rootfs_only:
-        from tests.emulated import layers
+    recipes = list(rootfs.RECIPES.values()) if args.arch == "all" else [rootfs.RECIPES[args.arch]]
+    for recipe in recipes:
+        if args.prepare_host:
+            rootfs.prepare_host(recipe)
         began = time.monotonic()
-        layer = layers.ensure_agent_layer(recipe)
-        print(f"agent dependency layer: {layer} ({time.monotonic() - began:.0f} s)")
+        entry = rootfs.ensure_built(recipe)
+        print(f"{recipe.name} root file system: {entry.name} ({time.monotonic() - began:.0f} s)",
+              flush=True)
+        if not args.rootfs_only:
+            from tests.emulated import layers
+            began = time.monotonic()
+            layer = layers.ensure_agent_layer(recipe)
+            print(f"{recipe.name} agent dependency layer: {layer.parent.name} "
+                  f"({time.monotonic() - began:.0f} s)", flush=True)
     return 0
 
 

@@ -11,7 +11,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, NoReturn, Tuple
+from typing import Any, Dict, Iterator, NoReturn, Optional, Tuple
 
 import pytest
 
@@ -51,11 +51,12 @@ def ssh_key(directory: Path) -> SshKey:
 
 @contextlib.contextmanager
 def started_board(workdir: Path, *, with_agent_layer: bool, authorized: Tuple[str, ...] = (),
-                  ) -> Iterator[EmulatedBoard]:
-    """A started board (sshd running when ``authorized`` keys are given); torn down at exit."""
-    require_board_host()
+                  recipe: rootfs.Recipe = rootfs.DEBIAN11_ARM64) -> Iterator[EmulatedBoard]:
+    """A started board of ``recipe`` (sshd running when ``authorized`` keys are given); torn
+    down at exit."""
+    require_board_host(recipe)
     try:
-        board = EmulatedBoard(workdir, with_agent_layer=with_agent_layer)
+        board = EmulatedBoard(workdir, recipe=recipe, with_agent_layer=with_agent_layer)
         with board:
             if authorized:
                 board.start_sshd(authorized)
@@ -81,14 +82,15 @@ def agent_config(board: EmulatedBoard, pki: Any) -> None:
 
 
 @contextlib.contextmanager
-def serving_agent(board: EmulatedBoard, timeout: float = 180) -> Iterator[str]:
+def serving_agent(board: EmulatedBoard, timeout: float = 180,
+                  env: Optional[Dict[str, str]] = None) -> Iterator[str]:
     """The board's agent (``AGENT_VENV``'s edgetune-agent with /etc/edgetune/agent.toml) until
     the block ends; yields the address from its ready file. At exit: SIGTERM, exit status 0,
-    no traceback in its log."""
+    no traceback in its log (``board.workdir / "agent.log"``)."""
     ready = board.path("/run/edgetune/ready")
     log = board.workdir / "agent.log"
     agent = board.popen([f"{layers.AGENT_VENV}/bin/edgetune-agent", "serve", "--config",
-                         f"{AGENT_ETC}/agent.toml"], log_file=log)
+                         f"{AGENT_ETC}/agent.toml"], log_file=log, env=env)
     try:
         deadline = time.monotonic() + timeout
         while not (ready.exists() and ready.read_text().strip()):

@@ -8,6 +8,11 @@ then kept in the cache and stacked under later boards. The key of the layer is t
 file system's build and those requirements, so a changed requirement or a rebuilt root file
 system makes a new layer. Each test installs this checkout's edgetune wheel on top
 (``install_edgetune``: a few seconds, no network).
+
+The riscv64 board (Debian 13) has no PyPI wheels of onnxruntime or grpcio: its root file
+system holds the distribution's packages, and its layer is a venv that sees them
+(``--system-site-packages``) with the ``agent`` extra (no onnxruntime) and the grpcio
+plug-ins pinned to the distribution's grpcio (``AgentLayer``).
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -37,21 +44,60 @@ BOARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_CA_IN_BOARD = "/etc/edgetune-host-ca.pem"
 
 
-def agent_requirements() -> List[str]:
-    """pyproject's base dependencies and ``device`` extra: what the agent needs on a board."""
+@dataclass(frozen=True)
+class AgentLayer:
+    """How the agent's requirements go into a board's venv.
+
+    ``extra``: pyproject's extra installed beside the base dependencies (``device`` brings
+    PyPI's onnxruntime; ``agent`` is the one without it). ``system_packages``: the venv sees the
+    distribution's Python packages (``--system-site-packages``), and pip installs only what
+    they lack; the grpcio plug-ins (health checking, reflection) are then pinned to the
+    system grpcio's release, as a board with its distribution's grpcio needs."""
+
+    extra: str = "device"
+    system_packages: bool = False
+
+
+LAYERS = {
+    rootfs.DEBIAN11_ARM64.name: AgentLayer(),
+    rootfs.DEBIAN13_RISCV64.name: AgentLayer(extra="agent", system_packages=True),
+}
+GRPC_PLUGINS = ("grpcio-health-checking", "grpcio-reflection")
+
+
+def agent_requirements(extra: str = "device") -> List[str]:
+    """pyproject's base dependencies and ``extra``: what the agent needs on a board."""
     try:
         import tomllib
     except ImportError:  # pragma: no cover - Python < 3.11
         import tomli as tomllib
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return list(project["dependencies"]) + list(project["optional-dependencies"]["device"])
+    return list(project["dependencies"]) + list(project["optional-dependencies"][extra])
+
+
+def requirement_name(requirement: str) -> str:
+    return re.split(r"[\s;<>=!~\[]", requirement, 1)[0].lower()
+
+
+def pinned_to_grpc(requirements: List[str], grpc_version: str) -> List[str]:
+    """``requirements`` with the grpcio plug-ins (pure Python) pinned to the board's grpcio
+    release: each plug-in release requires grpcio at least its own version, so a newer one
+    would make pip build grpcio from source over the distribution's."""
+    out = []
+    for requirement in requirements:
+        name = requirement_name(requirement)
+        out.append(f"{name}=={grpc_version}" if name in GRPC_PLUGINS else requirement)
+    return out
 
 
 def layer_key(recipe: Recipe, entry: Path) -> str:
     built = (entry / "built.json").read_text() if (entry / "built.json").exists() else ""
-    text = json.dumps({"layer": LAYER_VERSION, "rootfs": recipe.stamp(), "built": built,
-                       "requirements": agent_requirements()}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    spec = LAYERS[recipe.name]
+    fields = {"layer": LAYER_VERSION, "rootfs": recipe.stamp(), "built": built,
+              "requirements": agent_requirements(spec.extra)}
+    if spec != AgentLayer():
+        fields["spec"] = asdict(spec)      # the arm64 layer's key is as before the field
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def board_env(**extra: str) -> Dict[str, str]:
@@ -131,15 +177,37 @@ def run_in(root: Path, argv: List[str], env: Dict[str, str], log_file: Path,
     rootfs.run_logged(chroot_argv(root, argv, env), log_file, timeout=timeout)
 
 
-def build_layer(entry: Path, target: Path, log_file: Path) -> None:
+def board_output(root: Path, argv: List[str], log_file: Path, timeout: float = 600) -> str:
+    """What ``argv`` prints in the board (also appended to ``log_file``)."""
+    proc = subprocess.run(chroot_argv(root, argv, board_env()), capture_output=True, text=True,
+                          timeout=timeout)
+    with open(log_file, "a") as out:
+        out.write("$ " + " ".join(argv) + "\n" + proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv} exited {proc.returncode} in the board: {proc.stderr}")
+    return proc.stdout.strip()
+
+
+def build_layer(entry: Path, target: Path, log_file: Path, spec: AgentLayer = AgentLayer()
+                ) -> None:
     """Install the agent's requirements into a venv on an overlay of ``entry``'s tree; the
     overlay's upper folder becomes ``target/upper``."""
     scratch = target / "scratch"
     with overlay([entry / "root"], target / "upper", scratch / "work", scratch / "merged") as root:
         with system_mounts(root), online(root) as env:
-            run_in(root, ["python3", "-m", "venv", AGENT_VENV], env, log_file, timeout=600)
+            venv = ["python3", "-m", "venv", AGENT_VENV]
+            requirements = agent_requirements(spec.extra)
+            # PyPI's wheels only; pure-Python plug-ins pinned to an old grpcio may be sdists.
+            binary = ["--only-binary=:all:"]
+            if spec.system_packages:
+                venv.insert(3, "--system-site-packages")
+                grpc_version = board_output(
+                    root, ["python3", "-c", "import grpc; print(grpc.__version__)"], log_file)
+                requirements = pinned_to_grpc(requirements, grpc_version)
+                binary = ["--prefer-binary"]
+            run_in(root, venv, env, log_file, timeout=600)
             run_in(root, [f"{AGENT_VENV}/bin/pip", "install", "--no-cache-dir", "--no-compile",
-                          "--only-binary=:all:", *agent_requirements()], env, log_file)
+                          *binary, *requirements], env, log_file)
             run_in(root, [f"{AGENT_VENV}/bin/pip", "check"], env, log_file, timeout=600)
     shutil.rmtree(scratch)
 
@@ -167,10 +235,10 @@ def ensure_agent_layer(recipe: Recipe = rootfs.DEBIAN11_ARM64) -> Path:
         began = time.monotonic()
         log.info("installing the agent's requirements into %s (log: %s)", recipe.name, log_file)
         try:
-            build_layer(entry, building, log_file)
+            build_layer(entry, building, log_file, LAYERS[recipe.name])
             (building / "layer.json").write_text(json.dumps(
                 {"seconds": round(time.monotonic() - began, 1), "key": key,
-                 "requirements": agent_requirements(),
+                 "requirements": agent_requirements(LAYERS[recipe.name].extra),
                  "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
             rootfs.replace_entry(building, layer)
         except BaseException:
