@@ -20,6 +20,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -477,6 +478,48 @@ def test_an_encrypted_key_is_opened_with_the_passphrase_from_the_environment_onl
         monkeypatch.setenv(PASSWORD_ENV, "correct horse")
         with SshSession.connect(settings) as session:
             assert session.run("echo ok").out.strip() == "ok"
+
+
+def test_a_key_held_only_by_ssh_agent_logs_in(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --identity, no key file in ~/.ssh: the key comes from a real ssh-agent (as a
+    developer's usually does); without the agent the same login is refused."""
+    from edgetune.host.deploy.settings import SshSpec, resolve_ssh
+    from edgetune.host.deploy.ssh import PASSWORD_ENV, SshSession
+    from edgetune.host.errors import AuthError
+
+    if shutil.which("ssh-agent") is None or shutil.which("ssh-add") is None:
+        pytest.skip("needs OpenSSH's ssh-agent and ssh-add")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    key = tmp_path / "agent_only"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        env = dict(os.environ, SSH_AUTH_SOCK=str(sock))
+        subprocess.run(["ssh-add", "-q", str(key)], check=True, env=env,
+                       stderr=subprocess.DEVNULL)
+        key.unlink()                                  # from now on only the agent has it
+        with local_sshd() as sshd:
+            (sshd.client_key.parent / "authorized_keys").write_text(
+                key.with_suffix(".pub").read_text())
+            known = tmp_path / "known_hosts"
+            known.write_text(_known(sshd))
+            settings = resolve_ssh(SshSpec.parse(f"{sshd.user}@{sshd.host}:{sshd.port}"),
+                                   known_hosts=known)
+            monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+            with pytest.raises(AuthError, match=r"no key \(file or ssh-agent\) or password"):
+                SshSession.connect(settings)        # reached, but nothing to log in with
+            monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+            with SshSession.connect(settings) as session:
+                assert session.run("echo via-agent").out.strip() == "via-agent"
+    finally:
+        agent.terminate()
+        agent.wait(10)
 
 
 # ------------------------------------------------------------------------ the board's onnxruntime

@@ -181,6 +181,21 @@ def _short(command: str) -> str:
     return command if len(command) < 160 else command[:157] + "..."
 
 
+def _login_failure(exc: BaseException) -> Optional[str]:
+    """What a failed connect lacked, when it is the login: "key passphrase", "password", or
+    "nothing" (paramiko's "No authentication methods available": no key file, no ssh-agent
+    key and no password to offer; the board was reached). None: not a login failure."""
+    import paramiko
+
+    if isinstance(exc, paramiko.PasswordRequiredException):
+        return "key passphrase"
+    if isinstance(exc, paramiko.AuthenticationException):
+        return "password"
+    if isinstance(exc, paramiko.SSHException) and "No authentication methods" in str(exc):
+        return "nothing"
+    return None
+
+
 def _open(settings: SshSettings, check: HostKeyCheck, sock: Any) -> Any:
     import paramiko
 
@@ -206,26 +221,29 @@ def _open(settings: SshSettings, check: HostKeyCheck, sock: Any) -> Any:
             client.close()
             raise check.changed(settings.hostname, settings.port, exc.key,
                                 exc.expected_key) from None
-        except (paramiko.PasswordRequiredException, paramiko.AuthenticationException) as exc:
-            if attempt == 0:
-                what = ("key passphrase" if isinstance(exc, paramiko.PasswordRequiredException)
-                        else "password")
-                secret = _secret(f"{settings.label} {what}: ")
-                if secret:
-                    continue
-            client.close()
-            raise AuthError(f"{settings.label} refused every key (and password) offered: {exc}",
-                            hint="pass --identity KEY, load the key into ssh-agent, or give "
-                                 f"the password/passphrase at the prompt or in ${PASSWORD_ENV}"
-                            ) from None
         except AuthError:
             client.close()
             raise
         except (OSError, paramiko.SSHException, EOFError) as exc:
+            login = _login_failure(exc)
+            if login is None:
+                client.close()
+                raise UnreachableError(f"cannot reach {settings.label} over SSH: {exc}",
+                                       hint="check the address and port (--ssh USER@HOST[:PORT]) "
+                                            "and that sshd runs on the board") from None
+            if attempt == 0:
+                secret = _secret(f"{settings.label} "
+                                 f"{'password' if login == 'nothing' else login}: ")
+                if secret:
+                    continue
             client.close()
-            raise UnreachableError(f"cannot reach {settings.label} over SSH: {exc}",
-                                   hint="check the address and port (--ssh USER@HOST[:PORT]) "
-                                        "and that sshd runs on the board") from None
+            offered = ("refused every key (and password) offered" if login != "nothing" else
+                       "was reached, but there was no key (file or ssh-agent) or password to "
+                       "offer it")
+            raise AuthError(f"{settings.label} {offered}: {exc}",
+                            hint="pass --identity KEY, load the key into ssh-agent, or give "
+                                 f"the password/passphrase at the prompt or in ${PASSWORD_ENV}"
+                            ) from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
