@@ -46,8 +46,10 @@ class SshServer:
 
 
 @contextlib.contextmanager
-def local_sshd(listen: str = "127.0.0.1", prefix: Sequence[str] = ()) -> Iterator[SshServer]:
-    """sshd on ``listen`` (a free port), started as ``prefix + [sshd, ...]``."""
+def local_sshd(listen: str = "127.0.0.1", prefix: Sequence[str] = (),
+               passwords: bool = False) -> Iterator[SshServer]:
+    """sshd on ``listen`` (a free port), started as ``prefix + [sshd, ...]``; ``passwords``:
+    also accept password logins (checked against the system's shadow file, no PAM)."""
     sshd = find_sshd()
     if sshd is None:
         raise RuntimeError("sshd not found: apt-get install openssh-server")
@@ -66,7 +68,8 @@ def local_sshd(listen: str = "127.0.0.1", prefix: Sequence[str] = ()) -> Iterato
         config = d / "sshd_config"
         config.write_text(
             f"Port {port}\nListenAddress {listen}\nHostKey {d / 'host_ed25519'}\n"
-            f"AuthorizedKeysFile {d / 'authorized_keys'}\nPasswordAuthentication no\n"
+            f"AuthorizedKeysFile {d / 'authorized_keys'}\n"
+            f"PasswordAuthentication {'yes' if passwords else 'no'}\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n"
             f"PidFile {d / 'sshd.pid'}\nStrictModes no\n"
             "Subsystem sftp internal-sftp\n")

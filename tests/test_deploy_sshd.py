@@ -522,6 +522,42 @@ def test_a_key_held_only_by_ssh_agent_logs_in(tmp_path: Path,
         agent.wait(10)
 
 
+def test_a_password_login_uses_the_password_from_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A board user with a password and no key (a fresh vendor image often has only that):
+    a real sshd that checks the system's password file, a throw-away user made for the test."""
+    from edgetune.host.deploy.settings import SshSpec, resolve_ssh
+    from edgetune.host.deploy.ssh import PASSWORD_ENV, SshSession
+    from edgetune.host.errors import AuthError
+
+    if os.geteuid() != 0 or not shutil.which("useradd") or not shutil.which("chpasswd"):
+        pytest.skip("needs root and useradd/chpasswd to make a throw-away user")
+    user = f"etpw{os.getpid() % 100000}"
+    home = tmp_path / user
+    subprocess.run(["useradd", "--home-dir", str(home), "--create-home", "--shell", "/bin/sh",
+                    user], check=True, capture_output=True)
+    try:
+        subprocess.run(["chpasswd"], input=f"{user}:board pass 1\n", text=True, check=True)
+        monkeypatch.setenv("HOME", str(tmp_path / "pc-home"))
+        monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+        with local_sshd(passwords=True) as sshd:
+            known = tmp_path / "known_hosts"
+            known.write_text(_known(sshd))
+            settings = resolve_ssh(SshSpec.parse(f"{user}@{sshd.host}:{sshd.port}"),
+                                   known_hosts=known)
+            monkeypatch.delenv(PASSWORD_ENV, raising=False)
+            with pytest.raises(AuthError, match=PASSWORD_ENV):   # no terminal, no variable
+                SshSession.connect(settings)
+            monkeypatch.setenv(PASSWORD_ENV, "wrong pass")
+            with pytest.raises(AuthError, match="refused"):
+                SshSession.connect(settings)
+            monkeypatch.setenv(PASSWORD_ENV, "board pass 1")
+            with SshSession.connect(settings) as session:
+                assert session.run("id -un").out.strip() == user
+    finally:
+        subprocess.run(["userdel", "--remove", user], capture_output=True)
+
+
 # ------------------------------------------------------------------------ the board's onnxruntime
 
 def test_the_boards_own_onnxruntime_is_kept_and_used(pki: Any, board_wheelhouse: Path,
