@@ -109,6 +109,10 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+def _mtime_ns(folder: Path) -> int:
+    return os.stat(str(folder)).st_mtime_ns
+
+
 def _unlink(path: Path) -> bool:
     try:
         path.unlink()
@@ -125,6 +129,8 @@ class BlobStore:
         self.limits = limits
         self._lock = threading.Lock()
         self._uploading: Set[Tuple[BlobKind, str]] = set()
+        # Per kind: (the folder's mtime_ns when counted, bytes, blobs); see _blob_usage.
+        self._counted: Dict[BlobKind, Tuple[int, int, int]] = {}
         self.root.parent.mkdir(parents=True, exist_ok=True)
         check_private_dir(self.root)            # 0700, not a symbolic link (device.safefs)
         for folder in (*FOLDER.values(), "partial"):
@@ -249,17 +255,15 @@ class BlobStore:
         return out
 
     def usage(self) -> Tuple[int, int, int]:
-        """(bytes used by complete and partial blobs, number of models, number of datasets)."""
+        """(bytes used by complete and partial blobs, number of models, number of datasets).
+        Every GetInfo asks: the complete blobs are counted once and then kept up to date
+        (``_blob_usage``), so a poll does not stat every blob of a store that holds
+        hundreds; the few partial uploads are counted each time."""
         used = 0
         counts = {}
         for k in (BlobKind.MODEL, BlobKind.DATASET):
-            n = 0
-            for blob in (self.root / FOLDER[k]).glob("*" + SUFFIX[k]):
-                try:
-                    used += regular_stat(blob).st_size
-                    n += 1
-                except FileNotFoundError:
-                    pass
+            size, n = self._blob_usage(k)
+            used += size
             counts[k] = n
         for part in (self.root / "partial").glob("*.part"):
             try:
@@ -267,6 +271,37 @@ class BlobStore:
             except FileNotFoundError:
                 pass
         return used, counts[BlobKind.MODEL], counts[BlobKind.DATASET]
+
+    def _blob_usage(self, kind: BlobKind) -> Tuple[int, int]:
+        """(bytes, count) of the complete blobs of ``kind``: counted when first asked, then
+        changed by the store's own installs and deletions (made under the lock, which also
+        records the folder's mtime after them), and counted again when the folder's mtime is
+        not the one recorded: something else changed it (a change from outside in the same
+        clock tick as one of the store's own goes unseen until the folder next changes)."""
+        folder = self.root / FOLDER[kind]
+        with self._lock:
+            stamp = _mtime_ns(folder)
+            known = self._counted.get(kind)
+            if known is not None and known[0] == stamp:
+                return known[1], known[2]
+            size = n = 0
+            for blob in folder.glob("*" + SUFFIX[kind]):
+                try:
+                    size += regular_stat(blob).st_size
+                    n += 1
+                except FileNotFoundError:
+                    pass
+            self._counted[kind] = (stamp, size, n)
+            return size, n
+
+    def _blob_changed(self, kind: BlobKind, before: int, size: int, count: int) -> None:
+        """With the lock held, after the store itself added or removed a blob of ``kind``
+        (``size`` bytes, ``count`` blobs, negative for a removal) in a folder whose mtime was
+        ``before``: keep the counts if they were current, else forget them."""
+        known = self._counted.pop(kind, None)
+        if known is not None and known[0] == before:
+            self._counted[kind] = (_mtime_ns(self.root / FOLDER[kind]), known[1] + size,
+                                   known[2] + count)
 
     # ------------------------------------------------------------------ uploads
     def begin_upload(self, kind: KindLike, sha256: str, size: int, name: str = "",
@@ -349,8 +384,15 @@ class BlobStore:
         if kind is BlobKind.MODEL:
             format = format or "onnx"
             meta["format"] = format
-        _write_json_atomic(self._meta_path(kind, sha256), meta)
-        os.replace(self._part_path(kind, key), blob)
+        with self._lock:                    # the counts of usage() change with the folder
+            before = _mtime_ns(blob.parent)
+            try:
+                replaced = regular_stat(blob).st_size   # the same content, stored meanwhile
+            except FileNotFoundError:
+                replaced = -1
+            _write_json_atomic(self._meta_path(kind, sha256), meta)
+            os.replace(self._part_path(kind, key), blob)
+            self._blob_changed(kind, before, size - max(replaced, 0), 0 if replaced >= 0 else 1)
         fsync_dir(blob.parent)
         _unlink(self._part_meta_path(kind, key))
         log.info("stored %s %s (%s, %d bytes)", kind.value, sha256, name or "-", size)
@@ -369,8 +411,14 @@ class BlobStore:
             if (kind, sha256) in self._uploading:
                 raise FailedPrecondition(f"{kind.value} {sha256} is being uploaded right now; "
                                          "delete it after the upload ends")
+            before = _mtime_ns(self.root / FOLDER[kind])
+            try:
+                size = regular_stat(self._blob_path(kind, sha256)).st_size
+            except FileNotFoundError:
+                size = -1                   # absent, or a planted link usage() never counted
             removed = _unlink(self._blob_path(kind, sha256))
             _unlink(self._meta_path(kind, sha256))
+            self._blob_changed(kind, before, -max(size, 0), -1 if size >= 0 else 0)
             had_partial = _unlink(self._part_path(kind, sha256))
             _unlink(self._part_meta_path(kind, sha256))
         if not (removed or had_partial):

@@ -297,6 +297,60 @@ def test_delete_usage_and_not_found(store: BlobStore) -> None:
         store.list("weights")
 
 
+def _counted_afresh(store: BlobStore) -> tuple:
+    """What usage() says, counted from the disk by a new store on the same folder."""
+    return BlobStore(store.root, Limits()).usage()
+
+
+def test_usage_is_kept_up_to_date_without_counting_every_poll(store: BlobStore) -> None:
+    """usage() (every GetInfo) counts the blobs once, then follows the store's own installs
+    and deletions; a change made from outside the store is seen (the folder's mtime moved)."""
+    datasets = [npz_bytes(input=np.full((2, 2), i, np.float32)) for i in range(6)]
+    models = [model_bytes(weights=w) for w in (16, 32)]
+    assert store.usage() == (0, 0, 0)
+    for data in datasets[:4]:
+        upload(store, DATASET, data)
+        assert store.usage() == _counted_afresh(store)
+    for data in models:
+        upload(store, MODEL, data)
+    store.delete(DATASET, sha(datasets[1]))
+    assert store.usage() == _counted_afresh(store) == (
+        sum(map(len, models)) + sum(len(d) for d in (datasets[0], datasets[2], datasets[3])),
+        2, 3)
+    # A planted link is no blob: not counted, and deleting it takes nothing off.
+    planted = store.root / "datasets" / (sha(b"planted") + ".npz")
+    os.symlink(str(store.root / "datasets" / (sha(datasets[0]) + ".npz")), str(planted))
+    assert store.usage()[2] == 3
+    store.delete(DATASET, sha(b"planted"))
+    assert store.usage() == _counted_afresh(store)
+    # From outside: a blob removed and one copied in by hand are seen at the next poll.
+    time.sleep(0.02)                             # past the file system's clock tick
+    (store.root / "datasets" / (sha(datasets[2]) + ".npz")).unlink()
+    (store.root / "datasets" / (sha(datasets[4]) + ".npz")).write_bytes(datasets[4])
+    assert store.usage() == _counted_afresh(store)
+    assert store.usage()[2] == 3
+    # Uploads by id of content stored already, and of new content, keep the counts.
+    for data in (datasets[3], datasets[5]):
+        writer = store.begin_upload(DATASET, "", len(data), "", 0, upload_id=os.urandom(16).hex())
+        writer.write(data)
+        writer.commit()
+    assert store.usage() == _counted_afresh(store)
+
+
+def test_usage_does_not_stat_every_blob_at_every_poll(store: BlobStore,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgetune.device.store as store_module
+    for i in range(20):
+        upload(store, DATASET, npz_bytes(input=np.full((2, 2), i, np.float32)))
+    expected = store.usage()
+    stats = []
+    real = store_module.regular_stat
+    monkeypatch.setattr(store_module, "regular_stat", lambda p: stats.append(p) or real(p))
+    for _ in range(10):
+        assert store.usage() == expected
+    assert stats == []                           # nothing stat'ed: no partial upload either
+
+
 def test_stale_partials_are_removed_at_open(tmp_path: Path) -> None:
     store = BlobStore(tmp_path, Limits())
     old, fresh = model_bytes(10), model_bytes(11)
