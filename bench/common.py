@@ -219,6 +219,26 @@ def finish(result: Dict[str, Any], as_json: bool, lines: Sequence[str]) -> int:
     return 0 if all(c["met"] for c in checks) else 1
 
 
+def round_arguments(parser: Any, *, rounds: int, models: Sequence[str]) -> Any:
+    """The flags of a paired, alternating-rounds latency benchmark (``--model``, ``--threads``,
+    ``--rounds``, ``--iterations``, ``--warmup``, ``--json``), parsed and checked by the
+    returned function: ``parse(argv) -> args``."""
+    parser.add_argument("--model", choices=tuple(models), default=models[0])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra- and inter-op threads on both sides (default 1)")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--iterations", type=int, default=60, help="measured runs per side")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    def parse(argv: Optional[Sequence[str]]) -> Any:
+        args = parser.parse_args(argv)
+        if min(args.threads, args.rounds, args.iterations, args.warmup) < 1:
+            parser.error("--threads, --rounds, --iterations and --warmup must be at least 1")
+        return args
+    return parse
+
+
 def log_progress(quiet: bool, message: str) -> None:
     """Progress on stderr, so --json output on stdout stays clean."""
     if not quiet:

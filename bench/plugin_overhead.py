@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (check, connect, finish, local_agent, log_progress,  # noqa: E402
-                          machine, make_pki, median)
+                          machine, make_pki, median, round_arguments)
 
 TARGET = 1.02
 PLUGIN = Path(__file__).resolve().parent.parent / "tests" / "plugins" / "ort_plugin.py"
@@ -58,16 +58,8 @@ def p50(client: Any, sha256: str, runner: str, threads: int, warmup: int,
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("resnet18", "mobilenetv2", "tiny_cnn"),
-                        default="resnet18")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--iterations", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    if min(args.threads, args.rounds, args.iterations, args.warmup) < 1:
-        parser.error("--threads, --rounds, --iterations and --warmup must be at least 1")
+    args = round_arguments(parser, rounds=10,
+                           models=("resnet18", "mobilenetv2", "tiny_cnn"))(argv)
 
     from edgetune.host import builders
     from edgetune.protos.messages import BlobKind

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (check, connect, finish, local_agent, log_progress,  # noqa: E402
-                          machine, make_pki, median, percentile)
+                          machine, make_pki, median, percentile, round_arguments)
 
 TOLERANCE = 0.03
 MODELS = ("resnet18", "mobilenetv2", "tiny_cnn")
@@ -109,16 +109,7 @@ def agent_p50(client: Any, sha256: str, threads: int, warmup: int,
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=MODELS, default="resnet18")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="intra- and inter-op threads on both sides (default 1)")
-    parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--iterations", type=int, default=60, help="measured runs per side")
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = parser.parse_args(argv)
-    if min(args.threads, args.rounds, args.iterations, args.warmup) < 1:
-        parser.error("--threads, --rounds, --iterations and --warmup must be at least 1")
+    args = round_arguments(parser, rounds=12, models=MODELS)(argv)
 
     from edgetune.protos.messages import BlobKind
 
