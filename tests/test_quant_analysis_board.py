@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -94,6 +95,50 @@ def test_a_layer_that_differs_on_the_board_is_flagged(local_agent: RunningAgent,
     by_name = {t.tensor: t for t in result.tensors}
     assert by_name["relu1_out"].vs_host_int8["sqnr_db"] > 100
     assert by_name["relu2_out"].vs_host_int8["sqnr_db"] < 40
+
+
+PLUGIN = Path(__file__).resolve().parent / "plugins" / "ort_plugin.py"
+
+
+@pytest.fixture(scope="module")
+def plugin_board(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
+    """A real agent with two runner plug-ins (onnxruntime in their own process): "same", and
+    "skewed", whose relu2_out comes out 3 % larger: a board kernel computing that layer
+    differently, nothing else."""
+    work = tmp_path_factory.mktemp("plugin-board")
+    config = work / "agent.toml"
+    tables = []
+    for name, extra in (("same", ()), ("skewed", ("--behave",
+                                                  "skew:relu2_out_DequantizeLinear_Output"))):
+        argv = ", ".join(f'"{a}"' for a in (sys.executable, str(PLUGIN), *extra))
+        tables.append(f'[runners.{name}]\ncommand = [{argv}]\nformats = ["onnx"]\n'
+                      "timeout_s = 120\n")
+    config.write_text("".join(tables))
+    running = start_agent(pki, work, extra_args=["--config", str(config)])
+    try:
+        yield running
+    finally:
+        running.agent.stop()
+
+
+def test_a_runner_plugin_whose_kernel_differs_gets_that_layer_flagged(
+        capsys, plugin_board: RunningAgent, quantized: Path) -> None:
+    common = ("analyze", str(FLOAT), str(quantized), "--calib", str(CALIB), "--calib-count",
+              "8", *plugin_board.conn(), "--json")
+    same = run_cli(capsys, *common, "--runner", "same")
+    assert same.code == 0, same.err
+    assert same.json["board"]["flagged"] == []
+    skewed = run_cli(capsys, *common, "--runner", "skewed")
+    assert skewed.code == 0, skewed.err
+    board = skewed.json["board"]
+    assert board["flagged"] == ["relu2_out"]
+    tensors = {t["tensor"]: t["board_vs_host_int8"] for t in board["tensors"]}
+    assert tensors["relu2_out"]["sqnr_db"] == pytest.approx(20 * math.log10(1 / 0.03), abs=0.1)
+    for name, numbers in tensors.items():
+        if name != "relu2_out":
+            assert numbers["sqnr_db"] > 60, (name, numbers)
+    missing = run_cli(capsys, *common, "--runner", "npu")
+    assert missing.code == ExitStatus.BAD_INPUT and "has no runner 'npu'" in missing.out
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,9 @@ def add_board_flags(parser: argparse.ArgumentParser) -> None:
                         "--calib-count)")
     b.add_argument("--board-tensors", type=int, metavar="N",
                    help="compare only the first N analysed tensors on the board (default all)")
+    b.add_argument("--runner", metavar="NAME", default="",
+                   help="run the copy with the board's runner plug-in NAME (one that takes "
+                        "ONNX) instead of the agent's onnxruntime")
 
 
 def wanted(args: argparse.Namespace) -> bool:
@@ -41,8 +44,8 @@ def check(args: argparse.Namespace) -> None:
                         ("--board-tensors", args.board_tensors)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
-    if not wanted(args) and (args.board_samples or args.board_tensors):
-        raise UsageError("--board-samples/--board-tensors need a board",
+    if not wanted(args) and (args.board_samples or args.board_tensors or args.runner):
+        raise UsageError("--board-samples/--board-tensors/--runner need a board",
                          hint="give --device NAME (or --address HOST:PORT)")
 
 
@@ -65,7 +68,7 @@ def run_board(args: argparse.Namespace, data: Any, count: int) -> Any:
     feeds = feeds_of(data, samples)
     with open_session(args) as board:
         return board_analysis(args.float_model, args.quant_model, feeds, board,
-                              max_tensors=args.board_tensors or 0)
+                              max_tensors=args.board_tensors or 0, runner=args.runner)
 
 
 def print_board(result: Any) -> None:

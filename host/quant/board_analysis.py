@@ -383,14 +383,16 @@ def check_fits(per_tensor: Dict[str, int], samples: int, limit: int, device: str
 
 def board_analysis(float_model: Path, quant_model: Path, feeds: Dict[str, np.ndarray],
                    board: Any, *, max_tensors: int = 0, sent_model: Optional[bytes] = None,
-                   workdir: Optional[Path] = None, chunk_bytes: int = 0) -> BoardAnalysis:
+                   workdir: Optional[Path] = None, chunk_bytes: int = 0,
+                   runner: str = "") -> BoardAnalysis:
     """Run the analysed tensors on ``board`` (a BoardSession) with ``feeds`` ([N, ...] per
     input), read them back in chunks and compare them on the host with its FP32 and INT8
     tensors.
 
     ``sent_model``: what the board runs instead of the host's copy (for tests: a model
     change that makes one layer differ on the "board"; same tensor names). ``chunk_bytes``:
-    the stream's chunk size (0: the agent's default)."""
+    the stream's chunk size (0: the agent's default). ``runner``: the board's runner plug-in
+    that runs the copy (one that takes ONNX) instead of the agent's onnxruntime."""
     import onnx
 
     from edgetune.device.joboutput import record_header
@@ -406,7 +408,7 @@ def board_analysis(float_model: Path, quant_model: Path, feeds: Dict[str, np.nda
     samples = len(next(iter(feeds.values())))
     qnames = [q for _, q in targets]
     spec = EvaluateSpec(model_sha256="", dataset_sha256="", batch_size=1,
-                        dump_outputs=tuple(qnames))
+                        dump_outputs=tuple(qnames), runner=runner)
     board.check_features(spec)              # an agent that cannot send tensors back: refused
     copy = _augmented(qmodel, qnames)
     host = HostReference(copy, fmodel, targets, feeds)

@@ -2,7 +2,8 @@
 onnxruntime in its own process, so its numbers can be set beside the agent's in-process ones.
 
 ``--behave`` picks a misbehaviour the agent must survive: crash, hang, garbage, wrong-shape,
-few-lines; ``--summary`` prints one {"samples_ms": [...]} line instead of one line per
+few-lines; or ``skew:OUTPUT``: that output comes out 3 % larger, as a board kernel computing
+one layer differently would give (analyze --device must flag that layer alone); ``--summary`` prints one {"samples_ms": [...]} line instead of one line per
 iteration; ``--threads N`` sets onnxruntime's intra- and inter-op threads as the agent's
 session options do (bench/plugin_overhead.py). Everything else is the protocol's own
 arguments. The timed loop is the agent's: ``session.run`` alone between two
@@ -67,6 +68,8 @@ def main() -> int:
             out = np.concatenate([p[i] for p in parts])
             if args.behave == "wrong-shape":
                 out = out[:, :3]
+            if args.behave == f"skew:{name}":
+                out = out * np.float32(1.03)
             np.save(Path(args.outputs) / f"{name}.npy", out)
         return 0
 
