@@ -300,3 +300,29 @@ def test_retention_keeps_few_files_for_a_while(small: RunningAgent,
         with pytest.raises(NotFoundError):
             list(board.read_output(runs[2]))
     assert not list((small.store / "job-output").glob("*.out"))
+
+
+def test_a_non_numeric_output_cannot_be_written(local_agent: RunningAgent,  # noqa: F811
+                                                inputs: Tuple[Path, np.ndarray],
+                                                tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper
+    model = onnx.load(str(DIGITS_MODEL))
+    model.graph.node.append(helper.make_node("Cast", ["logits"], ["as_text"],
+                                             to=onnx.TensorProto.STRING))
+    model.graph.output.append(helper.make_tensor_value_info("as_text", onnx.TensorProto.STRING,
+                                                            None))
+    path = tmp_path / "text.onnx"
+    onnx.save(model, str(path))
+    with _session(local_agent) as board:
+        run = _dump(board, inputs[0], ("as_text",), model=path)
+    assert not run.ok and "'as_text' holds object values" in run.error, run.error
+    assert not list((local_agent.store / "job-output").glob(f"{run.job_id}*"))
+
+
+@pytest.mark.parametrize("value", [100, 64 << 20])
+def test_the_chunk_limit_itself_is_bounded(value: int) -> None:
+    from edgetune.device.config import ConfigError, limits_from_table
+    with pytest.raises(ConfigError) as err:
+        limits_from_table({"max_output_chunk_bytes": value})
+    assert "max_output_chunk_bytes must be between 4096 and 4194304" in str(err.value)
