@@ -9,9 +9,12 @@ pair shaped with ``tc``, and a CPU quota (cgroup) for the processes that play th
         argv = limit.wrap(link.inside([...]))    # in the netns, held to a quarter of one core
 
 Needs root, iproute2 (``ip``, ``tc``) and, for the quota, a cgroup cpu controller (v2
-``cpu.max`` + ``cpuset.cpus``, or v1 ``cpu.cfs_quota_us`` + ``cpuset``). The delay needs the
-kernel's ``sch_netem``; a kernel without it gets the rate from ``tbf`` and no delay, and the
-link says so (``LinkInfo.note``): the scripts print it with their numbers.
+``cpu.max`` + ``cpuset.cpus``, or v1 ``cpu.cfs_quota_us`` + ``cpuset``). The delay (each way)
+comes from the kernel's ``sch_netem`` where it has it; else from ``bench/nfq_delay.py``, a
+user-space hold behind iptables NFQUEUE rules in the board's namespace (needs ``iptables`` and
+the kernel's nfnetlink_queue); else the link has the rate from ``tbf`` and no delay. Which one
+it was, the link says (``LinkInfo.delay_via``, ``LinkInfo.note``): the scripts print it with
+their numbers, and ``connect_rtt_ms`` measures the round trip it gives.
 """
 
 from __future__ import annotations
@@ -64,18 +67,32 @@ class LinkInfo:
     host_ip: str
     board_ip: str
     rate: str              # tc syntax: "100mbit", "1gbit"
-    delay_ms: float        # delay asked for
-    delay_emulated: bool   # False: the kernel has no sch_netem, the link has no added delay
+    delay_ms: float        # delay asked for, each way
+    delay_emulated: bool   # False: neither netem nor NFQUEUE here, the link has no added delay
     qdisc: str             # what shapes host -> board: "netem ..." or "tbf ..."
     note: str = ""
+    delay_via: str = ""    # "netem", "nfqueue" (bench/nfq_delay.py) or "" (no delay)
+    delay_pid: int = 0     # the nfq_delay process (its CPU is the delay's cost)
+    delay_stats_path: str = ""
 
     def inside(self, argv: Sequence[str]) -> List[str]:
         """``argv`` run in the board's namespace (``ip netns exec`` execs it: same pid)."""
         return ["ip", "netns", "exec", self.netns, *argv]
 
+    def delay_stats(self) -> dict:
+        """nfq_delay's statistics so far (rewritten every second; {} for netem or none)."""
+        import json
+
+        if not self.delay_stats_path:
+            return {}
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads(Path(self.delay_stats_path).read_text())
+        return {}
+
     def as_json(self) -> dict:
         return {"rate": self.rate, "delay_ms": self.delay_ms,
-                "delay_emulated": self.delay_emulated, "qdisc": self.qdisc, "note": self.note}
+                "delay_emulated": self.delay_emulated, "delay_via": self.delay_via,
+                "delay_each_way": self.delay_emulated, "qdisc": self.qdisc, "note": self.note}
 
 
 def _rate_bits(rate: str) -> int:
@@ -110,11 +127,89 @@ def board_ip(subnet: int) -> str:
     return f"10.231.{subnet}.2"
 
 
+def nfqueue_unavailable() -> Optional[str]:
+    """None when bench/nfq_delay.py can delay a link here (root, iptables, the kernel's
+    nfnetlink_queue); else why not."""
+    if os.name != "posix" or os.geteuid() != 0:
+        return "an NFQUEUE delay needs root on Linux"
+    if shutil.which("iptables") is None:
+        return "`iptables` not found: apt-get install iptables"
+    if not Path("/proc/net/netfilter/nfnetlink_queue").exists():
+        return "the kernel has no nfnetlink_queue (/proc/net/netfilter/nfnetlink_queue)"
+    return None
+
+
+def connect_rtt_ms(ip: str, count: int = 20, port: int = 9) -> List[float]:
+    """Round trips to ``ip`` in ms, one per TCP connect to a port nobody listens on (SYN out,
+    RST back: no process on the far side is involved)."""
+    import socket
+    import time
+
+    samples = []
+    for _ in range(count):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            start = time.perf_counter()
+            try:
+                s.connect((ip, port))
+            except ConnectionRefusedError:
+                samples.append((time.perf_counter() - start) * 1000)
+            else:
+                raise RuntimeError(f"something listens on {ip}:{port}; pick another port")
+        time.sleep(0.01)
+    return samples
+
+
 @contextlib.contextmanager
-def emulated_link(rate: str, delay_ms: float = 0.0, subnet: int = 0) -> Iterator[LinkInfo]:
-    """A fresh namespace joined by a veth pair, host -> board shaped to ``rate`` with
-    ``delay_ms`` of delay (netem) where the kernel can, board -> host (the acks) to ``rate``;
-    everything removed on exit. ``subnet`` picks 10.231.N.0/30 (``free_subnet``)."""
+def _nfq_delay(inside: List[str], board_if: str, delay_ms: float) -> Iterator[tuple]:
+    """bench/nfq_delay.py in the board's namespace holding what enters and what leaves
+    ``board_if`` for ``delay_ms``; yields (pid, stats path)."""
+    import sys
+    import tempfile
+    import time
+
+    script = Path(__file__).with_name("nfq_delay.py")
+    with tempfile.TemporaryDirectory(prefix="etb-nfq-") as tmp:
+        ready, stats, log_path = (Path(tmp) / n for n in ("ready", "stats.json", "log"))
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [*inside, sys.executable, str(script), "--queue", "0", "--delay-ms",
+                 f"{delay_ms:g}", "--ready", str(ready), "--stats", str(stats),
+                 "--realtime"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while not ready.is_file():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("bench/nfq_delay.py did not start: "
+                                       + log_path.read_text(errors="replace")[-2000:])
+                time.sleep(0.02)
+            for rule in (["INPUT", "-i"], ["OUTPUT", "-o"]):
+                _run([*inside, "iptables", "-A", rule[0], rule[1], board_if, "-j", "NFQUEUE",
+                      "--queue-num", "0"])
+            yield proc.pid, str(stats)
+        finally:
+            for rule in (["INPUT", "-i"], ["OUTPUT", "-o"]):
+                _run([*inside, "iptables", "-D", rule[0], rule[1], board_if, "-j", "NFQUEUE",
+                      "--queue-num", "0"], check=False)
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def emulated_link(rate: str, delay_ms: float = 0.0, subnet: int = 0,
+                  delay_via: str = "auto") -> Iterator[LinkInfo]:
+    """A fresh namespace joined by a veth pair, host -> board shaped to ``rate``, board ->
+    host (the acks) to ``rate``, with ``delay_ms`` of delay each way (a round trip 2 x
+    ``delay_ms`` longer); everything removed on exit. ``subnet`` picks 10.231.N.0/30
+    (``free_subnet``). ``delay_via``: "auto" (netem where the kernel has it, else NFQUEUE,
+    else no delay and a note), "netem" or "nfqueue" (that one or an error)."""
+    if delay_via not in ("auto", "netem", "nfqueue"):
+        raise ValueError(f"delay_via {delay_via!r}: auto, netem or nfqueue")
     reason = netns_unavailable()
     if reason:
         raise RuntimeError(reason)
@@ -123,32 +218,50 @@ def emulated_link(rate: str, delay_ms: float = 0.0, subnet: int = 0) -> Iterator
     host_ip, far_ip = f"10.231.{subnet}.1", board_ip(subnet)
     _run(["ip", "netns", "add", netns])
     try:
-        _run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", board_if,
-              "netns", netns])
-        _run(["ip", "addr", "add", f"{host_ip}/30", "dev", host_if])
-        _run(["ip", "link", "set", host_if, "up"])
-        inside = ["ip", "netns", "exec", netns]
-        _run([*inside, "ip", "addr", "add", f"{far_ip}/30", "dev", board_if])
-        _run([*inside, "ip", "link", "set", board_if, "up"])
-        _run([*inside, "ip", "link", "set", "lo", "up"])
-        note = ""
-        delay_emulated = False
-        qdisc = ""
-        if delay_ms > 0:
-            # netem's own rate, and a queue long enough for the bandwidth-delay product
-            limit = max(1000, _rate_bits(rate) // 8 // 1500 * 50 // 1000)
-            netem = ["netem", "delay", f"{delay_ms:g}ms", "rate", rate, "limit", str(limit)]
-            tried = _run(["tc", "qdisc", "add", "dev", host_if, "root", *netem], check=False)
-            if tried.returncode == 0:
-                delay_emulated, qdisc = True, " ".join(netem)
-            else:
-                note = (f"no delay: this kernel has no sch_netem ({tried.stderr.strip()}); the "
-                        f"link is shaped to {rate} by tbf with its own round trip (tens of us)")
-        if not qdisc:
-            _run(["tc", "qdisc", "add", "dev", host_if, "root", *_tbf(rate)])
-            qdisc = " ".join(_tbf(rate))
-        _run([*inside, "tc", "qdisc", "add", "dev", board_if, "root", *_tbf(rate)])
-        yield LinkInfo(netns, host_ip, far_ip, rate, delay_ms, delay_emulated, qdisc, note)
+        with contextlib.ExitStack() as stack:
+            _run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", board_if,
+                  "netns", netns])
+            _run(["ip", "addr", "add", f"{host_ip}/30", "dev", host_if])
+            _run(["ip", "link", "set", host_if, "up"])
+            inside = ["ip", "netns", "exec", netns]
+            _run([*inside, "ip", "addr", "add", f"{far_ip}/30", "dev", board_if])
+            _run([*inside, "ip", "link", "set", board_if, "up"])
+            _run([*inside, "ip", "link", "set", "lo", "up"])
+            note, via, qdisc, pid, stats = "", "", "", 0, ""
+            if delay_ms > 0 and delay_via in ("auto", "netem"):
+                # netem's own rate, and a queue long enough for the bandwidth-delay product
+                limit = max(1000, _rate_bits(rate) // 8 // 1500 * 50 // 1000)
+                netem = ["netem", "delay", f"{delay_ms:g}ms", "rate", rate, "limit", str(limit)]
+                tried = _run(["tc", "qdisc", "add", "dev", host_if, "root", *netem],
+                             check=False)
+                if tried.returncode == 0:
+                    _run([*inside, "tc", "qdisc", "add", "dev", board_if, "root", *netem])
+                    via, qdisc = "netem", " ".join(netem)
+                else:
+                    note = f"this kernel has no sch_netem ({tried.stderr.strip()})"
+                    if delay_via == "netem":
+                        raise RuntimeError(note)
+            if not qdisc:
+                _run(["tc", "qdisc", "add", "dev", host_if, "root", *_tbf(rate)])
+                _run([*inside, "tc", "qdisc", "add", "dev", board_if, "root", *_tbf(rate)])
+                qdisc = " ".join(_tbf(rate))
+            if delay_ms > 0 and not via:
+                why_not = nfqueue_unavailable()
+                if why_not is None:
+                    pid, stats = stack.enter_context(_nfq_delay(inside, board_if, delay_ms))
+                    via = "nfqueue"
+                    note = ((note + "; ") if note else "") + (
+                        f"the {delay_ms:g} ms each way is a user-space hold "
+                        "(bench/nfq_delay.py, iptables NFQUEUE on the board's side of the veth)"
+                        f", the rate is tbf's")
+                elif delay_via == "nfqueue":
+                    raise RuntimeError(why_not)
+                else:
+                    note = ((note + "; ") if note else "") + (
+                        f"no delay ({why_not}): the link is shaped to {rate} by tbf with its "
+                        "own round trip (tens of us)")
+            yield LinkInfo(netns, host_ip, far_ip, rate, delay_ms, bool(via), qdisc, note,
+                           via, pid, stats)
     finally:
         _run(["ip", "link", "del", host_if], check=False)
         _run(["ip", "netns", "del", netns], check=False)

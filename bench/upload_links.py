@@ -5,8 +5,10 @@
 
 Each link is a veth pair from this (the host's) network namespace into a fresh one that plays
 the board, shaped with ``tc`` (``bench/netlab.py``): ``100mbit`` and ``1gbit`` with
-``--delay-ms`` of delay host -> board (netem; a kernel without sch_netem gets tbf's rate and no
-delay, and the report says so); ``1gbit-weak`` is the 1 Gbit/s link with every receiving
+``--delay-ms`` of delay each way (netem; on a kernel without sch_netem a user-space hold behind
+iptables NFQUEUE, bench/nfq_delay.py, with tbf's rate; where neither works, no delay; the
+report says which, with the TCP connect round trip measured across the link and the CPU the
+user-space hold used); ``1gbit-weak`` is the 1 Gbit/s link with every receiving
 process (agent, TLS receiver, sshd) held to one core at a quarter of its time (a cgroup:
 ``cpu.max`` "25000 100000" and a cpuset, or cgroup v1's cfs quota), as on a low-end board.
 In the board's namespace run, as separate processes started the same way: the agent
@@ -42,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (check, cpu_seconds, finish, log_progress, machine,  # noqa: E402
                           make_pki, median)
-from bench.netlab import (board_ip, cgroup_unavailable, cpu_limit,  # noqa: E402
-                          emulated_link, free_subnet, netns_unavailable)
+from bench.netlab import (board_ip, cgroup_unavailable, connect_rtt_ms,  # noqa: E402
+                          cpu_limit, emulated_link, free_subnet, netns_unavailable)
 from bench.tls_sink import HEADER  # noqa: E402
 from bench.upload_throughput import (_drop_stored, _settle, edgetune_upload,  # noqa: E402
                                      make_blob, sftp_put)
@@ -131,7 +133,9 @@ def measure_link(name: str, pki: Any, work: Path, subnet: int,
     times: Dict[str, List[float]] = {w: [] for w in ways}
     receiver_cpu: Dict[str, List[float]] = {w: [] for w in ways if w != "sftp"}
     sender_cpu: Dict[str, List[float]] = {w: [] for w in ways if w != "sftp"}
+    delay_cpu: Dict[str, List[float]] = {w: [] for w in ways}
     with emulated_link(rate, args.delay_ms, subnet) as link, contextlib.ExitStack() as stack:
+        rtt = sorted(connect_rtt_ms(link.board_ip, 20))
         limit = None
         if weak:
             quota, period = (int(v) for v in args.cpu_max.split())
@@ -150,8 +154,11 @@ def measure_link(name: str, pki: Any, work: Path, subnet: int,
             size = src.stat().st_size
             for way in ways[i % len(ways):] + ways[:i % len(ways)]:
                 _settle()
+                delay0 = cpu_seconds(link.delay_pid) if link.delay_pid else 0.0
                 if way == "sftp":
                     times[way].append(sftp_put(sshd, src, work / "sftp.out"))
+                    if link.delay_pid:
+                        delay_cpu[way].append(cpu_seconds(link.delay_pid) - delay0)
                     (work / "sftp.out").unlink(missing_ok=True)
                     continue
                 pid = agent.process.pid if way == "edgetune" else sink.pid
@@ -164,11 +171,16 @@ def measure_link(name: str, pki: Any, work: Path, subnet: int,
                                                b"h" if way == "tls_socket_sha256" else b"p"))
                 sender_cpu[way].append(cpu_seconds() - cpu0)
                 receiver_cpu[way].append(cpu_seconds(pid) - recv0)
+                if link.delay_pid:
+                    delay_cpu[way].append(cpu_seconds(link.delay_pid) - delay0)
                 if way == "edgetune":
                     _drop_stored(agent.address, pki)
             src.unlink()
             log_progress(args.json, f"{name} round {i + 1}/{args.repeat}: " + ", ".join(
                 f"{k} {size / (1 << 20) / v[-1]:.1f} MiB/s" for k, v in times.items()))
+        if link.delay_pid:
+            time.sleep(1.1)      # its statistics are rewritten every second
+        delay_stats = link.delay_stats()
     size_mib = size / (1 << 20)
     rates = {k: size_mib / median(v) for k, v in times.items()}
     link_mib_s = _rate_bits(rate) / 8 / (1 << 20)
@@ -180,6 +192,13 @@ def measure_link(name: str, pki: Any, work: Path, subnet: int,
         "seconds_per_round": {k: [round(t, 3) for t in v] for k, v in times.items()},
         "receiver_cpu_s_per_round": {k: [round(t, 3) for t in v] for k, v in receiver_cpu.items()},
         "sender_cpu_s_per_round": {k: [round(t, 3) for t in v] for k, v in sender_cpu.items()},
+        "connect_rtt_ms": {"median": round(median(rtt), 3), "min": round(rtt[0], 3),
+                           "max": round(rtt[-1], 3), "n": len(rtt)},
+        "delay_cpu_s_per_round": ({k: [round(t, 3) for t in v] for k, v in delay_cpu.items()}
+                                  if link.delay_pid else None),
+        "delay_cpu_fraction": ({k: round(sum(delay_cpu[k]) / sum(times[k]), 3)
+                                for k in ways} if link.delay_pid else None),
+        "delay_stats": delay_stats or None,
         "ratio_vs_tls_socket": round(rates["edgetune"] / rates["tls_socket"], 3),
         "ratio_vs_tls_socket_sha256": round(rates["edgetune"] / rates["tls_socket_sha256"], 3),
         "ratio_vs_sftp": round(rates["edgetune"] / rates["sftp"], 3) if "sftp" in rates else None,
@@ -204,7 +223,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--links", default=",".join(LINKS),
                         help=f"which links, comma-separated (default {','.join(LINKS)})")
     parser.add_argument("--delay-ms", type=float, default=1.0,
-                        help="delay host -> board on every link (default 1; needs sch_netem)")
+                        help="delay each way on every link (default 1: netem, else an NFQUEUE "
+                             "hold in user space, else none)")
     parser.add_argument("--mib", type=int, default=256,
                         help="file size on the 1 Gbit/s links (default 256)")
     parser.add_argument("--mib-slow", type=int, default=64,
@@ -269,6 +289,21 @@ def main(argv: Optional[List[str]] = None) -> int:
                      + f"; link {r['link_mib_per_s']} MiB/s; median of {args.repeat} rounds:")
         if r["link"]["note"]:
             lines.append(f"  note: {r['link']['note']}")
+        rtt = r["connect_rtt_ms"]
+        lines.append(f"  delay: {r['link']['delay_via'] or 'none'}"
+                     + (f", {r['link']['delay_ms']:g} ms each way" if r['link']['delay_via']
+                        else "")
+                     + f"; TCP connect round trip {rtt['median']:.3f} ms median "
+                     f"(min {rtt['min']:.3f}, max {rtt['max']:.3f}, n {rtt['n']})")
+        if r["delay_cpu_fraction"]:
+            st = r["delay_stats"] or {}
+            lines.append("  the NFQUEUE hold's CPU, share of one core while each way ran: "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in r["delay_cpu_fraction"].items())
+                         + (f"; {st.get('packets')} packets, released late by "
+                            f"{st.get('late_mean_ms')} ms on average (max "
+                            f"{st.get('late_max_ms')}), kernel drops "
+                            f"{st.get('kernel', {}).get('queue_dropped')}+"
+                            f"{st.get('kernel', {}).get('user_dropped')}" if st else ""))
         for k, v in r["mib_per_s"].items():
             cpu = r["receiver_cpu_s_per_round"].get(k)
             lines.append(f"  {k:<18} {v:8.1f} MiB/s ({r['fraction_of_link'][k]:.2f} of the link)"
