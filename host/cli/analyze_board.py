@@ -23,8 +23,8 @@ def add_board_flags(parser: argparse.ArgumentParser) -> None:
         "tensors back in chunks; each is compared here with this PC's FP32 and INT8 runs. "
         f"Flagged BOARD: board vs host INT8 SQNR below {BOARD_SQNR_DB:g} dB or cosine below "
         f"{BOARD_COSINE:g}. The tensors of all samples must fit the board's [limits] "
-        "max_job_output_bytes (the error says how many fit); the agent needs edgetune 0.2 "
-        "or later.")
+        "max_job_output_bytes (the error says how many fit); an agent without the feature "
+        "job_output (the previous release) is refused.")
     b.add_argument("--board-samples", type=int, metavar="N",
                    help=f"samples run on the board (default {DEFAULT_BOARD_SAMPLES}, at most "
                         "--calib-count)")
