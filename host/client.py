@@ -198,15 +198,25 @@ class AgentClient:
 
     def _unary(self, method: str, request: Any, timeout: float) -> Any:
         with GATE.deferred():
-            future = getattr(self._stub, method).future(request, timeout=timeout,
-                                                        metadata=CALL_METADATA)
-            GATE.on_interrupt(future.cancel)
             try:
-                return future.result()
+                return self._invoke(method, request, timeout)
             except grpc.RpcError as err:
                 raise translate_rpc_error(err, self._ctx) from None
             except grpc.FutureCancelledError:
                 raise AgentError(f"the call {method} to {self.address} was cancelled") from None
+
+    def _invoke(self, method: str, request: Any, timeout: float) -> Any:
+        """One unary call (inside ``GATE.deferred``). In the main thread a future that Ctrl-C
+        cancels; in any other thread (a fleet run's board) a blocking call, which grpc runs
+        on the calling thread, where a future needs a channel thread that grpc starts anew
+        for a call on an idle channel (a fleet bench made ~10 such thread starts per board,
+        each waiting for the GIL on a busy host). Closing the channel ends either."""
+        call = getattr(self._stub, method)
+        if threading.current_thread() is not threading.main_thread():
+            return call(request, timeout=timeout, metadata=CALL_METADATA)
+        future = call.future(request, timeout=timeout, metadata=CALL_METADATA)
+        GATE.on_interrupt(future.cancel)
+        return future.result()
 
     # ------------------------------------------------------------------ reading replies
     def _read(self, convert: Callable[[Any], T], message: Any) -> T:
@@ -407,11 +417,8 @@ class AgentClient:
         LeasesUnsupportedError naming the agent's version."""
         self.connect()
         with GATE.deferred():
-            future = getattr(self._stub, method).future(
-                request, timeout=timeout or self.settings.timeout_s, metadata=CALL_METADATA)
-            GATE.on_interrupt(future.cancel)
             try:
-                return future.result()
+                return self._invoke(method, request, timeout or self.settings.timeout_s)
             except grpc.RpcError as err:
                 if err.code() is grpc.StatusCode.UNIMPLEMENTED:
                     raise self._no_leases() from None
