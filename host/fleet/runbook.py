@@ -67,6 +67,11 @@ class RunBook:
         self.store = store
         self.engine = store.engine
         self._lock = threading.Lock()
+        self._turn = threading.Condition()  # row updates: one writer, the others queue
+        self._queued: List[Any] = []        # (ticket, statement), oldest first
+        self._writing = False
+        self._issued = self._written = 0    # tickets given out, tickets written
+        self._failed: Dict[int, BaseException] = {}
 
     # ------------------------------------------------------------------ writing
     def create(self, run_id: str, spec: Any, selector: str, devices: Sequence[str],
@@ -81,12 +86,43 @@ class RunBook:
             rows)
 
     def update(self, run_id: str, device: str, model_sha256: str, **values: Any) -> None:
-        """Set a row's ``state``, ``job_id``, ``result_id``, ``error`` or ``attempts``."""
+        """Set a row's ``state``, ``job_id``, ``result_id``, ``error`` or ``attempts``; returns
+        once it is written. Boards' threads updating at once share transactions (group
+        commit): the thread that finds no write under way writes every update queued by
+        then in one transaction, while the next ones queue for the following one (32 boards
+        ending together: a few transactions, not 32 in a row). A failed write is raised in
+        every thread whose update it held."""
         values["updated"] = _now()
-        self._write([fleet_run_rows.update()
+        statement = (fleet_run_rows.update()
                      .where(fleet_run_rows.c.run_id == run_id)
                      .where(fleet_run_rows.c.device_name == device)
-                     .where(fleet_run_rows.c.model_sha256 == model_sha256).values(**values)])
+                     .where(fleet_run_rows.c.model_sha256 == model_sha256).values(**values))
+        with self._turn:
+            self._issued += 1
+            ticket = self._issued
+            self._queued.append((ticket, statement))
+            while self._written < ticket:
+                if self._writing:
+                    self._turn.wait()
+                    continue
+                batch, self._queued = self._queued, []
+                self._writing = True
+                self._turn.release()
+                error: Optional[BaseException] = None
+                try:
+                    self._write([s for _, s in batch])
+                except BaseException as exc:  # noqa: BLE001 - raised in each of its threads
+                    error = exc
+                finally:
+                    self._turn.acquire()
+                    self._writing = False
+                    if error is not None:
+                        self._failed.update((t, error) for t, _ in batch)
+                    self._written = batch[-1][0]
+                    self._turn.notify_all()
+            error = self._failed.pop(ticket, None)
+        if error is not None:
+            raise error
 
     def _write(self, statements: Sequence[Any], rows: Sequence[Dict[str, Any]] = ()) -> None:
         try:
