@@ -76,7 +76,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def run_fleet(args: argparse.Namespace, job_settings: Any) -> int:
     from edgetune.host.client import check_own_certificate
-    from edgetune.host.fleet.runspec import spec_from_settings
+    from edgetune.host.fleet.runspec import KINDS, spec_from_settings
     from edgetune.host.results.location import recording
     from edgetune.host.target import load_identity_files, resolve_fleet
 
@@ -87,10 +87,12 @@ def run_fleet(args: argparse.Namespace, job_settings: Any) -> int:
     if args.resume is not None and args.no_record:
         raise UsageError("--resume reads the run from the results database: drop --no-record")
     inventory, files = resolve_fleet(args)
-    identity = load_identity_files(files)           # the key is decrypted once, for every board
-    check_own_certificate(identity.cert_pem, identity.common_name, 30)
-    spec = spec_from_settings(job_settings)         # every local file hashed once, here
-    with recording(args, label=spec.label, kind=spec.record_kind) as recorder:
+    # The results database opens on its own thread (recording) while the key is decrypted
+    # and the files are hashed.
+    with recording(args, label=job_settings.label, kind=KINDS[job_settings.kind]) as recorder:
+        identity = load_identity_files(files)       # the key is decrypted once, for every board
+        check_own_certificate(identity.cert_pem, identity.common_name, 30)
+        spec = spec_from_settings(job_settings)     # every local file hashed once, here
         store = recorder.store if recorder is not None else None
         book, quarantine = _books(store)
         skip = quarantine.skip() if quarantine is not None else (lambda d: None)
