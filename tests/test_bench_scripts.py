@@ -242,3 +242,4 @@ def test_tune_busy() -> None:
     report = run_bench("tune_busy.py", "--agents", "2", "--trials", "4", "--size", "32",
                        timeout=900, checks=["mean busy share of the boards after the first trial"])
     assert set(report["busy_share"]) == {"board0", "board1"}
+    assert set(report["gap_between_jobs_s"]) >= {"median", "p90", "count"}

@@ -306,3 +306,128 @@ def test_a_provider_that_cannot_load_the_model_is_infeasible(
     assert not [t for t in trials if t.user_attrs.get("retry_of") is not None]
     assert r.json["trials"]["infeasible"] >= 1 and r.json["best"]["session"]["providers"] == [
         "CPUExecutionProvider"]
+
+
+def _agent_jobs(agent: RunningAgent) -> Dict[str, Any]:
+    from edgetune.host.client import AgentClient
+    with AgentClient(agent.address, agent.pki.host.identity) as client:
+        return {j.id: j for j in client.list_jobs(500)}
+
+
+def _queued_ahead(work: Path, name: str, agent: RunningAgent, finished: int,
+                  stages: Tuple[str, ...] = ("eval", "short", "full")
+                  ) -> Optional[Tuple[List[Any], Any, str, str]]:
+    """(trials, a RUNNING trial, its stage, its job id) once ``finished`` trials are done and
+    a running trial's job waits in the agent's queue behind another trial's job."""
+    from optuna.trial import TrialState
+
+    trials = trials_of(work, name)
+    if len([t for t in trials if t.state.is_finished()]) < finished:
+        return None
+    jobs = _agent_jobs(agent)
+    for t in trials:
+        if t.state != TrialState.RUNNING:
+            continue
+        for stage, job in (t.user_attrs.get("jobs") or {}).items():
+            found = jobs.get(job["job_id"])
+            if stage in stages and found is not None and found.state.value == "queued":
+                return trials, t, stage, job["job_id"]
+    return None
+
+
+def test_sigkill_with_a_job_queued_ahead_repeats_and_loses_nothing(
+        local_agent: RunningAgent, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The board's next trial has its job waiting in the agent's queue (pipelining) when the
+    host is killed: the resumed study re-attaches to that very job (it runs once, recorded
+    once) and to the running one, and counts every trial once."""
+    args = base_args(tmp_path, *local_agent.conn(), "--trials", "6", "--study", "ahead",
+                     "--iterations", "100000", "--short-iterations", "50000", "--warmup", "0",
+                     "--final-rounds", "0")
+    proc = cli_process(args, tmp_path)
+    try:
+        trials, victim, stage, job_id = wait_for(
+            lambda: _queued_ahead(tmp_path, "ahead", local_agent, 1, ("short", "full")), 240,
+            "a trial finished and another one's job queued ahead")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    from optuna.trial import TrialState
+
+    at_kill = {t.number: dict(t.user_attrs.get("jobs") or {}) for t in trials_of(tmp_path, "ahead")
+               if t.state == TrialState.RUNNING}
+    before = {t.number: (t.state, t.values) for t in trials_of(tmp_path, "ahead")
+              if t.state.is_finished()}
+    assert victim.number in at_kill and len(at_kill) >= 2
+
+    again = run_cli(capsys, *args, "--json")
+    assert again.code == 0, again.err
+    after = {t.number: t for t in trials_of(tmp_path, "ahead")}
+    assert {n: (after[n].state, after[n].values) for n in before} == before
+    finished = [t for t in after.values() if t.state.is_finished()
+                and not t.user_attrs.get("board_error")]
+    assert len(finished) == 6
+    recs = records(tmp_path)
+    keys = [(r.options["tune"]["trial"], r.options["tune"]["stage"]) for r in recs]
+    assert len(keys) == len(set(keys)), "a trial stage was measured twice"
+    by_key = dict(zip(keys, recs))
+    assert by_key[(victim.number, stage)].job_id == job_id       # the queued job, re-attached
+    for number, jobs in at_kill.items():
+        assert after[number].state.is_finished()
+        for st, job in jobs.items():
+            if st != "eval" and (number, st) in by_key:
+                assert by_key[(number, st)].job_id == job["job_id"]
+    label = f"tune ahead #{victim.number} {stage}"
+    ran = [j for j in _agent_jobs(local_agent).values() if j.label == label]
+    assert [j.id for j in ran] == [job_id], "the queued trial's stage ran again"
+
+
+def test_ctrl_c_cancels_a_job_queued_ahead_and_the_resume_runs_its_trial(
+        local_agent: RunningAgent, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Ctrl-C while a trial's first job waits in the board's queue: that job is cancelled,
+    the trial is failed as withdrawn (nothing measured, not counted) with its configuration
+    enqueued, the trial that was measuring finishes and is recorded; the same command then
+    runs the withdrawn configuration first."""
+    from optuna.trial import TrialState
+
+    args = base_args(tmp_path, *local_agent.conn(), "--trials", "4", "--study", "withdrawn",
+                     "--iterations", "100000", "--short-iterations", "50000", "--warmup", "0",
+                     "--final-rounds", "0")
+    proc = cli_process(args, tmp_path)
+    try:
+        def first_job_queued() -> Optional[Tuple[Any, str]]:
+            found = _queued_ahead(tmp_path, "withdrawn", local_agent, 0)
+            if found is None:
+                return None
+            _, trial, stage, job_id = found
+            return (trial, job_id) if len(trial.user_attrs.get("jobs") or {}) == 1 else None
+
+        victim, job_id = wait_for(first_job_queued, 240, "a trial's first job queued ahead")
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = (tmp_path / "err.txt").read_text()
+    assert code == ExitStatus.INTERRUPTED, err
+    assert "withdrawn" in err, err
+    assert _agent_jobs(local_agent)[job_id].state.value == "cancelled"
+    trials = {t.number: t for t in trials_of(tmp_path, "withdrawn")}
+    failed = trials[victim.number]
+    assert failed.state == TrialState.FAIL and "Ctrl-C" in failed.user_attrs["withdrawn"]
+    assert not failed.user_attrs.get("board_error")
+    waiting = [t for t in trials.values() if t.state == TrialState.WAITING]
+    assert [(t.system_attrs.get("fixed_params"), t.user_attrs.get("retry_of"))
+            for t in waiting] == [(failed.params, victim.number)]
+    assert all(t.state != TrialState.RUNNING for t in trials.values())
+    assert not [r for r in records(tmp_path) if r.job_id == job_id]
+
+    again = run_cli(capsys, *args, "--json")
+    assert again.code == 0, again.err
+    after = {t.number: t for t in trials_of(tmp_path, "withdrawn")}
+    retry = [t for t in after.values() if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retry) == 1 and retry[0].state.is_finished() and retry[0].params == failed.params
+    done = [t for t in after.values() if t.state.is_finished()
+            and not t.user_attrs.get("withdrawn") and not t.user_attrs.get("board_error")]
+    assert len(done) == 4

@@ -24,7 +24,10 @@ class TuneSettings:
     study's total (a resumed study runs the remainder). ``short_iterations`` /
     ``full_iterations``: the two latency measurements (a trial gets the full one only when
     its short one could still reach the front). ``final_rounds``: rounds of the closing
-    interleaved comparison (0: none)."""
+    interleaved comparison (0: none). ``queue_ahead``: trials each board holds ready behind
+    the one it measures (their next job waits in the board's queue; 0: one trial at a time).
+    ``quiet_uploads``: a model or dataset is sent to a board only while no latency measurement
+    is queued or running there (False: uploads may overlap measurements)."""
 
     model: Path
     calib: Tuple[CalibSource, ...]
@@ -51,6 +54,8 @@ class TuneSettings:
     lease: bool = True
     lease_ttl_s: float = 120.0
     label: str = ""
+    queue_ahead: int = 1
+    quiet_uploads: bool = True
 
     def check(self) -> None:
         """The checks that cost nothing (UsageError)."""
@@ -77,6 +82,8 @@ class TuneSettings:
                                  f"(got {value})")
         if self.short_iterations > self.full_iterations:
             raise UsageError("the short measurement cannot be longer than the full one")
+        if not 0 <= self.queue_ahead <= 4:
+            raise UsageError(f"queue_ahead must be between 0 and 4 (got {self.queue_ahead})")
         if not 0 <= self.final_rounds <= 100:
             raise UsageError(f"--final-rounds must be between 0 and 100 (got {self.final_rounds})")
         if not self.calib:
