@@ -3,7 +3,8 @@ with ``queue_capacity = 1`` in their agent.toml): the board's "queue is full; re
 running job has finished" (RESOURCE_EXHAUSTED) is waited out, not failed: the run's oldest
 job on the board is watched to its end and the next model submitted then, so every row
 succeeds. A board whose queue other jobs fill is tried again for --queue-wait seconds, and
-only then are its rows failed, saying so."""
+only then are its rows failed, saying so. A board refusing every call for now (its open calls
+at the agent's limit: "retry in a few seconds") is retried like an unreachable one."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from tests.host_fixtures import DIGITS_MODEL, ONE_DIGIT, run_cli, start_agent
 
 pytestmark = pytest.mark.slow           # three agents, a few seconds of jobs
 
-BOARDS = ("q0", "q1", "full")
+BOARDS = ("q0", "q1", "full", "crowded")
+LIMITS = {"crowded": "max_streams_total = 4\nupload_idle_timeout_s = 60\n"}
 ONE = SessionOptions(input_shapes=(("input", (1, 1, 8, 8)),))
 
 
@@ -47,7 +49,7 @@ def fleet(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[s
     def start(name: str) -> None:
         try:
             config = base / f"{name}.toml"
-            config.write_text("[limits]\nqueue_capacity = 1\n")
+            config.write_text("[limits]\nqueue_capacity = 1\n" + LIMITS.get(name, ""))
             agents[name] = start_agent(pki, base / name, extra_args=["--config", str(config)])
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
@@ -155,3 +157,23 @@ def test_a_board_full_of_other_jobs_fails_after_the_queue_wait(fleet: Dict[str, 
 def test_queue_wait_must_be_positive(fleet: Dict[str, Any], capsys: Any) -> None:
     r = _cli(fleet, capsys, str(DIGITS_MODEL), "--devices", "q0", "--queue-wait", "0")
     assert r.code == 2 and "--queue-wait must be a positive number" in r.out    # --json
+
+
+def test_a_board_refusing_calls_for_now_is_retried(fleet: Dict[str, Any], capsys: Any) -> None:
+    from tests.test_agent_limits import IdleUploads
+
+    address = fleet["agents"]["crowded"].address
+    idle = IdleUploads(address, fleet["pki"].host.identity, 4)     # the agent's whole limit
+    release = threading.Timer(1.5, idle.close)
+    try:
+        time.sleep(0.5)
+        assert idle.codes() == []
+        release.start()
+        r = _cli(fleet, capsys, str(DIGITS_MODEL), "--devices", "crowded", "--iterations",
+                 "5", "--retries", "3", "--no-lease")
+    finally:
+        release.cancel()
+        idle.close()
+    assert r.code == 0, r.out
+    (row,) = r.json["rows"]
+    assert row["state"] == "done", row

@@ -49,7 +49,9 @@ class Restarted(UnreachableError):
     """The job came back interrupted: the agent restarted while it ran (retried)."""
 
 
-TRANSIENT = (UnreachableError, TimeoutError_)       # and so Restarted
+# and so Restarted; BusyError: the agent's back-pressure (too many calls open; a full job
+# queue is waited out in board_jobs before it gets here)
+TRANSIENT = (UnreachableError, TimeoutError_, BusyError)
 
 
 def reason(error: BaseException, *, mid_run: bool) -> str:
