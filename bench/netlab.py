@@ -132,11 +132,19 @@ def nfqueue_unavailable() -> Optional[str]:
     nfnetlink_queue); else why not."""
     if os.name != "posix" or os.geteuid() != 0:
         return "an NFQUEUE delay needs root on Linux"
-    if shutil.which("iptables") is None:
+    if _iptables() is None:
         return "`iptables` not found: apt-get install iptables"
     if not Path("/proc/net/netfilter/nfnetlink_queue").exists():
         return "the kernel has no nfnetlink_queue (/proc/net/netfilter/nfnetlink_queue)"
     return None
+
+
+def _iptables() -> Optional[str]:
+    """iptables' path (root's PATH may lack /usr/sbin)."""
+    found = shutil.which("iptables")
+    if found is None and os.access("/usr/sbin/iptables", os.X_OK):
+        found = "/usr/sbin/iptables"
+    return found
 
 
 def connect_rtt_ms(ip: str, count: int = 20, port: int = 9) -> List[float]:
@@ -169,6 +177,7 @@ def _nfq_delay(inside: List[str], board_if: str, delay_ms: float) -> Iterator[tu
     import time
 
     script = Path(__file__).with_name("nfq_delay.py")
+    iptables = _iptables() or "iptables"
     with tempfile.TemporaryDirectory(prefix="etb-nfq-") as tmp:
         ready, stats, log_path = (Path(tmp) / n for n in ("ready", "stats.json", "log"))
         with open(log_path, "wb") as log:
@@ -185,12 +194,12 @@ def _nfq_delay(inside: List[str], board_if: str, delay_ms: float) -> Iterator[tu
                                        + log_path.read_text(errors="replace")[-2000:])
                 time.sleep(0.02)
             for rule in (["INPUT", "-i"], ["OUTPUT", "-o"]):
-                _run([*inside, "iptables", "-A", rule[0], rule[1], board_if, "-j", "NFQUEUE",
+                _run([*inside, iptables, "-A", rule[0], rule[1], board_if, "-j", "NFQUEUE",
                       "--queue-num", "0"])
             yield proc.pid, str(stats)
         finally:
             for rule in (["INPUT", "-i"], ["OUTPUT", "-o"]):
-                _run([*inside, "iptables", "-D", rule[0], rule[1], board_if, "-j", "NFQUEUE",
+                _run([*inside, iptables, "-D", rule[0], rule[1], board_if, "-j", "NFQUEUE",
                       "--queue-num", "0"], check=False)
             proc.terminate()
             try:
