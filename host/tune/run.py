@@ -163,6 +163,7 @@ def run_study(settings: TuneSettings, boards: Sequence[BoardSpec], *,
         raise UsageError(f"a board is named twice: {', '.join(names)}")
     metric = obj.resolve_accuracy(settings.accuracy, settings.dataset)
     store = ResultsStore.open(settings.db_url)
+    storage = None
     try:
         storage = studies.open_storage(store.url)
         ctx = StudyContext(settings, store, say)
@@ -196,6 +197,8 @@ def run_study(settings: TuneSettings, boards: Sequence[BoardSpec], *,
                 raise
             return answer(ctx, measurements, boards, scheduler)
     finally:
+        if storage is not None:       # its pooled connections: a caller may run many studies
+            storage.engine.dispose()
         store.close()
 
 
