@@ -44,6 +44,20 @@ class ProgressReporter(Protocol):
                now_ns: int = 0, force: bool = False) -> None: ...
 
 
+def _no_value(names: Sequence[str], results: Sequence[Any]) -> str:
+    """Older onnxruntime (1.12 here) returns None for a graph output whose producing node its
+    optimizer fused away (a DequantizeLinear folded into a QLinearConv): say so, not crash."""
+    import sys
+    ort = sys.modules.get("onnxruntime")
+    missing = [n for n, r in zip(names, results) if r is None]
+    shown = ", ".join(repr(n) for n in missing[:5]) + (" ..." if len(missing) > 5 else "")
+    return (f"onnxruntime {getattr(ort, '__version__', '?')} on this board returned no value "
+            f"for {len(missing)} of the model's {len(names)} outputs ({shown}): its graph "
+            "optimizer fused away the nodes that produce them, a defect of older onnxruntime "
+            "versions; upgrade onnxruntime on the board, or lower the graph optimization level "
+            "(which changes the kernels that run)")
+
+
 def evaluate_session(session: Any, load_ms: float, dataset: Dataset, spec: EvaluateSpec,
                      rep: ProgressReporter, run: RunFn,
                      sink: Optional[SinkFn] = None) -> EvaluateResult:
@@ -77,6 +91,8 @@ def evaluate_session(session: Any, load_ms: float, dataset: Dataset, spec: Evalu
                 part = np.concatenate([part, np.repeat(part[-1:], batch - real, axis=0)])
             feed[name] = np.ascontiguousarray(part)
         results = run(session, names, feed)
+        if any(r is None for r in results):
+            raise InvalidArgument(_no_value(names, results))
         acc.update(begin, real, [r[:real] for r in results])
         if sink is not None:
             sink(begin, real, names, results)

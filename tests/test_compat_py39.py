@@ -254,6 +254,14 @@ def this_host_uses(address: str, pki: Any, tmp_path: Path, capsys: pytest.Captur
         analysed = run_cli(capsys, "analyze", str(DIGITS_MODEL), str(quantized), "--calib",
                            str(DIGITS_MODEL.parent / "digits_calib.npz"), "--calib-count", "4",
                            *conn, "--json")
+        if onnxruntime_version.startswith("1.12."):
+            # onnxruntime 1.12 returns no value for outputs whose nodes its QDQ fusion folded
+            # away: a clear refusal that names them (it crashed the job with a TypeError)
+            assert analysed.code == 3, analysed.out + analysed.err
+            assert "returned no value for" in analysed.out and "fused away" in analysed.out
+            assert "relu1_out_DequantizeLinear_Output" in analysed.out
+            quantized = None
+    if quantized is not None:
         assert analysed.code == 0, analysed.out + analysed.err
         board = analysed.json["board"]
         assert board["stream"]["chunks"] >= 1 and board["samples"] == 4
@@ -288,10 +296,11 @@ def test_python39_agent_serves_this_host(deps: str, board_python: Callable[[str]
     # The agent reads a TOML config on 3.9 (tomllib's fallback, tomli) and runs the installed
     # package: the venv's console script, cwd outside the checkout, no PYTHONPATH.
     with serving_agent([str(py.parent / "edgetune-agent")], pki, tmp_path / "board") as address:
-        # analyze --device with the newest dependencies only: the quantized model imports
-        # ai.onnx.ml opset 5, which the floors' onnxruntime refuses to load (on the host too).
+        # analyze --device on both: `edgetune quantize` drops the opset imports no node uses
+        # (onnxruntime's optimizer declares ai.onnx.ml 5, which the floors' onnxruntime refused
+        # to load); the floors' onnxruntime then loads the model but cannot give the tensors
         this_host_uses(address, pki, tmp_path, capsys, versions["onnxruntime"],
-                       quantized=digits_q if deps == "newest" else None)
+                       quantized=digits_q)
 
 
 @pytest.fixture(scope="module")

@@ -109,6 +109,24 @@ def test_symbolic_shape_failure_is_retried_and_recorded(tmp_path, monkeypatch):
     assert retry and "Incomplete symbolic shape inference" in retry[0].reason
     assert report.node_precision["mm"] == "int8"
     assert list(workdir.iterdir()) == []        # nothing left behind in the current directory
+    # the domain a node uses stays declared; the optimizer's unused ones do not
+    declared = {o.domain for o in onnx.load(str(tmp_path / "q.onnx")).opset_import}
+    assert declared == {"", "ai.onnx.ml"}
+
+
+def test_the_output_declares_only_the_opsets_its_nodes_use(tmp_path):
+    """onnxruntime's optimizer (quant_pre_process) declares ai.onnx.ml 5, com.microsoft.nchwc,
+    training domains ...; the floors' onnxruntime (1.12) refused to load a quantized model
+    only for its ai.onnx.ml 5 import, which no node used."""
+    path = builders.save(builders.build("tiny_cnn", seed=0, batch=1), tmp_path / "m.onnx")
+    data = CalibrationData.from_arrays({"input": np.random.default_rng(0).random(
+        (8, 3, 16, 16), dtype=np.float32)})
+    report = quantize(_settings(path, tmp_path), data=data)
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
+    dropped = [d for d in report.decisions if d.action.startswith("dropped unused opset")]
+    assert dropped and "ai.onnx.ml" in dropped[0].action
+    ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
 
 
 def test_missing_and_non_onnx_models(tmp_path):

@@ -42,6 +42,7 @@ from edgetune.host.quant.prepare import (
     PreparedModel,
     convert_opset,
     default_opset,
+    drop_unused_opsets,
     needed_opset,
     effective_op_types,
     graph_tensor_names,
@@ -354,6 +355,7 @@ def quantize(settings: QuantizeSettings, *, data=None, progress: Optional[Progre
         tmp = Path(tmp_name)
         os.chmod(tmp, 0o666 & ~_umask())
         temps.append(tmp)
+        drop_unused_opsets(qmodel, decisions)
         blob = qmodel.SerializeToString()      # one serialization: file, check and hash
         with open(tmp, "wb") as handle:
             handle.write(blob)

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from edgetune.host.errors import BadInputError, NotFoundError
 from edgetune.host.quant.settings import QuantizeSettings
@@ -200,6 +200,38 @@ def quantizable_nodes(model, op_types: FrozenSet[str]) -> Tuple[str, ...]:
     return tuple(node.name for node in model.graph.node
                  if node.op_type in op_types and node.op_type not in QDQ_OPS
                  and any(name in floats for name in node.input if name))
+
+
+def _used_domains(graph: Any, found: set) -> set:
+    for node in graph.node:
+        found.add(node.domain or "")
+        for attr in node.attribute:                 # If/Loop/Scan bodies
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _used_domains(sub, found)
+    return found
+
+
+def drop_unused_opsets(model: Any, decisions: List[Decision]) -> None:
+    """Remove the opset imports of domains no node uses. onnxruntime's optimizer (in
+    ``quant_pre_process``) writes its whole list (``ai.onnx.ml`` 5, ``com.microsoft.nchwc``,
+    training domains ...): a board's older onnxruntime refuses to load a model that merely
+    *declares* an ``ai.onnx.ml`` opset newer than it knows, although nothing uses it."""
+    used = _used_domains(model.graph, {""})
+    for function in model.functions:
+        used.add(function.domain)
+        for node in function.node:
+            used.add(node.domain or "")
+    keep = [o for o in model.opset_import if (o.domain or "") in used or o.domain == "ai.onnx"]
+    dropped = [f"{o.domain} {o.version}" for o in model.opset_import
+               if (o.domain or "") not in used and o.domain != "ai.onnx"]
+    if not dropped:
+        return
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    decisions.append(Decision(
+        "write", f"dropped unused opset imports ({', '.join(dropped)})",
+        "no node uses those domains; a board's older onnxruntime refuses a model that declares "
+        "an ai.onnx.ml opset newer than it knows"))
 
 
 def _pre_process(src: Path, dst: Path, decisions: List[Decision]) -> None:
