@@ -59,6 +59,7 @@ class ClientSettings:
     reattach_window_s: float = 60.0         # how long run()/wait() retry a dropped watch
     max_message_bytes: int = 64 * MiB       # results with raw samples can be large
     cert_warning_days: int = 30             # warn when our own certificate expires this soon
+    #                                         (< 0: checked by the caller, once for a fleet)
     hash_first_below_bytes: int = 64 * MiB  # larger files, not in the hash cache: sent by id
     hash_cache: Optional[Path] = None       # None: host.hashcache.default_cache_path()
 
@@ -125,8 +126,9 @@ class AgentClient:
         self.identity = identity
         self.server_name = server_name
         self.settings = settings or ClientSettings()
-        check_own_certificate(identity.cert_pem, identity.common_name,
-                              self.settings.cert_warning_days)
+        if self.settings.cert_warning_days >= 0:    # a fleet run checked it once for all
+            check_own_certificate(identity.cert_pem, identity.common_name,
+                                  self.settings.cert_warning_days)
         options = [("grpc.max_send_message_length", self.settings.max_message_bytes),
                    ("grpc.max_receive_message_length", self.settings.max_message_bytes)]
         if server_name:
