@@ -11,7 +11,8 @@ from typing import Any, List
 import pytest
 
 from edgetune.host.tune.trials import BoardGate
-from tests.host_fixtures import DIGITS_MODEL, DIGITS_TEST, SAMPLES, local_agent, run_cli  # noqa: F401
+from tests.host_fixtures import (DIGITS_MODEL, DIGITS_TEST, SAMPLES, local_agent,  # noqa: F401
+                                 run_cli)
 
 
 def _run(target: Any) -> threading.Thread:
