@@ -282,7 +282,9 @@ def answer_of(trials_done: List[Any]) -> Any:
 
 
 def host_overheads(trials_done: List[Any], spec: Any) -> List[float]:
-    """Per trial: wall time minus the time its jobs ran on the board."""
+    """Per trial: wall time minus the time its jobs spent on the board, from submission to
+    end: with trials queued ahead, a job waits in the board's queue while the previous
+    trial's job runs, which is board time, not the host's."""
     out = []
     board = spec.open()
     try:
@@ -294,8 +296,8 @@ def host_overheads(trials_done: List[Any], spec: Any) -> List[float]:
             on_board = 0.0
             for job in jobs.values():
                 j = board.get_job(job["job_id"])
-                if j.started_unix and j.finished_unix:
-                    on_board += j.finished_unix - j.started_unix
+                if j.finished_unix and (j.created_unix or j.started_unix):
+                    on_board += j.finished_unix - (j.created_unix or j.started_unix)
             out.append(wall - on_board)
     finally:
         board.close()

@@ -232,6 +232,7 @@ def test_tune_efficiency() -> None:
     report = run_bench("tune_efficiency.py", "--seeds", "1", "--size", "32", "--budget", "0.1",
                        timeout=1200,
                        checks=["tuner gap to exhaustive best (median of seeds)",
+                               "evaluations per study / configurations (most)",
                                "tuner gap - random search gap (medians)",
                                "host overhead per trial s (median)"])
     assert report["configurations"] >= 48 and report["host_overhead_s"]["trials"] > 0
