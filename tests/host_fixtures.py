@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import pytest
 
@@ -194,3 +194,34 @@ def settled_partial(client: Any, kind: Any, size: int, *, sha256: str = "",
             return seen[0]
         time.sleep(0.2)
     raise AssertionError(f"the partial upload never settled (last {status})")
+
+
+def write_inventory(path: Path, host: Any, passphrase_file: Any,
+                    devices: Mapping[str, Tuple[str, Sequence[str]]]) -> Path:
+    """An edgetune.toml with ``[host]`` (``host``: a PKI's host files) and one
+    ``[devices.NAME]`` per entry of ``devices``: NAME -> (address, tags)."""
+    lines = [f'[host]\nca = "{host.ca}"\ncert = "{host.cert}"\nkey = "{host.key}"\n'
+             f'passphrase_file = "{passphrase_file}"\n']
+    for name, (address, tags) in devices.items():
+        tag_line = f"tags = {json.dumps([str(t) for t in tags])}\n" if tags else ""
+        lines.append(f'[devices.{name}]\naddress = "{address}"\n{tag_line}')
+    path.write_text("\n".join(lines))
+    return path
+
+
+def big_model(path: Path, mib: int, seed: Optional[int] = None) -> Path:
+    """A valid single-file ONNX model of about ``mib`` MiB (an Identity of a constant)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    floats = mib * (1 << 20) // 4
+    weights = np.random.default_rng(mib if seed is None else seed).standard_normal(
+        floats).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["w"], ["y"], name="identity")], "big", [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [floats])],
+        [numpy_helper.from_array(weights, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=9), path)
+    return path

@@ -16,7 +16,7 @@ from edgetune.host.errors import BadInputError, NotFoundError, UsageError
 from edgetune.host.fleet.inventory_edit import add_device, remove_device
 from edgetune.host.fleet.selectors import Selector, select
 from edgetune.host.inventory import Device, Inventory, load_inventory
-from tests.host_fixtures import run_cli, start_agent
+from tests.host_fixtures import run_cli, start_agent, write_inventory
 
 INVENTORY = '''# the lab's boards, kept by hand
 [host]
@@ -196,18 +196,13 @@ def fleet(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
                                   ca=pki.dir / "foreign" / "ca-cert.pem"))
         # A board whose certificate expires in 10 days.
         agents.append(start_agent(pki, base / "soon", cert=soon_cert, key=soon_key))
-        path = base / "edgetune.toml"
-        host = pki.host
-        lines = [f'[host]\nca = "{host.ca}"\ncert = "{host.cert}"\nkey = "{host.key}"\n'
-                 f'passphrase_file = "{agents[0].passphrase_file}"\n']
-        for n in range(3):
-            lines.append(f'[devices.good{n}]\naddress = "{agents[n].address}"\n'
-                         f'tags = ["good", "{"even" if n % 2 == 0 else "odd"}"]\n')
-        lines.append(f'[devices.rogue]\naddress = "{agents[3].address}"\ntags = ["bad"]\n')
-        lines.append(f'[devices.soon]\naddress = "{agents[4].address}"\ntags = ["soon"]\n')
-        lines.append(f'[devices.silent]\naddress = "127.0.0.1:{silent.port}"\ntags = ["bad"]\n')
-        lines.append(f'[devices.closed]\naddress = "127.0.0.1:{_closed_port()}"\ntags = ["bad"]\n')
-        path.write_text("\n".join(lines))
+        devices = {f"good{n}": (agents[n].address, ["good", "even" if n % 2 == 0 else "odd"])
+                   for n in range(3)}
+        devices.update(rogue=(agents[3].address, ["bad"]), soon=(agents[4].address, ["soon"]),
+                       silent=(f"127.0.0.1:{silent.port}", ["bad"]),
+                       closed=(f"127.0.0.1:{_closed_port()}", ["bad"]))
+        path = write_inventory(base / "edgetune.toml", pki.host, agents[0].passphrase_file,
+                               devices)
         yield path
     finally:
         silent.close()

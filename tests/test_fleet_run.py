@@ -23,7 +23,8 @@ from edgetune.certs import Identity
 from edgetune.host.client import AgentClient, ClientSettings
 from edgetune.host.localagent import AgentFiles, LocalAgent
 from edgetune.host.results.store import ResultFilter, ResultsStore
-from tests.host_fixtures import DIGITS_MODEL, DIGITS_TEST, ONE_DIGIT, run_cli, start_agent
+from tests.host_fixtures import (DIGITS_MODEL, DIGITS_TEST, ONE_DIGIT, run_cli, start_agent,
+                                 write_inventory)
 from tests.test_fleet import SilentPort, _closed_port
 
 pytestmark = pytest.mark.slow          # six agents and a few fleet runs: ~a minute
@@ -101,19 +102,12 @@ def fleet(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]
     try:
         if errors:
             raise errors[0]
-        host = pki.host
-        lines = [f'[host]\nca = "{host.ca}"\ncert = "{host.cert}"\nkey = "{host.key}"\n'
-                 f'passphrase_file = "{agents["good0"].passphrase_file}"\n']
-        for name in kinds:
-            tag = "good" if name in GOOD else "bad"
-            lines.append(f'[devices.{name}]\naddress = "{agents[name].address}"\n'
-                         f'tags = ["{tag}", "all"]\n')
-        lines.append(f'[devices.silent]\naddress = "127.0.0.1:{silent.port}"\n'
-                     'tags = ["bad", "all"]\n')
-        lines.append(f'[devices.closed]\naddress = "127.0.0.1:{_closed_port()}"\n'
-                     'tags = ["bad", "all"]\n')
-        inventory = base / "edgetune.toml"
-        inventory.write_text("\n".join(lines))
+        devices = {name: (agents[name].address, ["good" if name in GOOD else "bad", "all"])
+                   for name in kinds}
+        devices.update(silent=(f"127.0.0.1:{silent.port}", ["bad", "all"]),
+                       closed=(f"127.0.0.1:{_closed_port()}", ["bad", "all"]))
+        inventory = write_inventory(base / "edgetune.toml", pki.host,
+                                    agents["good0"].passphrase_file, devices)
         yield Fleet(inventory=inventory, db=f"sqlite:///{base / 'results.db'}", agents=agents,
                     pki=pki, other_pc=other_pc, base=base)
     finally:

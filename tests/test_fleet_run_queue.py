@@ -17,7 +17,7 @@ import pytest
 
 from edgetune.host.client import AgentClient, ClientSettings
 from edgetune.protos.messages import BenchmarkSpec, BlobKind, JobState, SessionOptions
-from tests.host_fixtures import DIGITS_MODEL, ONE_DIGIT, run_cli, start_agent
+from tests.host_fixtures import DIGITS_MODEL, ONE_DIGIT, run_cli, start_agent, write_inventory
 
 pytestmark = pytest.mark.slow           # three agents, a few seconds of jobs
 
@@ -62,13 +62,9 @@ def fleet(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[s
     try:
         if errors:
             raise errors[0]
-        host = pki.host
-        lines = [f'[host]\nca = "{host.ca}"\ncert = "{host.cert}"\nkey = "{host.key}"\n'
-                 f'passphrase_file = "{agents["q0"].passphrase_file}"\n']
-        for name in BOARDS:
-            lines.append(f'[devices.{name}]\naddress = "{agents[name].address}"\n')
-        inventory = base / "edgetune.toml"
-        inventory.write_text("\n".join(lines))
+        inventory = write_inventory(base / "edgetune.toml", pki.host,
+                                    agents["q0"].passphrase_file,
+                                    {name: (agents[name].address, []) for name in BOARDS})
         yield {"agents": agents, "inventory": inventory, "base": base, "pki": pki,
                "db": f"sqlite:///{base / 'results.db'}"}
     finally:

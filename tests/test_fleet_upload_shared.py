@@ -9,37 +9,20 @@ opens; the agents' processes and the sockets are not in it)."""
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from edgetune.host.client import AgentClient, ClientSettings
 from edgetune.host.hashcache import file_sha256
 from edgetune.protos.messages import BlobKind
-from tests.host_fixtures import (DIGITS_MODEL, ONE_DIGIT, TcpProxy, run_cli, settled_partial,
-                                start_agent)
+from tests.host_fixtures import (DIGITS_MODEL, ONE_DIGIT, TcpProxy, big_model, run_cli,
+                                settled_partial, start_agent, write_inventory)
 
 pytestmark = pytest.mark.slow           # four agents, 16 MiB each at 3 MiB/s
 
 BOARDS = ("b0", "b1", "b2", "b3")
 RATE = 3 * 1024 * 1024
-
-
-def _model(path: Path, mib: int) -> Path:
-    """A valid ONNX model of about ``mib`` MiB (an Identity of random float32 weights)."""
-    floats = mib * (1 << 20) // 4
-    weights = np.random.default_rng(7).standard_normal(floats).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["w"], ["y"], name="identity")], "big", [],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [floats])],
-        [numpy_helper.from_array(weights, "w")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                                ir_version=9), path)
-    return path
 
 
 def _rchar() -> int:
@@ -69,13 +52,9 @@ def boards(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[
         if errors:
             raise errors[0]
         proxies = {n: TcpProxy(agents[n].address, rate=RATE) for n in BOARDS}
-        host = pki.host
-        lines = [f'[host]\nca = "{host.ca}"\ncert = "{host.cert}"\nkey = "{host.key}"\n'
-                 f'passphrase_file = "{agents["b0"].passphrase_file}"\n']
-        for name in BOARDS:
-            lines.append(f'[devices.{name}]\naddress = "{proxies[name].address}"\n')
-        inventory = base / "edgetune.toml"
-        inventory.write_text("\n".join(lines))
+        inventory = write_inventory(base / "edgetune.toml", pki.host,
+                                    agents["b0"].passphrase_file,
+                                    {name: (proxies[name].address, []) for name in BOARDS})
         yield {"agents": agents, "inventory": inventory, "base": base, "pki": pki,
                "db": f"sqlite:///{base / 'results.db'}"}
     finally:
@@ -89,7 +68,7 @@ def test_the_model_is_read_once_for_every_board_one_of_them_resuming(
         boards: Dict[str, Any], capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from edgetune.host.fleet import fanout
 
-    model = _model(boards["base"] / "shared.onnx", 16)
+    model = big_model(boards["base"] / "shared.onnx", 16)
     size = model.stat().st_size
     sha, _ = file_sha256(model)
     # b3 kept part of the model from an upload cut halfway (straight to its agent).

@@ -16,32 +16,17 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from edgetune.host.client import AgentClient
 from edgetune.host.errors import ExitStatus
 from edgetune.host.render import fmt_bytes
 from edgetune.protos.messages import BenchmarkSpec, BlobKind, SessionOptions
-from tests.host_fixtures import TcpProxy, DIGITS_MODEL, ONE_DIGIT, RunningAgent, local_agent  # noqa: F401
+from tests.host_fixtures import (TcpProxy, DIGITS_MODEL, ONE_DIGIT, RunningAgent,  # noqa: F401
+                                 big_model, local_agent)  # noqa: F401
 
 RESUME_HINT = "run the same command again to resume from the bytes the board kept"
 EXIT_WITHIN_S = 5.0
-
-
-def big_model(path: Path, mib: int) -> Path:
-    """A valid single-file ONNX model of about ``mib`` MiB (an Identity of a constant)."""
-    floats = mib * (1 << 20) // 4
-    weights = np.random.default_rng(mib).standard_normal(floats).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["w"], ["y"], name="identity")], "big", [],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [floats])],
-        [numpy_helper.from_array(weights, "w")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                                ir_version=9), path)
-    return path
 
 
 def cli(*argv: str) -> subprocess.Popen:
