@@ -193,6 +193,31 @@ def test_show_and_list(study: Dict[str, Any], capsys: pytest.CaptureFixture) -> 
     assert missing.code == ExitStatus.NOT_FOUND and "tune list" in missing.err
 
 
+def test_optuna_is_told_the_bound_for_feasible_trials_and_reports_keep_the_measure(
+        study: Dict[str, Any], capsys: pytest.CaptureFixture) -> None:
+    """With --max-drop 1.5 every feasible trial is told to Optuna with the same accuracy,
+    FP32's minus 1.5 points (so the sampler ranks them by latency alone); `tune show` keeps
+    each trial's measured accuracy."""
+    import optuna
+
+    from edgetune.host.tune.study import open_storage
+
+    db = str(study["work"] / "results.db")
+    trials = optuna.load_study(study_name="digits",
+                               storage=open_storage(f"sqlite:///{db}")).get_trials()
+    fp32 = [t for t in trials if t.params.get("precision") == "fp32" and t.values]
+    feasible = [t for t in trials if t.values and t.user_attrs.get("drop_pts", 99) <= 1.5]
+    assert fp32 and len(feasible) >= 2
+    bound = fp32[0].user_attrs["accuracy"] - 0.015
+    for t in feasible:
+        assert t.values[1] == pytest.approx(bound, abs=1e-9)
+        assert t.user_attrs["accuracy"] >= bound - 1e-9
+    shown = run_cli(capsys, "tune", "show", "digits", "--db", db, "--json")
+    docs = {d["number"]: d for d in shown.json["trial_list"]}
+    for t in feasible:
+        assert docs[t.number]["values"][1] == pytest.approx(t.user_attrs["accuracy"])
+
+
 def test_the_same_command_resumes_and_runs_only_the_remainder(
         study: Dict[str, Any], local_agent: Any, capsys: pytest.CaptureFixture) -> None:
     import optuna

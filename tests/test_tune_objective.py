@@ -3,6 +3,8 @@ latency (the short measurement's fastest run) with the front, and the sampler a 
 
 from __future__ import annotations
 
+import pytest
+
 from edgetune.host.tune import objective as obj
 from edgetune.protos.messages import BenchmarkResult, LatencyStats
 
@@ -54,3 +56,10 @@ def test_the_answer_measures_the_near_ties_of_the_fastest_again() -> None:
     assert [p.number for p in ties] == [1, 6][:MAX_NEAR]
     assert all(p.latency_ms <= 1.0 * (1 + NEAR) for p in ties)
     assert near_ties(feasible, fastest, {3, 1, 6, 7, 2}) == []
+
+
+def test_feasible_trials_are_told_the_bound_and_infeasible_ones_their_accuracy() -> None:
+    assert obj.told_values(2.0, 0.99, 0.0, 1.0) == pytest.approx([2.0, 0.98])   # FP32
+    assert obj.told_values(1.0, 0.985, 0.5, 1.0) == pytest.approx([1.0, 0.98])  # within
+    assert obj.told_values(1.0, 0.95, 4.0, 1.0) == [1.0, 0.95]                   # over it
+    assert obj.told_values(1.0, 0.95, 4.0, None) == [1.0, 0.95]                  # no bound

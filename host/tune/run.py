@@ -117,7 +117,7 @@ class StudyContext:
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if t.user_attrs.get("stage") == "full" and t.values:
                 drop = t.user_attrs.get("drop_pts", 0.0)
-                self.add_point(t.number, t.values[0], t.values[1],
+                self.add_point(t.number, t.values[0], t.user_attrs.get("accuracy", t.values[1]),
                                max_drop is None or drop <= max_drop + 1e-9, True)
         for key, value in self.study.user_attrs.items():
             if key.startswith("accuracy:"):

@@ -37,6 +37,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from edgetune.host.errors import EdgetuneError
+from edgetune.host.tune import objective as obj
 from edgetune.host.tune.trials import (BoardFailure, ConfigFailure, Measurements, Pruned,
                                        TrialHandle, TuneRecorder, Withdrawn, owner_doc,
                                        owner_gone, trial_line)
@@ -288,8 +289,8 @@ class Scheduler:
         if outcome is not None:
             if max_drop is not None:
                 trial.set_constraint("max_drop", outcome["drop"] - max_drop)
-            self.study.tell(trial, outcome["values"])
             latency, accuracy = outcome["values"]
+            self.study.tell(trial, obj.told_values(latency, accuracy, outcome["drop"], max_drop))
             feasible = max_drop is None or outcome["drop"] <= max_drop + 1e-9
             self.ctx.add_point(handle.number, latency, accuracy, feasible,
                                outcome["stage"] == "full")

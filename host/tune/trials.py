@@ -428,7 +428,8 @@ class Measurements:
         for key in _reuse_keys():
             if key in same.user_attrs:
                 handle.set(key, same.user_attrs[key])
-        return {"values": list(same.values), "drop": float(same.user_attrs.get("drop_pts", 0.0)),
+        values = [same.values[0], same.user_attrs.get("accuracy", same.values[1])]  # as measured
+        return {"values": values, "drop": float(same.user_attrs.get("drop_pts", 0.0)),
                 "stage": "full", "note": f"the configuration of trial {same.number}: its "
                                          "measurement reused"}
 
