@@ -218,6 +218,29 @@ def test_optuna_is_told_the_bound_for_feasible_trials_and_reports_keep_the_measu
         assert docs[t.number]["values"][1] == pytest.approx(t.user_attrs["accuracy"])
 
 
+def test_the_closing_rounds_measure_each_configuration_once(study: Dict[str, Any]) -> None:
+    """Trials that reused another's measurement (the same params proposed again) are not
+    candidates beside it: the closing rounds never compare a configuration with itself."""
+    doc = study["doc"]
+    params = [tuple(sorted(c["params"].items())) for c in doc["candidates"]]
+    assert params and len(params) == len(set(params)), doc["candidates"]
+    pareto = [tuple(sorted(p["params"].items())) for p in doc["pareto"]]
+    assert len(pareto) == len(set(pareto))
+
+
+def test_one_point_per_configuration() -> None:
+    from types import SimpleNamespace
+
+    from edgetune.host.tune import objective as tune_obj
+    from edgetune.host.tune.final import distinct
+
+    trials = {0: SimpleNamespace(params={"precision": "fp32", "intra_op_threads": 2}),
+              1: SimpleNamespace(params={"precision": "int8", "intra_op_threads": 2}),
+              2: SimpleNamespace(params={"intra_op_threads": 2, "precision": "fp32"})}
+    points = [tune_obj.Point(n, 1.0, 0.99, True) for n in (2, 1, 0)]
+    assert [p.number for p in distinct(points, trials)] == [0, 1]
+
+
 def test_the_same_command_resumes_and_runs_only_the_remainder(
         study: Dict[str, Any], local_agent: Any, capsys: pytest.CaptureFixture) -> None:
     import optuna

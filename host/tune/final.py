@@ -155,7 +155,7 @@ def answer(ctx: Any, m: Any, boards: Sequence[Any], scheduler: Any) -> StudyResu
     by_number = {t.number: t for t in all_trials}
     counts = studies.count_states(all_trials, s.max_drop)
     docs = [trial_doc(t, s.max_drop) for t in all_trials]
-    points = ctx.points()
+    points = distinct(ctx.points(), by_number)
     feasible = [p for p in points if p.feasible]
     front = obj.pareto(feasible)
     result = StudyResult(study=ctx.name, run_id=ctx.run_id, objective=ctx.objective,
@@ -269,6 +269,21 @@ def answer(ctx: Any, m: Any, boards: Sequence[Any], scheduler: Any) -> StudyResu
     result.summary = summary_line(key, ctx.metric_title, best["improvement"], delta)
     ctx.study.set_user_attr("answer", result.as_json())
     return result
+
+
+def distinct(points: Sequence[obj.Point], trials: Dict[int, Any]) -> List[obj.Point]:
+    """One point per configuration: a trial that reused an earlier trial's measurement (the
+    sampler proposed its params again) is the same configuration, and measuring it again in
+    the closing rounds beside the first would compare a configuration with itself."""
+    seen: set = set()
+    out = []
+    for point in sorted(points, key=lambda p: p.number):
+        t = trials.get(point.number)
+        key = tuple(sorted(t.params.items())) if t is not None else ("#", point.number)
+        if key not in seen:
+            seen.add(key)
+            out.append(point)
+    return out
 
 
 def near_ties(feasible: Sequence[obj.Point], fastest: obj.Point, taken: Any
