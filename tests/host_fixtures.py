@@ -6,10 +6,12 @@ subprocess (``python -m edgetune.device serve``, mutual TLS, port 0) for all its
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import pytest
 
@@ -225,3 +227,32 @@ def big_model(path: Path, mib: int, seed: Optional[int] = None) -> Path:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
                                 ir_version=9), path)
     return path
+
+
+@contextlib.contextmanager
+def started_agents(names: Sequence[str], start: Callable[[str], RunningAgent]
+                   ) -> Iterator[Dict[str, RunningAgent]]:
+    """``start(name)`` for every name at once (in threads: each agent takes a second or two to
+    serve); every agent started is stopped at the end, also when another failed to start
+    (whose error is raised)."""
+    agents: Dict[str, RunningAgent] = {}
+    errors: List[BaseException] = []
+
+    def one(name: str) -> None:
+        try:
+            agents[name] = start(name)
+        except BaseException as exc:  # noqa: BLE001 - raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        if errors:
+            raise errors[0]
+        yield agents
+    finally:
+        for running in agents.values():
+            running.agent.stop()

@@ -24,7 +24,7 @@ from edgetune.host.client import AgentClient, ClientSettings
 from edgetune.host.localagent import AgentFiles, LocalAgent
 from edgetune.host.results.store import ResultFilter, ResultsStore
 from tests.host_fixtures import (DIGITS_MODEL, DIGITS_TEST, ONE_DIGIT, run_cli, start_agent,
-                                 write_inventory)
+                                 started_agents, write_inventory)
 from tests.test_fleet import SilentPort, _closed_port
 
 pytestmark = pytest.mark.slow          # six agents and a few fleet runs: ~a minute
@@ -84,36 +84,20 @@ def fleet(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]
     kinds = {name: {} for name in (*GOOD, "victim", "leased")}
     kinds["rogue"] = {"cert": rogue_cert, "key": rogue_key,
                       "ca": pki.dir / "foreign" / "ca-cert.pem"}
-    agents: Dict[str, Any] = {}
-    errors: List[BaseException] = []
-
-    def start(name: str) -> None:
+    with started_agents(tuple(kinds), lambda name: start_agent(pki, base / name, **kinds[name])
+                        ) as agents:                                   # six at once
+        silent = SilentPort()
         try:
-            agents[name] = start_agent(pki, base / name, **kinds[name])
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(n,)) for n in kinds]   # six at once
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    silent = SilentPort()
-    try:
-        if errors:
-            raise errors[0]
-        devices = {name: (agents[name].address, ["good" if name in GOOD else "bad", "all"])
-                   for name in kinds}
-        devices.update(silent=(f"127.0.0.1:{silent.port}", ["bad", "all"]),
-                       closed=(f"127.0.0.1:{_closed_port()}", ["bad", "all"]))
-        inventory = write_inventory(base / "edgetune.toml", pki.host,
-                                    agents["good0"].passphrase_file, devices)
-        yield Fleet(inventory=inventory, db=f"sqlite:///{base / 'results.db'}", agents=agents,
-                    pki=pki, other_pc=other_pc, base=base)
-    finally:
-        silent.close()
-        for running in agents.values():
-            running.agent.stop()
+            devices = {name: (agents[name].address, ["good" if name in GOOD else "bad", "all"])
+                       for name in kinds}
+            devices.update(silent=(f"127.0.0.1:{silent.port}", ["bad", "all"]),
+                           closed=(f"127.0.0.1:{_closed_port()}", ["bad", "all"]))
+            inventory = write_inventory(base / "edgetune.toml", pki.host,
+                                        agents["good0"].passphrase_file, devices)
+            yield Fleet(inventory=inventory, db=f"sqlite:///{base / 'results.db'}",
+                        agents=agents, pki=pki, other_pc=other_pc, base=base)
+        finally:
+            silent.close()
 
 
 def _kill_when_running(fleet: Fleet, name: str, killed: Dict[str, str]) -> threading.Thread:

@@ -17,7 +17,8 @@ import pytest
 
 from edgetune.host.client import AgentClient, ClientSettings
 from edgetune.protos.messages import BenchmarkSpec, BlobKind, JobState, SessionOptions
-from tests.host_fixtures import DIGITS_MODEL, ONE_DIGIT, run_cli, start_agent, write_inventory
+from tests.host_fixtures import (DIGITS_MODEL, ONE_DIGIT, run_cli, start_agent, started_agents,
+                                 write_inventory)
 
 pytestmark = pytest.mark.slow           # three agents, a few seconds of jobs
 
@@ -43,33 +44,17 @@ def _variants(base: Path, n: int) -> List[Path]:
 @pytest.fixture(scope="module")
 def fleet(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[str, Any]]:
     base = tmp_path_factory.mktemp("fleet-queue")
-    agents: Dict[str, Any] = {}
-    errors: List[BaseException] = []
+    def start(name: str) -> Any:
+        config = base / f"{name}.toml"
+        config.write_text("[limits]\nqueue_capacity = 1\n" + LIMITS.get(name, ""))
+        return start_agent(pki, base / name, extra_args=["--config", str(config)])
 
-    def start(name: str) -> None:
-        try:
-            config = base / f"{name}.toml"
-            config.write_text("[limits]\nqueue_capacity = 1\n" + LIMITS.get(name, ""))
-            agents[name] = start_agent(pki, base / name, extra_args=["--config", str(config)])
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(n,)) for n in BOARDS]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    try:
-        if errors:
-            raise errors[0]
+    with started_agents(BOARDS, start) as agents:
         inventory = write_inventory(base / "edgetune.toml", pki.host,
                                     agents["q0"].passphrase_file,
                                     {name: (agents[name].address, []) for name in BOARDS})
         yield {"agents": agents, "inventory": inventory, "base": base, "pki": pki,
                "db": f"sqlite:///{base / 'results.db'}"}
-    finally:
-        for running in agents.values():
-            running.agent.stop()
 
 
 def _client(fleet: Dict[str, Any], name: str) -> AgentClient:

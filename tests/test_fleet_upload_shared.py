@@ -8,7 +8,6 @@ opens; the agents' processes and the sockets are not in it)."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Dict, Iterator, List
 
 import pytest
@@ -17,7 +16,7 @@ from edgetune.host.client import AgentClient, ClientSettings
 from edgetune.host.hashcache import file_sha256
 from edgetune.protos.messages import BlobKind
 from tests.host_fixtures import (DIGITS_MODEL, ONE_DIGIT, TcpProxy, big_model, run_cli,
-                                settled_partial, start_agent, write_inventory)
+                                settled_partial, start_agent, started_agents, write_inventory)
 
 pytestmark = pytest.mark.slow           # four agents, 16 MiB each at 3 MiB/s
 
@@ -33,35 +32,18 @@ def _rchar() -> int:
 @pytest.fixture(scope="module")
 def boards(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[str, Any]]:
     base = tmp_path_factory.mktemp("fleet-upload")
-    agents: Dict[str, Any] = {}
-    errors: List[BaseException] = []
-
-    def start(name: str) -> None:
+    with started_agents(BOARDS, lambda name: start_agent(pki, base / name)) as agents:
+        proxies: Dict[str, TcpProxy] = {}
         try:
-            agents[name] = start_agent(pki, base / name)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(n,)) for n in BOARDS]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    proxies: Dict[str, TcpProxy] = {}
-    try:
-        if errors:
-            raise errors[0]
-        proxies = {n: TcpProxy(agents[n].address, rate=RATE) for n in BOARDS}
-        inventory = write_inventory(base / "edgetune.toml", pki.host,
-                                    agents["b0"].passphrase_file,
-                                    {name: (proxies[name].address, []) for name in BOARDS})
-        yield {"agents": agents, "inventory": inventory, "base": base, "pki": pki,
-               "db": f"sqlite:///{base / 'results.db'}"}
-    finally:
-        for proxy in proxies.values():
-            proxy.close()
-        for running in agents.values():
-            running.agent.stop()
+            proxies = {n: TcpProxy(agents[n].address, rate=RATE) for n in BOARDS}
+            inventory = write_inventory(base / "edgetune.toml", pki.host,
+                                        agents["b0"].passphrase_file,
+                                        {name: (proxies[name].address, []) for name in BOARDS})
+            yield {"agents": agents, "inventory": inventory, "base": base, "pki": pki,
+                   "db": f"sqlite:///{base / 'results.db'}"}
+        finally:
+            for proxy in proxies.values():
+                proxy.close()
 
 
 def test_the_model_is_read_once_for_every_board_one_of_them_resuming(
