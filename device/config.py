@@ -30,6 +30,7 @@ Unknown keys are an error that names the key. Sizes in ``[limits]`` may be given
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -172,6 +173,8 @@ def limits_from_table(table: Mapping[str, Any], where: str = "[limits]") -> Limi
         default = getattr(Limits(), name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} {key} must be a number (got {value!r})")
+        if not math.isfinite(value):            # TOML's inf and nan, or 1e486
+            raise ConfigError(f"{where} {key} must be a finite number (got {value!r})")
         if value <= 0:
             raise ConfigError(f"{where} {key} must be positive (got {value!r})")
         value = value * scale
@@ -223,8 +226,9 @@ def runners_from_table(table: Any, where: str) -> Tuple[RunnerConfig, ...]:
             raise ConfigError(f"formats in {at} must be a non-empty list of model formats "
                               '(lowercase, e.g. ["om"] or ["onnx"])')
         timeout = entry.get("timeout_s", DEFAULT_RUNNER_TIMEOUT_S)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ConfigError(f"timeout_s in {at} must be a positive number of seconds "
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not math.isfinite(timeout) or timeout <= 0:
+            raise ConfigError(f"timeout_s in {at} must be a positive, finite number of seconds "
                               f"(got {timeout!r})")
         runners.append(RunnerConfig(name=name, command=tuple(command),
                                     formats=tuple(dict.fromkeys(formats)),

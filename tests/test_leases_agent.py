@@ -289,7 +289,7 @@ def test_agent_toml_lease_bounds(tmp_path: Path) -> None:
     assert (Limits().min_lease_ttl_s, Limits().max_lease_ttl_s) == (5.0, 3600.0)
     for text, message in (("min_lease_ttl_s = 100\nmax_lease_ttl_s = 10\n", "is above"),
                           ("max_lease_ttl_s = 0\n", "must be positive"),
-                          ("max_lease_ttl_s = inf\n", "must be finite")):
+                          ("max_lease_ttl_s = inf\n", "must be a finite number")):
         bad = tmp_path / "bad.toml"
         bad.write_text("[limits]\n" + text)
         with pytest.raises(ConfigError, match=message):

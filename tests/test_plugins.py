@@ -246,6 +246,10 @@ def test_runner_tables_are_checked_at_start(tmp_path: Path) -> None:
             ({"npu": {"command": [sys.executable], "formats": []}}, "formats"),
             ({"npu": {"command": [sys.executable], "formats": ["om"], "shell": True}},
              "unknown key 'shell'"),
-            ({"NPU!": {"command": [sys.executable], "formats": ["om"]}}, "runner name")]:
+            ({"NPU!": {"command": [sys.executable], "formats": ["om"]}}, "runner name"),
+            ({"npu": {"command": [sys.executable], "formats": ["om"],
+                      "timeout_s": float("nan")}}, "finite number of seconds"),
+            ({"npu": {"command": [sys.executable], "formats": ["om"],
+                      "timeout_s": float("inf")}}, "finite number of seconds")]:
         with pytest.raises(ConfigError, match=words):
             runners_from_table(bad, "agent.toml")
