@@ -23,8 +23,8 @@ import pytest
 
 from tests.emulated import layers, rootfs
 from tests.emulated.board import EmulatedBoard
-from tests.emulated.fixtures import (agent_config, serving_agent, started_board,
-                                     versions_in_board)
+from tests.emulated.fixtures import (agent_config, assert_same_top1_as_x86, serving_agent,
+                                     started_board, versions_in_board)
 from tests.host_fixtures import (DIGITS_MODEL, DIGITS_TEST, ONE_DIGIT, RunningAgent, local_agent,
                                  run_cli, write_passphrase_file)
 
@@ -138,10 +138,4 @@ def test_riscv64_board_serves_with_the_distributions_onnxruntime(
     log = (board.workdir / "agent.log").read_text(errors="replace").splitlines()
     ours = [line for line in log if "/site-packages/edgetune/" in line and "Warning:" in line]
     assert ours == [], ours
-    x86_eval = run_cli(capsys, "eval", str(DIGITS_MODEL), "--dataset", str(DIGITS_TEST),
-                       *local_agent.conn(), "--json")
-    assert x86_eval.code == 0, x86_eval.err
-    on_board, on_x86 = board_eval.json["results"][0], x86_eval.json["results"][0]
-    assert on_board["samples"] == on_x86["samples"] == 450
-    assert on_board["metrics"]["top1"] == on_x86["metrics"]["top1"]
-    assert on_board["metrics"]["top1"] > 0.99
+    assert_same_top1_as_x86(board_eval, local_agent, capsys)

@@ -123,3 +123,17 @@ def versions_in_board(board: EmulatedBoard) -> Dict[str, str]:
     assert proc.returncode == 0, proc.stderr
     import json
     return json.loads(proc.stdout)
+
+
+def assert_same_top1_as_x86(board_eval: Any, local_agent: Any, capsys: Any) -> None:
+    """The board's ``eval --json`` of the digits sample against an x86 agent's, computed now:
+    the same 450 samples and the same top-1 (the emulated board runs the same kernels' math)."""
+    from tests.host_fixtures import DIGITS_MODEL, DIGITS_TEST, run_cli
+
+    x86_eval = run_cli(capsys, "eval", str(DIGITS_MODEL), "--dataset", str(DIGITS_TEST),
+                       *local_agent.conn(), "--json")
+    assert x86_eval.code == 0, x86_eval.err
+    on_board, on_x86 = board_eval.json["results"][0], x86_eval.json["results"][0]
+    assert on_board["samples"] == on_x86["samples"] == 450
+    assert on_board["metrics"]["top1"] == on_x86["metrics"]["top1"]
+    assert on_board["metrics"]["top1"] > 0.99
