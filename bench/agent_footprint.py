@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (check, connect, finish, log_progress, machine,  # noqa: E402
-                          make_pki, median, rss_mb, status_kb)
+                          make_pki, median, rss_mb, status_kb, stop_process)
 
 IMPORTS_ONLY = ("import sys, pathlib, grpc, numpy, onnxruntime, cryptography.x509, "
                 "google.protobuf; import edgetune.protos.agent_pb2_grpc; "
@@ -79,13 +79,7 @@ def start_and_measure(argv: List[str], ready: Path, idle_s: float, timeout_s: fl
             out["used_rss_mb"] = rss_mb(proc.pid)
         return out
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, 15)
         if proc.stderr:
             proc.stderr.close()
 

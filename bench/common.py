@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,3 +244,15 @@ def log_progress(quiet: bool, message: str) -> None:
     """Progress on stderr, so --json output on stdout stays clean."""
     if not quiet:
         print(message, file=sys.stderr, flush=True)
+
+
+def stop_process(proc: "subprocess.Popen", wait_s: float = 10.0) -> None:
+    """SIGTERM, wait up to ``wait_s``, then SIGKILL and wait: a helper process always ends."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

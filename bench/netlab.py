@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence
 
+from bench.common import stop_process
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -201,12 +203,7 @@ def _nfq_delay(inside: List[str], board_if: str, delay_ms: float) -> Iterator[tu
             for rule in (["INPUT", "-i"], ["OUTPUT", "-o"]):
                 _run([*inside, iptables, "-D", rule[0], rule[1], board_if, "-j", "NFQUEUE",
                       "--queue-num", "0"], check=False)
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (check, cpu_seconds, finish, log_progress, machine,  # noqa: E402
-                          make_pki, median)
+                          make_pki, median, stop_process)
 from bench.netlab import (board_ip, cgroup_unavailable, connect_rtt_ms,  # noqa: E402
                           cpu_limit, emulated_link, free_subnet, netns_unavailable)
 from bench.tls_sink import HEADER  # noqa: E402
@@ -87,12 +87,7 @@ def tls_sink(prefix: Sequence[str], listen: str, pki: Any, work: Path) -> Iterat
             time.sleep(0.05)
         yield proc, ready.read_text().strip()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 
