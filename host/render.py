@@ -131,11 +131,11 @@ def print_results(kind: str, runs: Sequence["BoardRun"], as_json: bool, *,
         console = stdout_console()
         console.print(bench_table(runs, console.width) if kind == "benchmark"
                       else eval_table(runs))
-        for run in runs:
+        for run, record in zip(runs, records):
             if isinstance(run.result, BenchmarkResult) and run.result.profile is not None:
                 from edgetune.host.render_profile import print_profile
-                print_profile(console, run.model, run.result.profile,
-                              run.result.latency.p50_ms, profile_top, run.model_path)
+                print_profile(console, run.model, run.result.profile, record["profile"],
+                              profile_top)
         for run in runs:
             if not run.ok:
                 print(f"edgetune: job {run.job_id} ({run.model}) {run.state.value}: {run.error}",

@@ -48,11 +48,12 @@ def profile_record(profile: OperatorProfile, p50_ms: float,
     }
 
 
-def print_profile(console: Any, model: str, profile: OperatorProfile, p50_ms: float,
-                  top: int, model_path: Optional[Path] = None) -> None:
+def print_profile(console: Any, model: str, profile: OperatorProfile, doc: Dict[str, Any],
+                  top: int) -> None:
+    """``doc``: the result's ``profile_record`` (made once: it reads the local model)."""
     from rich.table import Table
 
-    doc = profile_record(profile, p50_ms, model_path)
+    p50_ms = doc["p50_ms"]
     mapped = any(n["model_node"] for n in doc["nodes"])
     overhead: Optional[float] = doc["overhead"]
     said = f", {overhead:+.0%} with the profiler on" if overhead is not None else ""
